@@ -1,0 +1,39 @@
+# The README's two commands: `make demo` and `make test`.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+# torch/torchvision pinned: this machine kind has these wheels on disk (PyPI's torchvision does not import
+# beside other torch builds; an unpinned torch would pull a multi-GB download).
+TORCH   := torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test test-fast slurm-up slurm-down clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[test]' $(TORCH)
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: venv
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --profile cluster/local all
+
+# Everything, slow and slurm tests included. Starts the dev Slurm cluster when it can (root + apt).
+test: venv
+	PATH=$(CURDIR)/$(BIN):$$PATH bash cluster/dev/with_slurm.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Quick loop for developers: no slow, no slurm.
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)
+
+slurm-up:
+	bash cluster/dev/slurm_up.sh
+
+slurm-down:
+	bash cluster/dev/slurm_down.sh
+
+clean:
+	rm -rf $(VENV) .snakemake results/demo-ci

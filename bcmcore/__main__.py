@@ -1,0 +1,5 @@
+import sys
+
+from bcmcore.cli import main
+
+sys.exit(main())

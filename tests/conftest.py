@@ -1,0 +1,31 @@
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def slurm_is_up():
+    """A live controller answers `scontrol ping` (binaries alone are not enough)."""
+    if not shutil.which("scontrol"):
+        return False
+    try:
+        return subprocess.run(["scontrol", "ping"], capture_output=True, timeout=10).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    # Under CI (or SLURM_REQUIRED=1) a missing Slurm is a failure, never a skip: the tests then run and fail.
+    required = os.environ.get("CI") == "true" or os.environ.get("SLURM_REQUIRED") == "1"
+    up = None
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(pytest.mark.skip(reason="needs CUDA"))
+        if "slurm" in item.keywords and not required:
+            up = slurm_is_up() if up is None else up
+            if not up:
+                item.add_marker(pytest.mark.skip(reason="dev Slurm cluster not running (make slurm-up)"))
