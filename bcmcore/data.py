@@ -1,0 +1,323 @@
+"""WebDataset shards -> training batches: seeded global shuffle, split by rank and worker, exact resume.
+
+On disk (written by `data_prep`): `<split>-%06d.tar` holding, per sample, `<key>.png` (uint8 image) or
+`<key>.npy` (float32 vector) and `<key>.cls` (class label as text, -1 = unlabelled), key = `%08d` index within
+the split; a sidecar `<split>-%06d.idx` (int64 byte offsets where each sample starts, plus the end) and
+`manifest.json`. The tars are plain WebDataset tars; the sidecar only adds random access.
+
+Random access instead of a shuffle buffer: the global stream position p (samples consumed by all ranks) maps to
+sample perm_e[p mod N] of a seeded permutation per epoch e = p // N, so the shuffle is an exact uniform
+permutation, ranks and workers just take disjoint positions, resume is arithmetic (nothing is read or decoded
+to skip), and iGCT's uniform source item (igct.md §4.1) is one more random read.
+"""
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bcmcore.config import UserError
+
+FORMAT = "bcm-shards/1"
+KEY = "{:08d}"
+IN_MEMORY_AUTO_BYTES = 64 << 20    # auto in-memory below this decoded split size (digits, toy data)
+_SALT_PERM, _SALT_FLIP, _SALT_SRC, _SALT_SRC_FLIP = 0x5EED, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    shards: str = "results/demo/shards"   # directory holding manifest.json
+    split: str = "train"
+    xflip: bool = False                 # random horizontal flip (seeded per stream position)
+    shuffle: bool = True                # seeded permutation per epoch (replaces a shuffle buffer)
+    paired: bool = False                # add "x_src": a uniform random item of the same split (iGCT)
+    num_workers: int = 2                # DataLoader processes decoding PNGs
+    prefetch: int = 4                   # batches prefetched per worker
+    in_memory: Optional[bool] = None    # decode the whole split once; None: auto for small splits
+    verify_sha256: bool = False         # hash every shard against the manifest before reading
+    pin_memory: bool = True             # only where CUDA is available
+
+
+# ---------------------------------------------------------------------------------------------- manifest
+
+def read_manifest(shard_dir):
+    path = Path(shard_dir) / "manifest.json"
+    if not path.is_file():
+        raise UserError(f"{path}: manifest not found (write the shards with `python -m data_prep ...`)")
+    try:
+        man = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(man, dict) or man.get("format") != FORMAT:
+        raise UserError(f"{path}: expected a shard manifest with format '{FORMAT}'")
+    return man
+
+
+def _split_info(man, split, shard_dir):
+    if split not in man["splits"]:
+        raise UserError(f"{Path(shard_dir) / 'manifest.json'}: no split '{split}' "
+                        f"(has: {', '.join(sorted(man['splits']))})")
+    return man["splits"][split]
+
+
+def sha256_file(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- tar reading
+
+def _parse_members(chunk, path, key):
+    """Split one sample's tar bytes into {ext: payload}; checks header checksums and member names."""
+    out, pos = {}, 0
+    while pos + 512 <= len(chunk):
+        hdr = chunk[pos:pos + 512]
+        try:
+            stored = int(hdr[148:156].strip(b"\0 ") or b"-1", 8)
+            size = int(hdr[124:136].strip(b"\0 ") or b"0", 8)
+        except ValueError:
+            stored = size = -1
+        if stored != sum(hdr[:148]) + 256 + sum(hdr[156:]) or size < 0:
+            raise UserError(f"{path}: corrupt tar header at byte {pos} of sample {key} (shard damaged: rewrite it)")
+        name = hdr[:100].split(b"\0", 1)[0].decode()
+        stem, _, ext = name.partition(".")
+        if stem != key or pos + 512 + size > len(chunk):
+            raise UserError(f"{path}: expected members of sample {key}, found '{name}' (shard damaged)")
+        out[ext] = chunk[pos + 512:pos + 512 + size]
+        pos += 512 + -(-size // 512) * 512
+    if "cls" not in out or not ({"png", "npy"} & set(out)):
+        raise UserError(f"{path}: sample {key} lacks .png/.npy or .cls (shard damaged)")
+    return out
+
+
+def decode(members):
+    """{ext: bytes} -> (uint8 [C, H, W] or float32 [d] tensor, int label)."""
+    if "png" in members:
+        with Image.open(io.BytesIO(members["png"]), formats=("PNG",)) as img:
+            a = np.array(img)                           # a writable copy: HW or HWC uint8
+        x = torch.from_numpy(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+    else:
+        x = torch.from_numpy(np.load(io.BytesIO(members["npy"]), allow_pickle=False))
+    return x, int(members["cls"])
+
+
+class ShardReader:
+    """Random access to the samples of one split: read(i) -> (x, y). Opens files lazily in each process."""
+
+    def __init__(self, shard_dir, split, verify_sha256=False):
+        shard_dir = Path(shard_dir)
+        man = read_manifest(shard_dir)
+        info = _split_info(man, split, shard_dir)
+        self.paths, self.offsets, counts = [], [], []
+        for s in info["shards"]:
+            path, idx_path = shard_dir / s["name"], shard_dir / s["index"]
+            for p in (path, idx_path):
+                if not p.is_file():
+                    raise UserError(f"{p}: shard file listed in the manifest is missing")
+            if path.stat().st_size != s["bytes"]:
+                raise UserError(f"{path}: {path.stat().st_size} bytes, manifest says {s['bytes']} "
+                                f"(truncated or replaced: rewrite the shards)")
+            if verify_sha256 and sha256_file(path) != s["sha256"]:
+                raise UserError(f"{path}: sha256 does not match the manifest (corrupt or replaced)")
+            off = np.fromfile(idx_path, dtype="<i8")
+            if len(off) != s["count"] + 1 or (len(off) and (off[-1] > s["bytes"] or (np.diff(off) <= 0).any())):
+                raise UserError(f"{idx_path}: index does not fit {path.name} (expected {s['count'] + 1} "
+                                f"increasing offsets)")
+            self.paths.append(str(path))
+            self.offsets.append(off)
+            counts.append(s["count"])
+        self.start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.n = int(self.start[-1])
+        self._fds, self._pid = {}, None
+
+    def __len__(self):
+        return self.n
+
+    def __getstate__(self):
+        return {**self.__dict__, "_fds": {}, "_pid": None}
+
+    def _fd(self, j):
+        if self._pid != os.getpid():         # never share descriptors across a fork
+            self._fds, self._pid = {}, os.getpid()
+        if j not in self._fds:
+            self._fds[j] = os.open(self.paths[j], os.O_RDONLY)
+        return self._fds[j]
+
+    def members(self, i):
+        j = int(np.searchsorted(self.start, i, side="right") - 1)
+        k = i - int(self.start[j])
+        a, b = int(self.offsets[j][k]), int(self.offsets[j][k + 1])
+        chunk = os.pread(self._fd(j), b - a, a)
+        if len(chunk) != b - a:
+            raise UserError(f"{self.paths[j]}: truncated (sample {KEY.format(i)} ends past the file)")
+        return _parse_members(chunk, self.paths[j], KEY.format(i))
+
+    def read(self, i):
+        members = self.members(i)
+        try:
+            return decode(members)
+        except (RuntimeError, ValueError, OSError) as e:
+            j = int(np.searchsorted(self.start, i, side="right") - 1)
+            raise UserError(f"{self.paths[j]}: sample {KEY.format(i)} does not decode ({e}); shard damaged") from None
+
+
+def load_split(shard_dir, split):
+    """The whole split in memory: (x uint8 [N, C, H, W] or float32 [N, d], y long [N]), in key order."""
+    from tqdm import tqdm
+    reader = ShardReader(shard_dir, split)
+    if reader.n == 0:
+        raise UserError(f"{Path(shard_dir) / 'manifest.json'}: split '{split}' is empty")
+    xs, ys = [], []
+    for i in tqdm(range(reader.n), desc=f"load {split}", unit="img", disable=reader.n < 20_000, leave=False):
+        x, y = reader.read(i)
+        xs.append(x)
+        ys.append(y)
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
+
+
+# ---------------------------------------------------------------------------------------------- the stream
+
+def _hash(seed, pos, salt):
+    """splitmix64 of (seed, position, salt): counter-based randomness, independent of batching and workers."""
+    with np.errstate(over="ignore"):
+        z = (np.uint64(seed & (2**64 - 1)) * np.uint64(0x9E3779B97F4A7C15)
+             + np.asarray(pos, np.uint64) * np.uint64(0xBF58476D1CE4E5B9) + np.uint64(salt))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+class Stream:
+    """Global stream position p -> sample index, flip bit and paired source index (all seeded)."""
+
+    def __init__(self, n, seed, shuffle=True, xflip=False, paired=False):
+        self.n, self.seed, self.shuffle, self.xflip, self.paired = n, seed, shuffle, xflip, paired
+        self._perm = (None, None)
+
+    def perm(self, epoch):
+        if self._perm[0] != epoch:
+            p = (np.random.default_rng([self.seed, epoch, _SALT_PERM]).permutation(self.n) if self.shuffle
+                 else np.arange(self.n))
+            self._perm = (epoch, p)
+        return self._perm[1]
+
+    def index(self, pos):
+        pos = np.asarray(pos, np.int64)
+        out = np.empty_like(pos)
+        for e in np.unique(pos // self.n):     # a batch may straddle an epoch boundary
+            m = pos // self.n == e
+            out[m] = self.perm(int(e))[pos[m] % self.n]
+        return out
+
+    def flips(self, pos, salt=_SALT_FLIP):
+        if not self.xflip:
+            return np.zeros(len(pos), bool)
+        return (_hash(self.seed, pos, salt) & np.uint64(1)).astype(bool)
+
+    def source(self, pos):
+        # iGCT paired sampler (igct.md §4.1): j uniform over the split, independent of the target i.
+        return (_hash(self.seed, pos, _SALT_SRC) % np.uint64(self.n)).astype(np.int64)
+
+
+class _MemorySource:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def batch(self, idx):
+        idx = torch.from_numpy(idx)
+        return self.x[idx], self.y[idx]
+
+
+class _ShardSource:
+    def __init__(self, reader):
+        self.reader = reader
+
+    def batch(self, idx):
+        xs, ys = zip(*(self.reader.read(int(i)) for i in idx))
+        return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
+
+
+def _flip(x, mask):
+    if mask.any() and x.dim() == 4:
+        m = torch.from_numpy(mask)
+        x = x.clone()
+        x[m] = x[m].flip(-1)
+    return x
+
+
+class _BatchDataset(torch.utils.data.Dataset):
+    """dataset[list of stream positions] -> one batch dict (uint8 images; floats made in the main process)."""
+
+    def __init__(self, source, stream):
+        self.source, self.stream = source, stream
+
+    def __getitem__(self, positions):
+        pos = np.asarray(positions, np.int64)
+        try:
+            x, y = self.source.batch(self.stream.index(pos))
+            out = {"x": _flip(x, self.stream.flips(pos)), "y": y}
+            if self.stream.paired:
+                xs, _ = self.source.batch(self.stream.source(pos))
+                out["x_src"] = _flip(xs, self.stream.flips(pos, _SALT_SRC_FLIP))
+        except UserError as e:             # hand back the message itself, not a worker traceback
+            return {"error": str(e)}
+        return out
+
+
+class _Positions(torch.utils.data.Sampler):
+    """Global batch k covers positions start + k*B*W + [0, B*W); rank r takes its slice r*B + [0, B)."""
+
+    def __init__(self, start, batch, rank, world_size):
+        self.start, self.batch, self.rank, self.world_size = start, batch, rank, world_size
+
+    def __iter__(self):
+        base = self.start + self.rank * self.batch
+        while True:
+            yield list(range(base, base + self.batch))
+            base += self.batch * self.world_size
+
+
+def _to_float(x):
+    return x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x.float()
+
+
+def make_loader(cfg, batch_per_rank, rank=0, world_size=1, seed=0, start_sample=0):
+    """Infinite iterator of {"x": float [-1,1] NCHW or [B,d], "y": long [B] (, "x_src")}.
+
+    `start_sample` = global samples consumed so far; the batches that follow equal those of an uninterrupted
+    stream with the same seed, world size and per-rank batch, whatever `num_workers` is.
+    """
+    reader = ShardReader(cfg.shards, cfg.split, verify_sha256=cfg.verify_sha256)
+    if reader.n == 0:
+        raise UserError(f"{Path(cfg.shards) / 'manifest.json'}: split '{cfg.split}' is empty")
+    man = read_manifest(cfg.shards)
+    in_memory = cfg.in_memory
+    if in_memory is None:
+        per_sample = (man.get("channels") or 1) * (man.get("resolution") or 1) ** 2 if man.get("kind") == "image" \
+            else 4 * (man.get("dim") or 1)
+        in_memory = per_sample * reader.n <= IN_MEMORY_AUTO_BYTES
+    source = _MemorySource(*load_split(cfg.shards, cfg.split)) if in_memory else _ShardSource(reader)
+    stream = Stream(reader.n, seed, cfg.shuffle, cfg.xflip, cfg.paired)
+    workers = 0 if in_memory else cfg.num_workers
+    loader = torch.utils.data.DataLoader(
+        _BatchDataset(source, stream), batch_size=None,
+        sampler=_Positions(int(start_sample), int(batch_per_rank), int(rank), int(world_size)),
+        num_workers=workers, prefetch_factor=cfg.prefetch if workers else None,
+        pin_memory=cfg.pin_memory and torch.cuda.is_available())
+    return _batches(loader)
+
+
+def _batches(loader):
+    for batch in loader:
+        if "error" in batch:
+            raise UserError(batch["error"])
+        yield {k: (_to_float(v) if k.startswith("x") else v) for k, v in batch.items()}

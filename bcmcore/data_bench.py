@@ -1,0 +1,78 @@
+"""`bcm bench data`: decoded images/s of the shard loader vs an in-memory tensor dataset, side by side.
+
+Synthetic smooth RGB images (PNG-compressible like photos) are written as real shards at each resolution;
+every row reads the same number of batches after a warm-up that absorbs worker start-up.
+"""
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _images(n, res, seed=0):
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    low = rng.integers(0, 256, (n, res // 4, res // 4, 3), dtype=np.uint8)
+    return np.stack([np.asarray(Image.fromarray(a).resize((res, res), Image.BICUBIC)) for a in low])
+
+
+def _rate(it, batch, batches, warmup=2):
+    for _ in range(warmup):
+        next(it)
+    t = time.perf_counter()
+    for _ in range(batches):
+        b = next(it)
+        assert b["x"].dtype == torch.float32
+    return batch * batches / (time.perf_counter() - t)
+
+
+def _tensor_loader(x, y, batch, workers, seed):
+    """The usual upper bound: TensorDataset + shuffling DataLoader over uint8 tensors, floats in the main process."""
+    ds = torch.utils.data.TensorDataset(x, y)
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True,
+                                             num_workers=workers, generator=gen)
+        for xb, yb in loader:
+            yield {"x": xb.float() / 127.5 - 1, "y": yb}
+
+
+def benchmark(argv=None):
+    from bcmcore.data import DataConfig, load_split, make_loader
+    from data_prep.writer import chunks, write_dataset
+    p = argparse.ArgumentParser(prog="bcm bench data", description=__doc__.splitlines()[0])
+    p.add_argument("--res", default="32,64", help="resolutions (default 32,64)")
+    p.add_argument("--workers", default="0,1,2", help="DataLoader worker counts (default 0,1,2)")
+    p.add_argument("--n", type=int, default=4096, help="images per resolution")
+    p.add_argument("--batch", type=int, default=128, help="batch per rank")
+    p.add_argument("--batches", type=int, default=20, help="timed batches per row")
+    p.add_argument("--dir", default=None, help="where to write the shards (default: a temp dir)")
+    a = p.parse_args(argv)
+    workers = [int(w) for w in a.workers.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(a.dir or tmp)
+        for res in (int(r) for r in a.res.split(",")):
+            out = root / f"bench{res}"
+            x = _images(a.n, res)
+            meta = {"dataset": f"bench{res}", "kind": "image", "resolution": res, "channels": 3, "num_classes": 1}
+            write_dataset(out, {"train": chunks(x, np.zeros(a.n, np.int64), 1024)}, meta)
+            xt, yt = load_split(out, "train")
+            for w in workers:
+                cfg = DataConfig(shards=str(out), xflip=True, in_memory=False, num_workers=w)
+                shard = _rate(make_loader(cfg, a.batch, seed=0), a.batch, a.batches)
+                mem = _rate(_tensor_loader(xt, yt, a.batch, w, 0), a.batch, a.batches)
+                rows.append((res, w, shard, mem))
+                print(f"  {res}x{res} workers={w}: shards {shard:9.0f} img/s   in-memory {mem:9.0f} img/s", flush=True)
+    print(f"\n{'res':>5} {'workers':>7} {'shards img/s':>13} {'in-memory img/s':>16} {'ratio':>6}")
+    for res, w, shard, mem in rows:
+        print(f"{res:>5} {w:>7} {shard:>13.0f} {mem:>16.0f} {shard / mem:>6.2f}")
+    print(f"(batch {a.batch}, {a.batches} timed batches, {a.n} images, torch threads {torch.get_num_threads()})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(benchmark())

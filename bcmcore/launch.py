@@ -1,0 +1,211 @@
+"""`bcm launch`: run any `bcm` command as one (multi-task, multi-node) job through submitit, and wait for it.
+
+The executor comes from a launcher YAML file (site settings live in cluster/, never in the science config):
+  slurm  AutoExecutor on Slurm: nodes x tasks_per_node tasks (one per GPU), requeued on preemption/timeout
+  local  LocalExecutor: tasks_per_node processes on this machine (CPU DDP with gloo), same requeue logic
+  debug  in this process (one task; for tests and breakpoints)
+Each task exports the torch.distributed variables (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK) and runs
+`bcm <command>`; `bcmcore.dist.init` picks them up. On preemption or timeout the task's checkpoint() only
+resubmits the same command: the training loop's own checkpoints carry the state, and a rerun resumes.
+"""
+import argparse
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import submitit
+
+from bcmcore.config import ConfigError, UserError, from_dict
+
+
+@dataclass(frozen=True)
+class LauncherConfig:
+    """Launcher YAML (docs/interfaces.md): where and how big a job is."""
+    executor: Literal["slurm", "local", "debug"] = "local"
+    nodes: int = 1
+    tasks_per_node: Optional[int] = None     # None: gpus_per_node, or 1 without GPUs (one process per GPU)
+    gpus_per_node: int = 0
+    cpus_per_task: Optional[int] = None
+    mem_gb: Optional[float] = None           # per node
+    time_min: int = 24 * 60                  # wall-clock limit; at the limit the job requeues itself
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    sbatch_extra: dict = field(default_factory=dict)  # more #SBATCH options, e.g. {"exclusive": true}
+    setup: tuple[str, ...] = ()              # shell lines before the tasks start (module load ..., source ...)
+    max_num_timeout: int = 3                 # requeues after a timeout (preemptions are not counted)
+    signal_delay_s: int = 120                # USR2 this long before the time limit
+
+    @property
+    def num_tasks(self):
+        return self.nodes * (self.tasks_per_node or max(self.gpus_per_node, 1))
+
+
+def load_launcher(path=None, **overrides):
+    """LauncherConfig from a YAML file (None: defaults) plus CLI overrides (None values are ignored)."""
+    import yaml
+    data = {}
+    where = "launcher"
+    if path is not None:
+        path, where = Path(path), str(path)
+        if not path.is_file():
+            raise UserError(f"{path}: launcher file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of launcher settings")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = from_dict(LauncherConfig, data, where)
+    if cfg.executor == "debug" and cfg.num_tasks != 1:
+        raise ConfigError(f"{where}: executor 'debug' runs one task in this process, got {cfg.num_tasks}; "
+                          f"use executor 'local' for several processes")
+    if cfg.executor == "local" and cfg.nodes != 1:
+        raise ConfigError(f"{where}: executor 'local' has one node, got nodes {cfg.nodes}")
+    return cfg
+
+
+def make_executor(cfg: LauncherConfig, folder, name="bcm"):
+    """The submitit executor for cfg, writing its logs under folder/<job id>/."""
+    folder = Path(folder) / "%j"
+    tasks = cfg.tasks_per_node or max(cfg.gpus_per_node, 1)
+    if cfg.executor == "debug":
+        return submitit.DebugExecutor(folder)
+    if cfg.executor == "local":
+        ex = submitit.LocalExecutor(folder, max_num_timeout=cfg.max_num_timeout)
+        ex.update_parameters(timeout_min=cfg.time_min, tasks_per_node=tasks, gpus_per_node=cfg.gpus_per_node,
+                             signal_delay_s=cfg.signal_delay_s, setup=list(cfg.setup))
+        return ex
+    ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=cfg.max_num_timeout)
+    params = dict(name=name, nodes=cfg.nodes, tasks_per_node=tasks, timeout_min=cfg.time_min,
+                  gpus_per_node=cfg.gpus_per_node or None, cpus_per_task=cfg.cpus_per_task, mem_gb=cfg.mem_gb,
+                  slurm_signal_delay_s=cfg.signal_delay_s)
+    for key in ("partition", "account", "qos", "constraint"):
+        params[f"slurm_{key}"] = getattr(cfg, key)
+    if cfg.sbatch_extra:
+        params["slurm_additional_parameters"] = dict(cfg.sbatch_extra)
+    if cfg.setup:
+        params["slurm_setup"] = list(cfg.setup)
+    ex.update_parameters(**params)  # None values are ignored
+    return ex
+
+
+class BcmTask(submitit.helpers.Checkpointable):
+    """One task of a launched job: `bcm <argv>` in this process. checkpoint() (inherited) resubmits the same
+    command and nothing else; resume is the training loop's job."""
+
+    def __call__(self, argv):
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        from bcmcore.cli import main
+        sys.stdout.flush()
+        return main(list(argv))
+
+
+def submit(argv, cfg: LauncherConfig, folder, name=None):
+    """Submit `bcm <argv>` as one job; returns the submitit Job."""
+    ex = make_executor(cfg, folder, name or f"bcm-{argv[0]}")
+    with submitit.helpers.clean_env():  # nested in a Slurm job (Snakemake's): do not inherit its variables
+        return ex.submit(BcmTask(), list(argv))
+
+
+class _Tail:
+    """Print what a growing log file gained since the last call."""
+
+    def __init__(self, path, out):
+        self.path, self.out, self.pos = Path(path), out, 0
+
+    def __call__(self):
+        if not self.path.is_file():
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self.pos)
+            data = f.read()
+        if data:
+            self.pos += len(data)
+            self.out.write(data.decode(errors="replace"))
+            self.out.flush()
+
+
+def wait(job, deadline_s=None, poll_s=1.0, stream=True):
+    """Block until the job ends, streaming task 0's stdout/stderr. Returns the exit code: the largest of the
+    tasks' `bcm` exit codes, 1 if a task raised or vanished, 124 past the deadline (the job is cancelled)."""
+    if isinstance(job, submitit.local.debug.DebugJob):
+        return _outcome(job)  # runs here, now, printing directly
+    paths = job.task(0).paths if job.num_tasks > 1 else job.paths
+    tails = [_Tail(paths.stdout, sys.stdout), _Tail(paths.stderr, sys.stderr)] if stream else []
+    start = time.time()
+    while not job.done():
+        for tail in tails:
+            tail()
+        if deadline_s is not None and time.time() - start > deadline_s:
+            job.cancel(check=False)
+            print(f"bcm launch: job {job.job_id} still running after {deadline_s:.0f} s: cancelled",
+                  file=sys.stderr, flush=True)
+            return 124
+        time.sleep(poll_s)
+    for tail in tails:
+        tail()
+    return _outcome(job)
+
+
+def _outcome(job):
+    try:
+        rcs = job.results()
+    except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
+        lines = str(e).splitlines()
+        print("bcm launch: job {} failed:\n{}".format(job.job_id, "\n".join(lines[-40:])),
+              file=sys.stderr, flush=True)
+        return 1
+    return max(int(rc or 0) for rc in rcs)
+
+
+def _default_job_dir(argv):
+    if "--run-dir" in argv[:-1]:
+        return Path(argv[argv.index("--run-dir") + 1]) / "submitit"
+    return Path("submitit-logs")
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[:argv.index("--")] if "--" in argv else argv
+    ap = argparse.ArgumentParser(prog="bcm launch", usage="bcm launch [options] -- <bcm command> [args]",
+                                 description=__doc__.splitlines()[0])
+    ap.add_argument("--launcher", help="launcher YAML (executor, nodes, gpus_per_node, partition, ...)")
+    ap.add_argument("--job-dir", help="submitit logs (default: RUN_DIR/submitit when the command has --run-dir)")
+    ap.add_argument("--deadline-min", type=float, help="cancel the job and exit 124 after this many minutes")
+    ap.add_argument("--name", help="job name (default: bcm-<command>)")
+    ap.add_argument("--executor", choices=["slurm", "local", "debug"])
+    for flag, tp in (("nodes", int), ("gpus-per-node", int), ("tasks-per-node", int), ("cpus-per-task", int),
+                     ("mem-gb", float), ("time-min", int), ("partition", str), ("account", str), ("qos", str),
+                     ("constraint", str)):
+        ap.add_argument(f"--{flag}", type=tp, help=f"override the launcher file's {flag.replace('-', '_')}")
+    args = ap.parse_args(own)
+    if not command:
+        ap.error("missing the bcm command after '--' (e.g. -- train --run-dir DIR)")
+    if command[0] == "launch":
+        ap.error("the launched command cannot itself be 'launch'")
+    overrides = {k: getattr(args, k) for k in ("executor", "nodes", "gpus_per_node", "tasks_per_node",
+                                                "cpus_per_task", "mem_gb", "time_min", "partition", "account",
+                                                "qos", "constraint")}
+    cfg = load_launcher(args.launcher, **overrides)
+    folder = Path(args.job_dir) if args.job_dir else _default_job_dir(command)
+    job = submit(command, cfg, folder, args.name)
+    print(f"bcm launch: {cfg.executor} job {job.job_id} ({cfg.num_tasks} task(s)): bcm {' '.join(command)}; "
+          f"logs in {folder}", file=sys.stderr, flush=True)
+    # Snakemake stops a rule with SIGTERM: take the job down with us.
+    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        return wait(job, None if args.deadline_min is None else args.deadline_min * 60)
+    except KeyboardInterrupt:
+        job.cancel(check=False)
+        print(f"bcm launch: interrupted; job {job.job_id} cancelled", file=sys.stderr, flush=True)
+        return 130
+

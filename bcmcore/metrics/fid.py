@@ -1,0 +1,100 @@
+"""Fréchet distance between feature sets (Heusel et al. 2017), computed by clean-fid's own code.
+
+FID = |mu_1 - mu_2|^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^{1/2}) on Gaussian fits of the features; clean-fid's
+`frechet_distance` (scipy sqrtm, the stabilised Sutherland version) does the matrix part, so our numbers are
+clean-fid's numbers. Reference statistics of a dataset are cached next to its shards.
+"""
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+from cleanfid.fid import frechet_distance as _cleanfid_frechet_distance
+
+from bcmcore.config import UserError
+from bcmcore.util import atomic_path
+
+REF_FORMAT = "bcm-fid-ref/1"
+
+
+def check_count(n, dim, what):
+    """A covariance of `dim` features needs more than `dim` samples, or the Gaussian fit is singular."""
+    if n <= dim:
+        raise UserError(f"{what}: {n} samples but the features have {dim} dimensions; FID and precision/recall "
+                        f"need more samples than feature dimensions (use at least {dim + 1}; papers use 50000)")
+
+
+def feature_stats(feats, what="features"):
+    """Mean and covariance (float64, unbiased, as clean-fid's fid_from_feats) of features [N, D]."""
+    feats = np.asarray(feats, np.float64)
+    check_count(feats.shape[0], feats.shape[1], what)
+    return feats.mean(0), np.cov(feats, rowvar=False)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2):
+    """FID between two Gaussian fits; clean-fid's implementation, returned as a Python float."""
+    return float(_cleanfid_frechet_distance(mu1, sigma1, mu2, sigma2))
+
+
+def fid_from_feats(feats1, feats2):
+    return frechet_distance(*feature_stats(feats1, "set 1"), *feature_stats(feats2, "set 2"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reference statistics: computed once per (shard dir, split, extractor), cached atomically beside the shards.
+
+def reference_path(shard_dir, split, extractor_key):
+    return Path(shard_dir) / f"fid-ref-{split}-{extractor_key}.npz"
+
+
+def _manifest_digest(shard_dir):
+    """Ties a cache file to the shards it came from (a re-prepared dataset invalidates it)."""
+    m = Path(shard_dir) / "manifest.json"
+    return hashlib.sha256(m.read_bytes()).hexdigest()[:16] if m.is_file() else "none"
+
+
+def save_reference(path, mu, sigma, pr_feats, meta):
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append ".npz"
+        np.savez(f, mu=mu, sigma=sigma, pr_feats=pr_feats.astype(np.float32), meta=json.dumps(meta))
+
+
+def load_reference(path, expect_meta):
+    """Cached statistics, or None if absent or computed from other shards / another extractor."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta"]))
+            if any(meta.get(k) != v for k, v in expect_meta.items()):
+                return None
+            return {"mu": z["mu"], "sigma": z["sigma"], "pr_feats": z["pr_feats"], "meta": meta}
+    except (OSError, ValueError, KeyError):
+        return None  # truncated or foreign file: recompute (the write is atomic, so this is rare)
+
+
+def reference_stats(shard_dir, split, extractor, feats_fn, pr_count=50_000, seed=0):
+    """mu/sigma of the whole split and a seeded subset of `pr_count` features for precision/recall.
+
+    `feats_fn(images_uint8) -> features [N, D]` computes features (distributed over ranks by the caller);
+    every rank calls this and gets the same statistics; only rank 0 writes the cache.
+    """
+    from bcmcore import dist
+    from bcmcore.data import load_split
+
+    path = reference_path(shard_dir, split, extractor.key)
+    meta = {"format": REF_FORMAT, "split": split, "extractor": extractor.key,
+            "manifest": _manifest_digest(shard_dir), "pr_count": int(pr_count), "seed": int(seed)}
+    ref = load_reference(path, meta)
+    if ref is not None:
+        return ref
+    x, _ = load_split(shard_dir, split)
+    feats = np.asarray(feats_fn(x), np.float64)
+    mu, sigma = feature_stats(feats, f"{shard_dir} split '{split}'")
+    rng = np.random.default_rng(seed)
+    keep = np.sort(rng.permutation(len(feats))[:pr_count])
+    meta["n"] = int(len(feats))
+    if dist.is_main():
+        save_reference(path, mu, sigma, feats[keep], meta)
+    dist.barrier()
+    return {"mu": mu, "sigma": sigma, "pr_feats": feats[keep].astype(np.float32), "meta": meta}

@@ -1,0 +1,129 @@
+"""Tables (CSV), plots (matplotlib, Agg) and sample grids of an evaluation sweep; every file written atomically.
+
+Numbers come only from the rows the sweep measured.
+"""
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from bcmcore.util import atomic_path, atomic_write_text
+
+COLUMNS = {
+    "fid": ["model", "kind", "sampler", "nfe", "time_steps", "fid", "precision", "recall", "samples",
+            "checkpoint", "step", "seeds", "seconds"],
+    "mse": ["model", "kind", "task", "inversion_nfe", "nfe", "time_steps", "mse", "images", "checkpoint", "step",
+            "seeds"],
+    "guidance": ["model", "kind", "w", "nfe", "fid", "precision", "recall", "samples", "checkpoint", "step",
+                 "seeds", "seconds"],
+}
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return "" if v is None else v
+
+
+def write_csv(path, rows, columns):
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _fmt(r.get(k)) for k in columns})
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def save_grid(path, images, ncol=None):
+    """uint8 images [N, C, H, W] -> one PNG grid (1-pixel gaps), written atomically."""
+    from PIL import Image
+    images = np.asarray(images)
+    n, c, h, w = images.shape
+    ncol = ncol or int(np.ceil(np.sqrt(n)))
+    nrow = int(np.ceil(n / ncol))
+    grid = np.zeros((nrow * (h + 1) + 1, ncol * (w + 1) + 1, c), np.uint8)
+    for i, img in enumerate(images):
+        r, q = divmod(i, ncol)
+        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = img.transpose(1, 2, 0)
+    with atomic_path(path) as tmp:
+        Image.fromarray(grid[..., 0] if c == 1 else grid).save(tmp, format="PNG")
+
+
+def _savefig(fig, path):
+    import matplotlib.pyplot as plt
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_fid_vs_nfe(path, rows):
+    """FID against NFE, one line per model (points labelled with their sampler)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for model in dict.fromkeys(r["model"] for r in rows):
+        rs = sorted((r for r in rows if r["model"] == model), key=lambda r: r["nfe"])
+        ax.plot([r["nfe"] for r in rs], [r["fid"] for r in rs], "o-", label=model)
+        for r in rs:
+            ax.annotate(r["sampler"], (r["nfe"], r["fid"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set(xlabel="NFE", ylabel="FID", title="FID vs NFE")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _savefig(fig, path)
+
+
+def plot_mse_vs_nfe(path, rows):
+    """Reconstruction MSE against inversion NFE, one line per (model, task)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for key in dict.fromkeys((r["model"], r["task"]) for r in rows):
+        rs = sorted((r for r in rows if (r["model"], r["task"]) == key), key=lambda r: r["inversion_nfe"])
+        ax.plot([r["inversion_nfe"] for r in rs], [r["mse"] for r in rs], "o-", label=" ".join(key))
+    ax.set(xlabel="inversion NFE", ylabel="MSE per dimension ([0,1] images)", title="Reconstruction MSE")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _savefig(fig, path)
+
+
+def plot_guidance(path, rows):
+    """FID, precision and recall against w, one line per model (iGCT against CFG-EDM)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for model in dict.fromkeys(r["model"] for r in rows):
+        rs = sorted((r for r in rows if r["model"] == model), key=lambda r: r["w"])
+        label = f"{model} ({rs[0]['kind']}, NFE {rs[0]['nfe']})"
+        for ax, key in zip(axes, ("fid", "precision", "recall")):
+            ax.plot([r["w"] for r in rs], [r[key] for r in rs], "o-", label=label)
+    for ax, key in zip(axes, ("FID", "precision", "recall")):
+        ax.set(xlabel="guidance weight w", ylabel=key, title=f"{key} vs w")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    _savefig(fig, path)
+
+
+def write_all(out, rows, info):
+    """fid_table.csv, mse_table.csv, guidance_table.csv, plots/*.png and eval_info.json under `out`."""
+    out = Path(out)
+    for name, cols in COLUMNS.items():
+        write_csv(out / f"{name}_table.csv", rows[name], cols)
+    if rows["fid"]:
+        plot_fid_vs_nfe(out / "plots" / "fid_vs_nfe.png", rows["fid"])
+    if rows["mse"]:
+        plot_mse_vs_nfe(out / "plots" / "mse_vs_nfe.png", rows["mse"])
+    if rows["guidance"]:
+        plot_guidance(out / "plots" / "guidance.png", rows["guidance"])
+    atomic_write_text(out / "eval_info.json", json.dumps(info, indent=2) + "\n")

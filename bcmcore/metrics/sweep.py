@@ -1,0 +1,315 @@
+"""Run an evaluation sweep: samples per (model, sampler, NFE, w) -> FID / precision / recall; inversion and
+JPEG restoration -> MSE. Every rank takes its share of seeds (seed i -> sample i, whatever the split);
+features are all-gathered in seed order, rank 0 scores and writes.
+"""
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from bcmcore import dist, editing, guided, sampling
+from bcmcore.config import UserError
+from bcmcore.metrics import fid as fidlib
+from bcmcore.metrics import prdc, report
+from bcmcore.metrics.features import build_extractor
+
+LABEL_SALT = 0x1ABE1  # per-seed label stream, independent of the noise stream of the same seed
+
+
+class _ZeroNoise:
+    """Stands in for SeededRNG where the spec switches BCM's initial inversion noise off."""
+
+    def randn(self, shape, dtype=torch.float32):
+        return torch.zeros(shape, dtype=dtype)
+
+
+def gather_rows(local, local_idx, total):
+    """All-gather per-rank rows [n_r, D] with their global indices -> [total, D] in index order (every rank)."""
+    local = np.asarray(local, np.float32).reshape(len(local_idx), -1)
+    if dist.world_size() == 1:
+        out = np.empty((total, local.shape[1]), np.float32)
+        out[np.asarray(local_idx)] = local
+        return out
+    dev = torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" \
+        else torch.device("cpu")
+    n_max = math.ceil(total / dist.world_size())
+    buf = torch.full((n_max, local.shape[1] + 1), -1.0, dtype=torch.float64, device=dev)
+    buf[:len(local), 0] = torch.as_tensor(np.asarray(local_idx), dtype=torch.float64)
+    buf[:len(local), 1:] = torch.as_tensor(local, dtype=torch.float64)
+    parts = [torch.empty_like(buf) for _ in range(dist.world_size())]
+    torch.distributed.all_gather(parts, buf)
+    rows = torch.cat(parts).cpu().numpy()
+    rows = rows[rows[:, 0] >= 0]
+    out = np.empty((total, local.shape[1]), np.float32)
+    out[rows[:, 0].astype(np.int64)] = rows[:, 1:]
+    return out
+
+
+class Evaluator:
+    """Holds the dataset, the feature extractor and the reference statistics for one sweep."""
+
+    def __init__(self, spec, device=None, progress=True):
+        from bcmcore.data import read_manifest
+        self.spec, self.progress = spec, progress
+        self.rank, self.world, _, self.device = dist.init(device)
+        self.manifest = read_manifest(spec.dataset)
+        self.vector = self.manifest.get("kind") == "vector"
+        if self.vector != (spec.features.kind == "raw"):
+            raise UserError(f"spec features.kind: {'raw' if self.vector else 'demo or inception'} expected for "
+                            f"{self.manifest.get('kind')} data in {spec.dataset}")
+        self.shape = ((self.manifest["dim"],) if self.vector else
+                      (self.manifest["channels"], self.manifest["resolution"], self.manifest["resolution"]))
+        self.num_classes = int(self.manifest.get("num_classes") or 0)
+        self.extractor = None if self.vector else build_extractor(spec.features, spec.dataset, self.device)
+        self.ref = fidlib.reference_stats(spec.dataset, spec.ref_split, self._key(), self.features_all,
+                                          spec.pr_real, spec.seed)
+        self.seeds = np.arange(spec.seed, spec.seed + spec.num_samples)
+        self.mine = np.arange(self.rank, spec.num_samples, self.world)   # this rank's share of seed indices
+        self._train_labels = None
+
+    def _key(self):
+        return _RawKey() if self.vector else self.extractor
+
+    # ---------------------------------------------------------------------------------- features
+    def features_local(self, x):
+        """Features of this rank's samples: uint8 images, or float vectors (raw features)."""
+        if self.vector:
+            return np.asarray(x, np.float64)
+        return self.extractor.features(x, self.spec.batch_size, progress=False)
+
+    def features_all(self, x):
+        """Features of a whole array (e.g. the reference split), computed in shards across ranks."""
+        idx = np.arange(self.rank, len(x), self.world)
+        return gather_rows(self.features_local(x[idx]), idx, len(x)).astype(np.float64)
+
+    def score(self, feats):
+        """FID against the reference statistics, precision/recall against the reference feature subset."""
+        mu, sigma = fidlib.feature_stats(feats, "generated samples")
+        fid = fidlib.frechet_distance(mu, sigma, self.ref["mu"], self.ref["sigma"])
+        p, r = prdc.precision_recall(self.ref["pr_feats"], feats, k=self.spec.pr_k, device=self.device)
+        return fid, p, r
+
+    # ---------------------------------------------------------------------------------- labels and output
+    def labels(self, model, idx):
+        """Class labels of seeds `idx` (None for unconditional models): per-seed draws, batch-independent."""
+        if not _num_classes(model):
+            return None
+        if self.spec.labels == "data":
+            if self._train_labels is None:
+                from bcmcore.data import load_split
+                self._train_labels = load_split(self.spec.dataset, self.spec.ref_split)[1].numpy()
+            pool = self._train_labels
+        else:
+            pool = np.arange(_num_classes(model))
+        ys = [pool[np.random.default_rng([LABEL_SALT, int(self.seeds[i])]).integers(len(pool))] for i in idx]
+        return torch.as_tensor(np.asarray(ys), dtype=torch.long, device=self.device)
+
+    def to_output(self, x):
+        """Generated batch -> uint8 NCHW images (or float vectors), clamped as the protocol says."""
+        if self.vector:
+            return x.detach().double().cpu().numpy()
+        x = x.clamp(-1, 1) if self.spec.clamp else x
+        return editing.to_uint8(x).transpose(0, 3, 1, 2)
+
+    def batches(self, desc):
+        b = self.spec.batch_size
+        bar = tqdm(range(0, len(self.mine), b), desc=desc, disable=not (self.progress and dist.is_main()),
+                   leave=False)
+        for i in bar:
+            yield self.mine[i:i + b]
+
+    # ---------------------------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(self, model, fn, desc, grid_path=None):
+        """Run fn(z_rng, y, idx) -> (x, nfe) over this rank's seeds; -> (features of all seeds, nfe, seconds)."""
+        feats, nfe, first, t0 = [], None, None, time.time()
+        for idx in self.batches(desc):
+            rng = sampling.SeededRNG(self.seeds[idx], self.device)
+            x, n = fn(rng, self.labels(model, idx), idx)
+            if nfe is not None and n != nfe:
+                raise RuntimeError(f"{desc}: NFE changed between batches ({nfe} -> {n})")
+            nfe, out = n, self.to_output(x)
+            first = out if first is None else first
+            feats.append(self.features_local(out))
+        local = np.concatenate(feats) if feats else np.zeros((0, self._dim()))
+        all_feats = gather_rows(local, self.mine, len(self.seeds)).astype(np.float64)
+        if grid_path is not None and dist.is_main() and first is not None and not self.vector:
+            report.save_grid(grid_path, first[:self.spec.grid])
+        nfe = _agree(nfe)
+        return all_feats, nfe, time.time() - t0
+
+    def _dim(self):
+        return self.shape[0] if self.vector else self.extractor.dim
+
+
+def _agree(nfe):
+    """Every rank ran the same schedule; ranks without seeds report -1 and take the others' value."""
+    if dist.world_size() == 1:
+        return nfe
+    t = torch.tensor([-1 if nfe is None else nfe], dtype=torch.float64)
+    if torch.distributed.get_backend() == "nccl":
+        t = t.cuda()
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return int(t.item())
+
+
+class _RawKey:
+    key = "raw"
+
+
+def _num_classes(model):
+    cfg = getattr(model, "cfg", None)
+    return int(getattr(getattr(cfg, "net", None), "num_classes", 0) or 0)
+
+
+# -------------------------------------------------------------------------------------------------- the sweep
+
+def load_model(m, device):
+    """The spec's network file; its kind must be the one the spec declares."""
+    from bcmcore.nets import load_network
+    model, meta = load_network(m.network, device)
+    if meta["kind"] != m.kind:
+        raise UserError(f"{m.network}: a network of kind {meta['kind']!r}, but the spec's model {m.name!r} "
+                        f"declares kind {m.kind!r} (check models[].network / models[].kind)")
+    return model.requires_grad_(False), meta
+
+
+def _steps_text(sampler, times=(), pairs=(), steps=None):
+    text = sampler + (" " + ">".join(f"{t:g}" for t in times) if times else "")
+    text += "".join(f" +zz {e:g}:{t:g}" for e, t in pairs)
+    return text + (f" ({steps} step)" if steps else "")
+
+
+def _seed_text(seeds):
+    return f"{seeds[0]}-{seeds[-1]}" if len(seeds) else ""
+
+
+def _sampler_fn(ev, model, s, where):
+    sampler, times, pairs = s.resolve(where)
+    if sampler == "igct":
+        def fn(rng, y, idx):
+            return guided.igct_generate(model, ev.seeds[idx], y, 1.0, ev.shape, s.steps, device=ev.device,
+                                        clamp=not ev.vector)
+        return fn, _steps_text("igct", steps=s.steps)
+    recipe = sampling.Recipe(sampler, times, pairs)
+
+    def fn(rng, y, idx):
+        return sampling.generate(model, recipe, rng.randn(ev.shape), rng, y)
+    return fn, _steps_text(sampler, times, pairs)
+
+
+def _guided_fn(ev, model, g, w):
+    if model.kind == "igct":  # iGCT: w is a network input, NFE = steps
+        return lambda rng, y, idx: guided.igct_generate(model, ev.seeds[idx], y, w, ev.shape, g.steps,
+                                                        device=ev.device, clamp=not ev.vector)
+    recipe = sampling.get_recipe(g.recipe)   # CFG-EDM: Heun with D_null + w (D_c - D_null)
+    return lambda rng, y, idx: sampling.generate(model, recipe, rng.randn(ev.shape), rng, y, w=float(w))
+
+
+def _reconstruct(ev, model, inv, x, y, rng):
+    """-> (reconstruction, inversion NFE, total NFE) for one batch."""
+    if model.kind == "bcm":  # BCM Alg. 5, then decode 1 step (or along gen_times)
+        latent, n_inv = editing.invert(model, x, inv.times, rng if inv.initial_noise else _ZeroNoise(), y)
+        x_hat, n_gen = editing.reconstruct(model, latent, float(inv.times[-1]), y, inv.gen_times or None)
+        return x_hat, n_inv, n_inv + n_gen
+    if model.kind == "igct":  # noiser, then denoiser at T with the source class and w = 1 (iGCT spec §6)
+        x_hat, n = guided.igct_edit(model, x, y, y, 1.0, clamp=not ev.vector)
+        return x_hat, 1, n
+    if model.kind == "edm":   # EDM ODE inversion and regeneration with deterministic Heun
+        latent, n_inv = editing.heun_invert(model, x, sampling.karras_times(inv.steps)[::-1], y)
+        x_hat, n_gen = sampling.heun(model, latent, sampling.karras_times(inv.steps, zero=True), y)
+        return x_hat, n_inv, n_inv + n_gen
+    raise UserError(f"inversion needs a bcm, igct or edm model, got kind {model.kind!r}")
+
+
+def _mse(ev, a, b):
+    if ev.vector:
+        return ((a.double() - b.double()) ** 2).flatten(1).mean(1)
+    return editing.mse_uint8(a, b)   # [0, 1]-scaled, uint8-quantised, per dimension (BCM §7)
+
+
+@torch.no_grad()
+def mse_sweep(ev, model, x_all, y_all, fn, desc):
+    """Mean per-image MSE of fn(x, y, rng) -> (x_hat, nfe_inv, nfe, reference) over the inversion split."""
+    mine = np.arange(ev.rank, len(x_all), ev.world)
+    errs, nfes = [], None
+    for i in tqdm(range(0, len(mine), ev.spec.batch_size), desc=desc, leave=False,
+                  disable=not (ev.progress and dist.is_main())):
+        idx = mine[i:i + ev.spec.batch_size]
+        x = x_all[idx].to(ev.device)
+        x = x.double() if ev.vector else x.float() / 127.5 - 1
+        y = y_all[idx].to(ev.device) if _num_classes(model) else None
+        rng = sampling.SeededRNG(ev.spec.seed + idx, ev.device)
+        x_hat, n_inv, n, ref = fn(x.float(), y, rng)
+        errs.append(_mse(ev, x_hat.float().cpu(), ref.float().cpu()).numpy())
+        nfes = (n_inv, n)
+    local = np.concatenate(errs) if errs else np.zeros(0)
+    per_image = gather_rows(local[:, None], mine, len(x_all))[:, 0]
+    n_inv, n = nfes if nfes is not None else (-1, -1)
+    return float(per_image.mean()), _agree(n_inv), _agree(n)
+
+
+def run(spec, out_dir, device=None, progress=True):
+    """The whole sweep; rank 0 writes the tables, plots and grids under out_dir. Returns the rows."""
+    from bcmcore.data import load_split
+    ev = Evaluator(spec, device, progress)
+    out = Path(out_dir)
+    rows = {"fid": [], "mse": [], "guidance": []}
+    seeds = _seed_text(ev.seeds)
+    inv_data = None
+    for i, m in enumerate(spec.models):
+        model, meta = load_model(m, ev.device)
+        base = {"model": m.name, "kind": m.kind, "checkpoint": str(m.network), "step": meta.get("step")}
+        for j, s in enumerate(m.samplers):
+            fn, steps = _sampler_fn(ev, model, s, f"models[{i}].samplers[{j}]")
+            label = s.name or s.recipe or s.sampler
+            feats, nfe, sec = ev.generate(model, fn, f"{m.name} {label}", out / "grids" / f"{m.name}-{label}.png")
+            fid, p, r = ev.score(feats)
+            rows["fid"].append({**base, "sampler": label, "nfe": nfe, "time_steps": steps, "fid": fid,
+                                "precision": p, "recall": r, "samples": len(feats), "seeds": seeds,
+                                "seconds": round(sec, 2)})
+            dist.print0(f"[eval] {m.name} {label}: NFE {nfe} FID {fid:.3f} P {p:.3f} R {r:.3f}")
+        if m.inversions or m.jpeg:
+            if inv_data is None:
+                x_all, y_all = load_split(spec.dataset, spec.inversion_split)
+                inv_data = (x_all[:spec.inversion_count], y_all[:spec.inversion_count])
+            x_all, y_all = inv_data
+        for inv in m.inversions:
+            steps = _steps_text("invert", inv.times) if m.kind == "bcm" else f"{m.kind} inversion"
+            mse, n_inv, n = mse_sweep(ev, model, x_all, y_all,
+                                      lambda x, y, rng, inv=inv: (*_reconstruct(ev, model, inv, x, y, rng), x),
+                                      f"{m.name} invert")
+            rows["mse"].append({**base, "task": "inversion", "inversion_nfe": n_inv, "nfe": n,
+                                "time_steps": steps, "mse": mse, "images": len(x_all), "seeds": seeds})
+            dist.print0(f"[eval] {m.name} inversion NFE {n_inv}: MSE {mse:.5f}")
+        for times in m.jpeg:
+            def restore(x, y, rng, times=times):
+                x_jpeg = editing.jpeg_compress(x, spec.jpeg_quality)
+                x_hat, n = editing.jpeg_restore(model, x_jpeg, times, rng, y)
+                return x_hat, len(times) - 1, n, x            # compared with the CLEAN image (App. B.1.2)
+            mse, n_inv, n = mse_sweep(ev, model, x_all, y_all, restore, f"{m.name} jpeg")
+            rows["mse"].append({**base, "task": f"jpeg-q{spec.jpeg_quality}", "inversion_nfe": n_inv, "nfe": n,
+                                "time_steps": _steps_text("invert", times), "mse": mse, "images": len(x_all),
+                                "seeds": seeds})
+        if m.guidance:
+            for w in m.guidance.ws:
+                feats, nfe, sec = ev.generate(model, _guided_fn(ev, model, m.guidance, w), f"{m.name} w={w:g}",
+                                              out / "grids" / f"{m.name}-w{w:g}.png")
+                fid, p, r = ev.score(feats)
+                rows["guidance"].append({**base, "w": float(w), "nfe": nfe, "fid": fid, "precision": p,
+                                         "recall": r, "samples": len(feats), "seeds": seeds,
+                                         "seconds": round(sec, 2)})
+                dist.print0(f"[eval] {m.name} w={w:g}: NFE {nfe} FID {fid:.3f} P {p:.3f} R {r:.3f}")
+        del model
+    if dist.is_main():
+        info = {"dataset": spec.dataset, "ref_split": spec.ref_split, "reference_count": ev.ref["meta"].get("n"),
+                "features": ev._key().key, "num_samples": spec.num_samples, "world_size": ev.world}
+        if ev.extractor is not None and spec.features.kind == "demo":
+            from bcmcore.metrics.demo_classifier import load_demo_classifier
+            info["demo_classifier_test_accuracy"] = load_demo_classifier(spec.dataset).test_accuracy
+        report.write_all(out, rows, info)
+    dist.barrier()
+    return rows

@@ -1,0 +1,330 @@
+"""Generation with consistency models and the EDM baseline; per-sample seeds; time-step recipes.
+
+Every step is one network call x <- f(x, t_from, t_to) (BCM §3.3). Every routine checks its schedule and
+the model kind before the first network call, counts its network calls and returns (result, nfe).
+Randomness comes only from a per-sample generator stream (`SeededRNG`), so sample i depends on seed i alone,
+not on the batch size or on how seeds are split across GPUs.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bcmcore import param
+from bcmcore.config import UserError
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-sample randomness
+
+class SeededRNG:
+    """One torch.Generator per sample (on CPU, so CPU and GPU runs draw the same numbers)."""
+
+    def __init__(self, seeds, device="cpu"):
+        self.seeds = [int(s) for s in seeds]
+        self.device = torch.device(device)
+        self.gens = [torch.Generator().manual_seed(s) for s in self.seeds]
+
+    def __len__(self):
+        return len(self.gens)
+
+    def randn(self, shape, dtype=torch.float32):
+        """[B, *shape] standard normal; row i is the next draw of sample i's own stream."""
+        z = torch.stack([torch.randn(tuple(shape), generator=g, dtype=torch.float64) for g in self.gens])
+        return z.to(device=self.device, dtype=dtype)
+
+
+def seeded_randn(seeds, shape, device="cpu"):
+    """[len(seeds), *shape] normal draws, row i from a generator seeded with seeds[i] (shape: one sample)."""
+    return SeededRNG(seeds, device).randn(shape)
+
+
+LABEL_SALT = 0x1ABE1  # per-seed label stream, independent of the noise stream of the same seed
+
+
+def seeded_labels(seeds, num_classes, device="cpu"):
+    """[B] uniform class labels, label i from its own seed (salted so it is independent of the noise)."""
+    ys = [np.random.default_rng([LABEL_SALT, int(s)]).integers(num_classes) for s in seeds]
+    return torch.as_tensor(np.asarray(ys, np.int64), device=device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks (all run before the first network call)
+
+def check_kind(model, kinds, routine):
+    kind = getattr(model, "kind", None)
+    if kind not in kinds:
+        raise UserError(f"{routine}: needs a model of kind {' or '.join(kinds)}, got kind {kind!r}"
+                        + (" (an iCT/CM model maps only to sigma_min; inversion and u > sigma_min need a BCM)"
+                           if kind == "cm" else ""))
+
+
+def check_times(model, times, name, direction, min_len=2, allow_final_zero=False):
+    """times: floats, strictly monotone in `direction` ('decreasing'|'increasing'), within [sigma_min, sigma_max]."""
+    times = [float(t) for t in times]
+    lo, hi = model.sigma_min, model.sigma_max
+    if len(times) < min_len:
+        raise UserError(f"{name}: expected at least {min_len} time steps, got {times}")
+    for i, t in enumerate(times):
+        if allow_final_zero and i == len(times) - 1 and t == 0.0:
+            continue
+        if not (math.isfinite(t) and lo * (1 - 1e-6) <= t <= hi * (1 + 1e-6)):
+            raise UserError(f"{name}: time {t:g} is outside [sigma_min, sigma_max] = [{lo:g}, {hi:g}] "
+                            f"(schedule {times})")
+    sign = -1 if direction == "decreasing" else 1
+    if any(sign * (b - a) <= 0 for a, b in zip(times, times[1:])):
+        raise UserError(f"{name}: expected strictly {direction} times, got {times}")
+    return times
+
+
+def check_pairs(model, pairs, name):
+    """Zigzag rounds (eps_i, t_i): the small injected noise eps_i is amplified up to t_i > eps_i (Eq. 11)."""
+    pairs = [tuple(float(v) for v in p) for p in pairs]
+    for p in pairs:
+        if len(p) != 2:
+            raise UserError(f"{name}: expected (eps_i, t_i) pairs, got {p}")
+        check_times(model, p, f"{name} round {p}", "increasing")
+    return pairs
+
+
+# ----------------------------------------------------------------------------------------------
+# Network calls with per-sample times, the class label, and an NFE count
+
+class Calls:
+    """Calls the model with [B] time tensors and label y; `n` counts network evaluations (the NFE)."""
+
+    def __init__(self, model, y=None):
+        self.model, self.y, self.n = model, y, 0
+
+    def _t(self, x, t):
+        dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+        return torch.full((x.shape[0],), float(t), dtype=dt, device=x.device)
+
+    def f(self, x, t, u=None):
+        """Consistency function f(x, t, u); u None = sigma_min (a CM model only takes u = sigma_min)."""
+        if self.model.kind == "cm" and u is not None and abs(u - self.model.sigma_min) > 1e-12:
+            raise UserError(f"a CM model maps only to u = sigma_min, asked for u = {u:g}")
+        self.n += 1
+        if self.model.kind == "cm" or u is None:
+            return self.model(x, self._t(x, t), None, y=self.y)
+        return self.model(x, self._t(x, t), self._t(x, u), y=self.y)
+
+    def D(self, x, sigma, w=1.0):
+        """EDM denoiser with classifier-free guidance D_w = D_null + w (D_c - D_null) (paper convention)."""
+        s = self._t(x, sigma)
+        self.n += 1
+        d_c = self.model(x, s, self.y)
+        if w == 1.0:
+            return d_c
+        self.n += 1
+        d_null = self.model(x, s, torch.full_like(self.y, -1))
+        return d_null + w * (d_c - d_null)
+
+
+# ----------------------------------------------------------------------------------------------
+# Consistency-model samplers
+
+@torch.no_grad()
+def onestep(model, x_T, y=None):
+    """1-step generation x = f(x_T, T, eps) (CM; BCM Alg. 2 with one interval)."""
+    check_kind(model, ("cm", "bcm"), "onestep")
+    net = Calls(model, y)
+    return net.f(x_T, model.sigma_max), net.n
+
+
+@torch.no_grad()
+def ancestral(model, x, times, y=None):
+    """BCM Alg. 2: x <- f(x, t_{i-1}, t_i) down a decreasing schedule starting at x's level times[0]."""
+    times = check_times(model, times, "ancestral times", "decreasing")
+    # a CM can only map to sigma_min, i.e. run the single interval T -> eps
+    check_kind(model, ("cm", "bcm") if times[1:] == [model.sigma_min] else ("bcm",), "ancestral")
+    net = Calls(model, y)
+    for t_from, t_to in zip(times, times[1:]):
+        x = net.f(x, t_from, t_to)
+    return x, net.n
+
+
+def _zigzag_rounds(net, x, pairs, rng, sigma_min):
+    for eps_i, t_i in pairs:  # BCM Eq. 11: small noise eps_i z, amplified by the network eps_i -> t_i
+        z = rng.randn(x.shape[1:], dtype=x.dtype).to(x.device)
+        x = net.f(net.f(x + eps_i * z, eps_i, t_i), t_i, sigma_min)
+    return x
+
+
+@torch.no_grad()
+def combined(model, x_T, times, pairs, rng, y=None):
+    """BCM Alg. 4: ancestral T = times[0] > ... > times[-1] = eps, then zigzag rounds (eps_i, t_i)."""
+    check_kind(model, ("bcm",), "combined")
+    times = check_times(model, times, "combined times", "decreasing")
+    if abs(times[-1] - model.sigma_min) > 1e-9:
+        raise UserError(f"combined times: the ancestral phase must end at sigma_min={model.sigma_min:g}, "
+                        f"got {times}")
+    pairs = check_pairs(model, pairs, "zigzag")
+    x, n = ancestral(model, x_T, times, y)
+    net = Calls(model, y)
+    return _zigzag_rounds(net, x, pairs, rng, model.sigma_min), n + net.n
+
+
+@torch.no_grad()
+def zigzag(model, x_T, pairs, rng, y=None):
+    """BCM Alg. 3: x = f(x_T, T, eps), then x <- f(f(x + eps_i z, eps_i, t_i), t_i, eps) per round."""
+    check_kind(model, ("bcm",), "zigzag")
+    return combined(model, x_T, [model.sigma_max, model.sigma_min], pairs, rng, y)
+
+
+@torch.no_grad()
+def cm_multistep(model, x_T, times, rng, y=None, clamp=False):
+    """CM Alg. 1: x = f(x_T, T); for tau: x <- f(x + sqrt(tau^2 - eps^2) z, tau). clamp: official CM code."""
+    check_kind(model, ("cm", "bcm"), "cm_multistep")
+    times = check_times(model, times, "multistep times", "decreasing", min_len=1)
+    net, eps = Calls(model, y), model.sigma_min
+    x = net.f(x_T, times[0])
+    for tau in times[1:]:
+        if clamp:
+            x = x.clamp(-1, 1)
+        z = rng.randn(x.shape[1:], dtype=x.dtype).to(x.device)
+        x = net.f(x + math.sqrt(tau ** 2 - eps ** 2) * z, tau)
+    return (x.clamp(-1, 1) if clamp else x), net.n
+
+
+# ----------------------------------------------------------------------------------------------
+# EDM baseline: deterministic Heun ODE solver (EDM Alg. 1), either direction
+
+def heun_ode(net, x, times, w=1.0):
+    """Heun steps of dx/dt = (x - D_w(x, t)) / t along `times` (either direction); a final 0 is an Euler step."""
+    for t_cur, t_next in zip(times, times[1:]):
+        d = (x - net.D(x, t_cur, w)) / t_cur                       # EDM Alg. 1, line 4
+        x_next = x + (t_next - t_cur) * d                          # Euler step, line 5
+        if t_next != 0:                                            # 2nd-order correction, lines 6-8
+            d_next = (x_next - net.D(x_next, t_next, w)) / t_next
+            x_next = x + (t_next - t_cur) * 0.5 * (d + d_next)
+        x = x_next
+    return x
+
+
+def check_guidance(y, w, routine):
+    if w != 1.0 and y is None:
+        raise UserError(f"{routine}: guidance weight w={w:g} needs class labels (w = 1 means no guidance)")
+
+
+@torch.no_grad()
+def heun(model, x_T, times, y=None, w=1.0):
+    """EDM Alg. 1 (deterministic): decreasing times from x_T's level; a trailing 0 ends with an Euler step."""
+    check_kind(model, ("edm",), "heun")
+    times = check_times(model, times, "heun times", "decreasing", allow_final_zero=True)
+    check_guidance(y, w, "heun")
+    net = Calls(model, y)
+    return heun_ode(net, x_T, times, w), net.n
+
+
+# ----------------------------------------------------------------------------------------------
+# Time-step recipes
+
+def karras_times(n_points, sigma_min=param.SIGMA_MIN, sigma_max=param.SIGMA_MAX, zero=False):
+    """Decreasing Karras grid T .. eps (EDM Eq. 5), optionally followed by EDM's final 0."""
+    times = param.karras_grid(n_points, sigma_min, sigma_max).flip(0).tolist()
+    return times + [0.0] if zero else times
+
+
+def karras_index_times(indices, n_points, sigma_min=param.SIGMA_MIN, sigma_max=param.SIGMA_MAX):
+    """CM code's time points given as indices into a decreasing Karras grid of n_points (e.g. '0,22,39' of 40)."""
+    grid = karras_times(n_points, sigma_min, sigma_max)
+    return [grid[i] for i in indices]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named schedule. sampler: onestep|ancestral|zigzag|combined|multistep|heun|invert|inpaint|cm_inpaint."""
+    sampler: str
+    times: tuple = ()       # ancestral / multistep / heun / inversion times (both ends included)
+    pairs: tuple = ()       # zigzag rounds (eps_i, t_i)
+    gen_times: tuple = ()   # inpainting: generation times after the inversion
+    note: str = ""
+
+
+EPS, T = param.SIGMA_MIN, param.SIGMA_MAX
+RECIPES = {
+    # ImageNet-64 BCM / BCM-deep (spec §5.1, from the authors' sampling script)
+    "imagenet64-nfe1": Recipe("onestep", (T, EPS)),
+    "imagenet64-nfe2": Recipe("ancestral", (T, 2.4, EPS)),
+    "imagenet64-nfe3": Recipe("zigzag", (T, EPS), ((0.1, 1.2),)),
+    "imagenet64-nfe4": Recipe("combined", (T, 3.0, EPS), ((0.12, 0.4),)),
+    "imagenet64-invert-nfe1": Recipe("invert", (0.07, T)),
+    "imagenet64-invert-nfe2": Recipe("invert", (0.07, 15.0, T)),
+    # iCT ImageNet-64 2-step of the authors' script; CM-paper multistep index schedules (spec §5). In the CM
+    # code the last index (= eps) only ends the loop (noise sqrt(eps^2 - eps^2) = 0), so "0,22,39" is 2 NFE.
+    "imagenet64-ict-nfe2": Recipe("multistep", (T, 0.7)),
+    "cd-imagenet64-nfe2": Recipe("multistep", tuple(karras_index_times((0, 22), 40))),
+    "ct-imagenet64-nfe2": Recipe("multistep", tuple(karras_index_times((0, 106), 201))),
+    "ct-lsun256-nfe2": Recipe("multistep", tuple(karras_index_times((0, 67), 151))),
+    # CM zero-shot inpainting baselines: every point of an n-point Karras grid (CIFAR 18, FFHQ 24, LSUN 40)
+    "cm-inpaint-18": Recipe("cm_inpaint", tuple(karras_times(18))),
+    "cm-inpaint-24": Recipe("cm_inpaint", tuple(karras_times(24))),
+    "cm-inpaint-40": Recipe("cm_inpaint", tuple(karras_times(40))),
+    # EDM deterministic Heun: 18 steps = NFE 35 (CIFAR-10), 40 steps = NFE 79 (ImageNet-64)
+    "edm-18": Recipe("heun", tuple(karras_times(18, zero=True))),
+    "edm-40": Recipe("heun", tuple(karras_times(40, zero=True))),
+    # Demo (8x8 digits / toy): reasonable untuned values, in the spirit of the ImageNet ones
+    "demo-nfe1": Recipe("onestep", (T, EPS), note="untuned"),
+    "demo-nfe2": Recipe("ancestral", (T, 1.0, EPS), note="untuned"),
+    "demo-nfe3": Recipe("zigzag", (T, EPS), ((0.1, 1.0),), note="untuned"),
+    "demo-nfe4": Recipe("combined", (T, 2.0, EPS), ((0.1, 0.5),), note="untuned"),
+    "demo-multistep2": Recipe("multistep", (T, 0.8), note="untuned"),
+    "demo-invert-nfe2": Recipe("invert", (0.07, 2.0, T), note="untuned"),
+    "demo-inpaint": Recipe("inpaint", (0.05, 0.5, 2.0), gen_times=(2.0, EPS), note="untuned"),
+}
+
+
+def get_recipe(name):
+    if name not in RECIPES:
+        raise UserError(f"--recipe: unknown recipe {name!r} (known: {', '.join(sorted(RECIPES))})")
+    return RECIPES[name]
+
+
+def parse_times(text, flag="--steps"):
+    """'80,2.4,0.002' -> [80.0, 2.4, 0.002]."""
+    try:
+        return [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+
+
+def parse_pairs(text, flag="--zigzag"):
+    """'0.1:1.2,0.12:0.4' -> [(0.1, 1.2), (0.12, 0.4)] (zigzag rounds eps_i:t_i)."""
+    try:
+        pairs = [tuple(float(v) for v in p.split(":")) for p in str(text).split(",") if p.strip()]
+    except ValueError:
+        pairs = None
+    if pairs is None or any(len(p) != 2 for p in pairs):
+        raise UserError(f"{flag}: expected comma-separated eps:t pairs such as 0.1:1.2, got {text!r}")
+    return pairs
+
+
+def data_shape(model):
+    """One sample's shape from the model config: (d,) for the toy MLP, else (C, H, W)."""
+    net = model.cfg.net
+    return (net.data_channels,) if net.arch == "mlp" else (net.data_channels, net.resolution, net.resolution)
+
+
+def generate(model, recipe, z, rng, y=None, w=1.0, clamp=False):
+    """Sample from unit noise z [B, ...] with a Recipe; x_T = times[0] z (T for all but custom starts)."""
+    s, times = recipe.sampler, list(recipe.times) or [model.sigma_max, model.sigma_min]
+    if s != "heun" and w != 1.0:
+        raise UserError(f"guidance w={w:g} is only available for the EDM Heun sampler here "
+                        "(iGCT models guide through bcmcore.guided)")
+    x_T = times[0] * z
+    if s == "onestep":
+        return onestep(model, model.sigma_max * z, y)
+    if s == "ancestral":
+        return ancestral(model, x_T, times, y)
+    if s == "zigzag":
+        return zigzag(model, model.sigma_max * z, recipe.pairs, rng, y)
+    if s == "combined":
+        return combined(model, x_T, times, recipe.pairs, rng, y)
+    if s == "multistep":
+        return cm_multistep(model, x_T, times, rng, y, clamp=clamp)
+    if s == "heun":
+        return heun(model, x_T, times, y, w)
+    raise UserError(f"sampler {s!r} does not generate from noise "
+                    "(expected onestep, ancestral, zigzag, combined, multistep or heun)")

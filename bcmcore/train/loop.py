@@ -1,0 +1,214 @@
+"""The one training loop: iCT, BCT (from scratch or fine-tuned from iCT), iGCT and the EDM baseline.
+
+Each step: `rounds` accumulation rounds of `batch_gpu` samples per process; before each round the global
+torch RNG (CPU and CUDA) is reseeded from (seed, step, chunk = round * world + rank), so the noise of a step
+depends on nothing saved; gradients are averaged over processes by hand (the losses call the model several
+times, once through functional_call, which plain DDP hooks do not follow). Curriculum and lr are functions of
+the step; the data position is step * batch. So a rerun resumes from the newest training state bit for bit.
+"""
+import json
+import math
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from bcmcore import dist
+from bcmcore.config import ConfigError, UserError
+from bcmcore.train import checkpoint
+from bcmcore.train.config import load_run_config, round_seed
+from bcmcore.train.ema import EMA
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN/Inf: the run stops before the bad update; the last checkpoint is intact."""
+
+
+class RunLog:
+    """Rank-0 status lines (stdout + log.txt) and stats.jsonl rows; silent on other ranks."""
+
+    def __init__(self, run_dir, main):
+        self.run_dir, self.main = Path(run_dir), main
+
+    def __call__(self, msg):
+        if self.main:
+            print(msg, flush=True)
+            with open(self.run_dir / "log.txt", "a") as f:
+                f.write(msg + "\n")
+
+    def stats(self, row):
+        if self.main:
+            with open(self.run_dir / "stats.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def init_from_network(model, path):
+    """Start weights from a network file; a CM network into a BCM model goes through bcm_from_cm ([I|0] init)."""
+    from bcmcore.nets import bcm_from_cm, load_network
+    if not Path(path).is_file():
+        raise ConfigError(f"train.init: {path} not found (expected a network file, e.g. the iCT run's "
+                          f"network-final.pt)")
+    src, _ = load_network(path)
+    if getattr(model, "kind", None) == "bcm" and getattr(src, "kind", None) == "cm":
+        src = bcm_from_cm(src)  # BCM §3.2: identity-zero fine-tuning init
+    try:
+        model.load_state_dict(src.state_dict())
+    except RuntimeError as e:
+        raise ConfigError(f"train.init: {path} does not fit model config ({str(e).splitlines()[0]}); BCM "
+                          f"fine-tuning needs model.net.two_time_embed: project") from None
+
+
+def sync_grads(params):
+    """Average gradients over processes: one flat all-reduce per dtype. A parameter unused on some rank
+    (grad None) gets zeros there, so every rank reduces the same list."""
+    if dist.world_size() == 1:
+        return
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
+    torch.distributed.all_reduce(has, op=torch.distributed.ReduceOp.MAX)
+    grads = []
+    for p, h in zip(params, has.tolist()):
+        if h and p.grad is None:
+            p.grad = torch.zeros_like(p)
+        if h:
+            grads.append(p.grad)
+    dist.all_reduce_mean_(grads)
+
+
+def _reduce_terms(terms):
+    """Mean of every logged scalar over processes (same key order everywhere)."""
+    keys = sorted(terms)
+    v = torch.stack([terms[k].detach().float().reshape(()) for k in keys]).cpu()
+    dist.all_reduce_mean_([v])
+    return dict(zip(keys, v.tolist()))
+
+
+def _peak_mem_gb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def training_loop(run_dir, device=None):
+    """Train the stage described by RUN_DIR/config.json, resuming from the newest training state.
+
+    Writes training-state-*.pt, network-snapshot-*.pt, log.txt, stats.jsonl and finally network-final.pt.
+    device: None (CUDA if available) or "cpu". Returns the path of network-final.pt.
+    """
+    from bcmcore.data import make_loader
+    from bcmcore.losses import build_loss
+    from bcmcore.nets import build_model, save_network
+
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    t = cfg.train
+    rank, world, _, device = dist.init(device)
+    batch_gpu, rounds = t.split_batch(world)
+    log = RunLog(run_dir, dist.is_main())
+    config = cfg.as_dict()
+    final_path = run_dir / "network-final.pt"
+
+    torch.manual_seed(t.seed)  # same initial weights on every rank (and broadcast below to be sure)
+    model = build_model(cfg.model)
+    loss_fn = build_loss(cfg.loss, cfg.model)
+    resume = checkpoint.latest_state(run_dir)
+    state = checkpoint.load_state(resume) if resume else None
+    if state is None and t.init:
+        init_from_network(model, t.init)
+    model.to(device).train()
+    if world > 1:
+        for v in model.state_dict().values():
+            torch.distributed.broadcast(v, src=0)
+    ema = EMA(model, t.ema_rate)  # BCM fine-tuning: the EMA starts at the initial weights
+    optimizer = torch.optim.RAdam(model.parameters(), lr=t.lr, betas=t.betas, eps=t.eps,
+                                  weight_decay=t.weight_decay)
+    step = 0
+    if state is not None:
+        checkpoint.check_compatible(resume, state["config"], config)
+        model.load_state_dict(state["net"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = state["step"]
+        if state["data"]["start_sample"] != step * t.batch:
+            raise ConfigError(f"{resume}: train.batch changed since this state was written "
+                              f"({state['data']['start_sample']} samples at step {step}); use a new run directory")
+        del state
+        log(f"resumed from {resume.name} (step {step})")
+    elif dist.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if step >= t.total_steps and final_path.is_file():
+        log(f"{final_path} exists: nothing to do")
+        return final_path
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_params = sum(p.numel() for p in params)
+    log(f"run {run_dir}: {cfg.model.kind} model ({n_params / 1e6:.3f} M params), loss {cfg.loss['kind']}, "
+        f"{world} process(es) on {device.type}, batch {t.batch} = {batch_gpu} x {rounds} rounds x {world}, "
+        f"steps {step}->{t.total_steps}")
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=t.bf16 and device.type == "cuda")
+    conditional = cfg.model.net.num_classes > 0
+    loader = make_loader(cfg.data, batch_gpu, rank, world, t.seed, step * t.batch)
+
+    def save(step):
+        if dist.is_main():
+            checkpoint.save_state(run_dir, step=step, model=model, ema=ema.model, optimizer=optimizer,
+                                  start_sample=step * t.batch, config=config, keep_last=t.keep_last)
+        dist.barrier()
+
+    sums, n_sum, tick, t_start = {}, 0, time.time(), time.time()
+    while step < t.total_steps:
+        for group in optimizer.param_groups:
+            group["lr"] = t.lr_at(step)
+        optimizer.zero_grad(set_to_none=True)
+        terms = {}
+        for r in range(rounds):
+            batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v)
+                     for k, v in next(loader).items()}
+            if not conditional:
+                batch["y"] = None  # labelled data (gmm2d components, CIFAR classes) for an unconditional model
+            torch.manual_seed(round_seed(t.seed, step, r * world + rank))  # seeds CPU and every CUDA device
+            with torch.autocast(**autocast):
+                out = loss_fn(model, batch, step, t.total_steps)
+            (out["loss"] / rounds).backward()
+            for k, v in out.items():
+                terms[k] = terms.get(k, 0.0) + v.detach().float() / rounds
+        sync_grads(params)
+        if t.grad_clip is not None:
+            terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+        values = _reduce_terms(terms)
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if bad:
+            detail = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+            raise NonFiniteLoss(f"step {step}: non-finite {'/'.join(bad)} ({detail}); stopped before the update; "
+                                f"last good state: {checkpoint.latest_state(run_dir) or 'none'}. "
+                                f"Lower train.lr or set train.grad_clip")
+        optimizer.step()
+        ema.update(model)
+        step += 1
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v
+        n_sum += 1
+
+        if step % t.status_every == 0 or step == t.total_steps:
+            now = time.time()
+            row = {"step": step, "kimg": step * t.batch / 1e3, "lr": t.lr_at(step - 1),
+                   **{k: v / n_sum for k, v in sums.items()},
+                   "sec_per_kimg": (now - tick) / (n_sum * t.batch / 1e3), "mem_gb": _peak_mem_gb(device),
+                   "time_s": now - t_start}
+            log.stats(row)
+            losses = "  ".join(f"{k} {row[k]:.4g}" for k in sorted(sums))
+            log(f"step {step}/{t.total_steps}  kimg {row['kimg']:.1f}  {losses}  "
+                f"sec/kimg {row['sec_per_kimg']:.3g}  mem {row['mem_gb']:.2f} GB")
+            sums, n_sum, tick = {}, 0, time.time()
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+        if step % t.checkpoint_every == 0 or step == t.total_steps:
+            save(step)
+        if t.snapshot_every and step % t.snapshot_every == 0 and dist.is_main():
+            save_network(checkpoint.snapshot_path(run_dir, step), ema.model, step, config)
+
+    if dist.is_main():
+        save_network(final_path, ema.model, step, config)
+        log(f"wrote {final_path}")
+    dist.barrier()
+    return final_path

@@ -1,0 +1,348 @@
+"""Networks and preconditioning: boundary conditions, identity-zero fine-tuning init, embeddings, file I/O."""
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from bcmcore import param
+from bcmcore.config import ConfigError, UserError, from_dict, to_dict
+from bcmcore.nets import (ConsistencyModel, EDMDenoiser, ModelConfig, NetConfig, bcm_from_cm, build_model,
+                          build_net, load_network, save_network)
+from bcmcore.nets.embedding import PositionalFeatures, guidance_features
+
+EPS, T = param.SIGMA_MIN, param.SIGMA_MAX
+
+# tiny versions of the three archs (same code paths as the full-size ones)
+TINY = {
+    "mlp": NetConfig(arch="mlp", data_channels=2, channels=32, num_blocks=2, num_classes=3),
+    "ncsnpp": NetConfig(arch="ncsnpp", channels=16, ch_mult=(1, 2), num_blocks=1, resolution=8, attn_res=(4,),
+                        num_classes=3, dropout=0.1),
+    "adm": NetConfig(arch="adm", channels=32, ch_mult=(1, 2), num_blocks=1, resolution=8, attn_res=(4,),
+                     head_channels=16, num_classes=3, dropout=0.1, dropout_max_res=4),
+}
+
+
+def x_for(cfg, b=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = (b, cfg.data_channels) if cfg.arch == "mlp" else (b, cfg.data_channels, cfg.resolution, cfg.resolution)
+    return torch.randn(shape, generator=g)
+
+
+def log_uniform(b, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.exp(torch.empty(b).uniform_(math.log(EPS), math.log(T), generator=g))
+
+
+@torch.no_grad()
+def randomise(module, seed=0):
+    """Random non-zero weights everywhere (zero-initialised output layers would make comparisons vacuous)."""
+    g = torch.Generator().manual_seed(seed)
+    for p in module.parameters():
+        p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return module
+
+
+def model(kind, arch="mlp", **net):
+    cfg = dataclasses.replace(TINY[arch], two_time=kind == "bcm", **net)
+    return randomise(build_model(ModelConfig(kind=kind, net=cfg))).eval()
+
+
+# ---------------------------------------------------------------------------------------------- boundary
+
+@pytest.mark.parametrize("arch", ["mlp", "ncsnpp"])
+@pytest.mark.parametrize("embed", ["concat", "project"])
+def test_bcm_identity_at_t_equals_u_bitwise(arch, embed):
+    m = model("bcm", arch, two_time_embed=embed)
+    x = x_for(m.cfg.net, b=8) * 40
+    t = log_uniform(8)
+    y = torch.tensor([0, 1, 2, -1, 0, 1, 2, -1])
+    assert torch.equal(m(x, t, t, y), x)  # f(x, t, t) = x exactly (BCM Eq. 45)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x, t, t, y)
+    assert out.dtype == torch.float32 and torch.equal(out, x)
+    assert not torch.allclose(m(x, t, t * 1.5, y), x)  # ... and not the identity elsewhere
+
+
+def test_cm_boundary_and_u_restriction():
+    m = model("cm")
+    x = x_for(m.cfg.net) * 3
+    assert torch.equal(m(x, EPS), x)  # f(x, sigma_min) = x (CM App. C)
+    assert torch.equal(m(x, torch.full((4,), EPS), u=EPS), x)
+    with pytest.raises(ValueError, match="sigma_min"):
+        m(x, 1.0, u=0.5)
+
+
+def test_combination_in_fp32_under_autocast():
+    """Long inverse jump (|c_out| ~ 79): the result is c_skip x + c_out F evaluated in fp32, F from autocast."""
+    m = model("bcm", "ncsnpp")
+    x = x_for(m.cfg.net)
+    t, u = torch.full((4,), 0.07), torch.full((4,), T)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x, t, u)
+        F = m.net(param.append_dims(param.c_in(t), 4) * x, param.c_noise(t), param.c_noise(u))
+    assert F.dtype == torch.bfloat16 and out.dtype == torch.float32
+    c_skip, c_out = param.bcm_scalings(t, u)
+    assert torch.equal(out, c_skip[:, None, None, None] * x + c_out[:, None, None, None] * F.float())
+
+
+def test_c_out_sign_in_model():
+    """f(x, t, u) - c_skip x = c_out F changes sign with (t - u): negative c_out when inverting (u > t)."""
+    m = model("bcm")
+    x, t = x_for(m.cfg.net), torch.full((4,), 1.0)
+    F = m.net(param.c_in(t)[:, None] * x, param.c_noise(t), param.c_noise(torch.full((4,), 2.0)))
+    c_skip, c_out = param.bcm_scalings(t, torch.full((4,), 2.0))
+    assert bool((c_out < 0).all())
+    torch.testing.assert_close(m(x, t, 2.0), c_skip[:, None] * x + c_out[:, None] * F)
+
+
+def test_edm_denoiser_matches_table1():
+    m = randomise(build_model(ModelConfig(kind="edm", net=TINY["mlp"]))).eval()
+    assert isinstance(m, EDMDenoiser)
+    x, s = x_for(m.cfg.net), log_uniform(4)
+    c_skip = 0.25 / (s ** 2 + 0.25)
+    c_out = s * 0.5 / torch.sqrt(s ** 2 + 0.25)
+    F = m.net(x / torch.sqrt(s ** 2 + 0.25)[:, None], 0.25 * s.log())
+    torch.testing.assert_close(m(x, s), c_skip[:, None] * x + c_out[:, None] * F)
+
+
+# ---------------------------------------------------------------------------------------------- fine-tuning init
+
+@pytest.mark.parametrize("arch", ["mlp", "ncsnpp", "adm"])
+def test_bcm_from_cm_reproduces_cm_for_every_u(arch):
+    cm = model("cm", arch)
+    bcm = bcm_from_cm(cm)
+    assert isinstance(bcm, ConsistencyModel) and bcm.kind == "bcm" and bcm.cfg.net.time_embed == "project"
+    te = bcm.net.time_embed
+    d = te.align.out_features
+    assert te.align.bias is None
+    assert torch.equal(te.align.weight, torch.cat([torch.eye(d), torch.zeros(d, d)], dim=1))  # [I | 0]
+    x, t = x_for(cm.cfg.net) * 2, log_uniform(4)
+    y = torch.tensor([0, 2, -1, 1])
+    c_t = param.c_noise(t)
+    with torch.no_grad():
+        F_cm = cm.net(x, c_t, y=y)
+        assert F_cm.abs().mean() > 1e-2  # non-trivial output
+        for u in (EPS, 0.3, 5.0, T):
+            F_bcm = bcm.net(x, c_t, param.c_noise(torch.full((4,), u)), y=y)
+            assert (F_bcm - F_cm).abs().max().item() <= 1e-6
+        # preconditioned output at u = sigma_min: equal up to the O(eps) c_skip difference (BCM App. D)
+        f_cm, f_bcm = cm(x, t, y=y), bcm(x, t, EPS, y=y)
+        dc = (param.bcm_scalings(t, EPS)[0] - param.cm_scalings(t)[0]).abs()
+        assert bool((dc <= 0.6 * EPS).all())
+        bound = param.append_dims(dc, x.ndim) * x.abs() + 1e-5
+        assert bool(((f_bcm - f_cm).abs() <= bound).all())
+        assert (f_bcm - f_cm).abs().max() > 0  # the skip terms do differ
+
+
+def test_bcm_from_cm_untied_and_shared_weights_copied():
+    cm = model("cm", "adm")
+    bcm = bcm_from_cm(cm)
+    te = bcm.net.time_embed
+    for (k, a), b in zip(te.mlp_t.state_dict().items(), te.mlp_u.state_dict().values()):
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr(), k  # a copy, not the same storage
+    sd_cm = cm.state_dict()
+    for k, v in bcm.state_dict().items():
+        if not k.startswith(("net.time_embed.mlp_u", "net.time_embed.align")):
+            assert torch.equal(v, sd_cm[k]), k
+    with torch.no_grad():
+        te.mlp_u[0].weight.add_(1.0)
+    assert not torch.equal(te.mlp_u[0].weight, te.mlp_t[0].weight)
+    assert bcm_from_cm(cm.net).time_embed.mode == "project"  # raw net in -> raw net out
+    with pytest.raises(ValueError):
+        bcm_from_cm(bcm)
+
+
+@pytest.mark.parametrize("embed", ["concat", "project"])
+def test_gradients_reach_the_u_branch(embed):
+    m = model("bcm", "mlp", two_time_embed=embed).train()
+    if embed == "project":
+        m = bcm_from_cm(model("cm", "mlp")).train()
+    x, t = x_for(m.cfg.net), log_uniform(4)
+    u = torch.tensor([0.1, 1.0, 10.0, 70.0])
+    loss = m(x, t, u).square().mean()
+    loss.backward()
+    te = m.net.time_embed
+    if embed == "project":
+        d = te.align.out_features
+        assert te.align.weight.grad[:, d:].abs().sum() > 0  # u columns of [I | 0] get a gradient
+        # at [I | 0] dL/de_u = 0: mlp_u only learns once the u columns move; one SGD step shows it does
+        torch.optim.SGD(m.parameters(), lr=0.1).step()
+        m.zero_grad()
+        m(x, t, u).square().mean().backward()
+        assert te.mlp_u[0].weight.grad.abs().sum() > 0
+    else:
+        w0 = te.mlp_t[0].weight.grad
+        assert w0[:, w0.shape[1] // 2:].abs().sum() > 0  # columns reading the u features
+    with torch.no_grad():  # and the output now depends on u
+        assert not torch.allclose(m.eval()(x, t, 0.5), m(x, t, 5.0))
+
+
+# ---------------------------------------------------------------------------------------------- embeddings, layers
+
+def test_adm_positional_embedding_is_250_ln_t():
+    t = torch.tensor([EPS, 0.5, T])
+    e = PositionalFeatures(192)(param.c_noise(t)).double()
+    k = torch.arange(96, dtype=torch.float64)
+    a = 250 * torch.log(t.double())[:, None] * torch.exp(-math.log(10000) * k / 96)[None]
+    torch.testing.assert_close(e, torch.cat([a.cos(), a.sin()], 1), atol=2e-3, rtol=0)
+
+
+def test_guidance_features_and_null_label():
+    e = guidance_features(torch.tensor([1.0]))
+    assert torch.equal(e, torch.cat([torch.zeros(1, 128), torch.ones(1, 128)], 1))  # w = 1 (iGCT spec §2.2)
+    m = randomise(build_net(dataclasses.replace(TINY["mlp"], guidance=True))).eval()
+    x, c = x_for(m.cfg), param.c_noise(log_uniform(4))
+    null = torch.full((4,), -1)
+    assert torch.equal(m(x, c, y=null, w=2.0), m(x, c, y=None, w=2.0))  # -1 = null class = no label
+    assert not torch.allclose(m(x, c, y=torch.zeros(4, dtype=torch.long), w=2.0), m(x, c, y=null, w=2.0))
+    assert not torch.allclose(m(x, c, y=null, w=1.0), m(x, c, y=null, w=3.0))
+    with pytest.raises(ValueError, match="needs w"):
+        m(x, c, y=null)
+
+
+def test_cosine_attention_is_scale_invariant():
+    """ADM's q/k/v RMS normalisation (spec §6 (ii)) makes attention invariant to scaling q, k, v."""
+    from bcmcore.nets.layers import Attention
+    x = torch.randn(2, 32, 4, 4)
+    for style, invariant in (("adm", True), ("ncsnpp", False)):
+        a = randomise(Attention(32, style, head_channels=16))
+        y0 = a(x)
+        with torch.no_grad():
+            a.qkv.weight.mul_(7.0)
+            a.qkv.bias.mul_(7.0)
+        assert torch.allclose(a(x), y0, atol=1e-3) == invariant, style  # up to the 1e-4 in the RMS
+
+
+def _upfirdn2d_ref(x, up, down, pad0, pad1, gain):
+    """Direct definition of upfirdn2d with the [1,3,3,1] kernel: zero-insert, pad, 2-D convolution, decimate."""
+    import numpy as np
+    from scipy.signal import convolve2d
+    k = np.outer([1, 3, 3, 1], [1, 3, 3, 1]).astype(np.float64)
+    k = k / k.sum() * gain
+    out = []
+    for img in x.reshape(-1, *x.shape[-2:]).double().numpy():
+        z = np.zeros((img.shape[0] * up, img.shape[1] * up))
+        z[::up, ::up] = img
+        z = np.pad(z, ((pad0, pad1), (pad0, pad1)))
+        out.append(convolve2d(z, k, mode="valid")[::down, ::down])
+    return torch.tensor(np.stack(out)).reshape(*x.shape[:-2], *out[0].shape)
+
+
+def test_fir_resampling_matches_upfirdn2d():
+    from bcmcore.nets.layers import fir_down, fir_up
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(fir_down(x), _upfirdn2d_ref(x, 1, 2, 1, 1, 1.0))
+    torch.testing.assert_close(fir_up(x), _upfirdn2d_ref(x, 2, 1, 2, 1, 4.0))
+    c = torch.ones(1, 1, 8, 8, dtype=torch.float64)
+    assert torch.allclose(fir_up(c)[..., 2:-2, 2:-2], c.new_ones(1)) and fir_down(c)[..., 1:-1, 1:-1].eq(1).all()
+
+
+def test_adm_dropout_only_at_low_resolution():
+    from bcmcore.nets.layers import ResBlock
+    cfg = NetConfig(arch="adm", channels=32, ch_mult=(1, 1, 1), num_blocks=1, resolution=16, attn_res=(),
+                    head_channels=16, dropout=0.2, dropout_max_res=8)
+    net = build_net(cfg)
+    ps = {round(b.drop.p, 3) for b in net.modules() if isinstance(b, ResBlock)}
+    assert ps == {0.0, 0.2}
+    assert all(b.drop.p == 0 for b in net.down[0].modules() if isinstance(b, ResBlock))  # 16x16: none
+    assert all(b.drop.p == 0.2 for b in net.mid.modules() if isinstance(b, ResBlock))
+
+
+@pytest.mark.parametrize("arch", ["ncsnpp", "adm"])
+def test_image_nets_shapes_and_two_time_modes(arch):
+    for embed in ("concat", "project"):
+        net = build_net(dataclasses.replace(TINY[arch], two_time=True, two_time_embed=embed))
+        x, c = x_for(net.cfg), param.c_noise(log_uniform(4))
+        assert net(x, c, c * 0.5, y=torch.tensor([0, 1, 2, -1])).shape == x.shape
+        with pytest.raises(ValueError, match="c_u"):
+            net(x, c)
+
+
+# ---------------------------------------------------------------------------------------------- config, I/O
+
+def test_config_validation():
+    cfg = from_dict(ModelConfig, {"kind": "bcm", "net": {"arch": "ncsnpp", "ch_mult": [2, 2], "two_time": True}})
+    assert cfg.net.ch_mult == (2, 2) and from_dict(ModelConfig, to_dict(cfg)) == cfg
+    with pytest.raises(ConfigError, match="model.net.two_time"):
+        build_model(ModelConfig(kind="cm", net=dataclasses.replace(TINY["mlp"], two_time=True)))
+    with pytest.raises(ConfigError, match="model.net.head_channels"):
+        build_net(dataclasses.replace(TINY["adm"], head_channels=24))
+    with pytest.raises(ConfigError, match="model.net.widht"):
+        from_dict(ModelConfig, {"net": {"widht": 3}}, "model")
+
+
+def test_save_load_round_trip_bitwise(tmp_path):
+    m = model("bcm", "ncsnpp", two_time_embed="project")
+    path = tmp_path / "network-final.pt"
+    save_network(path, m, step=123, config={"seed": 7})
+    m2, meta = load_network(path)
+    assert meta["step"] == 123 and meta["config"] == {"seed": 7} and meta["kind"] == "bcm" and not m2.training
+    sd, sd2 = m.state_dict(), m2.state_dict()
+    assert sd.keys() == sd2.keys() and all(torch.equal(sd[k], sd2[k]) for k in sd)  # incl. Fourier buffer
+    x, t = x_for(m.cfg.net), log_uniform(4)
+    assert torch.equal(m(x, t, 0.3), m2(x, t, 0.3))
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_bad_network_files_raise_one_clear_error(tmp_path):
+    m = model("cm")
+    good = tmp_path / "network-final.pt"
+    save_network(good, m, step=1, config={})
+    data = good.read_bytes()
+    bad = tmp_path / "network-truncated.pt"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="network-truncated.pt.*truncated"):
+        load_network(bad)
+    other = tmp_path / "training-state-1.pt"
+    torch.save({"step": 1, "net": {}}, other)
+    with pytest.raises(UserError, match="training-state-1.pt.*bcm-network/1"):
+        load_network(other)
+    with pytest.raises(UserError, match="missing.pt.*not found"):
+        load_network(tmp_path / "missing.pt")
+
+
+# ---------------------------------------------------------------------------------------------- parameter counts
+
+def _count(cfg):
+    return sum(p.numel() for p in build_net(cfg).parameters())
+
+
+def test_ncsnpp_cifar10_parameter_counts():
+    """Spec §6: NCSN++ CIFAR-10 CM 56.4M, BCM (concat, widened MLP) 61.9M (built for real on CPU)."""
+    cfg = NetConfig(arch="ncsnpp", dropout=0.3)
+    assert round(_count(cfg) / 1e6, 1) == 56.4
+    assert round(_count(dataclasses.replace(cfg, two_time=True)) / 1e6, 1) == 61.9
+    with torch.device("meta"):  # deep variants, 8 blocks per resolution: 97.6M / 106.3M
+        deep = dataclasses.replace(cfg, num_blocks=8)
+        assert round(_count(deep) / 1e6, 1) == 97.6
+        assert round(_count(dataclasses.replace(deep, two_time=True)) / 1e6, 1) == 106.3
+
+
+def test_adm_imagenet64_parameter_counts():
+    """Spec §6: ADM no-32 iCT 278.0M, BCM (+u-MLP, W_align) 279.9M; with 32x32 attention 282.2M (meta device)."""
+    cfg = NetConfig(arch="adm", resolution=64, channels=192, ch_mult=(1, 2, 3, 4), num_blocks=3,
+                    attn_res=(16, 8), num_classes=1000, dropout=0.2, dropout_max_res=16)
+    bcm = dataclasses.replace(cfg, two_time=True, two_time_embed="project")
+    with torch.device("meta"):
+        assert round(_count(cfg) / 1e6, 1) == 278.0
+        assert round(_count(bcm) / 1e6, 1) == 279.9
+        assert round(_count(dataclasses.replace(cfg, attn_res=(32, 16, 8))) / 1e6, 1) == 282.2
+        assert round(_count(dataclasses.replace(bcm, num_blocks=6)) / 1e6, 1) == 467.0
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_boundary_and_finetune_init():
+    m = model("bcm", "adm", two_time_embed="project").cuda()
+    x, t = x_for(m.cfg.net).cuda() * 10, log_uniform(4).cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert torch.equal(m(x, t, t), x)
+        assert m(x, t, T).dtype == torch.float32
+    cm = model("cm", "adm").cuda()
+    bcm = bcm_from_cm(cm)
+    assert next(bcm.parameters()).is_cuda
+    with torch.no_grad():
+        c_t = param.c_noise(t)
+        F_cm = cm.net(x, c_t)
+        F_bcm = bcm.net(x, c_t, param.c_noise(torch.full_like(t, 5.0)))
+    assert (F_bcm - F_cm).abs().max().item() <= 1e-5

@@ -1,0 +1,122 @@
+"""`bcm sample | invert | edit` on tiny saved networks: files written, NFE recorded, ranks and batches agree."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from bcmcore import cli
+from bcmcore.nets import ModelConfig, NetConfig, build_model, save_network
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny(kind, path, classes=4):
+    net = NetConfig(arch="adm", data_channels=3, resolution=8, channels=32, ch_mult=(1,), num_blocks=1,
+                    attn_res=(), head_channels=32, two_time=kind == "bcm", num_classes=classes)
+    torch.manual_seed(0)
+    save_network(path, build_model(ModelConfig(kind=kind, net=net)), 7, {})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory):
+    d = tmp_path_factory.mktemp("nets")
+    return {k: tiny(k, d / f"{k}.pt") for k in ("bcm", "cm")}
+
+
+@pytest.fixture(scope="module")
+def images_npz(tmp_path_factory):
+    g = np.random.default_rng(0)
+    low = g.integers(0, 256, (6, 2, 2, 3)).astype(np.float64)
+    imgs = np.kron(low, np.ones((1, 4, 4, 1))).astype(np.uint8)    # blocky 8x8 images
+    path = tmp_path_factory.mktemp("inputs") / "imgs.npz"
+    np.savez(path, images=imgs, labels=np.arange(6) % 4)
+    return str(path)
+
+
+def run(*argv):
+    return cli.main([*argv, "--device", "cpu"])
+
+
+def test_bcm_sample_writes_npz_grid_and_info_and_ignores_batch_size(nets, tmp_path):
+    args = ["sample", "--network", nets["bcm"], "--seeds", "0-9", "--recipe", "imagenet64-nfe4"]
+    assert run(*args, "--out", str(tmp_path / "a"), "--batch", "4") == 0
+    d = np.load(tmp_path / "a" / "samples.npz")
+    assert d["arr_0"].shape == (10, 8, 8, 3) and d["arr_0"].dtype == np.uint8
+    assert set(d["arr_1"]) <= set(range(4)) and list(d["seeds"]) == list(range(10))
+    info = json.loads((tmp_path / "a" / "samples.json").read_text())
+    assert info["nfe"] == 4 and info["sampler"] == "combined"
+    from PIL import Image
+    assert Image.open(tmp_path / "a" / "samples.png").size == (4 * 9 + 1, 3 * 9 + 1)   # 10 images, 4 per row
+    assert run(*args, "--out", str(tmp_path / "b"), "--batch", "3") == 0
+    assert np.array_equal(np.load(tmp_path / "b" / "samples.npz")["arr_0"], d["arr_0"])
+    assert not list((tmp_path / "a").glob(".tmp-*"))
+
+
+def test_bcm_sample_explicit_steps_and_labels(nets, tmp_path):
+    assert run("sample", "--network", nets["bcm"], "--out", str(tmp_path), "--seeds", "3,5-6", "--sampler",
+               "ancestral", "--steps", "80,2.4", "--class-labels", "2") == 0
+    d = np.load(tmp_path / "samples.npz")
+    assert list(d["arr_1"]) == [2, 2, 2]
+    assert json.loads((tmp_path / "samples.json").read_text())["times"] == [80.0, 2.4, 0.002]
+
+
+def test_bcm_sample_on_two_ranks_equals_one_rank(nets, tmp_path):
+    """Real torch.distributed (gloo): each rank takes every 2nd seed; rank 0 merges in seed order."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "bcmcore.cli", "sample", "--network", nets["bcm"], "--out", str(tmp_path / "d"),
+           "--seeds", "0-6", "--recipe", "imagenet64-nfe3", "--batch", "2", "--device", "cpu"]
+    procs = [subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "RANK": str(r), "WORLD_SIZE": "2",
+                                                  "LOCAL_RANK": str(r), "MASTER_ADDR": "127.0.0.1",
+                                                  "MASTER_PORT": str(port)}) for r in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    assert run("sample", "--network", nets["bcm"], "--out", str(tmp_path / "s"), "--seeds", "0-6",
+               "--recipe", "imagenet64-nfe3") == 0
+    a, b = np.load(tmp_path / "d" / "samples.npz"), np.load(tmp_path / "s" / "samples.npz")
+    assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["arr_1"], b["arr_1"])
+    assert not list((tmp_path / "d").glob(".part-*"))
+
+
+def test_bcm_invert_and_edit_write_results(nets, images_npz, tmp_path):
+    assert run("invert", "--network", nets["bcm"], "--out", str(tmp_path), "--input", images_npz,
+               "--indices", "0-3", "--recipe", "imagenet64-invert-nfe2", "--batch", "3") == 0
+    d = np.load(tmp_path / "invert.npz")
+    assert d["latents"].shape == (4, 3, 8, 8) and d["arr_0"].shape == (4, 8, 8, 3) and d["mse"].shape == (4,)
+    info = json.loads((tmp_path / "invert.json").read_text())
+    assert info["inversion_nfe"] == 2 and info["nfe"] == 3 and (tmp_path / "invert.png").exists()
+    cases = {"jpeg": (["--steps", "0.07,1.2"], 2, 3), "inpaint": (["--steps", "0.05,2.0"], 2, 3),
+             "interpolate": (["--steps", "0.07,80", "--alphas", "0,0.5,1"], 2 * 1 + 3, 5),
+             "cm-inpaint": (["--recipe", "cm-inpaint-18"], 18, 3),
+             "inpaint-refine": (["--steps", "0.05,2.0", "--refine-steps", "0.5,0.2"], 4, 3)}
+    for task, (extra, nfe, per_row) in cases.items():
+        assert run("edit", task, "--network", nets["bcm"], "--out", str(tmp_path), "--input", images_npz,
+                   "--indices", "0-3", *extra) == 0, task
+        info = json.loads((tmp_path / f"edit-{task}.json").read_text())
+        assert info["nfe"] == nfe, task
+        r = np.load(tmp_path / f"edit-{task}.npz")["arr_0"]
+        assert r.shape[1:] == (per_row, 8, 8, 3) and (tmp_path / f"edit-{task}.png").exists(), task
+        if task != "interpolate":
+            assert "mse_vs_clean" in info
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["invert", "--recipe", "imagenet64-invert-nfe2"], "kind bcm"),                   # iCT model cannot invert
+    (["sample", "--sampler", "ancestral", "--steps", "80,0.5,2.4"], "strictly decreasing"),
+    (["sample", "--sampler", "zigzag"], "--zigzag"),
+    (["sample", "--seeds", "a-b"], "--seeds"),
+    (["edit", "inpaint", "--steps", "0.05,2.0", "--mask", "nope.npy"], "--mask"),
+])
+def test_bad_cli_input_is_one_error_and_exit_2(nets, images_npz, tmp_path, capsys, argv, msg):
+    net = nets["cm"] if argv[0] == "invert" else nets["bcm"]
+    extra = ["--input", images_npz, "--indices", "0-1"] if argv[0] in ("invert", "edit") else []
+    assert run(*argv, "--network", net, "--out", str(tmp_path), *extra) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("error:") == 1
+    assert not list(tmp_path.glob("*.npz"))

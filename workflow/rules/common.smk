@@ -1,0 +1,159 @@
+"""Helpers only: config validation at start-up, run-config resolution, the `bcm launch` prefix of heavy rules.
+
+Paths: results/<ds>/shards (data), results/<ds>/runs/<exp> (training), results/<ds>/eval/<exp> (sweeps),
+results/<ds>/grids/<exp> (PNG grids), results/<ds>/*_table.csv + plots/ (the dataset's tables).
+"""
+import copy
+import json
+import shlex
+from pathlib import Path
+
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+STAGES = ("prep", "train", "sample", "eval")
+
+
+def stop(message):
+    """Stop before any job runs, with one readable message."""
+    raise WorkflowError(f"bcm workflow: {message}")
+
+
+def merged(base, override):
+    """Deep merge of two mappings (override wins); neither argument is modified."""
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def check_config():
+    """Schema (unknown keys stop the workflow), then the site's launcher, then each enabled dataset."""
+    try:
+        validate(config, str(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"))
+    except WorkflowError as e:
+        cause = e.__context__  # the jsonschema ValidationError: its path and message are what users need
+        if cause is None or not hasattr(cause, "absolute_path"):
+            raise
+        where = ".".join(str(p) for p in cause.absolute_path) or "(top level)"
+        stop(f"config error at '{where}': {cause.message}")
+    if "site" not in config:
+        stop("no launcher site set: run with --profile cluster/local (this machine) or --profile cluster/slurm "
+             "(a Slurm login node), or pass --config site=DIR (a directory with launcher.yaml)")
+    if not enabled_datasets():
+        stop("no dataset is enabled under 'datasets' (set datasets.<name>.enabled: true)")
+    for ds in enabled_datasets():
+        check_raw_files(ds)
+        for stage in STAGES:
+            launcher_settings(ds, stage)
+        for exp in experiments(ds):
+            check_run_config(ds, exp)
+
+
+def enabled_datasets():
+    return [ds for ds, d in config["datasets"].items() if d.get("enabled", True)]
+
+
+def experiments(ds):
+    return [e for e, d in config["datasets"][ds]["experiments"].items() if d.get("enabled", True)]
+
+
+def check_raw_files(ds):
+    missing = [r for r in config["datasets"][ds].get("raw", []) if not Path(r["path"]).exists()]
+    if missing:
+        lines = "\n".join(f"  {r['path']}  <- {r['how']}" for r in missing)
+        stop(f"dataset '{ds}': raw files missing (nothing was run). Put them here:\n{lines}")
+
+
+# ---------------------------------------------------------------------------------------------- launching
+
+def site_file(name):
+    return Path(config["site"]) / name
+
+
+def launcher_settings(ds, stage):
+    """Per-stage job size: the site's stages.yaml, then datasets.<ds>.launch.<stage>. Checked against the
+    launcher file by bcmcore.launch itself (unknown executor, bad keys -> stop here, before any job)."""
+    from bcmcore.config import UserError
+    from bcmcore.launch import load_launcher
+
+    stages = {}
+    if site_file("stages.yaml").is_file():
+        stages = yaml.safe_load(site_file("stages.yaml").read_text()) or {}
+        unknown = sorted(set(stages) - set(STAGES))
+        if unknown:
+            stop(f"{site_file('stages.yaml')}: unknown stage '{unknown[0]}' (known: {', '.join(STAGES)})")
+    settings = merged(stages.get(stage) or {}, config["datasets"][ds].get("launch", {}).get(stage, {}))
+    try:
+        load_launcher(site_file("launcher.yaml"), **settings)
+    except UserError as e:
+        stop(f"launcher for stage '{stage}' of dataset '{ds}': {e}")
+    return settings
+
+
+def launch(ds, stage, job_dir):
+    """The `bcm launch ... --` prefix running one stage as one job (resources, so it never triggers reruns)."""
+    flags = "".join(f" --{k.replace('_', '-')} {shlex.quote(str(v))}"
+                    for k, v in launcher_settings(ds, stage).items())
+    return f"bcm launch --launcher {shlex.quote(str(site_file('launcher.yaml')))} --job-dir {job_dir}{flags} --"
+
+
+# ---------------------------------------------------------------------------------------------- run configs
+
+def run_dir(ds, exp):
+    return f"results/{ds}/runs/{exp}"
+
+
+def network(ds, exp):
+    return f"{run_dir(ds, exp)}/network-final.pt"
+
+
+def shards(ds):
+    return f"results/{ds}/shards"
+
+
+def run_config(ds, exp):
+    """The resolved run config {model, loss, data, train} of one experiment (docs/interfaces.md)."""
+    d = config["datasets"][ds]
+    e = d["experiments"][exp]
+    defaults = d.get("defaults", {})
+    cfg = {"model": merged(defaults.get("model", {}), e["model"]),
+           "loss": copy.deepcopy(e["loss"]),
+           "data": merged(merged(d["data"], e.get("data", {})), {"shards": shards(ds)}),
+           "train": merged(defaults.get("train", {}), e.get("train", {}))}
+    if e.get("init_from"):
+        cfg["train"]["init"] = network(ds, e["init_from"])
+    return cfg
+
+
+def check_run_config(ds, exp):
+    """Unknown or ill-typed keys in model / loss / data / train stop the workflow, with bcmcore's message."""
+    from bcmcore.config import UserError
+    from bcmcore.losses import build_loss
+    from bcmcore.train.config import parse_run_config
+
+    e = config["datasets"][ds]["experiments"][exp]
+    if e.get("init_from") and e["init_from"] not in experiments(ds):
+        stop(f"datasets.{ds}.experiments.{exp}.init_from: '{e['init_from']}' is not an enabled experiment "
+             f"(enabled: {', '.join(experiments(ds))})")
+    where = f"datasets.{ds}.experiments.{exp}"
+    try:
+        cfg = parse_run_config(run_config(ds, exp), where=where)
+        build_loss(cfg.loss, cfg.model)
+    except UserError as e:
+        stop(f"{where}: {e}")
+
+
+def init_network(wildcards):
+    """The network a fine-tuning run starts from (an input, so it is trained first)."""
+    src = config["datasets"][wildcards.ds]["experiments"][wildcards.exp].get("init_from")
+    return [network(wildcards.ds, src)] if src else []
+
+
+def write_json(path, obj):
+    from bcmcore.util import atomic_write_text
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")

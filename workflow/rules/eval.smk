@@ -1,0 +1,1 @@
+# (evaluation rules: being wired to bcm eval / bcm sample)

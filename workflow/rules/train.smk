@@ -1,0 +1,30 @@
+# One rule per training stage: the workflow writes the resolved run config, `bcm train` trains (resuming from
+# the run directory's checkpoints when rerun). Only network-final.pt is an output: Snakemake deletes the
+# outputs of a failed job, and must never take the checkpoints with them.
+
+
+rule run_config:
+    output:
+        "results/{ds}/runs/{exp}/config.json",
+    params:
+        run=lambda w: run_config(w.ds, w.exp),  # rerun trigger: exactly the settings this stage depends on
+    localrule: True
+    run:
+        write_json(output[0], params.run)
+
+
+rule train:
+    input:
+        config="results/{ds}/runs/{exp}/config.json",
+        shards="results/{ds}/shards/manifest.json",
+        init=init_network,
+    output:
+        "results/{ds}/runs/{exp}/network-final.pt",
+    resources:
+        launches=1,
+        launch=lambda w: launch(w.ds, "train", f"results/{w.ds}/runs/{w.exp}/jobs"),
+    localrule: True
+    log:
+        "results/{ds}/logs/train-{exp}.log",
+    shell:
+        "{resources.launch} train --run-dir results/{wildcards.ds}/runs/{wildcards.exp} 2>&1 | tee {log}"
