@@ -11,10 +11,10 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "workflow/config/config.yaml"
+configfile: f"{workflow.basedir}/workflow/config/config.yaml"
 
 
-report: "workflow/report/workflow.rst"
+report: f"{workflow.basedir}/workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"

@@ -123,7 +123,7 @@ def _recipe(args, model):
             raise UserError("give either --recipe or --sampler/--steps/--zigzag, not both")
         r = sampling.get_recipe(args.recipe)
     else:
-        s = args.sampler or "onestep"
+        s = args.sampler or ("heun" if model.kind == "edm" else "onestep")
         times = sampling.parse_times(args.steps) if args.steps else []
         if s in ("ancestral", "combined") and times and times[-1] > model.sigma_min:
             times.append(model.sigma_min)            # "--steps 80,2.4" means 80 -> 2.4 -> eps
@@ -144,7 +144,7 @@ def _recipe(args, model):
 def sample_main(argv):
     p = _common("bcm sample")
     p.add_argument("--seeds", default="0-63", help="one sample per seed, e.g. 0-49999")
-    p.add_argument("--sampler", choices=GEN_SAMPLERS, help="default onestep")
+    p.add_argument("--sampler", choices=GEN_SAMPLERS, help="default onestep (edm: heun)")
     p.add_argument("--steps", help="time steps, e.g. 80,2.4 (ancestral; eps is appended)")
     p.add_argument("--zigzag", help="zigzag rounds eps:t, e.g. 0.1:1.2,0.05:0.4")
     p.add_argument("--num-steps", type=int, default=18, help="heun: Karras grid points; igct: 1 or 2")

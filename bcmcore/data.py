@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bcmcore.config import UserError
+from bcmcore.config import ConfigError, UserError
 
 FORMAT = "bcm-shards/1"
 KEY = "{:08d}"
@@ -41,7 +41,7 @@ class DataConfig:
     prefetch: int = 4                   # batches prefetched per worker
     in_memory: Optional[bool] = None    # decode the whole split once; None: auto for small splits
     verify_sha256: bool = False         # hash every shard against the manifest before reading
-    pin_memory: bool = True             # only where CUDA is available
+    pin_memory: bool = True             # only when make_loader is given a CUDA device
 
 
 # ---------------------------------------------------------------------------------------------- manifest
@@ -100,13 +100,13 @@ def _parse_members(chunk, path, key):
 
 
 def decode(members):
-    """{ext: bytes} -> (uint8 [C, H, W] or float32 [d] tensor, int label)."""
+    """{ext: bytes} -> (uint8 [H, W, C] image or float32 [d] vector as numpy, int label)."""
     if "png" in members:
         with Image.open(io.BytesIO(members["png"]), formats=("PNG",)) as img:
-            a = np.array(img)                           # a writable copy: HW or HWC uint8
-        x = torch.from_numpy(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+            a = np.asarray(img)
+        x = a[..., None] if a.ndim == 2 else a
     else:
-        x = torch.from_numpy(np.load(io.BytesIO(members["npy"]), allow_pickle=False))
+        x = np.load(io.BytesIO(members["npy"]), allow_pickle=False)
     return x, int(members["cls"])
 
 
@@ -170,18 +170,24 @@ class ShardReader:
             raise UserError(f"{self.paths[j]}: sample {KEY.format(i)} does not decode ({e}); shard damaged") from None
 
 
-def load_split(shard_dir, split):
-    """The whole split in memory: (x uint8 [N, C, H, W] or float32 [N, d], y long [N]), in key order."""
+def load_split(shard_dir, split, num_workers=None):
+    """The whole split in memory: (x uint8 [N, C, H, W] or float32 [N, d], y long [N]), in key order.
+
+    Large splits are decoded by `num_workers` DataLoader processes (default: up to 8 CPU cores).
+    """
     from tqdm import tqdm
     reader = ShardReader(shard_dir, split)
     if reader.n == 0:
         raise UserError(f"{Path(shard_dir) / 'manifest.json'}: split '{split}' is empty")
-    xs, ys = [], []
-    for i in tqdm(range(reader.n), desc=f"load {split}", unit="img", disable=reader.n < 20_000, leave=False):
-        x, y = reader.read(i)
-        xs.append(x)
-        ys.append(y)
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
+    step = 2048
+    if num_workers is None:
+        num_workers = 0 if reader.n <= 4 * step else min(8, os.cpu_count() or 1)
+    ranges = [list(range(a, min(a + step, reader.n))) for a in range(0, reader.n, step)]
+    loader = torch.utils.data.DataLoader(_BatchDataset(_ShardSource(reader), Stream(reader.n, 0, shuffle=False)),
+                                         batch_size=None, sampler=ranges, num_workers=num_workers)
+    parts = list(_checked(tqdm(loader, total=len(ranges), desc=f"load {split}", unit="chunk",
+                               disable=len(ranges) <= 4, leave=False)))
+    return torch.cat([p["x"] for p in parts]), torch.cat([p["y"] for p in parts])
 
 
 # ---------------------------------------------------------------------------------------------- the stream
@@ -205,7 +211,7 @@ class Stream:
 
     def perm(self, epoch):
         if self._perm[0] != epoch:
-            p = (np.random.default_rng([self.seed, epoch, _SALT_PERM]).permutation(self.n) if self.shuffle
+            p = (np.random.default_rng([self.seed & (2**64 - 1), epoch, _SALT_PERM]).permutation(self.n) if self.shuffle
                  else np.arange(self.n))
             self._perm = (epoch, p)
         return self._perm[1]
@@ -229,29 +235,33 @@ class Stream:
 
 
 class _MemorySource:
-    def __init__(self, x, y):
-        self.x, self.y = x, y
+    """The decoded split as numpy arrays (numpy's gather and mirrored copy are far cheaper than torch's on uint8)."""
 
-    def batch(self, idx):
-        idx = torch.from_numpy(idx)
-        return self.x[idx], self.y[idx]
+    def __init__(self, x, y):
+        self.x, self.y = x.numpy(), y.numpy()
+
+    def batch(self, idx, flips=None):
+        x = self.x[idx]
+        if flips is not None and flips.any() and x.ndim == 4:
+            x[flips] = x[flips][..., ::-1]
+        return torch.from_numpy(x), torch.from_numpy(self.y[idx])
 
 
 class _ShardSource:
     def __init__(self, reader):
         self.reader = reader
 
-    def batch(self, idx):
-        xs, ys = zip(*(self.reader.read(int(i)) for i in idx))
-        return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
-
-
-def _flip(x, mask):
-    if mask.any() and x.dim() == 4:
-        m = torch.from_numpy(mask)
-        x = x.clone()
-        x[m] = x[m].flip(-1)
-    return x
+    def batch(self, idx, flips=None):
+        """Decode straight into one preallocated batch array (flipped samples copied mirrored)."""
+        out, ys = None, np.empty(len(idx), np.int64)
+        for k, i in enumerate(idx):
+            a, ys[k] = self.reader.read(int(i))
+            if a.ndim == 3:
+                a = (a[:, ::-1] if flips is not None and flips[k] else a).transpose(2, 0, 1)   # HWC -> CHW
+            if out is None:
+                out = np.empty((len(idx),) + a.shape, a.dtype)
+            out[k] = a
+        return torch.from_numpy(out), torch.from_numpy(ys)
 
 
 class _BatchDataset(torch.utils.data.Dataset):
@@ -263,11 +273,10 @@ class _BatchDataset(torch.utils.data.Dataset):
     def __getitem__(self, positions):
         pos = np.asarray(positions, np.int64)
         try:
-            x, y = self.source.batch(self.stream.index(pos))
-            out = {"x": _flip(x, self.stream.flips(pos)), "y": y}
+            x, y = self.source.batch(self.stream.index(pos), self.stream.flips(pos))
+            out = {"x": x, "y": y}
             if self.stream.paired:
-                xs, _ = self.source.batch(self.stream.source(pos))
-                out["x_src"] = _flip(xs, self.stream.flips(pos, _SALT_SRC_FLIP))
+                out["x_src"] = self.source.batch(self.stream.source(pos), self.stream.flips(pos, _SALT_SRC_FLIP))[0]
         except UserError as e:             # hand back the message itself, not a worker traceback
             return {"error": str(e)}
         return out
@@ -287,15 +296,25 @@ class _Positions(torch.utils.data.Sampler):
 
 
 def _to_float(x):
-    return x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x.float()
+    # In place after one conversion: fresh tensors per op cost more than the arithmetic on big batches.
+    return x.to(torch.float32).div_(127.5).sub_(1) if x.dtype == torch.uint8 else x.float()
 
 
-def make_loader(cfg, batch_per_rank, rank=0, world_size=1, seed=0, start_sample=0):
+def make_loader(cfg, batch_per_rank, rank=0, world_size=1, seed=0, start_sample=0, device=None):
     """Infinite iterator of {"x": float [-1,1] NCHW or [B,d], "y": long [B] (, "x_src")}.
+
+    With `device` (e.g. cuda), batches arrive there: pinned uint8 is copied (4x fewer bytes than float32)
+    and converted on the device.
 
     `start_sample` = global samples consumed so far; the batches that follow equal those of an uninterrupted
     stream with the same seed, world size and per-rank batch, whatever `num_workers` is.
     """
+    for key, value, low in (("data.num_workers", cfg.num_workers, 0), ("data.prefetch", cfg.prefetch, 1),
+                            ("batch_per_rank", batch_per_rank, 1), ("start_sample", start_sample, 0)):
+        if value < low:
+            raise ConfigError(f"{key}: expected an integer >= {low}, got {value}")
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} outside world size {world_size}")
     reader = ShardReader(cfg.shards, cfg.split, verify_sha256=cfg.verify_sha256)
     if reader.n == 0:
         raise UserError(f"{Path(cfg.shards) / 'manifest.json'}: split '{cfg.split}' is empty")
@@ -312,12 +331,19 @@ def make_loader(cfg, batch_per_rank, rank=0, world_size=1, seed=0, start_sample=
         _BatchDataset(source, stream), batch_size=None,
         sampler=_Positions(int(start_sample), int(batch_per_rank), int(rank), int(world_size)),
         num_workers=workers, prefetch_factor=cfg.prefetch if workers else None,
-        pin_memory=cfg.pin_memory and torch.cuda.is_available())
-    return _batches(loader)
+        pin_memory=cfg.pin_memory and device is not None and torch.device(device).type == "cuda")
+    return _batches(loader, device)
 
 
-def _batches(loader):
+def _checked(loader):
     for batch in loader:
         if "error" in batch:
             raise UserError(batch["error"])
+        yield batch
+
+
+def _batches(loader, device):
+    for batch in _checked(loader):
+        if device is not None:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         yield {k: (_to_float(v) if k.startswith("x") else v) for k, v in batch.items()}

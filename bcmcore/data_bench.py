@@ -1,7 +1,9 @@
 """`bcm bench data`: decoded images/s of the shard loader vs an in-memory tensor dataset, side by side.
 
 Synthetic smooth RGB images (PNG-compressible like photos) are written as real shards at each resolution;
-every row reads the same number of batches after a warm-up that absorbs worker start-up.
+every row reads the same number of batches after a warm-up that absorbs worker start-up. The reference is
+the usual TensorDataset + DataLoader over decoded uint8 tensors with the same number of workers; the
+loader's own in-memory mode (one batched gather, no workers) is printed as the absolute ceiling.
 """
 import argparse
 import tempfile
@@ -31,13 +33,14 @@ def _rate(it, batch, batches, warmup=2):
 
 def _tensor_loader(x, y, batch, workers, seed):
     """The usual upper bound: TensorDataset + shuffling DataLoader over uint8 tensors, floats in the main process."""
+    from bcmcore.data import _to_float
     ds = torch.utils.data.TensorDataset(x, y)
     gen = torch.Generator().manual_seed(seed)
     while True:
         loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True,
                                              num_workers=workers, generator=gen)
         for xb, yb in loader:
-            yield {"x": xb.float() / 127.5 - 1, "y": yb}
+            yield {"x": _to_float(xb), "y": yb}
 
 
 def benchmark(argv=None):
@@ -61,6 +64,9 @@ def benchmark(argv=None):
             meta = {"dataset": f"bench{res}", "kind": "image", "resolution": res, "channels": 3, "num_classes": 1}
             write_dataset(out, {"train": chunks(x, np.zeros(a.n, np.int64), 1024)}, meta)
             xt, yt = load_split(out, "train")
+            gather = _rate(make_loader(DataConfig(shards=str(out), xflip=True, in_memory=True), a.batch, seed=0),
+                           a.batch, a.batches)
+            print(f"  {res}x{res} in-memory batched gather (make_loader in_memory=True): {gather:.0f} img/s")
             for w in workers:
                 cfg = DataConfig(shards=str(out), xflip=True, in_memory=False, num_workers=w)
                 shard = _rate(make_loader(cfg, a.batch, seed=0), a.batch, a.batches)

@@ -9,9 +9,11 @@ Each task exports the torch.distributed variables (MASTER_ADDR/PORT, RANK, WORLD
 resubmits the same command: the training loop's own checkpoints carry the state, and a rerun resumes.
 """
 import argparse
+import os
 import signal
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -104,8 +106,19 @@ class BcmTask(submitit.helpers.Checkpointable):
         if env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         from bcmcore.cli import main
-        sys.stdout.flush()
-        return main(list(argv))
+        try:
+            return main(list(argv))
+        except SystemExit as e:  # argparse errors: an exit code, not a crash
+            return e.code if isinstance(e.code, int) else 1
+        except Exception:
+            # The debug executor would open pdb on a crash: only useful at a terminal, a hang in a workflow.
+            if "SUBMITIT_DEBUG_JOB_ID" not in os.environ or sys.stdin.isatty():
+                raise
+            traceback.print_exc()
+            return 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
 
 
 def submit(argv, cfg: LauncherConfig, folder, name=None):
@@ -163,7 +176,10 @@ def _outcome(job):
         print("bcm launch: job {} failed:\n{}".format(job.job_id, "\n".join(lines[-40:])),
               file=sys.stderr, flush=True)
         return 1
-    return max(int(rc or 0) for rc in rcs)
+    rc = max(int(rc or 0) for rc in rcs)
+    if rc:
+        print(f"bcm launch: job {job.job_id} failed with exit code {rc}", file=sys.stderr, flush=True)
+    return rc
 
 
 def _default_job_dir(argv):

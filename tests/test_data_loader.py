@@ -99,6 +99,8 @@ def test_load_split(shards):
     out, data, labels = shards
     x, y = load_split(out, "train")
     assert x.dtype == torch.uint8 and torch.equal(x, data) and torch.equal(y, labels)
+    x2, y2 = load_split(out, "train", num_workers=2)
+    assert torch.equal(x2, data) and torch.equal(y2, labels)
     with pytest.raises(UserError, match="no split 'test'"):
         load_split(out, "test")
 
@@ -155,9 +157,24 @@ def test_vector_shards_batch_shape(tmp_path):
     x = np.random.default_rng(1).standard_normal((10, 2)).astype(np.float32)
     meta = {"dataset": "v", "kind": "vector", "dim": 2, "num_classes": 2}
     write_dataset(tmp_path / "v", {"train": chunks(x, np.arange(10) % 2, 4)}, meta, workers=1)
-    b = next(make_loader(DataConfig(shards=str(tmp_path / "v"), xflip=True), 10, seed=0))   # auto in-memory
+    b = next(make_loader(DataConfig(shards=str(tmp_path / "v"), xflip=True), 10, seed=0, device="cpu"))  # in memory
     assert b["x"].shape == (10, 2) and b["x"].dtype == torch.float32
     rows = {tuple(r) for r in x.tolist()}
     assert all(tuple(r) in rows for r in b["x"].tolist())                # flips never touch vectors
     assert sorted(map(tuple, b["x"].tolist())) == sorted(rows)           # one epoch = a permutation
     assert list(itertools.islice(make_loader(DataConfig(shards=str(tmp_path / "v")), 3), 2))
+
+
+def test_benchmark_runs_and_reports_ratio(capsys):
+    from bcmcore.data_bench import benchmark
+    assert benchmark(["--res", "8", "--workers", "0,1", "--n", "64", "--batch", "8", "--batches", "2"]) == 0
+    table = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("    8 ")]
+    assert [row[1] for row in table] == ["0", "1"] and all(float(row[4]) > 0 for row in table)
+
+
+def test_bad_loader_settings(shards):
+    from bcmcore.config import ConfigError
+    with pytest.raises(ConfigError, match="data.num_workers: expected an integer >= 0"):
+        make_loader(cfg(shards[0], num_workers=-1), 4)
+    with pytest.raises(ConfigError, match="rank 2 outside world size 2"):
+        make_loader(cfg(shards[0]), 4, rank=2, world_size=2)

@@ -204,14 +204,15 @@ def test_guidance_features_and_null_label():
 def test_cosine_attention_is_scale_invariant():
     """ADM's q/k/v RMS normalisation (spec §6 (ii)) makes attention invariant to scaling q, k, v."""
     from bcmcore.nets.layers import Attention
-    x = torch.randn(2, 32, 4, 4)
+    x = torch.randn(2, 32, 4, 4, generator=torch.Generator().manual_seed(0))
     for style, invariant in (("adm", True), ("ncsnpp", False)):
         a = randomise(Attention(32, style, head_channels=16))
-        y0 = a(x)
         with torch.no_grad():
+            y0 = a(x)
             a.qkv.weight.mul_(7.0)
             a.qkv.bias.mul_(7.0)
-        assert torch.allclose(a(x), y0, atol=1e-3) == invariant, style  # up to the 1e-4 in the RMS
+            err = (a(x) - y0).abs().max().item()
+        assert (err < 3e-3) if invariant else (err > 0.1), (style, err)  # up to the 1e-4 in the RMS
 
 
 def _upfirdn2d_ref(x, up, down, pad0, pad1, gain):

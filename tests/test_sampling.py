@@ -1,7 +1,6 @@
 """Samplers against exact flow maps: the 2-D Gaussian mixture (scipy) and a Gaussian (closed form, cheap)."""
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -271,3 +270,14 @@ def test_bad_input_is_one_user_error_before_any_network_call(case):
     with pytest.raises(UserError, match=msg):
         call(model, T * rng.randn((3,)), rng)
     assert model.calls == 0
+
+
+@pytest.mark.gpu
+def test_cuda_samples_equal_cpu_samples():
+    """Noise is drawn on CPU per seed and moved, so a GPU run reproduces the CPU samples."""
+    out = {}
+    for dev in ("cpu", "cuda"):
+        rng = S.SeededRNG(range(8), dev)
+        x, _ = S.combined(GaussFlow(), T * rng.randn((3, 4, 4)), [T, 3.0, EPS], [(0.12, 0.4)], rng)
+        out[dev] = x.cpu()
+    torch.testing.assert_close(out["cpu"], out["cuda"], rtol=1e-5, atol=1e-5)

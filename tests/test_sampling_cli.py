@@ -66,6 +66,7 @@ def test_bcm_sample_explicit_steps_and_labels(nets, tmp_path):
     assert json.loads((tmp_path / "samples.json").read_text())["times"] == [80.0, 2.4, 0.002]
 
 
+@pytest.mark.slow   # two fresh Python processes importing torch: ~40 s on the shared 2-core box
 def test_bcm_sample_on_two_ranks_equals_one_rank(nets, tmp_path):
     """Real torch.distributed (gloo): each rank takes every 2nd seed; rank 0 merges in seed order."""
     with socket.socket() as s:
@@ -93,15 +94,15 @@ def test_bcm_invert_and_edit_write_results(nets, images_npz, tmp_path):
     assert info["inversion_nfe"] == 2 and info["nfe"] == 3 and (tmp_path / "invert.png").exists()
     cases = {"jpeg": (["--steps", "0.07,1.2"], 2, 3), "inpaint": (["--steps", "0.05,2.0"], 2, 3),
              "interpolate": (["--steps", "0.07,80", "--alphas", "0,0.5,1"], 2 * 1 + 3, 5),
-             "cm-inpaint": (["--recipe", "cm-inpaint-18"], 18, 3),
+             "cm-inpaint": (["--steps", "80,0.5"], 2, 3),
              "inpaint-refine": (["--steps", "0.05,2.0", "--refine-steps", "0.5,0.2"], 4, 3)}
     for task, (extra, nfe, per_row) in cases.items():
         assert run("edit", task, "--network", nets["bcm"], "--out", str(tmp_path), "--input", images_npz,
-                   "--indices", "0-3", *extra) == 0, task
+                   "--indices", "0-1", *extra) == 0, task
         info = json.loads((tmp_path / f"edit-{task}.json").read_text())
         assert info["nfe"] == nfe, task
         r = np.load(tmp_path / f"edit-{task}.npz")["arr_0"]
-        assert r.shape[1:] == (per_row, 8, 8, 3) and (tmp_path / f"edit-{task}.png").exists(), task
+        assert r.shape == (1 if task == "interpolate" else 2, per_row, 8, 8, 3) and (tmp_path / f"edit-{task}.png").exists(), task
         if task != "interpolate":
             assert "mse_vs_clean" in info
 

@@ -244,9 +244,10 @@ def test_bcm_finetune_starts_from_the_cm_network(tmp_path, shards):
     cm, _ = load_network(cm_run / "network-final.pt")
     bcm = build_model(from_dict(ModelConfig, TINY_BCM, "model"))
     init_from_network(bcm, cm_run / "network-final.pt")
-    x, t = torch.randn(32, 2), torch.exp(torch.randn(32))
-    with torch.no_grad():
-        torch.testing.assert_close(bcm(x, t), cm(x, t), rtol=0, atol=0)  # [I|0] init: f_bcm(x,t,eps) = f_cm(x,t)
+    x_in, c_t, c_u = torch.randn(32, 2), torch.randn(32), torch.randn(32)
+    with torch.no_grad():  # [I|0] init (BCM §3.2): the raw BCM net ignores u and equals the trained CM net
+        torch.testing.assert_close(bcm.net(x_in, c_t, c_u), cm.net(x_in, c_t), rtol=0, atol=0)
+        assert not torch.equal(bcm.net(x_in, c_t, c_u), build_model(bcm.cfg).net(x_in, c_t, c_u))
     ft = make_run(tmp_path / "bcm_ft", shards, total_steps=1, init=str(cm_run / "network-final.pt"))
     training_loop(ft)
     assert (ft / "network-final.pt").is_file()

@@ -16,9 +16,6 @@ from bcmcore.metrics import fid as fidlib
 from bcmcore.metrics import prdc, report
 from bcmcore.metrics.features import build_extractor
 
-LABEL_SALT = 0x1ABE1  # per-seed label stream, independent of the noise stream of the same seed
-
-
 class _ZeroNoise:
     """Stands in for SeededRNG where the spec switches BCM's initial inversion noise off."""
 
@@ -95,17 +92,15 @@ class Evaluator:
     # ---------------------------------------------------------------------------------- labels and output
     def labels(self, model, idx):
         """Class labels of seeds `idx` (None for unconditional models): per-seed draws, batch-independent."""
-        if not _num_classes(model):
+        num = _num_classes(model)
+        if not num:
             return None
-        if self.spec.labels == "data":
-            if self._train_labels is None:
-                from bcmcore.data import load_split
-                self._train_labels = load_split(self.spec.dataset, self.spec.ref_split)[1].numpy()
-            pool = self._train_labels
-        else:
-            pool = np.arange(_num_classes(model))
-        ys = [pool[np.random.default_rng([LABEL_SALT, int(self.seeds[i])]).integers(len(pool))] for i in idx]
-        return torch.as_tensor(np.asarray(ys), dtype=torch.long, device=self.device)
+        if self.spec.labels == "uniform":   # the same labels as `bcm sample --seeds` draws
+            return sampling.seeded_labels(self.seeds[idx], num, self.device)
+        if self._train_labels is None:     # "data": the label of a per-seed random training item (iGCT §8)
+            from bcmcore.data import load_split
+            self._train_labels = load_split(self.spec.dataset, self.spec.ref_split)[1].to(self.device)
+        return self._train_labels[sampling.seeded_labels(self.seeds[idx], len(self._train_labels), self.device)]
 
     def to_output(self, x):
         """Generated batch -> uint8 NCHW images (or float vectors), clamped as the protocol says."""
@@ -167,13 +162,16 @@ def _num_classes(model):
 
 # -------------------------------------------------------------------------------------------------- the sweep
 
-def load_model(m, device):
+def load_model(m, device, shape=None):
     """The spec's network file; its kind must be the one the spec declares."""
     from bcmcore.nets import load_network
     model, meta = load_network(m.network, device)
     if meta["kind"] != m.kind:
         raise UserError(f"{m.network}: a network of kind {meta['kind']!r}, but the spec's model {m.name!r} "
                         f"declares kind {m.kind!r} (check models[].network / models[].kind)")
+    if shape is not None and tuple(sampling.data_shape(model)) != tuple(shape):
+        raise UserError(f"{m.network}: the network makes samples of shape {tuple(sampling.data_shape(model))}, "
+                        f"the dataset has {tuple(shape)} (a network trained on other data?)")
     return model.requires_grad_(False), meta
 
 
@@ -209,14 +207,14 @@ def _guided_fn(ev, model, g, w):
     return lambda rng, y, idx: sampling.generate(model, recipe, rng.randn(ev.shape), rng, y, w=float(w))
 
 
-def _reconstruct(ev, model, inv, x, y, rng):
-    """-> (reconstruction, inversion NFE, total NFE) for one batch."""
+def reconstruct_batch(model, inv, x, y, rng, clamp=True):
+    """Invert and decode one batch per an InversionSpec -> (reconstruction, inversion NFE, total NFE)."""
     if model.kind == "bcm":  # BCM Alg. 5, then decode 1 step (or along gen_times)
         latent, n_inv = editing.invert(model, x, inv.times, rng if inv.initial_noise else _ZeroNoise(), y)
         x_hat, n_gen = editing.reconstruct(model, latent, float(inv.times[-1]), y, inv.gen_times or None)
         return x_hat, n_inv, n_inv + n_gen
     if model.kind == "igct":  # noiser, then denoiser at T with the source class and w = 1 (iGCT spec §6)
-        x_hat, n = guided.igct_edit(model, x, y, y, 1.0, clamp=not ev.vector)
+        x_hat, n = guided.igct_edit(model, x, y, y, 1.0, clamp=clamp)
         return x_hat, 1, n
     if model.kind == "edm":   # EDM ODE inversion and regeneration with deterministic Heun
         latent, n_inv = editing.heun_invert(model, x, sampling.karras_times(inv.steps)[::-1], y)
@@ -225,8 +223,9 @@ def _reconstruct(ev, model, inv, x, y, rng):
     raise UserError(f"inversion needs a bcm, igct or edm model, got kind {model.kind!r}")
 
 
-def _mse(ev, a, b):
-    if ev.vector:
+def mse_per_item(a, b, vector=False):
+    """Per-item MSE per dimension: raw values for vectors; [0, 1]-scaled uint8-quantised for images."""
+    if vector:
         return ((a.double() - b.double()) ** 2).flatten(1).mean(1)
     return editing.mse_uint8(a, b)   # [0, 1]-scaled, uint8-quantised, per dimension (BCM §7)
 
@@ -244,7 +243,7 @@ def mse_sweep(ev, model, x_all, y_all, fn, desc):
         y = y_all[idx].to(ev.device) if _num_classes(model) else None
         rng = sampling.SeededRNG(ev.spec.seed + idx, ev.device)
         x_hat, n_inv, n, ref = fn(x.float(), y, rng)
-        errs.append(_mse(ev, x_hat.float().cpu(), ref.float().cpu()).numpy())
+        errs.append(mse_per_item(x_hat.cpu(), ref.cpu(), ev.vector).numpy())
         nfes = (n_inv, n)
     local = np.concatenate(errs) if errs else np.zeros(0)
     per_image = gather_rows(local[:, None], mine, len(x_all))[:, 0]
@@ -261,7 +260,7 @@ def run(spec, out_dir, device=None, progress=True):
     seeds = _seed_text(ev.seeds)
     inv_data = None
     for i, m in enumerate(spec.models):
-        model, meta = load_model(m, ev.device)
+        model, meta = load_model(m, ev.device, ev.shape)
         base = {"model": m.name, "kind": m.kind, "checkpoint": str(m.network), "step": meta.get("step")}
         for j, s in enumerate(m.samplers):
             fn, steps = _sampler_fn(ev, model, s, f"models[{i}].samplers[{j}]")
@@ -280,7 +279,7 @@ def run(spec, out_dir, device=None, progress=True):
         for inv in m.inversions:
             steps = _steps_text("invert", inv.times) if m.kind == "bcm" else f"{m.kind} inversion"
             mse, n_inv, n = mse_sweep(ev, model, x_all, y_all,
-                                      lambda x, y, rng, inv=inv: (*_reconstruct(ev, model, inv, x, y, rng), x),
+                                      lambda x, y, rng, inv=inv: (*reconstruct_batch(model, inv, x, y, rng, not ev.vector), x),
                                       f"{m.name} invert")
             rows["mse"].append({**base, "task": "inversion", "inversion_nfe": n_inv, "nfe": n,
                                 "time_steps": steps, "mse": mse, "images": len(x_all), "seeds": seeds})

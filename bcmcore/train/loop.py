@@ -1,10 +1,8 @@
 """The one training loop: iCT, BCT (from scratch or fine-tuned from iCT), iGCT and the EDM baseline.
 
-Each step: `rounds` accumulation rounds of `batch_gpu` samples per process; before each round the global
-torch RNG (CPU and CUDA) is reseeded from (seed, step, chunk = round * world + rank), so the noise of a step
-depends on nothing saved; gradients are averaged over processes by hand (the losses call the model several
-times, once through functional_call, which plain DDP hooks do not follow). Curriculum and lr are functions of
-the step; the data position is step * batch. So a rerun resumes from the newest training state bit for bit.
+Resume is automatic and bitwise: noise is reseeded per (seed, step, chunk) (train/step.py), the curriculum and
+lr are functions of the step, the data position is step * batch, and the newest complete training state holds
+the weights, EMA and optimizer. Rerunning the same command continues where the last state left off.
 """
 import json
 import math
@@ -17,8 +15,8 @@ import torch
 from bcmcore import dist
 from bcmcore.config import ConfigError, UserError
 from bcmcore.train import checkpoint
-from bcmcore.train.config import load_run_config, round_seed
-from bcmcore.train.ema import EMA
+from bcmcore.train.config import load_run_config
+from bcmcore.train.step import Stepper
 
 
 class NonFiniteLoss(UserError):
@@ -59,30 +57,6 @@ def init_from_network(model, path):
                           f"fine-tuning needs model.net.two_time_embed: project") from None
 
 
-def sync_grads(params):
-    """Average gradients over processes: one flat all-reduce per dtype. A parameter unused on some rank
-    (grad None) gets zeros there, so every rank reduces the same list."""
-    if dist.world_size() == 1:
-        return
-    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
-    torch.distributed.all_reduce(has, op=torch.distributed.ReduceOp.MAX)
-    grads = []
-    for p, h in zip(params, has.tolist()):
-        if h and p.grad is None:
-            p.grad = torch.zeros_like(p)
-        if h:
-            grads.append(p.grad)
-    dist.all_reduce_mean_(grads)
-
-
-def _reduce_terms(terms):
-    """Mean of every logged scalar over processes (same key order everywhere)."""
-    keys = sorted(terms)
-    v = torch.stack([terms[k].detach().float().reshape(()) for k in keys]).cpu()
-    dist.all_reduce_mean_([v])
-    return dict(zip(keys, v.tolist()))
-
-
 def _peak_mem_gb(device):
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
@@ -119,9 +93,8 @@ def training_loop(run_dir, device=None):
     if world > 1:
         for v in model.state_dict().values():
             torch.distributed.broadcast(v, src=0)
-    ema = EMA(model, t.ema_rate)  # BCM fine-tuning: the EMA starts at the initial weights
-    optimizer = torch.optim.RAdam(model.parameters(), lr=t.lr, betas=t.betas, eps=t.eps,
-                                  weight_decay=t.weight_decay)
+    stepper = Stepper(model, loss_fn, t, device, conditional=cfg.model.net.num_classes > 0)
+    ema, optimizer = stepper.ema, stepper.optimizer
     step = 0
     if state is not None:
         checkpoint.check_compatible(resume, state["config"], config)
@@ -140,13 +113,11 @@ def training_loop(run_dir, device=None):
         log(f"{final_path} exists: nothing to do")
         return final_path
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = stepper.params
     n_params = sum(p.numel() for p in params)
     log(f"run {run_dir}: {cfg.model.kind} model ({n_params / 1e6:.3f} M params), loss {cfg.loss['kind']}, "
         f"{world} process(es) on {device.type}, batch {t.batch} = {batch_gpu} x {rounds} rounds x {world}, "
         f"steps {step}->{t.total_steps}")
-    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=t.bf16 and device.type == "cuda")
-    conditional = cfg.model.net.num_classes > 0
     loader = make_loader(cfg.data, batch_gpu, rank, world, t.seed, step * t.batch)
 
     def save(step):
@@ -157,33 +128,14 @@ def training_loop(run_dir, device=None):
 
     sums, n_sum, tick, t_start = {}, 0, time.time(), time.time()
     while step < t.total_steps:
-        for group in optimizer.param_groups:
-            group["lr"] = t.lr_at(step)
-        optimizer.zero_grad(set_to_none=True)
-        terms = {}
-        for r in range(rounds):
-            batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v)
-                     for k, v in next(loader).items()}
-            if not conditional:
-                batch["y"] = None  # labelled data (gmm2d components, CIFAR classes) for an unconditional model
-            torch.manual_seed(round_seed(t.seed, step, r * world + rank))  # seeds CPU and every CUDA device
-            with torch.autocast(**autocast):
-                out = loss_fn(model, batch, step, t.total_steps)
-            (out["loss"] / rounds).backward()
-            for k, v in out.items():
-                terms[k] = terms.get(k, 0.0) + v.detach().float() / rounds
-        sync_grads(params)
-        if t.grad_clip is not None:
-            terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-        values = _reduce_terms(terms)
+        values = stepper.backward(loader, step)
         bad = [k for k, v in values.items() if not math.isfinite(v)]
         if bad:
             detail = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
             raise NonFiniteLoss(f"step {step}: non-finite {'/'.join(bad)} ({detail}); stopped before the update; "
                                 f"last good state: {checkpoint.latest_state(run_dir) or 'none'}. "
                                 f"Lower train.lr or set train.grad_clip")
-        optimizer.step()
-        ema.update(model)
+        stepper.update()
         step += 1
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v

@@ -52,6 +52,7 @@ def check_config():
             launcher_settings(ds, stage)
         for exp in experiments(ds):
             check_run_config(ds, exp)
+            check_eval_spec(ds, exp)
 
 
 def enabled_datasets():
@@ -72,7 +73,11 @@ def check_raw_files(ds):
 # ---------------------------------------------------------------------------------------------- launching
 
 def site_file(name):
-    return Path(config["site"]) / name
+    """A file of the launcher site (relative paths: from the working directory, else from the workflow)."""
+    site = Path(config["site"])
+    if not site.is_absolute() and not site.exists():
+        site = Path(workflow.basedir) / site
+    return site / name
 
 
 def launcher_settings(ds, stage):
@@ -95,11 +100,23 @@ def launcher_settings(ds, stage):
     return settings
 
 
+def flags(options):
+    """{key: value} -> ' --key value ...' (underscores become dashes; true -> a bare flag; false/null -> none)."""
+    out = ""
+    for key, value in (options or {}).items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            out += f" {flag}"
+        elif value is not None and value is not False:
+            out += f" {flag} {shlex.quote(str(value))}"
+    return out
+
+
 def launch(ds, stage, job_dir):
-    """The `bcm launch ... --` prefix running one stage as one job (resources, so it never triggers reruns)."""
-    flags = "".join(f" --{k.replace('_', '-')} {shlex.quote(str(v))}"
-                    for k, v in launcher_settings(ds, stage).items())
-    return f"bcm launch --launcher {shlex.quote(str(site_file('launcher.yaml')))} --job-dir {job_dir}{flags} --"
+    """The `bcm launch ... --` prefix running one stage as one job. Rules pass it as a resource: the job's
+    size never triggers a rerun (the global batch, and so the result, does not depend on it)."""
+    site = shlex.quote(str(site_file("launcher.yaml")))
+    return f"bcm launch --launcher {site} --job-dir {job_dir}{flags(launcher_settings(ds, stage))} --"
 
 
 # ---------------------------------------------------------------------------------------------- run configs
@@ -152,6 +169,51 @@ def init_network(wildcards):
     """The network a fine-tuning run starts from (an input, so it is trained first)."""
     src = config["datasets"][wildcards.ds]["experiments"][wildcards.exp].get("init_from")
     return [network(wildcards.ds, src)] if src else []
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+def eval_spec(ds, exp):
+    """The `bcm eval` spec of one experiment: the dataset's sweep settings + this model's samplers / inversions
+    / guidance (bcmcore/metrics/spec.py)."""
+    d = config["datasets"][ds]
+    e = d["experiments"][exp]
+    model = {"name": exp, "network": network(ds, exp), "kind": run_config(ds, exp)["model"]["kind"]}
+    return merged(d.get("eval", {}), {"dataset": shards(ds), "models": [merged(model, e.get("eval", {}))]})
+
+
+def check_eval_spec(ds, exp):
+    import tempfile
+
+    from bcmcore.config import UserError
+    from bcmcore.metrics.spec import load_spec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "spec.json"
+        path.write_text(json.dumps(eval_spec(ds, exp)))
+        try:
+            load_spec(path)
+        except UserError as e:
+            stop(f"datasets.{ds} eval / experiments.{exp}.eval: {str(e).replace(str(path) + ': ', '')}")
+
+
+def evaluated(ds):
+    """Experiments with an evaluation sweep."""
+    return [exp for exp in experiments(ds) if config["datasets"][ds]["experiments"][exp].get("eval")]
+
+
+def dataset_outputs(ds):
+    """What `all` asks for: tables and plots, one sample grid per model, the application grids."""
+    outs = [f"results/{ds}/{t}_table.csv" for t in ("fid", "mse", "guidance")] + [f"results/{ds}/plots"]
+    for exp in experiments(ds):
+        e = config["datasets"][ds]["experiments"][exp]
+        outs.append(f"results/{ds}/grids/{exp}/samples.png")
+        outs += [f"results/{ds}/grids/{exp}/edit-{task}.png" for task in e.get("apps", {})]
+    return outs
+
+
+def all_outputs(wildcards):
+    return [out for ds in enabled_datasets() for out in dataset_outputs(ds)]
 
 
 def write_json(path, obj):

@@ -1,2 +1,25 @@
-def all_outputs(wildcards):
-    return [network(ds, exp) for ds in enabled_datasets() for exp in experiments(ds)]
+# The dataset's tables and plots: every model's sweep rows in one fid / mse / guidance table (light CPU work;
+# under cluster/slurm it is the one kind of rule sent to Slurm through the executor plugin).
+
+
+rule tables:
+    input:
+        fid=lambda w: expand("results/{ds}/eval/{exp}/fid_table.csv", ds=w.ds, exp=evaluated(w.ds)),
+        mse=lambda w: expand("results/{ds}/eval/{exp}/mse_table.csv", ds=w.ds, exp=evaluated(w.ds)),
+        guidance=lambda w: expand("results/{ds}/eval/{exp}/guidance_table.csv", ds=w.ds, exp=evaluated(w.ds)),
+    output:
+        fid=report("results/{ds}/fid_table.csv", caption="../report/fid_table.rst", category="Tables"),
+        mse=report("results/{ds}/mse_table.csv", caption="../report/mse_table.rst", category="Tables"),
+        guidance=report(
+            "results/{ds}/guidance_table.csv", caption="../report/guidance_table.rst", category="Tables"
+        ),
+        plots=report(
+            directory("results/{ds}/plots"),
+            patterns=["{name}.png"],
+            caption="../report/plots.rst",
+            category="Plots",
+        ),
+    log:
+        "results/{ds}/logs/tables.log",
+    script:
+        "../scripts/tables.py"

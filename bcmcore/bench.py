@@ -1,0 +1,190 @@
+"""`bcm bench train | ddp | data`: how fast one training step is, and how it scales over processes.
+
+train  img/s and sec/step of the real training step (train/step.py: loss passes, backward, RAdam, EMA) for a
+       named config, with and without bf16 autocast / torch.compile / channels_last where they apply; MFU on
+       CUDA (FLOPs counted by torch.utils.flop_counter, bf16 dense peak of the GPU as denominator).
+ddp    2 gloo CPU processes vs 1, same per-process batch: step-time and per-sample-time ratios.
+data   the data loader's own benchmark (bcmcore.data).
+"""
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from bcmcore.config import UserError, from_dict
+
+# Named configs: model + loss + per-GPU batch (CPU runs use cpu_batch so a 2-core box finishes).
+CONFIGS = {
+    "tiny": dict(model={"kind": "bcm", "net": {"arch": "mlp", "data_channels": 2, "channels": 128, "num_blocks": 4,
+                                              "two_time": True}}, loss={"kind": "bct"}, shape=(2,), batch=4096,
+                 cpu_batch=512),
+    "ncsnpp-cifar": dict(model={"kind": "bcm", "net": {"arch": "ncsnpp", "two_time": True}}, loss={"kind": "bct"},
+                         shape=(3, 32, 32), batch=128, cpu_batch=4),
+    "adm-64": dict(model={"kind": "bcm", "net": {"arch": "adm", "resolution": 64, "channels": 192,
+                                                "ch_mult": [1, 2, 3, 4], "num_blocks": 3, "attn_res": [32, 16, 8],
+                                                "num_classes": 1000, "two_time": True, "two_time_embed": "project"}},
+                   loss={"kind": "bct"}, shape=(3, 64, 64), batch=64, cpu_batch=2),
+}
+# Dense bf16 tensor-core peak (FLOP/s) by device-name substring; MFU is left out for other devices.
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "V100": 125e12}
+
+
+def _setup(name, batch, device, bf16=False, compile=False, channels_last=False):
+    from bcmcore.losses import build_loss
+    from bcmcore.nets import ModelConfig, build_model
+    from bcmcore.train.config import TrainConfig
+    from bcmcore.train.step import Stepper
+    if name not in CONFIGS:
+        raise UserError(f"--config: unknown config {name!r} (known: {', '.join(CONFIGS)})")
+    c = CONFIGS[name]
+    model_cfg = from_dict(ModelConfig, c["model"], "model")
+    torch.manual_seed(0)
+    model = build_model(model_cfg).to(device).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile:
+        model.net = torch.compile(model.net)
+    t = TrainConfig(total_steps=400_000, batch=batch, bf16=bf16)
+    stepper = Stepper(model, build_loss(c["loss"], model_cfg), t, device,
+                      conditional=model_cfg.net.num_classes > 0)
+    x = torch.rand(batch, *c["shape"], device=device) * 2 - 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, max(model_cfg.net.num_classes, 1), (batch,), device=device)
+
+    def batches():
+        while True:
+            yield {"x": x, "y": y}
+    return stepper, batches()
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(stepper, batches, steps, warmup, device):
+    """Seconds per optimizer step (mean over `steps` after `warmup`)."""
+    for i in range(warmup):
+        stepper.backward(batches, 200_000 + i)
+        stepper.update()
+    _sync(device)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        stepper.backward(batches, 200_000 + i)  # mid-curriculum: the grid size does not matter for speed
+        stepper.update()
+    _sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def step_flops(stepper, batches):
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        stepper.backward(batches, 200_000)
+    return counter.get_total_flops()
+
+
+def bench_train(name, device, batch=None, steps=10, warmup=3, variants=None):
+    """Rows {config, variant, batch, sec_per_step, img_per_s, mfu} for the variants that apply here."""
+    image = len(CONFIGS[name]["shape"]) == 3
+    cuda = device.type == "cuda"
+    batch = batch or CONFIGS[name]["batch" if cuda else "cpu_batch"]
+    wanted = variants or ["fp32", "bf16", "compile", "bf16+compile", "channels_last"]
+    rows = []
+    for v in wanted:
+        opts = dict(bf16="bf16" in v, compile="compile" in v, channels_last="channels_last" in v)
+        if (opts["bf16"] and not cuda) or (opts["channels_last"] and not image):
+            continue  # autocast runs on CUDA only (train.bf16); channels_last is for images
+        stepper, batches = _setup(name, batch, device, **opts)
+        sec = time_steps(stepper, batches, steps, warmup, device)
+        row = {"config": name, "variant": v, "device": str(device), "batch": batch, "sec_per_step": sec,
+               "img_per_s": batch / sec}
+        peak = next((p for k, p in PEAK_BF16.items() if cuda and k in torch.cuda.get_device_name(device)), None)
+        if peak and not opts["compile"]:
+            row["tflops_per_step"] = step_flops(stepper, batches) / 1e12
+            row["mfu"] = row["tflops_per_step"] * 1e12 / sec / peak
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        del stepper, batches
+        if cuda:
+            torch.cuda.empty_cache()
+    return rows
+
+
+def _ddp_worker(rank, world, port, name, batch, steps, warmup, out):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from bcmcore import dist
+    _, _, _, device = dist.init(device="cpu")
+    stepper, batches = _setup(name, batch * world, device)
+    sec = time_steps(stepper, batches, steps, warmup, device)
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump({"sec_per_step": sec, "threads": torch.get_num_threads()}, f)
+    dist.shutdown()
+
+
+def bench_ddp(name="tiny", batch=None, steps=20, warmup=3, world=2):
+    """CPU: per-process batch b on `world` gloo processes vs one process; ideal step-time ratio 1.0 (given
+    enough cores), ideal per-sample-time ratio 1/world."""
+    import socket
+    import tempfile
+
+    import torch.multiprocessing as mp
+    batch = batch or CONFIGS[name]["cpu_batch"]
+    times = {}
+    for w in (1, world):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "r.json")
+            mp.spawn(_ddp_worker, args=(w, port, name, batch, steps, warmup, out), nprocs=w, join=True)
+            with open(out) as f:
+                times[w] = json.load(f)
+    t1, tw = times[1]["sec_per_step"], times[world]["sec_per_step"]
+    row = {"config": name, "batch_per_process": batch, "sec_per_step_1": t1, f"sec_per_step_{world}": tw,
+           "threads_per_process": {w: r["threads"] for w, r in times.items()}, "cpu_count": os.cpu_count(),
+           "step_time_ratio": tw / t1, "per_sample_time_ratio": tw / (world * t1)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="bcm bench", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    tr = sub.add_parser("train", help="img/s, sec/step (and MFU on CUDA) of the training step")
+    tr.add_argument("--config", default="tiny", help=f"one of {', '.join(CONFIGS)}")
+    tr.add_argument("--batch", type=int, help="per-process batch (default: the config's GPU or CPU batch)")
+    tr.add_argument("--steps", type=int, default=10)
+    tr.add_argument("--warmup", type=int, default=3)
+    tr.add_argument("--variants", help="comma list of fp32,bf16,compile,bf16+compile,channels_last")
+    tr.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    tr.add_argument("--out", help="also write the rows as JSON here")
+    dd = sub.add_parser("ddp", help="2-process vs 1-process step time on CPU (gloo)")
+    dd.add_argument("--config", default="tiny")
+    dd.add_argument("--batch", type=int, help="per-process batch")
+    dd.add_argument("--steps", type=int, default=20)
+    dd.add_argument("--out")
+    sub.add_parser("data", help="data loader throughput (bcmcore.data)", add_help=False)
+    args, rest = ap.parse_known_args(argv)
+    if args.what == "data":
+        from bcmcore import data
+        if not hasattr(data, "benchmark"):
+            raise UserError("bcm bench data: bcmcore.data has no benchmark() in this version")
+        return data.benchmark(rest)
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.what == "train":
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        variants = args.variants.split(",") if args.variants else (None if device.type == "cuda"
+                                                                    else ["fp32", "channels_last"])
+        rows = bench_train(args.config, device, args.batch, args.steps, args.warmup, variants)
+    else:
+        rows = [bench_ddp(args.config, args.batch, args.steps)]
+    if args.out:
+        from bcmcore.util import atomic_write_text
+        atomic_write_text(args.out, json.dumps(rows, indent=1) + "\n")
+    return 0

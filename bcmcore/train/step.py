@@ -1,0 +1,79 @@
+"""One optimizer step of the training loop (also timed by `bcm bench train`).
+
+Accumulation rounds of `batch_gpu` samples; before each round the global torch RNG (CPU and CUDA) is reseeded
+from (seed, step, chunk = round * world + rank), so a step's noise depends on nothing saved and a chunk's noise
+not on how chunks are spread over processes. Gradients are averaged over processes by hand after backward: the
+losses call the model several times (BCT: 4 passes, one through functional_call with detached parameters),
+which DDP's per-forward hooks do not follow.
+"""
+import torch
+
+from bcmcore import dist
+from bcmcore.train.config import round_seed
+from bcmcore.train.ema import EMA
+
+
+def sync_grads(params):
+    """Average gradients over processes: one flat all-reduce per dtype. A parameter unused on some rank
+    (grad None) gets zeros there, so every rank reduces the same list."""
+    if dist.world_size() == 1:
+        return
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
+    torch.distributed.all_reduce(has, op=torch.distributed.ReduceOp.MAX)
+    grads = []
+    for p, h in zip(params, has.tolist()):
+        if h and p.grad is None:
+            p.grad = torch.zeros_like(p)
+        if h:
+            grads.append(p.grad)
+    dist.all_reduce_mean_(grads)
+
+
+def reduce_terms(terms):
+    """Mean of every logged scalar over processes (same key order everywhere) -> {name: float}."""
+    keys = sorted(terms)
+    v = torch.stack([terms[k].detach().float().reshape(()) for k in keys]).cpu()
+    dist.all_reduce_mean_([v])
+    return dict(zip(keys, v.tolist()))
+
+
+class Stepper:
+    """model + loss + RAdam + evaluation EMA; `backward(batches, step)` then `update()` make one step."""
+
+    def __init__(self, model, loss_fn, train_cfg, device, conditional=True):
+        t = self.t = train_cfg
+        self.model, self.loss_fn, self.device, self.conditional = model, loss_fn, device, conditional
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.RAdam(self.params, lr=t.lr, betas=t.betas, eps=t.eps,
+                                           weight_decay=t.weight_decay)
+        self.ema = EMA(model, t.ema_rate)  # BCM fine-tuning: the EMA starts at the initial weights
+        self.autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=t.bf16 and device.type == "cuda")
+
+    def backward(self, batches, step):
+        """Gradients of the global-batch mean loss for `step`; returns the loss terms averaged over all
+        rounds and processes. `batches`: an iterator yielding one per-round batch dict per call."""
+        t, rank, world = self.t, dist.rank(), dist.world_size()
+        rounds = t.split_batch(world)[1]
+        for group in self.optimizer.param_groups:
+            group["lr"] = t.lr_at(step)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms = {}
+        for r in range(rounds):
+            batch = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v)
+                     for k, v in next(batches).items()}
+            if not self.conditional:
+                batch["y"] = None  # labelled data (gmm2d components, CIFAR classes) for an unconditional model
+            torch.manual_seed(round_seed(t.seed, step, r * world + rank))  # seeds CPU and every CUDA device
+            with torch.autocast(**self.autocast):
+                out = self.loss_fn(self.model, batch, step, t.total_steps)
+            (out["loss"] / rounds).backward()
+            for k, v in out.items():
+                terms[k] = terms.get(k, 0.0) + v.detach().float() / rounds
+        sync_grads(self.params)
+        if t.grad_clip is not None:
+            terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip)
+        return reduce_terms(terms)
+
+    def update(self):
+        self.optimizer.step()
+        self.ema.update(self.model)
