@@ -347,3 +347,9 @@ def _batches(loader, device):
         if device is not None:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         yield {k: (_to_float(v) if k.startswith("x") else v) for k, v in batch.items()}
+
+
+def benchmark(argv=None):
+    """`bcm bench data` (dispatched by bcmcore.bench): see bcmcore.data_bench."""
+    from bcmcore.data_bench import benchmark as run
+    return run(argv)

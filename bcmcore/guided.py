@@ -5,7 +5,7 @@ convention (w = 1: no guidance). Noise comes from per-sample seeds, so sample i 
 """
 import torch
 
-from bcmcore import sampling
+from bcmcore import editing, sampling
 from bcmcore.config import UserError
 from bcmcore.nets.igct import check_labels, check_w
 
@@ -71,9 +71,7 @@ def edm_invert(model, x, y, steps=18):
     """EDM ODE inversion: Heun from sigma_min up to T with the source class, no CFG (spec §6 baselines)."""
     _require(model, ("edm",), "edm_invert")
     y = _labels(model, y, x.shape[0], x.device, "source class")
-    times = sampling.karras_times(steps)[::-1]                         # increasing sigma_min .. T
-    net = sampling.Calls(model, y)
-    return sampling.heun_ode(net, x, times, 1.0), net.n
+    return editing.heun_invert(model, x, sampling.karras_times(steps)[::-1], y)   # increasing sigma_min .. T
 
 
 @torch.no_grad()
@@ -98,3 +96,71 @@ def edit(model, x, y_src, y_tar, w=1.0, steps=18, clamp=True):
 def _data_shape(model):
     net = model.cfg.net
     return (net.data_channels,) if net.arch == "mlp" else (net.data_channels, net.resolution, net.resolution)
+
+
+# ----------------------------------------------------------------------------------------------
+# Class-editing success rate (demo digits): how often the edited image is classified as the target class
+
+@torch.no_grad()
+def edit_success_rate(model, classify, x, y_src, ws, steps=18, batch=256):
+    """{w: fraction of (image, target) pairs whose edit `classify` labels as the target}, over all targets != source."""
+    num = getattr(model, "num_classes", None) or model.cfg.net.num_classes
+    y_src = check_labels(y_src, num, "source class").to(x.device)
+    rates = {}
+    for w in ws:
+        hits = total = 0
+        for k in range(1, num):                                  # every off-diagonal (source, target) pair
+            y_tar = (y_src + k) % num
+            for i in range(0, x.shape[0], batch):
+                x_edit, _ = edit(model, x[i:i + batch], y_src[i:i + batch], y_tar[i:i + batch], w, steps)
+                hits += int((classify(x_edit).to(y_tar.device) == y_tar[i:i + batch]).sum())
+                total += x_edit.shape[0]
+        rates[float(w)] = hits / total
+    return rates
+
+
+def edit_rate_main(argv=None):
+    """`python -m bcmcore.guided --network FILE --shards DIR --out CSV`: editing success rate per w (demo digits)."""
+    import argparse
+
+    from bcmcore.data import load_split
+    from bcmcore.metrics.demo_classifier import load_demo_classifier
+    from bcmcore.metrics.report import write_csv
+    from bcmcore.nets import load_network
+
+    p = argparse.ArgumentParser(prog="python -m bcmcore.guided", description=edit_rate_main.__doc__)
+    p.add_argument("--network", required=True, help="network-final.pt of an iGCT or EDM (CFG) model")
+    p.add_argument("--shards", required=True, help="shard dir of the demo digits (its test split is edited)")
+    p.add_argument("--out", required=True, help="CSV file to write: w, edit_success_rate, pairs")
+    p.add_argument("--split", default="test")
+    p.add_argument("--w", default="1,4,7,13", help="comma-separated guidance weights (w = 1: none)")
+    p.add_argument("--limit", type=int, default=200, help="number of source images")
+    p.add_argument("--steps", type=int, default=18, help="EDM only: Heun grid points for inversion and sampling")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = p.parse_args(argv)
+    try:
+        ws = [float(v) for v in a.w.split(",")]
+    except ValueError:
+        raise UserError(f"--w: expected comma-separated numbers, got {a.w!r}") from None
+    for w in ws:
+        check_w(w)
+    model, _ = load_network(a.network, a.device)
+    _require(model, ("igct", "edm"), "edit rate")
+    x, y = load_split(a.shards, a.split)
+    x = torch.as_tensor(x[:a.limit]).float().div(127.5).sub(1).to(a.device)
+    classifier = load_demo_classifier(a.shards, a.device)
+    rates = edit_success_rate(model, classifier.classify, x, y[:a.limit], ws, a.steps)
+    n_pairs = x.shape[0] * (model.cfg.net.num_classes - 1)
+    write_csv(a.out, [{"w": w, "edit_success_rate": r, "pairs": n_pairs} for w, r in rates.items()],
+              ["w", "edit_success_rate", "pairs"])
+    for w, r in rates.items():
+        print(f"w={w:g}: {r:.3f} of {n_pairs} edits classified as the target class")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    try:
+        sys.exit(edit_rate_main())
+    except UserError as e:  # one clear line, like `bcm`
+        sys.exit(f"python -m bcmcore.guided: error: {e}")

@@ -108,9 +108,7 @@ class BcmTask(submitit.helpers.Checkpointable):
         from bcmcore.cli import main
         try:
             return main(list(argv))
-        except SystemExit as e:  # argparse errors: an exit code, not a crash
-            return e.code if isinstance(e.code, int) else 1
-        except Exception:
+        except Exception:  # (never SystemExit: submitit's requeue on preemption exits through it)
             # The debug executor would open pdb on a crash: only useful at a terminal, a hang in a workflow.
             if "SUBMITIT_DEBUG_JOB_ID" not in os.environ or sys.stdin.isatty():
                 raise

@@ -20,7 +20,7 @@ from PIL import Image
 
 from bcmcore.config import UserError
 from bcmcore.data import FORMAT, KEY, sha256_file
-from bcmcore.util import atomic_path
+from bcmcore.util import atomic_path, atomic_write_bytes, atomic_write_text
 
 PNG_OPTIONS = {"format": "PNG", "compress_level": 6, "optimize": False}
 SHARD_RE = re.compile(r"^[A-Za-z0-9_]+-\d{6}\.(tar|idx)$")
@@ -80,19 +80,9 @@ def _write_shard(task):
     with atomic_path(tar_path) as tmp:
         offsets = write_tar(tmp, first_key, x, y)
         digest, size = sha256_file(tmp), os.path.getsize(tmp)
-        _readable(tmp)
-    with atomic_path(idx_path) as tmp:
-        Path(tmp).write_bytes(offsets.tobytes())
-        _readable(tmp)
+    atomic_write_bytes(idx_path, offsets.tobytes())
     return {"name": tar_path.name, "index": idx_path.name, "count": int(len(x)), "bytes": int(size),
             "sha256": digest, "first_key": int(first_key)}
-
-
-def _readable(path):
-    """Shards are shared data: the usual umask-based mode, not mkstemp's private 0600."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o644 & ~umask)
 
 
 def _bounded_map(fn, tasks, workers, depth):
@@ -143,9 +133,7 @@ def write_dataset(out, splits, meta, workers=None, totals=None):
     for p in out.iterdir():                   # shards of an earlier, larger conversion
         if SHARD_RE.match(p.name) and p.name not in keep:
             p.unlink()
-    with atomic_path(out / "manifest.json") as tmp:
-        Path(tmp).write_text(json.dumps(manifest, indent=1) + "\n")
-        _readable(tmp)
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 

@@ -108,10 +108,11 @@ class IGCTLoss:
         return lam
 
     def _t_r(self, n, P_mean, P_std, stage, model, device):
-        """t ~ lognormal clamped to [t_min, T] (t < t_min is meaningless under the boundary rule); r = r_s(t)."""
+        """t ~ lognormal clamped to [t_min, T] (t < t_min is meaningless under the boundary rule); r = r_s(t) < t."""
         t = torch.exp(P_mean + P_std * torch.randn(n, device=device)).clamp(model.sigma_min, model.sigma_max)
         r = param.ect_r(t, stage, self.cfg.q, self.cfg.k, self.cfg.b)
-        return t, torch.where(r > 0, r.clamp_min(model.sigma_min), r)   # r = 0: "jump to data" (ECT stage 0)
+        # r below sigma_min: the boundary condition makes the target the clean image itself, as for ECT's r = 0
+        return t, torch.where(r >= model.sigma_min, r, torch.zeros_like(r))
 
     def __call__(self, model, batch, step, total_steps):
         cfg, c = self.cfg, self.cfg.huber_c
@@ -139,6 +140,7 @@ class IGCTLoss:
         x_r = guided_euler_target(x_t, y_img, x_tar, t, r, w)
         online, target = shared_dropout(lambda: model.denoiser(x_t, t, y, w),
                                         lambda: model.denoiser(x_r, r.clamp_min(model.sigma_min), y, w), dev)
+        # (the target pass at r = 0 is evaluated at sigma_min only to keep one batch shape, then replaced)
         # r = 0 (stage 0, small t later): no ODE step to take, the target is the clean image that was noised.
         target = torch.where(param.append_dims(r > 0, x_tar.ndim), target, y_img)
         l_gct = param.pseudo_huber(online, target, c) / (t - r)     # ECT weight 1/(t - r)
