@@ -20,7 +20,9 @@ report: f"{workflow.basedir}/workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 
 
-check_config()
+# Once, in the process the user started (not again in every job Snakemake spawns or submits).
+if workflow.is_main_process:
+    check_config()
 
 
 include: "workflow/rules/data.smk"

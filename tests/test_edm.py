@@ -42,7 +42,7 @@ def test_exact_cfg_overshoots_the_class_mode():
     model = ExactToyDenoiser()
     expect = {1.0: (1.99, 0.50), 4.0: (2.65, 0.28), 7.0: (2.99, 0.25), 13.0: (3.46, 0.22)}
     for w, (mean, std) in expect.items():
-        x = cfg_samples(model, w, 4000, 100)
+        x = cfg_samples(model, w, 2000, 50)
         assert abs(x.mean() - mean) < 0.03 and abs(x.std() - std) < 0.03, (w, x.mean(), x.std())
     assert np.median(x) > 2 + 2 * S                     # at w = 13 the mode is beyond 2 + 2s: overshoot
 
@@ -100,3 +100,16 @@ def test_edm_bad_input():
         guided.edm_edit(model, x, 1, 0, w=0.0)
     with pytest.raises(UserError, match="target class must be an integer in 0..1"):
         guided.edm_edit(model, x, 1, 2, w=2.0)
+
+
+def test_edit_success_rate_counts_target_class_hits():
+    # exact toy: every edit 1 -> 0 and 0 -> 1 lands on the target side (classify = sign), at w = 1 and with CFG
+    model = ExactToyDenoiser()
+    y = torch.tensor([0, 1] * 8)
+    x = (4.0 * y - 2.0)[:, None].double() + S * torch.randn(16, 1, dtype=torch.float64)
+    rates = guided.edit_success_rate(model, lambda v: (v[:, 0] > 0).long(), x, y, ws=[1.0, 3.0], steps=18)
+    assert rates == {1.0: 1.0, 3.0: 1.0}
+    # a judge that always answers the source class scores 0
+    assert guided.edit_success_rate(model, lambda v: (v[:, 0] < 0).long(), x, y, ws=[1.0])[1.0] == 0.0
+    with pytest.raises(UserError, match="guidance weight"):
+        guided.edit_rate_main(["--network", "n.pt", "--shards", "s", "--out", "o.csv", "--w", "0.5"])

@@ -172,3 +172,41 @@ def test_image_mse_is_on_quantised_unit_range():
     b = torch.full((2, 1, 4, 4), 0.5)             # [-1, 1] -> uint8 128 vs 191 -> 63/255 apart
     np.testing.assert_allclose(mse_per_item(a, b).numpy(), [(63 / 255) ** 2] * 2, rtol=1e-12)
     assert mse_per_item(a, a + 1e-4).max() == 0   # below one quantisation step
+
+
+# ------------------------------------------------------------------------------------------ Inception plumbing
+
+class _FakeLayers(torch.nn.Module):
+    def forward(self, x):
+        return torch.cat([x.mean((2, 3)), x.std((2, 3))], 1).repeat(1, 342)[:, :2048, None, None]
+
+
+class _FakeInception(torch.nn.Module):
+    """A TorchScript file with the interface of NVIDIA's Inception (layers, return_features): plumbing only."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = _FakeLayers()
+
+    def forward(self, x, return_features: bool = False):
+        x = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        return self.layers((x - 128) / 128).view(x.shape[0], 2048)
+
+
+@pytest.mark.parametrize("mode", ["clean", "legacy_tensorflow"])
+def test_inception_extractor_is_built_from_the_staged_file_without_downloading(tmp_path, monkeypatch, mode):
+    path = tmp_path / features.INCEPTION_FILE
+    torch.jit.script(_FakeInception()).save(str(path))
+    monkeypatch.setattr(features, "INCEPTION_BYTES", path.stat().st_size)
+    monkeypatch.setattr(features, "INCEPTION_SHA256", features._sha256(path))
+    import urllib.request
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("tried to download"))
+    ex = features.inception_extractor(tmp_path, mode)
+    assert ex.key == f"{mode}-inception" and ex.dim == 2048
+    imgs = np.random.default_rng(7).integers(0, 256, (3, 1, 16, 16), dtype=np.uint8)
+    f = ex.features(imgs, progress=False)
+    assert f.shape == (3, 2048)
+    # grey -> RGB, 0..255 -> (x - 128) / 128 inside InceptionV3W: channel means are equal and match the image
+    expect = (imgs.reshape(3, -1).mean(1) - 128) / 128
+    np.testing.assert_allclose(f[:, 0], f[:, 1], rtol=1e-6)
+    np.testing.assert_allclose(f[:, 0], expect, atol=0.02)

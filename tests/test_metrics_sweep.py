@@ -1,5 +1,8 @@
-"""Demo classifier, demo-set FIDs, reference caching and the end-to-end `bcm eval` sweep on tiny networks."""
+"""The evaluation sweep on 2-D toy data: exact flow map -> FID ~ 0, `bcm eval` end to end on tiny saved
+networks (raw features), spec and checkpoint errors, and a 2-rank gloo run equal to the 1-process run."""
 import json
+import os
+import socket
 
 import numpy as np
 import pytest
@@ -7,76 +10,24 @@ import torch
 
 from bcmcore.cli import main as bcm
 from bcmcore.config import ConfigError, UserError
-from bcmcore.data import load_split
-from bcmcore.metrics import demo_classifier, fid
-from bcmcore.metrics.features import demo_extractor
 from bcmcore.metrics.report import read_csv
+from bcmcore.metrics.spec import EvalSpec, FeaturesConfig, load_spec
 from bcmcore.nets import ModelConfig, NetConfig, build_model, save_network
+from bcmcore.toy import DEMO_GMM, ExactFlowMap
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    """Real demo shards (data_prep digits) and the demo classifier trained on them (once per module)."""
+def gmm(tmp_path_factory):
     from data_prep.__main__ import main as prep
-    out = tmp_path_factory.mktemp("digits") / "shards"
-    assert prep(["digits", "--out", str(out), "--workers", "1"]) == 0
-    demo_classifier.load_demo_classifier(out)
+    out = tmp_path_factory.mktemp("gmm") / "shards"
+    assert prep(["gmm2d", "--out", str(out), "--workers", "1", "--n-train", "3000", "--n-test", "300"]) == 0
     return out
 
 
-def test_demo_classifier_is_accurate_and_cached(digits):
-    clf = demo_classifier.load_demo_classifier(digits)
-    assert (digits / demo_classifier.FILE).is_file()
-    assert clf.test_accuracy > 0.95                      # measured 0.980 on the 300 held-out digits
-    xt, yt = load_split(digits, "test")
-    assert float((clf.classify(xt) == yt).float().mean()) == pytest.approx(clf.test_accuracy)
-    assert float((clf.classify(xt.float() / 127.5 - 1) == yt).float().mean()) == pytest.approx(clf.test_accuracy)
-
-
-def test_demo_classifier_training_is_deterministic(digits):
-    x, y = load_split(digits, "train")
-    a = demo_classifier.train_demo_classifier(x[:128], y[:128], epochs=1)
-    b = demo_classifier.train_demo_classifier(x[:128], y[:128], epochs=1)
-    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.equal(va, vb), k
-
-
-def test_demo_fids_order_real_halves_below_blur_below_noise(digits):
-    ex = demo_extractor(digits)
-    x, _ = load_split(digits, "train")
-    f = ex.features(x, progress=False)
-    assert abs(fid.fid_from_feats(f, f)) < 1e-6
-    halves = fid.fid_from_feats(f[::2], f[1::2])
-    blur = torch.nn.functional.avg_pool2d(x.float(), 3, 1, 1).round().to(torch.uint8)
-    blurred = fid.fid_from_feats(f, ex.features(blur, progress=False))
-    noise = torch.randint(0, 256, x.shape, generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    noisy = fid.fid_from_feats(f, ex.features(noise, progress=False))
-    assert halves < 10 and blurred > 3 * halves and noisy > 500   # measured: 4.0, 72, 2618
-
-
-def test_reference_stats_are_cached_and_keyed_by_extractor(digits):
-    class Key:
-        key = "test-extractor"
-    calls = []
-
-    def feats_fn(x):
-        calls.append(len(x))
-        return x.float().flatten(1)[:, :20].numpy() + np.random.default_rng(len(calls)).normal(size=(len(x), 20))
-
-    a = fid.reference_stats(digits, "train", Key, feats_fn, pr_count=100)
-    b = fid.reference_stats(digits, "train", Key, lambda x: pytest.fail("recomputed a cached reference"), 100)
-    assert calls == [1497] and np.array_equal(a["mu"], b["mu"]) and b["pr_feats"].shape == (100, 20)
-    Key.key = "another-extractor"
-    fid.reference_stats(digits, "train", Key, feats_fn, pr_count=100)
-    assert len(calls) == 2
-
-
-# ------------------------------------------------------------------------------------------ end to end
-
 def _tiny(kind, num_classes=0):
-    net = NetConfig(arch="ncsnpp", data_channels=1, resolution=16, channels=8, ch_mult=(1, 2), num_blocks=1,
-                    attn_res=(), two_time=(kind == "bcm"), num_classes=num_classes)
     torch.manual_seed(0)
+    net = NetConfig(arch="mlp", data_channels=2, channels=16, num_blocks=1, two_time=(kind == "bcm"),
+                    num_classes=num_classes)
     return build_model(ModelConfig(kind=kind, net=net))
 
 
@@ -84,86 +35,146 @@ def _tiny(kind, num_classes=0):
 def networks(tmp_path_factory):
     d = tmp_path_factory.mktemp("nets")
     paths = {}
-    for name, kind, classes in (("bcm", "bcm", 0), ("igct", "igct", 10), ("edm", "edm", 10)):
+    for name, kind, classes in (("bcm", "bcm", 0), ("igct", "igct", 4), ("edm", "edm", 4)):
         paths[name] = d / f"{name}.pt"
-        save_network(paths[name], _tiny(kind, classes), 7, {"note": "untrained test network"})
+        save_network(paths[name], _tiny(kind, classes), 3, {"note": "untrained test network"})
     return paths
 
 
-def _spec(tmp_path, digits, networks, **over):
-    spec = {
-        "dataset": str(digits), "features": {"kind": "demo"}, "num_samples": 80, "batch_size": 40,
-        "inversion_count": 24, "grid": 16, "pr_real": 500,
-        "models": [
-            {"name": "bcm", "network": str(networks["bcm"]), "kind": "bcm",
-             "samplers": [{"recipe": "demo-nfe1"}, {"recipe": "demo-nfe2"}, {"recipe": "demo-nfe3"},
-                          {"recipe": "demo-nfe4"}],
-             "inversions": [{"times": [0.07, 80.0]}, {"times": [0.07, 2.0, 80.0]}],
-             "jpeg": [[0.07, 0.5]]},
-            {"name": "igct", "network": str(networks["igct"]), "kind": "igct",
-             "samplers": [{"sampler": "igct", "steps": 2}], "inversions": [{}], "guidance": {"ws": [1, 3]}},
-            {"name": "cfg-edm", "network": str(networks["edm"]), "kind": "edm",
-             "guidance": {"ws": [1, 3], "recipe": "demo-heun"}},
-        ]}
+def _spec_file(tmp_path, gmm, networks, **over):
+    spec = {"dataset": str(gmm), "features": {"kind": "raw"}, "num_samples": 64, "batch_size": 24,
+            "inversion_count": 40, "pr_real": 1000,
+            "models": [
+                {"name": "bcm", "network": str(networks["bcm"]), "kind": "bcm",
+                 "samplers": [{"recipe": "demo-nfe1"}, {"recipe": "demo-nfe2"}, {"recipe": "demo-nfe3"},
+                              {"recipe": "demo-nfe4"}],
+                 "inversions": [{"times": [0.07, 80.0]}, {"times": [0.07, 2.0, 80.0]}]},
+                {"name": "igct", "network": str(networks["igct"]), "kind": "igct",
+                 "samplers": [{"sampler": "igct", "steps": 1}], "inversions": [{}], "guidance": {"ws": [1, 4]}},
+                {"name": "cfg-edm", "network": str(networks["edm"]), "kind": "edm",
+                 "samplers": [{"sampler": "heun", "times": [80, 1, 0.002, 0], "name": "heun3"}],
+                 "inversions": [{"steps": 3}], "guidance": {"ws": [1, 4], "recipe": "edm-18"}}]}
     spec.update(over)
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
     return path
 
 
-def test_bcm_eval_end_to_end_writes_tables_plots_and_grids(tmp_path, digits, networks, monkeypatch):
+def test_exact_flow_map_samples_score_like_the_data(gmm):
+    """Ground truth for the sampling -> features -> FID path: exact PF-ODE samples have FID ~ sampling noise."""
     from bcmcore import sampling
-    # a short Heun schedule keeps the CFG baseline cheap on the CPU (4 Heun steps + 1 Euler step: 9 NFE, 18 with CFG)
-    monkeypatch.setitem(sampling.RECIPES, "demo-heun",
-                        sampling.Recipe("heun", tuple(sampling.karras_times(5, zero=True))))
+    from bcmcore.metrics.sweep import Evaluator
+    ev = Evaluator(EvalSpec(dataset=str(gmm), models=(), features=FeaturesConfig(kind="raw"), num_samples=400,
+                            batch_size=400, pr_real=3000), device="cpu", progress=False)
+    exact = ExactFlowMap(DEMO_GMM)
+    one = sampling.Recipe("onestep")
+    feats, nfe, _ = ev.generate(exact, lambda rng, y, idx: sampling.generate(exact, one, rng.randn((2,)), rng))
+    fid, p, r = ev.score(feats)
+    assert nfe == 1 and fid < 0.05 and p > 0.9 and r > 0.9      # 400 samples vs 3000 data points
+    shifted = feats + np.array([0.5, 0.0])                         # a wrong sampler (mean off by 0.5)
+    fid_bad, p_bad, _ = ev.score(shifted)
+    assert fid_bad > 0.2 and p_bad < p
+
+
+def test_bcm_eval_end_to_end_on_toy_networks(tmp_path, gmm, networks):
     out = tmp_path / "eval"
-    assert bcm(["eval", "--spec", str(_spec(tmp_path, digits, networks)), "--out", str(out), "--device", "cpu",
+    assert bcm(["eval", "--spec", str(_spec_file(tmp_path, gmm, networks)), "--out", str(out), "--device", "cpu",
                 "--no-progress"]) == 0
     rows = read_csv(out / "fid_table.csv")
     assert [(r["model"], r["sampler"], r["nfe"]) for r in rows] == [
         ("bcm", "demo-nfe1", "1"), ("bcm", "demo-nfe2", "2"), ("bcm", "demo-nfe3", "3"), ("bcm", "demo-nfe4", "4"),
-        ("igct", "igct", "2")]
-    for r in rows:   # an untrained net makes garbage: a large FID, but finite numbers from the run
-        assert float(r["fid"]) > 10 and 0 <= float(r["precision"]) <= 1 and 0 <= float(r["recall"]) <= 1
-        assert r["samples"] == "80" and r["seeds"] == "0-79" and r["checkpoint"].endswith(".pt")
+        ("igct", "igct", "1"), ("cfg-edm", "heun3", "5")]
+    for r in rows:
+        assert float(r["fid"]) > 0 and 0 <= float(r["precision"]) <= 1 and 0 <= float(r["recall"]) <= 1
+        assert r["samples"] == "64" and r["seeds"] == "0-63" and r["step"] == "3"
+    assert rows[1]["time_steps"] == "ancestral 80>1>0.002"
     mse = read_csv(out / "mse_table.csv")
-    assert [(r["model"], r["task"], r["inversion_nfe"], r["nfe"]) for r in mse] == [
-        ("bcm", "inversion", "1", "2"), ("bcm", "inversion", "2", "3"), ("bcm", "jpeg-q20", "1", "2"),
-        ("igct", "inversion", "1", "2")]
-    assert all(0 < float(r["mse"]) < 1 for r in mse)
+    assert [(r["model"], r["inversion_nfe"], r["nfe"]) for r in mse] == [
+        ("bcm", "1", "2"), ("bcm", "2", "3"), ("igct", "1", "2"), ("cfg-edm", "4", "9")]
+    assert all(float(r["mse"]) > 0 and r["images"] == "40" for r in mse)
     guid = read_csv(out / "guidance_table.csv")
     assert [(r["model"], r["w"], r["nfe"]) for r in guid] == [
-        ("igct", "1", "1"), ("igct", "3", "1"), ("cfg-edm", "1", "9"), ("cfg-edm", "3", "18")]
-    for name in ("plots/fid_vs_nfe.png", "plots/mse_vs_nfe.png", "plots/guidance.png", "grids/bcm-demo-nfe1.png",
-                 "grids/cfg-edm-w3.png", "eval_info.json"):
-        assert (out / name).stat().st_size > 0, name
-    info = json.loads((out / "eval_info.json").read_text())
-    assert info["demo_classifier_test_accuracy"] > 0.95 and info["reference_count"] == 1497
+        ("igct", "1", "1"), ("igct", "4", "1"), ("cfg-edm", "1", "35"), ("cfg-edm", "4", "70")]
+    for name in ("plots/fid_vs_nfe.png", "plots/mse_vs_nfe.png", "plots/guidance.png"):
+        assert (out / name).stat().st_size > 1000, name
+    assert json.loads((out / "eval_info.json").read_text())["features"] == "raw"
     assert not list(out.rglob(".tmp-*"))
 
 
-def test_eval_rejects_a_checkpoint_of_the_wrong_kind(tmp_path, digits, networks):
-    spec = _spec(tmp_path, digits, networks, models=[
+def test_eval_rejects_a_checkpoint_of_the_wrong_kind(tmp_path, gmm, networks):
+    spec = _spec_file(tmp_path, gmm, networks, models=[
         {"name": "x", "network": str(networks["edm"]), "kind": "bcm", "samplers": [{"recipe": "demo-nfe1"}]}])
     with pytest.raises(UserError, match=r"edm.pt: a network of kind 'edm', but the spec's model 'x' declares"):
-        bcm_main(["--spec", str(spec), "--out", str(tmp_path / "o"), "--device", "cpu", "--no-progress"])
+        from bcmcore.metrics.cli import main
+        main(["--spec", str(spec), "--out", str(tmp_path / "o"), "--device", "cpu", "--no-progress"])
+    assert bcm(["eval", "--spec", str(spec), "--out", str(tmp_path / "o")]) == 2   # one line, exit 2
 
 
-def test_eval_spec_errors_name_the_key(tmp_path, digits, networks):
-    from bcmcore.metrics.spec import load_spec
-    bad = _spec(tmp_path, digits, networks, models=[
+def test_eval_spec_yaml_and_json_agree(tmp_path, gmm, networks):
+    import yaml
+    js = _spec_file(tmp_path, gmm, networks)
+    ym = tmp_path / "spec.yaml"
+    ym.write_text(yaml.safe_dump(json.loads(js.read_text())))
+    assert load_spec(ym) == load_spec(js)
+    assert load_spec(ym).models[0].inversions[1].times == (0.07, 2.0, 80.0)
+
+
+def test_eval_spec_errors_name_the_file_and_key(tmp_path, gmm, networks):
+    bad = _spec_file(tmp_path, gmm, networks, models=[
         {"name": "x", "network": "n.pt", "kind": "bcm", "samplers": [{"recipe": "no-such"}]}])
-    with pytest.raises(ConfigError, match=r"models\[0\]\.samplers\[0\]\.recipe"):
+    with pytest.raises(ConfigError, match=r"spec.json: models\[0\]\.samplers\[0\]\.recipe"):
         load_spec(bad)
-    bad.write_text(json.dumps({"dataset": str(digits), "models": [], "num_sample": 3}))
+    bad.write_text(json.dumps({"dataset": str(gmm), "models": [], "num_sample": 3}))
     with pytest.raises(ConfigError, match="unknown config key 'spec.num_sample'"):
         load_spec(bad)
-    bad.write_text(json.dumps({"dataset": str(digits), "models": [
+    bad.write_text(json.dumps({"dataset": str(gmm), "models": [
         {"name": "c", "network": "n.pt", "kind": "cm", "inversions": [{"times": [0.07, 80]}]}]}))
     with pytest.raises(ConfigError, match="a cm model cannot invert"):
         load_spec(bad)
+    with pytest.raises(UserError, match="eval spec not found"):
+        load_spec(tmp_path / "missing.yaml")
 
 
-def bcm_main(argv):
+def test_too_few_samples_for_the_features_is_a_clear_error(tmp_path, gmm, networks):
+    spec = _spec_file(tmp_path, gmm, networks, num_samples=2, models=[
+        {"name": "bcm", "network": str(networks["bcm"]), "kind": "bcm", "samplers": [{"recipe": "demo-nfe1"}]}])
+    with pytest.raises(UserError, match="generated samples: 2 samples but the features have 2 dimensions"):
+        from bcmcore.metrics.cli import main
+        main(["--spec", str(spec), "--out", str(tmp_path / "o"), "--device", "cpu", "--no-progress"])
+
+
+# ------------------------------------------------------------------------------------------ distributed
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank, world, port, spec, out):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from bcmcore import dist
     from bcmcore.metrics.cli import main
-    return main(argv)
+    try:
+        main(["--spec", spec, "--out", out, "--device", "cpu", "--no-progress"])
+    finally:
+        dist.shutdown()
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_give_the_single_process_numbers(tmp_path, gmm, networks):
+    """Seeds are split across ranks and features all-gathered in seed order: the tables are identical."""
+    import torch.multiprocessing as mp
+    spec = str(_spec_file(tmp_path, gmm, networks, num_samples=50, models=[
+        {"name": "bcm", "network": str(networks["bcm"]), "kind": "bcm",
+         "samplers": [{"recipe": "demo-nfe1"}, {"recipe": "demo-nfe3"}], "inversions": [{"times": [0.07, 80.0]}]}]))
+    bcm(["eval", "--spec", spec, "--out", str(tmp_path / "one"), "--device", "cpu", "--no-progress"])
+    mp.start_processes(_rank_main, args=(2, _free_port(), spec, str(tmp_path / "two")), nprocs=2,
+                       start_method="spawn")
+    for table in ("fid_table.csv", "mse_table.csv"):
+        one, two = read_csv(tmp_path / "one" / table), read_csv(tmp_path / "two" / table)
+        for a, b in zip(one, two, strict=True):
+            a.pop("seconds", None), b.pop("seconds", None)
+            assert a == b

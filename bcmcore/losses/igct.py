@@ -126,9 +126,10 @@ class IGCTLoss:
         # Inverse consistency (noiser), swapped levels: input at r' = max(r, t_min), target at t (spec §4.3).
         t, r = self._t_r(n, cfg.inv_P_mean, cfg.inv_P_std, stage, model, dev)
         t_in = r.clamp_min(model.sigma_min)
-        eps = torch.randn_like(x_tar)
-        online, target = shared_dropout(lambda: model.noiser(x_tar + param.append_dims(t_in, x_tar.ndim) * eps, t_in, y),
-                                        lambda: model.noiser(x_tar + param.append_dims(t, x_tar.ndim) * eps, t, y), dev)
+        eps = torch.randn_like(x_tar)                                  # shared by both levels
+        noised = lambda s: x_tar + param.append_dims(s, x_tar.ndim) * eps  # noqa: E731
+        online, target = shared_dropout(lambda: model.noiser(noised(t_in), t_in, y),
+                                        lambda: model.noiser(noised(t), t, y), dev)
         l_inv = model.sigma_data / model.sigma_max * (t - t_in) * param.pseudo_huber(online, target, c)
 
         # Guided consistency (denoiser): source x_src noised w.p. p(t), target by the guided Euler step (§4.2).

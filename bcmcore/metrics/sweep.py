@@ -25,7 +25,8 @@ class _ZeroNoise:
 
 def gather_rows(local, local_idx, total):
     """All-gather per-rank rows [n_r, D] with their global indices -> [total, D] in index order (every rank)."""
-    local = np.asarray(local, np.float32).reshape(len(local_idx), -1)
+    local = np.asarray(local, np.float32)
+    local = local if local.ndim == 2 else local.reshape(len(local_idx), -1)
     if dist.world_size() == 1:
         out = np.empty((total, local.shape[1]), np.float32)
         out[np.asarray(local_idx)] = local
@@ -59,10 +60,10 @@ class Evaluator:
                             f"{self.manifest.get('kind')} data in {spec.dataset}")
         self.shape = ((self.manifest["dim"],) if self.vector else
                       (self.manifest["channels"], self.manifest["resolution"], self.manifest["resolution"]))
-        self.num_classes = int(self.manifest.get("num_classes") or 0)
         self.extractor = None if self.vector else build_extractor(spec.features, spec.dataset, self.device)
+        # the precision/recall subset of the reference is seeded independently of the sample seeds (cache reuse)
         self.ref = fidlib.reference_stats(spec.dataset, spec.ref_split, self._key(), self.features_all,
-                                          spec.pr_real, spec.seed)
+                                          spec.pr_real)
         self.seeds = np.arange(spec.seed, spec.seed + spec.num_samples)
         self.mine = np.arange(self.rank, spec.num_samples, self.world)   # this rank's share of seed indices
         self._train_labels = None
@@ -118,7 +119,7 @@ class Evaluator:
 
     # ---------------------------------------------------------------------------------- generation
     @torch.no_grad()
-    def generate(self, model, fn, desc, grid_path=None):
+    def generate(self, model, fn, desc="samples", grid_path=None):
         """Run fn(z_rng, y, idx) -> (x, nfe) over this rank's seeds; -> (features of all seeds, nfe, seconds)."""
         feats, nfe, first, t0 = [], None, None, time.time()
         for idx in self.batches(desc):

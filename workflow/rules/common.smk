@@ -104,7 +104,7 @@ def flags(options):
     """{key: value} -> ' --key value ...' (underscores become dashes; true -> a bare flag; false/null -> none)."""
     out = ""
     for key, value in (options or {}).items():
-        flag = "--" + key.replace("_", "-")
+        flag = f"--{key.replace('_', '-')}"
         if value is True:
             out += f" {flag}"
         elif value is not None and value is not False:
@@ -216,6 +216,6 @@ def all_outputs(wildcards):
     return [out for ds in enabled_datasets() for out in dataset_outputs(ds)]
 
 
-def write_json(path, obj):
-    from bcmcore.util import atomic_write_text
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def json_text(obj):
+    """A config as shell-quoted, readable JSON (rules write it with printf: no Python process per file)."""
+    return shlex.quote(json.dumps(obj, indent=2, sort_keys=True))

@@ -11,6 +11,8 @@ rule prep:
         launches=1,
         launch=lambda w: launch(w.ds, "prep", f"results/{w.ds}/jobs/prep"),
     localrule: True
+    conda:
+        "../../environment.yml"
     log:
         "results/{ds}/logs/prep.log",
     shell:

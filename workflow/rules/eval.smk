@@ -8,9 +8,14 @@ rule eval_spec:
         "results/{ds}/eval/{exp}/spec.json",
     params:
         spec=lambda w: eval_spec(w.ds, w.exp),  # rerun trigger: this model's sweep settings
+        text=lambda w: json_text(eval_spec(w.ds, w.exp)),
     localrule: True
-    run:
-        write_json(output[0], params.spec)
+    conda:
+        "../../environment.yml"
+    log:
+        "results/{ds}/logs/spec-{exp}.log",
+    shell:
+        "printf '%s\\n' {params.text} > {output} 2> {log}"
 
 
 rule evaluate:
@@ -24,6 +29,8 @@ rule evaluate:
         launches=1,
         launch=lambda w: launch(w.ds, "eval", f"results/{w.ds}/eval/{w.exp}/jobs"),
     localrule: True
+    conda:
+        "../../environment.yml"
     log:
         "results/{ds}/logs/eval-{exp}.log",
     shell:
@@ -48,6 +55,8 @@ rule sample_grid:
         launches=1,
         launch=lambda w: launch(w.ds, "sample", f"results/{w.ds}/grids/{w.exp}/jobs"),
     localrule: True
+    conda:
+        "../../environment.yml"
     log:
         "results/{ds}/logs/grid-{exp}.log",
     shell:
@@ -75,6 +84,8 @@ rule app_grid:
         launches=1,
         launch=lambda w: launch(w.ds, "sample", f"results/{w.ds}/grids/{w.exp}/jobs"),
     localrule: True
+    conda:
+        "../../environment.yml"
     log:
         "results/{ds}/logs/edit-{exp}-{task}.log",
     shell:

@@ -19,6 +19,8 @@ rule tables:
             caption="../report/plots.rst",
             category="Plots",
         ),
+    conda:
+        "../../environment.yml"
     log:
         "results/{ds}/logs/tables.log",
     script:

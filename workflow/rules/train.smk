@@ -8,9 +8,14 @@ rule run_config:
         "results/{ds}/runs/{exp}/config.json",
     params:
         run=lambda w: run_config(w.ds, w.exp),  # rerun trigger: exactly the settings this stage depends on
+        text=lambda w: json_text(run_config(w.ds, w.exp)),
     localrule: True
-    run:
-        write_json(output[0], params.run)
+    conda:
+        "../../environment.yml"
+    log:
+        "results/{ds}/logs/config-{exp}.log",
+    shell:
+        "printf '%s\\n' {params.text} > {output} 2> {log}"
 
 
 rule train:
@@ -24,6 +29,8 @@ rule train:
         launches=1,
         launch=lambda w: launch(w.ds, "train", f"results/{w.ds}/runs/{w.exp}/jobs"),
     localrule: True
+    conda:
+        "../../environment.yml"
     log:
         "results/{ds}/logs/train-{exp}.log",
     shell:
