@@ -163,4 +163,5 @@ if __name__ == "__main__":
     try:
         sys.exit(edit_rate_main())
     except UserError as e:  # one clear line, like `bcm`
-        sys.exit(f"python -m bcmcore.guided: error: {e}")
+        print(f"python -m bcmcore.guided: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -88,7 +88,8 @@ def test_cfg_edm_overshoots_like_exact_cfg():
                              y, w)
         x = x[:, 0].numpy()
         means[w] = x.mean()
-    for w in (1.0, 4.0, 7.0):
-        assert abs(means[w] - exact[w]) < 0.15, means                        # follows the exact CFG drift
+    assert abs(means[1.0] - 2) < 0.1, means                                   # unguided: the class itself
+    for w in (4.0, 7.0):
+        assert abs(means[w] - exact[w]) < 0.3, means                         # follows the exact CFG drift
     assert means[13.0] > means[4.0], means
     assert mode(x) > 2 + S, (means, mode(x))           # w = 13: mode outside the +-s band iGCT stays in

@@ -138,7 +138,7 @@ def test_eval_spec_errors_name_the_file_and_key(tmp_path, gmm, networks):
 def test_too_few_samples_for_the_features_is_a_clear_error(tmp_path, gmm, networks):
     spec = _spec_file(tmp_path, gmm, networks, num_samples=2, models=[
         {"name": "bcm", "network": str(networks["bcm"]), "kind": "bcm", "samplers": [{"recipe": "demo-nfe1"}]}])
-    with pytest.raises(UserError, match="generated samples: 2 samples but the features have 2 dimensions"):
+    with pytest.raises(UserError, match="spec num_samples: 2 samples but the features have 2 dimensions"):
         from bcmcore.metrics.cli import main
         main(["--spec", str(spec), "--out", str(tmp_path / "o"), "--device", "cpu", "--no-progress"])
 

@@ -45,7 +45,7 @@ class BCTLoss(ICTLoss):
     def teacher_map(self, model, c, u, y):
         """E = f(C, u, eps) with parameters detached but *not* under no_grad: d/dC flows, d/dtheta does not."""
         frozen = {k: v.detach() for k, v in model.named_parameters()}
-        return functional_call(model, frozen, (c, u), {"y": y}, strict=False)
+        return functional_call(model, frozen, (c, u), {"y": y}, strict=False)   # f(C, u, u=None -> eps)
 
     def __call__(self, model, batch, step, total_steps):
         x, y = batch["x"], batch.get("y")
@@ -68,4 +68,4 @@ class BCTLoss(ICTLoss):
         loss_soft = w_soft * param.pseudo_huber(e, b, hc)                    # BCM Eq. 10, soft term
         loss = (loss_ct + loss_soft).mean()
         return {"loss": loss, "loss_ct": loss_ct.mean().detach(), "loss_soft": loss_soft.mean().detach(),
-                "num_points": torch.tensor(float(len(grid)))}
+                "num_points": torch.tensor(float(len(grid)), device=x.device)}

@@ -132,4 +132,4 @@ class ICTLoss:
         loss_ct = weight * param.pseudo_huber(a, b, self.huber_c(x))           # BCM Eq. 6
         loss = loss_ct.mean()
         return {"loss": loss, "loss_ct": loss.detach(),
-                "num_points": torch.tensor(float(len(grid)))}
+                "num_points": torch.tensor(float(len(grid)), device=x.device)}

@@ -7,6 +7,8 @@
 Both go through `FeatureExtractor.features(images_uint8)`; the FID code after that is shared.
 """
 import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -55,17 +57,19 @@ class FeatureExtractor:
         self.resize = resize      # clean-fid resizer on one HWC image (uint8 in, float or uint8 out) or None
         self.rgb = rgb            # grey images are repeated to 3 channels, like PIL's convert("RGB") in clean-fid
         self.to_input = to_input  # optional transform of the uint8 batch (the demo net takes [-1, 1] floats)
+        self._pool = None
 
     def _prepare(self, batch):
         if self.rgb and batch.shape[1] == 1:
             batch = np.repeat(batch, 3, axis=1)
         if self.resize is None:
             return torch.from_numpy(batch).float()
-        out = []
-        for img in batch:  # clean-fid resizes one HWC numpy image at a time (resize.build_resizer)
+        def one(img):  # clean-fid resizes one HWC numpy image at a time (resize.build_resizer)
             r = np.asarray(self.resize(np.ascontiguousarray(img.transpose(1, 2, 0))))
-            out.append(torch.from_numpy(np.ascontiguousarray(r.transpose(2, 0, 1))).float())
-        return torch.stack(out)  # float in [0, 255], as clean-fid's ResizeDataset returns it
+            return torch.from_numpy(np.ascontiguousarray(r.transpose(2, 0, 1))).float()
+        if self._pool is None:   # PIL releases the GIL while resizing: threads keep the GPU fed
+            self._pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1))
+        return torch.stack(list(self._pool.map(one, batch)))  # float in [0, 255], as clean-fid's ResizeDataset
 
     @torch.no_grad()
     def features(self, images, batch_size=256, desc="features", progress=True):

@@ -80,6 +80,7 @@ def plot_fid_vs_nfe(path, rows):
         for r in rs:
             ax.annotate(r["sampler"], (r["nfe"], r["fid"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.set(xlabel="NFE", ylabel="FID", title="FID vs NFE")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     _savefig(fig, path)
@@ -93,6 +94,7 @@ def plot_mse_vs_nfe(path, rows):
         rs = sorted((r for r in rows if (r["model"], r["task"]) == key), key=lambda r: r["inversion_nfe"])
         ax.plot([r["inversion_nfe"] for r in rs], [r["mse"] for r in rs], "o-", label=" ".join(key))
     ax.set(xlabel="inversion NFE", ylabel="MSE per dimension ([0,1] images)", title="Reconstruction MSE")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

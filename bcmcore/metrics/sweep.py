@@ -61,6 +61,8 @@ class Evaluator:
         self.shape = ((self.manifest["dim"],) if self.vector else
                       (self.manifest["channels"], self.manifest["resolution"], self.manifest["resolution"]))
         self.extractor = None if self.vector else build_extractor(spec.features, spec.dataset, self.device)
+        if any(m.samplers or m.guidance for m in spec.models):   # fail before sampling, not after
+            fidlib.check_count(spec.num_samples, self._dim(), "spec num_samples")
         # the precision/recall subset of the reference is seeded independently of the sample seeds (cache reuse)
         self.ref = fidlib.reference_stats(spec.dataset, spec.ref_split, self._key(), self.features_all,
                                           spec.pr_real)

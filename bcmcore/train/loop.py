@@ -118,7 +118,7 @@ def training_loop(run_dir, device=None):
     log(f"run {run_dir}: {cfg.model.kind} model ({n_params / 1e6:.3f} M params), loss {cfg.loss['kind']}, "
         f"{world} process(es) on {device.type}, batch {t.batch} = {batch_gpu} x {rounds} rounds x {world}, "
         f"steps {step}->{t.total_steps}")
-    loader = make_loader(cfg.data, batch_gpu, rank, world, t.seed, step * t.batch)
+    loader = make_loader(cfg.data, batch_gpu, rank, world, t.seed, step * t.batch, device=device)
 
     def save(step):
         if dist.is_main():

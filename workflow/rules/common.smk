@@ -53,6 +53,7 @@ def check_config():
         for exp in experiments(ds):
             check_run_config(ds, exp)
             check_eval_spec(ds, exp)
+            check_recipes(ds, exp)
 
 
 def enabled_datasets():
@@ -195,6 +196,20 @@ def check_eval_spec(ds, exp):
             load_spec(path)
         except UserError as e:
             stop(f"datasets.{ds} eval / experiments.{exp}.eval: {str(e).replace(str(path) + ': ', '')}")
+
+
+def check_recipes(ds, exp):
+    """Named schedules of the sample and application grids exist (bcm sample / edit would fail later)."""
+    from bcmcore.config import UserError
+    from bcmcore.sampling import get_recipe
+
+    e = config["datasets"][ds]["experiments"][exp]
+    for where, options in [("grid", e.get("grid", {}))] + [(f"apps.{t}", o) for t, o in e.get("apps", {}).items()]:
+        if options.get("recipe"):
+            try:
+                get_recipe(options["recipe"])
+            except UserError as err:
+                stop(f"datasets.{ds}.experiments.{exp}.{where}: {err}")
 
 
 def evaluated(ds):
