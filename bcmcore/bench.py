@@ -36,8 +36,6 @@ def _setup(name, batch, device, bf16=False, compile=False, channels_last=False):
     from bcmcore.nets import ModelConfig, build_model
     from bcmcore.train.config import TrainConfig
     from bcmcore.train.step import Stepper
-    if name not in CONFIGS:
-        raise UserError(f"--config: unknown config {name!r} (known: {', '.join(CONFIGS)})")
     c = CONFIGS[name]
     model_cfg = from_dict(ModelConfig, c["model"], "model")
     torch.manual_seed(0)
@@ -88,6 +86,8 @@ def step_flops(stepper, batches):
 
 def bench_train(name, device, batch=None, steps=10, warmup=3, variants=None):
     """Rows {config, variant, batch, sec_per_step, img_per_s, mfu} for the variants that apply here."""
+    if name not in CONFIGS:
+        raise UserError(f"--config: unknown config {name!r} (known: {', '.join(CONFIGS)})")
     image = len(CONFIGS[name]["shape"]) == 3
     cuda = device.type == "cuda"
     batch = batch or CONFIGS[name]["batch" if cuda else "cpu_batch"]

@@ -7,8 +7,15 @@ Public API (docs/interfaces.md, metrics):
   demo_classifier.load_demo_classifier(shard_dir) -> model with .classify(x), .features(x), .test_accuracy
   spec.load_spec(path); sweep.run(spec, out_dir); cli.main(argv)  (`bcm eval`)
 """
-from bcmcore.metrics.demo_classifier import load_demo_classifier
-from bcmcore.metrics.fid import fid_from_feats, frechet_distance
-from bcmcore.metrics.prdc import precision_recall
+import importlib
 
-__all__ = ["load_demo_classifier", "fid_from_feats", "frechet_distance", "precision_recall"]
+# Lazy exports: `bcm sample` imports metrics.report for grids and must not pay for clean-fid/torchvision.
+_EXPORTS = {"load_demo_classifier": "demo_classifier", "fid_from_feats": "fid", "frechet_distance": "fid",
+            "precision_recall": "prdc"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"bcmcore.metrics.{_EXPORTS[name]}"), name)
+    raise AttributeError(name)

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-from cleanfid.fid import frechet_distance as _cleanfid_frechet_distance
 
 from bcmcore.config import UserError
 from bcmcore.util import atomic_path
@@ -33,7 +32,8 @@ def feature_stats(feats, what="features"):
 
 def frechet_distance(mu1, sigma1, mu2, sigma2):
     """FID between two Gaussian fits; clean-fid's implementation, returned as a Python float."""
-    return float(_cleanfid_frechet_distance(mu1, sigma1, mu2, sigma2))
+    from cleanfid.fid import frechet_distance  # lazy: clean-fid imports torchvision (seconds)
+    return float(frechet_distance(mu1, sigma1, mu2, sigma2))
 
 
 def fid_from_feats(feats1, feats2):
