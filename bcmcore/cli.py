@@ -9,6 +9,7 @@ COMMANDS = {
     "sample": ("bcmcore.apps", "sample_main"),
     "invert": ("bcmcore.apps", "invert_main"),
     "edit": ("bcmcore.apps", "edit_main"),
+    "edit-rate": ("bcmcore.guided", "edit_rate_main"),
     "eval": ("bcmcore.metrics.cli", "main"),
     "prep": ("data_prep.__main__", "main"),
     "bench": ("bcmcore.bench", "main"),

@@ -14,6 +14,9 @@ T_MID = 0.821   # ECT's CIFAR-10 intermediate level for 2-step sampling (spec §
 
 def _labels(model, y, n, device, what="class label"):
     num = getattr(model, "num_classes", None) or model.cfg.net.num_classes
+    if num < 1:
+        raise UserError("class-conditional generation/editing needs a model trained with classes "
+                        "(this one has model.net.num_classes = 0)")
     y = check_labels(y, num, what).to(device)
     return y.expand(n) if y.ndim == 0 else y
 

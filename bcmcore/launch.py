@@ -31,7 +31,7 @@ class LauncherConfig:
     tasks_per_node: Optional[int] = None     # None: gpus_per_node, or 1 without GPUs (one process per GPU)
     gpus_per_node: int = 0
     cpus_per_task: Optional[int] = None
-    mem_gb: Optional[float] = None           # per node
+    mem_gb: Optional[float] = None           # per node; None or 0 = the cluster's default
     time_min: int = 24 * 60                  # wall-clock limit; at the limit the job requeues itself
     partition: Optional[str] = None
     account: Optional[str] = None
@@ -85,7 +85,8 @@ def make_executor(cfg: LauncherConfig, folder, name="bcm"):
         return ex
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=cfg.max_num_timeout)
     params = dict(name=name, nodes=cfg.nodes, tasks_per_node=tasks, timeout_min=cfg.time_min,
-                  gpus_per_node=cfg.gpus_per_node or None, cpus_per_task=cfg.cpus_per_task, mem_gb=cfg.mem_gb,
+                  gpus_per_node=cfg.gpus_per_node or None, cpus_per_task=cfg.cpus_per_task or None,
+                  mem_gb=cfg.mem_gb or None,  # 0 = the cluster's default (sbatch --mem=0 would take a whole node)
                   slurm_signal_delay_s=cfg.signal_delay_s)
     for key in ("partition", "account", "qos", "constraint"):
         params[f"slurm_{key}"] = getattr(cfg, key)

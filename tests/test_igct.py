@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from bcmcore import guided
+from bcmcore import guided, param
 from bcmcore.config import ConfigError, UserError
 from bcmcore.losses import build_loss
 from bcmcore.losses.igct import guidance_prob, guided_euler_target, reconstruction_loss, shared_dropout
@@ -136,6 +136,30 @@ def test_stage0_target_is_the_clean_image_that_was_noised(p_max):
     expect = ((torch.sqrt((img ** 2).sum(1) + 0.03 ** 2) - 0.03) / 12.0).mean()
     torch.testing.assert_close(out["gct"], expect, rtol=1e-4, atol=0)
     assert out["guided_frac"] == p_max
+
+
+class RecordingProbe(ZeroProbe):
+    """Records (t, grad enabled) of every noiser call."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def noiser(self, x, t, y):
+        self.calls.append((t.clone(), torch.is_grad_enabled()))
+        return torch.zeros_like(x)
+
+
+def test_inverse_loss_swaps_levels_input_small_target_large():
+    # spec §4.3: online noiser pass at the SMALLER level max(r, t_min) with grad, stop-grad target at t
+    cfg, _ = tiny_igct()
+    loss = build_loss({"kind": "igct", "stage_steps": 1, "recon_every": 1000}, cfg)
+    probe = RecordingProbe()
+    loss(probe, pair_batch(n=64), step=3, total_steps=10)                 # stage 3: r = r_3(t) > 0 at large t
+    (t_in, grad_in), (t_out, grad_out) = probe.calls
+    assert grad_in and not grad_out
+    assert (t_in <= t_out).all() and (t_in < t_out).any() and (t_in >= 0.002).all()
+    torch.testing.assert_close(t_in, param.ect_r(t_out, 3).clamp_min(0.002))
 
 
 def test_bad_input_one_clear_error_each():

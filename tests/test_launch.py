@@ -97,6 +97,8 @@ def test_slurm_executor_settings_reach_sbatch(tmp_path):
                  "--exclusive", "--signal=USR2@120", "--job-name=bcm-train"):
         assert f"#SBATCH {line}\n" in text, (line, text)
     assert "module load cuda" in text
+    default_mem = make_executor(load_launcher(site, mem_gb=0), tmp_path / "jobs")._executor
+    assert "--mem" not in default_mem._make_submission_file_text("CMD", "u")  # 0: the cluster's default
 
 
 @pytest.mark.timeout(300)
