@@ -101,11 +101,11 @@ def squeue_state(job):
 
 def test_requeued_training_resumes_bitwise(tmp_path):
     """Two identical stages run side by side; Slurm requeues one right after its first checkpoint (its tasks
-    killed at once, as by a node failure). Both finish, and their final networks are bitwise equal."""
+    get SIGKILL KillWait = 5 s later). Both finish, and their final networks are bitwise equal."""
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()
-    config = lambda p: tiny_config(p, total_steps=48, checkpoint_every=4)
+    config = lambda p: tiny_config(p, total_steps=100, checkpoint_every=5)
     target = f"{RUN}/network-final.pt"
     procs = [run_snakemake(d, target, config=config) for d in (a, b)]
     try:
@@ -113,9 +113,6 @@ def test_requeued_training_resumes_bitwise(tmp_path):
                  "the first training checkpoint")
         (job,) = job_ids(a / RUN / "jobs")
         subprocess.run(["scontrol", "requeue", str(job)], check=True, timeout=30)
-        # no grace period: the tasks ignore SIGTERM (submitit) and would train on for KillWait seconds
-        subprocess.run(["scancel", "--signal=KILL", str(job)], timeout=30)
-        assert not (a / target).exists(), "training finished before it could be requeued: make it longer"
         wait_for(lambda: squeue_state(job) == "PENDING", 120, f"job {job} back in the queue")
         # a requeued job waits ~2 min for its begin time; as root, pull it forward (never to `now`)
         subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now+5"], check=True, timeout=30)
@@ -127,7 +124,8 @@ def test_requeued_training_resumes_bitwise(tmp_path):
     for rc, out in results:
         assert rc == 0, out[-4000:]
     assert "REQUEUED" in {row[0] for row in sacct(job, "State")}
-    assert "resumed from training-state-" in (a / RUN / "log.txt").read_text()
+    log = (a / RUN / "log.txt").read_text()
+    assert "resumed from training-state-" in log, f"not requeued before it finished (make it longer):\n{log}"
     nets = [torch.load(d / target, map_location="cpu", weights_only=True)["state_dict"] for d in (a, b)]
     assert nets[0].keys() == nets[1].keys()
     assert all(torch.equal(nets[0][k], nets[1][k]) for k in nets[0])

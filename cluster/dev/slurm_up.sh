@@ -84,7 +84,8 @@ JobAcctGatherType=jobacct_gather/none"
 AccountingStorageHost=localhost
 JobAcctGatherType=jobacct_gather/linux"
   # bf_interval=5: a requeued job is reconsidered within seconds. MinJobAge=300 keeps finished jobs visible
-  # to squeue long enough for pollers.
+  # to squeue long enough for pollers. KillWait=5: a cancelled or requeued job's tasks (which ignore SIGTERM
+  # under submitit) get SIGKILL after 5 s, not 30.
   cat > "$CONF/slurm.conf" <<CONFEOF
 ClusterName=bcmdev
 SlurmctldHost=localhost
@@ -103,6 +104,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
 MinJobAge=300
+KillWait=5
 SlurmctldPidFile=/run/slurmctld.pid
 SlurmdPidFile=/run/slurmd-%n.pid
 SlurmctldLogFile=$LOGS/slurmctld.log
