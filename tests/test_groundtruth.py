@@ -62,7 +62,7 @@ def train(kind, loss_kind, seed=0):
             for p_ema, p in zip(ema.parameters(), model.parameters()):
                 p_ema.lerp_(p, 1 - EMA)
     print(f"\n{loss_kind}: {STEPS} steps in {time.process_time() - start:.0f} CPU s, "
-          + ", ".join(f"{k} {float(v):.3f}" for k, v in out.items()))
+          + ", ".join(f"{k} {v.item():.3f}" for k, v in out.items()))
     return ema
 
 

@@ -1,7 +1,7 @@
 """The whole DAG, for real, on a further-shrunk demo (cluster/local profile: local processes via bcm launch).
 
 Every method trains for a few steps, every sweep, grid and application runs, and the dataset's tables and
-plots come out; then a second invocation finds nothing to do.
+plots come out; then a second invocation finds nothing to do, and `--report` gathers the results.
 """
 import csv
 import os
@@ -63,7 +63,7 @@ def test_whole_dag_on_a_shrunk_demo(tmp_path):
     assert {r["task"] for r in mse if r["model"] == "bcm_ft"} == {"inversion", "jpeg-q20"}
     guidance = rows(d / "guidance_table.csv")
     assert sorted((r["model"], float(r["w"])) for r in guidance) == [("edm", 2.0), ("igct", 1.0), ("igct", 2.0)]
-    assert {p.name for p in (d / "plots").iterdir()} == {"fid_vs_nfe.png", "mse_vs_nfe.png", "guidance.png"}
+    assert {p.name for p in (d / "plots").glob("*.png")} == {"fid_vs_nfe.png", "mse_vs_nfe.png", "guidance.png"}
 
     for exp in ("ict", "bcm_ft", "bcm_scratch", "igct", "edm"):
         with Image.open(d / "grids" / exp / "samples.png") as im:   # 4 digits of 16x16, 1-pixel gaps
@@ -76,3 +76,7 @@ def test_whole_dag_on_a_shrunk_demo(tmp_path):
 
     again = snakemake(tmp_path, "-n", "all", timeout=300)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout[-3000:]
+    report = snakemake(tmp_path, "--report", "report.html", timeout=300)
+    assert report.returncode == 0, report.stdout[-3000:]
+    html = (tmp_path / "report.html").read_text()
+    assert "fid_table.csv" in html and "samples.png" in html and "edit-interpolate.png" in html
