@@ -68,8 +68,10 @@ def job_ids(job_dir):
     return sorted(int(p.name) for p in Path(job_dir).glob("[0-9]*") if p.is_dir())
 
 
-def sacct(job_id, fields):
-    out = subprocess.run(["sacct", "-j", str(job_id), "-X", "-n", "-P", "-D", "-o", fields],
+def sacct(job_id, fields, since):
+    """Slurm's accounting rows of one job (every incarnation: -D), only those since `since` (the dev cluster
+    restarts job ids from 1 while its database keeps earlier runs)."""
+    out = subprocess.run(["sacct", "-j", str(job_id), "-X", "-n", "-P", "-D", "-S", since, "-o", fields],
                          capture_output=True, text=True, timeout=30).stdout
     return [line.split("|") for line in out.splitlines() if line]
 
@@ -83,14 +85,19 @@ def wait_for(predicate, deadline_s, what):
     pytest.fail(f"timed out after {deadline_s} s waiting for {what}")
 
 
+def now():
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def test_fid_table_with_two_node_training(tmp_path):
+    since = now()
     rc, out = finish(run_snakemake(tmp_path, "results/digits/fid_table.csv"), 480)
     assert rc == 0, out[-4000:]
     table = (tmp_path / "results/digits/fid_table.csv").read_text().splitlines()
     assert table[0].startswith("model,kind,sampler,nfe") and table[1].startswith("ict,cm,demo-nfe1,1,")
     (train_job,) = job_ids(tmp_path / RUN / "jobs")
     # Slurm's own record: one job on 2 nodes, completed
-    assert sacct(train_job, "NNodes,State,AllocTRES")[-1][:2] == ["2", "COMPLETED"]
+    assert sacct(train_job, "NNodes,State", since) == [["2", "COMPLETED"]]
     assert "2 process(es)" in (tmp_path / RUN / "log.txt").read_text()
 
 
@@ -102,6 +109,7 @@ def squeue_state(job):
 def test_requeued_training_resumes_bitwise(tmp_path):
     """Two identical stages run side by side; Slurm requeues one right after its first checkpoint (its tasks
     get SIGKILL KillWait = 5 s later). Both finish, and their final networks are bitwise equal."""
+    since = now()
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()
@@ -123,7 +131,7 @@ def test_requeued_training_resumes_bitwise(tmp_path):
                 p.kill()
     for rc, out in results:
         assert rc == 0, out[-4000:]
-    assert "REQUEUED" in {row[0] for row in sacct(job, "State")}
+    assert [row[0] for row in sacct(job, "State", since)] == ["REQUEUED", "COMPLETED"]
     log = (a / RUN / "log.txt").read_text()
     assert "resumed from training-state-" in log, f"not requeued before it finished (make it longer):\n{log}"
     nets = [torch.load(d / target, map_location="cpu", weights_only=True)["state_dict"] for d in (a, b)]
