@@ -10,7 +10,6 @@ sample perm_e[p mod N] of a seeded permutation per epoch e = p // N, so the shuf
 permutation, ranks and workers just take disjoint positions, resume is arithmetic (nothing is read or decoded
 to skip), and iGCT's uniform source item (igct.md §4.1) is one more random read.
 """
-import hashlib
 import io
 import json
 import os
@@ -23,6 +22,7 @@ import torch
 from PIL import Image
 
 from bcmcore.config import ConfigError, UserError
+from bcmcore.util import sha256_file
 
 FORMAT = "bcm-shards/1"
 KEY = "{:08d}"
@@ -64,14 +64,6 @@ def _split_info(man, split, shard_dir):
         raise UserError(f"{Path(shard_dir) / 'manifest.json'}: no split '{split}' "
                         f"(has: {', '.join(sorted(man['splits']))})")
     return man["splits"][split]
-
-
-def sha256_file(path, chunk=1 << 20):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- tar reading

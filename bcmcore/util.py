@@ -1,5 +1,6 @@
 """Small shared helpers: atomic file writes, rank-aware printing."""
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -49,3 +50,12 @@ def atomic_write_text(path, text):
 def atomic_write_bytes(path, data):
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data)
+
+
+def sha256_file(path, chunk=1 << 20):
+    """Hex sha256 of a file, read in chunks (shard manifests, staged weight files)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -19,8 +19,8 @@ import numpy as np
 from PIL import Image
 
 from bcmcore.config import UserError
-from bcmcore.data import FORMAT, KEY, sha256_file
-from bcmcore.util import atomic_path, atomic_write_bytes, atomic_write_text
+from bcmcore.data import FORMAT, KEY
+from bcmcore.util import atomic_path, atomic_write_bytes, atomic_write_text, sha256_file
 
 PNG_OPTIONS = {"format": "PNG", "compress_level": 6, "optimize": False}
 SHARD_RE = re.compile(r"^[A-Za-z0-9_]+-\d{6}\.(tar|idx)$")

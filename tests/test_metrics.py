@@ -10,6 +10,7 @@ from bcmcore.metrics.spec import InversionSpec
 from bcmcore.metrics.sweep import mse_per_item, reconstruct_batch
 from bcmcore.sampling import SeededRNG
 from bcmcore.toy import DEMO_GMM, ExactFlowMap
+from bcmcore.util import sha256_file
 
 
 def _random_gaussian_feats(rng, n, d, shift=0.0):
@@ -198,7 +199,7 @@ def test_inception_extractor_is_built_from_the_staged_file_without_downloading(t
     path = tmp_path / features.INCEPTION_FILE
     torch.jit.script(_FakeInception()).save(str(path))
     monkeypatch.setattr(features, "INCEPTION_BYTES", path.stat().st_size)
-    monkeypatch.setattr(features, "INCEPTION_SHA256", features._sha256(path))
+    monkeypatch.setattr(features, "INCEPTION_SHA256", sha256_file(path))
     import urllib.request
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("tried to download"))
     ex = features.inception_extractor(tmp_path, mode)

@@ -6,7 +6,6 @@
 * `demo`: the small digits classifier of `demo_classifier.py` (penultimate layer), no resize.
 Both go through `FeatureExtractor.features(images_uint8)`; the FID code after that is shared.
 """
-import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,20 +15,13 @@ import torch
 from tqdm import tqdm
 
 from bcmcore.config import UserError
+from bcmcore.util import sha256_file
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_SHA256 = "f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4"
 INCEPTION_BYTES = 95_607_719
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 MODES = ("clean", "legacy_tensorflow")
-
-
-def _sha256(path, block=1 << 22):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def inception_file(path):
@@ -40,7 +32,7 @@ def inception_file(path):
             f"(or point features.inception_path at the file)")
     if not file.is_file():
         raise UserError(f"Inception weights not found: {file} is missing; {hint}")
-    if file.stat().st_size != INCEPTION_BYTES or _sha256(file) != INCEPTION_SHA256:
+    if file.stat().st_size != INCEPTION_BYTES or sha256_file(file) != INCEPTION_SHA256:
         raise UserError(f"{file}: not the clean-fid Inception file (expected {INCEPTION_BYTES} bytes, "
                         f"sha256 {INCEPTION_SHA256}); {hint}")
     return file
