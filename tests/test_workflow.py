@@ -154,9 +154,11 @@ def test_changing_one_stage_reruns_it_and_its_dependants_only(tmp_path):
     plan = planned("--configfile", ict)
     assert {p.split("/")[3] for p in plan if "/runs/" in p or "/eval/" in p or "/grids/" in p} == {"ict", "bcm_ft"}
     assert f"{d}/runs/bcm_ft/config.json" not in plan  # its own settings did not change
-    # a sweep setting reruns that sweep only, never the training
+    # a sweep setting reruns that sweep only, never the training (the override must differ from the demo's)
+    demo = yaml.safe_load((ROOT / "workflow/config/config.yaml").read_text())
+    assert demo["datasets"]["digits"]["experiments"]["edm"]["eval"]["guidance"]["ws"] != [1.0, 5.0]
     sweep = write_yaml(tmp_path / "sweep.yaml", {"datasets": {"digits": {"experiments": {"edm": {
-        "eval": {"guidance": {"ws": [1.0, 3.0], "recipe": "edm-18"}}}}}}})
+        "eval": {"guidance": {"ws": [1.0, 5.0], "recipe": "edm-18"}}}}}}})
     assert planned("--configfile", sweep) == {
         f"{d}/eval/edm/spec.json", f"{d}/eval/edm/fid_table.csv", f"{d}/eval/edm/mse_table.csv",
         f"{d}/eval/edm/guidance_table.csv", f"{d}/fid_table.csv", f"{d}/mse_table.csv",
