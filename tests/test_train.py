@@ -120,7 +120,8 @@ def final_state(run_dir):
 
 @pytest.mark.timeout(600)
 def test_resume_after_sigkill_is_bitwise_world1(tmp_path, shards):
-    steps, kill = 12, random.Random().randint(3, 10)
+    # killed after step 4 or later: the first state (step 3) is complete by then, so there is a state to resume
+    steps, kill = 12, random.Random().randint(4, 10)
     ref = make_run(tmp_path / "ref", shards, total_steps=steps, checkpoint_every=3)
     run = make_run(tmp_path / "run", shards, total_steps=steps, checkpoint_every=3)
     run_to_end(ref)
@@ -287,12 +288,21 @@ def test_truncated_training_state(tmp_path, shards):
     assert r.returncode == 2 and path.name in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
-def test_model_change_on_resume_is_refused(tmp_path, shards):
+def test_changed_config_starts_over_and_keeps_the_old_run(tmp_path, shards):
+    """The workflow reruns a stage when its settings change: the old states must not be resumed (that would
+    return the old network), and must not be lost either."""
     run = make_run(tmp_path / "run", shards, total_steps=2)
     training_loop(run)
+    old_final = (run / "network-final.pt").read_bytes()
     cfg = json.loads((run / "config.json").read_text())
-    cfg["model"]["net"]["channels"] = 8
-    cfg["train"]["total_steps"] = 4
+    cfg["train"]["lr"] = cfg["train"].get("lr", 1e-4) * 3
     (run / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ConfigError, match="different 'model' config"):
-        training_loop(run)
+    training_loop(run)
+    assert (run / "superseded-1" / "network-final.pt").read_bytes() == old_final
+    assert sorted(p.name for p in (run / "superseded-1").glob("training-state-*.pt"))
+    assert (run / "network-final.pt").read_bytes() != old_final      # retrained with the new lr
+    assert "starting over" in (run / "log.txt").read_text()
+    cfg["model"]["net"]["channels"] = 8                                 # a model change too
+    (run / "config.json").write_text(json.dumps(cfg))
+    training_loop(run)
+    assert (run / "superseded-2" / "network-final.pt").is_file()

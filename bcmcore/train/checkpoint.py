@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from bcmcore.config import ConfigError, UserError
+from bcmcore.config import UserError
 from bcmcore.util import atomic_torch_save
 
 FORMAT = "bcm-train-state/1"
@@ -65,9 +65,19 @@ def load_state(path):
     return state
 
 
-def check_compatible(path, saved_config, config):
-    """Resuming a run whose model or loss changed would load mismatched weights: refuse clearly."""
-    for key in ("model", "loss"):
-        if saved_config.get(key) != config.get(key):
-            raise ConfigError(f"{path}: saved with a different '{key}' config than the run's config.json; "
-                              f"use a new run directory (or delete the training-state files to start over)")
+def supersede(run_dir):
+    """Move the states, snapshots and final network of an earlier config into `superseded-<k>/`.
+
+    The workflow reruns a stage when its settings change; resuming the old checkpoints would silently
+    return the old network (or mix two recipes), so a changed config starts over and keeps the old files.
+    """
+    run_dir = Path(run_dir)
+    k = 1
+    while (run_dir / f"superseded-{k}").exists():
+        k += 1
+    dest = run_dir / f"superseded-{k}"
+    dest.mkdir()
+    for p in sorted(run_dir.iterdir()):
+        if _STATE_RE.match(p.name) or p.name.startswith("network-") or p.name == "stats.jsonl":
+            p.rename(dest / p.name)
+    return dest

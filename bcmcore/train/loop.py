@@ -87,6 +87,14 @@ def training_loop(run_dir, device=None):
     loss_fn = build_loss(cfg.loss, cfg.model)
     resume = checkpoint.latest_state(run_dir)
     state = checkpoint.load_state(resume) if resume else None
+    if state is not None and state["config"] != config:  # settings changed: a new run, not a resume
+        dist.barrier()  # every rank has read the old state before rank 0 moves it
+        if dist.is_main():
+            moved = checkpoint.supersede(run_dir)
+            log(f"{resume.name} was written with a different config.json: moved the old run to {moved.name}/, "
+                f"starting over")
+        dist.barrier()
+        resume = state = None
     if state is None and t.init:
         init_from_network(model, t.init)
     model.to(device).train()
@@ -97,14 +105,10 @@ def training_loop(run_dir, device=None):
     ema, optimizer = stepper.ema, stepper.optimizer
     step = 0
     if state is not None:
-        checkpoint.check_compatible(resume, state["config"], config)
         model.load_state_dict(state["net"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
-        if state["data"]["start_sample"] != step * t.batch:
-            raise ConfigError(f"{resume}: train.batch changed since this state was written "
-                              f"({state['data']['start_sample']} samples at step {step}); use a new run directory")
         del state
         log(f"resumed from {resume.name} (step {step})")
     elif dist.is_main():
