@@ -8,6 +8,15 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds synchronisation (badly so on a shared CPU)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def slurm_is_up():
     """A live controller answers `scontrol ping` (binaries alone are not enough)."""
     if not shutil.which("scontrol"):

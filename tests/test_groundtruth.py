@@ -35,11 +35,8 @@ GEN_BOUND, INV_BOUND = 0.5, 0.55
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):  # conftest.one_thread: tiny tensors run faster on one intra-op thread
     yield
-    torch.set_num_threads(n)
 
 
 def train(kind, loss_kind, seed=0):

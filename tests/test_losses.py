@@ -14,12 +14,8 @@ from bcmcore.nets import ModelConfig, NetConfig, bcm_from_cm, build_model
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation (badly so on a shared CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):  # conftest.one_thread: tiny tensors run faster on one intra-op thread
     yield
-    torch.set_num_threads(n)
 
 
 BCM_CFG = ModelConfig(kind="bcm", net=NetConfig(arch="mlp", two_time=True))
