@@ -105,21 +105,24 @@ def _data_shape(model):
 # Class-editing success rate (demo digits): how often the edited image is classified as the target class
 
 @torch.no_grad()
+def edit_hits(model, classify, x, y_src, w, steps=18):
+    """([B] count of targets (all c != c_src) whose edit of x_i `classify` labels as that target, NFE per edit)."""
+    num = getattr(model, "num_classes", None) or model.cfg.net.num_classes
+    y_src = check_labels(y_src, num, "source class").to(x.device)
+    hits = torch.zeros(x.shape[0], dtype=torch.long)
+    for k in range(1, num):                                      # every off-diagonal (source, target) pair
+        y_tar = (y_src + k) % num
+        x_edit, nfe = edit(model, x, y_src, y_tar, w, steps)
+        hits += (classify(x_edit).to(y_tar.device) == y_tar).long().cpu()
+    return hits, nfe
+
+
 def edit_success_rate(model, classify, x, y_src, ws, steps=18, batch=256):
     """{w: fraction of (image, target) pairs whose edit `classify` labels as the target}, over all targets != source."""
     num = getattr(model, "num_classes", None) or model.cfg.net.num_classes
     y_src = check_labels(y_src, num, "source class").to(x.device)
-    rates = {}
-    for w in ws:
-        hits = total = 0
-        for k in range(1, num):                                  # every off-diagonal (source, target) pair
-            y_tar = (y_src + k) % num
-            for i in range(0, x.shape[0], batch):
-                x_edit, _ = edit(model, x[i:i + batch], y_src[i:i + batch], y_tar[i:i + batch], w, steps)
-                hits += int((classify(x_edit).to(y_tar.device) == y_tar[i:i + batch]).sum())
-                total += x_edit.shape[0]
-        rates[float(w)] = hits / total
-    return rates
+    return {float(w): sum(int(edit_hits(model, classify, x[i:i + batch], y_src[i:i + batch], w, steps)[0].sum())
+                          for i in range(0, x.shape[0], batch)) / (x.shape[0] * (num - 1)) for w in ws}
 
 
 def edit_rate_main(argv=None):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from bcmcore import guided
 from bcmcore.cli import main as bcm
 from bcmcore.config import ConfigError, UserError
 from bcmcore.data import load_split
@@ -101,9 +102,9 @@ def _spec(tmp_path, digits, networks, **over):
              "inversions": [{"times": [0.07, 80.0]}, {"times": [0.07, 2.0, 80.0]}],
              "jpeg": [[0.07, 0.5]]},
             {"name": "igct", "network": str(networks["igct"]), "kind": "igct",
-             "samplers": [{"sampler": "igct", "steps": 2}], "inversions": [{}], "guidance": {"ws": [1, 3]}},
+             "samplers": [{"sampler": "igct", "steps": 2}], "inversions": [{}], "guidance": {"ws": [1, 3], "edits": 6}},
             {"name": "cfg-edm", "network": str(networks["edm"]), "kind": "edm",
-             "guidance": {"ws": [1, 3], "recipe": "demo-heun"}},
+             "guidance": {"ws": [1, 3], "recipe": "demo-heun", "edits": 6}},
         ]}
     spec.update(over)
     path = tmp_path / "spec.json"
@@ -135,6 +136,16 @@ def test_bcm_eval_digits_end_to_end_writes_tables_plots_and_grids(tmp_path, digi
     guid = read_csv(out / "guidance_table.csv")
     assert [(r["model"], r["w"], r["nfe"]) for r in guid] == [
         ("igct", "1", "1"), ("igct", "3", "1"), ("cfg-edm", "1", "9"), ("cfg-edm", "3", "18")]
+    # class editing: 6 test images x 9 other classes per w; iGCT edits take 2 NFE, EDM ODE inversion + CFG Heun
+    assert [(r["edits"], r["edit_nfe"]) for r in guid] == [("54", "2")] * 2 + [("54", "17"), ("54", "26")]
+    from bcmcore.nets import load_network
+    x, y = load_split(digits, "test")
+    clf = demo_classifier.load_demo_classifier(digits)
+    for r in guid:   # the sweep's rate is the edit-rate command's rate on the same images
+        model, _ = load_network(networks["igct" if r["kind"] == "igct" else "edm"])
+        want = guided.edit_success_rate(model, clf.classify, x[:6].float() / 127.5 - 1, y[:6], [float(r["w"])],
+                                        steps=5)[float(r["w"])]
+        assert float(r["edit_rate"]) == pytest.approx(want, abs=1e-6), r
     for name in ("plots/fid_vs_nfe.png", "plots/mse_vs_nfe.png", "plots/guidance.png", "grids/bcm-demo-nfe1.png",
                  "grids/cfg-edm-w3.png", "eval_info.json"):
         assert (out / name).stat().st_size > 0, name

@@ -131,6 +131,10 @@ def test_eval_spec_errors_name_the_file_and_key(tmp_path, gmm, networks):
         {"name": "c", "network": "n.pt", "kind": "cm", "inversions": [{"times": [0.07, 80]}]}]}))
     with pytest.raises(ConfigError, match="a cm model cannot invert"):
         load_spec(bad)
+    bad.write_text(json.dumps({"dataset": str(gmm), "features": {"kind": "raw"}, "models": [
+        {"name": "g", "network": "n.pt", "kind": "igct", "guidance": {"ws": [1, 2], "edits": 10}}]}))
+    with pytest.raises(ConfigError, match=r"models\[0\]\.guidance\.edits: .*features.kind 'demo'"):
+        load_spec(bad)
     with pytest.raises(UserError, match="eval spec not found"):
         load_spec(tmp_path / "missing.yaml")
 

@@ -16,8 +16,8 @@ COLUMNS = {
             "checkpoint", "step", "seeds", "seconds"],
     "mse": ["model", "kind", "task", "inversion_nfe", "nfe", "time_steps", "mse", "images", "checkpoint", "step",
             "seeds"],
-    "guidance": ["model", "kind", "w", "nfe", "fid", "precision", "recall", "samples", "checkpoint", "step",
-                 "seeds", "seconds"],
+    "guidance": ["model", "kind", "w", "nfe", "fid", "precision", "recall", "edit_rate", "edits", "edit_nfe",
+                 "samples", "checkpoint", "step", "seeds", "seconds"],
 }
 
 
@@ -102,15 +102,19 @@ def plot_mse_vs_nfe(path, rows):
 
 
 def plot_guidance(path, rows):
-    """FID, precision and recall against w, one line per model (iGCT against CFG-EDM)."""
+    """FID, precision, recall (and the class-edit success rate, where measured) against w, a line per model."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    edits = any(r.get("edit_rate") not in (None, "") for r in rows)
+    keys = ("fid", "precision", "recall") + (("edit_rate",) if edits else ())
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.4 * len(keys), 3.8))
     for model in dict.fromkeys(r["model"] for r in rows):
         rs = sorted((r for r in rows if r["model"] == model), key=lambda r: r["w"])
         label = f"{model} ({rs[0]['kind']}, NFE {rs[0]['nfe']})"
-        for ax, key in zip(axes, ("fid", "precision", "recall")):
-            ax.plot([r["w"] for r in rs], [r[key] for r in rs], "o-", label=label)
-    for ax, key in zip(axes, ("FID", "precision", "recall")):
+        for ax, key in zip(axes, keys):
+            pts = [(r["w"], r[key]) for r in rs if r.get(key) not in (None, "")]
+            if pts:
+                ax.plot(*zip(*pts), "o-", label=label)
+    for ax, key in zip(axes, ("FID", "precision", "recall", "edit success rate")):
         ax.set(xlabel="guidance weight w", ylabel=key, title=f"{key} vs w")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)

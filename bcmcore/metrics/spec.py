@@ -12,7 +12,7 @@ Example (demo digits; CIFAR-10 would use features {kind: inception, mode: legacy
         kind: bcm
         samplers: [{recipe: demo-nfe1}, {recipe: demo-nfe2}, {recipe: demo-nfe3}, {recipe: demo-nfe4}]
         inversions: [{times: [0.07, 80]}, {times: [0.07, 2.0, 80]}]
-      - {name: igct, network: ..., kind: igct, guidance: {ws: [1, 3, 5]}}
+      - {name: igct, network: ..., kind: igct, guidance: {ws: [1, 3, 5], edits: 100}}
       - {name: cfg-edm, network: ..., kind: edm, guidance: {ws: [1, 3, 5], recipe: edm-18}}
 """
 import json
@@ -73,6 +73,8 @@ class GuidanceSpec:
     ws: tuple[float, ...] = (1.0,)          # paper convention, w = 1: no guidance
     steps: int = 1                          # iGCT denoiser calls
     recipe: str = "edm-18"                  # CFG-EDM Heun schedule
+    edits: int = 0                          # class editing: this many inversion-split images, each edited into
+                                            # every other class per w; the demo classifier scores the target hits
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,11 @@ def _check(spec, path):
             s.resolve(f"models[{i}].samplers[{j}]")
         if m.guidance and m.kind not in ("igct", "edm"):
             raise ConfigError(f"models[{i}].guidance: guidance sweeps need kind igct or edm, got {m.kind!r}")
+        if m.guidance and m.guidance.edits:
+            if m.guidance.edits < 0 or spec.features.kind != "demo":
+                raise ConfigError(f"models[{i}].guidance.edits: the edit success rate needs a count >= 0 and "
+                                  f"features.kind 'demo' (its classifier judges the edits), got "
+                                  f"{m.guidance.edits} with features.kind {spec.features.kind!r}")
         if m.inversions and m.kind == "cm":
             raise ConfigError(f"models[{i}].inversions: a cm model cannot invert (it maps only to sigma_min); "
                               "use a bcm, igct or edm model")

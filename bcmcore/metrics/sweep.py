@@ -234,10 +234,10 @@ def mse_per_item(a, b, vector=False):
 
 
 @torch.no_grad()
-def mse_sweep(ev, model, x_all, y_all, fn, desc):
-    """Mean per-image MSE of fn(x, y, rng) -> (x_hat, nfe_inv, nfe, reference) over the inversion split."""
+def item_sweep(ev, model, x_all, y_all, fn, desc):
+    """Mean over the inversion split of fn(x, y, rng) -> (per-item values [B], nfe_inv, nfe), ranks sharing items."""
     mine = np.arange(ev.rank, len(x_all), ev.world)
-    errs, nfes = [], None
+    vals, nfes = [], None
     for i in tqdm(range(0, len(mine), ev.spec.batch_size), desc=desc, leave=False,
                   disable=not (ev.progress and dist.is_main())):
         idx = mine[i:i + ev.spec.batch_size]
@@ -245,13 +245,35 @@ def mse_sweep(ev, model, x_all, y_all, fn, desc):
         x = x.double() if ev.vector else x.float() / 127.5 - 1
         y = y_all[idx].to(ev.device) if _num_classes(model) else None
         rng = sampling.SeededRNG(ev.spec.seed + idx, ev.device)
-        x_hat, n_inv, n, ref = fn(x.float(), y, rng)
-        errs.append(mse_per_item(x_hat.cpu(), ref.cpu(), ev.vector).numpy())
+        v, n_inv, n = fn(x.float(), y, rng)
+        vals.append(np.asarray(v, np.float64))
         nfes = (n_inv, n)
-    local = np.concatenate(errs) if errs else np.zeros(0)
-    per_image = gather_rows(local[:, None], mine, len(x_all))[:, 0]
+    local = np.concatenate(vals) if vals else np.zeros(0)
+    per_item = gather_rows(local[:, None], mine, len(x_all))[:, 0]
     n_inv, n = nfes if nfes is not None else (-1, -1)
-    return float(per_image.mean()), _agree(n_inv), _agree(n)
+    return float(per_item.mean()), _agree(n_inv), _agree(n)
+
+
+def mse_sweep(ev, model, x_all, y_all, fn, desc):
+    """Mean per-image MSE of fn(x, y, rng) -> (x_hat, nfe_inv, nfe, reference) over the inversion split."""
+    def per_item(x, y, rng):
+        x_hat, n_inv, n, ref = fn(x, y, rng)
+        return mse_per_item(x_hat.cpu(), ref.cpu(), ev.vector).numpy(), n_inv, n
+    return item_sweep(ev, model, x_all, y_all, per_item, desc)
+
+
+def edit_rate_sweep(ev, model, x_all, y_all, w, steps):
+    """Class-editing success rate at w: the share of (image, other class) edits the demo classifier calls the target.
+
+    -> (rate, nfe, nfe): iGCT edits take 2 NFE; EDM's ODE inversion + CFG regeneration over `steps` Karras points."""
+    from bcmcore.metrics.demo_classifier import load_demo_classifier
+    classify = load_demo_classifier(ev.spec.dataset, ev.device).classify
+    num = _num_classes(model)
+
+    def per_item(x, y, rng):
+        hits, nfe = guided.edit_hits(model, classify, x, y, w, steps)
+        return hits.double().numpy() / (num - 1), nfe, nfe
+    return item_sweep(ev, model, x_all, y_all, per_item, f"{model.kind} edit w={w:g}")
 
 
 def run(spec, out_dir, device=None, progress=True):
@@ -274,7 +296,7 @@ def run(spec, out_dir, device=None, progress=True):
                                 "precision": p, "recall": r, "samples": len(feats), "seeds": seeds,
                                 "seconds": round(sec, 2)})
             dist.print0(f"[eval] {m.name} {label}: NFE {nfe} FID {fid:.3f} P {p:.3f} R {r:.3f}")
-        if m.inversions or m.jpeg:
+        if m.inversions or m.jpeg or (m.guidance and m.guidance.edits):
             if inv_data is None:
                 x_all, y_all = load_split(spec.dataset, spec.inversion_split)
                 inv_data = (x_all[:spec.inversion_count], y_all[:spec.inversion_count])
@@ -301,10 +323,18 @@ def run(spec, out_dir, device=None, progress=True):
                 feats, nfe, sec = ev.generate(model, _guided_fn(ev, model, m.guidance, w), f"{m.name} w={w:g}",
                                               out / "grids" / f"{m.name}-w{w:g}.png")
                 fid, p, r = ev.score(feats)
-                rows["guidance"].append({**base, "w": float(w), "nfe": nfe, "fid": fid, "precision": p,
-                                         "recall": r, "samples": len(feats), "seeds": seeds,
-                                         "seconds": round(sec, 2)})
-                dist.print0(f"[eval] {m.name} w={w:g}: NFE {nfe} FID {fid:.3f} P {p:.3f} R {r:.3f}")
+                row = {**base, "w": float(w), "nfe": nfe, "fid": fid, "precision": p, "recall": r,
+                       "samples": len(feats), "seeds": seeds, "seconds": round(sec, 2)}
+                if m.guidance.edits:
+                    n_img = min(m.guidance.edits, len(x_all))
+                    times = sampling.get_recipe(m.guidance.recipe).times   # EDM: a Karras grid of as many points
+                    steps = len(times) - (times[-1] == 0)
+                    row["edit_rate"], _, row["edit_nfe"] = edit_rate_sweep(ev, model, x_all[:n_img], y_all[:n_img],
+                                                                           w, steps)
+                    row["edits"] = n_img * (_num_classes(model) - 1)
+                rows["guidance"].append(row)
+                dist.print0(f"[eval] {m.name} w={w:g}: NFE {nfe} FID {fid:.3f} P {p:.3f} R {r:.3f}"
+                            + (f" edit rate {row['edit_rate']:.3f}" if m.guidance.edits else ""))
         del model
     if dist.is_main():
         info = {"dataset": spec.dataset, "ref_split": spec.ref_split, "reference_count": ev.ref["meta"].get("n"),

@@ -5,8 +5,8 @@ from pathlib import Path
 
 from bcmcore.metrics import report
 
-INTS = ("nfe", "inversion_nfe", "samples", "images", "step")
-FLOATS = ("fid", "precision", "recall", "w", "mse", "seconds")
+INTS = ("nfe", "inversion_nfe", "samples", "images", "step", "edits", "edit_nfe")
+FLOATS = ("fid", "precision", "recall", "w", "mse", "seconds", "edit_rate")
 
 
 def typed(row):
