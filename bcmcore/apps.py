@@ -320,6 +320,10 @@ def _mask(args, x):
     return torch.as_tensor(np.load(path)).to(x.device, x.dtype)
 
 
+def _mse(model, res, x):
+    return editing.mse_uint8(res, x) if not _vector(model) else ((res - x) ** 2).flatten(1).mean(1).cpu()
+
+
 def edit_main(argv):
     p = _common("bcm edit")
     p.add_argument("task", choices=TASKS)
@@ -332,7 +336,7 @@ def edit_main(argv):
     p.add_argument("--mask-frac", type=float, default=0.5)
     p.add_argument("--alphas", default="0,0.25,0.5,0.75,1", help="interpolate: slerp weights")
     p.add_argument("--quality", type=int, default=20, help="jpeg: PIL quality factor")
-    p.add_argument("--target-class", type=int, help="class: the target label")
+    p.add_argument("--target-class", help="class: the target label, or 'all' (a column per class)")
     p.add_argument("--w", type=float, default=1.0, help="class: guidance weight (paper convention)")
     p.add_argument("--num-steps", type=int, default=18, help="class (edm): Heun Karras grid points")
     p.add_argument("--clamp", action="store_true", help="clamp to [-1, 1] after each CM-style step")
@@ -343,6 +347,10 @@ def edit_main(argv):
     if task == "class":
         if args.target_class is None or y_all is None:
             raise UserError("class editing needs --target-class and source labels (from --data or the npz)")
+        num = model.cfg.net.num_classes
+        targets = list(range(num)) if args.target_class == "all" else parse_ids(args.target_class, "--target-class")
+        if not targets or min(targets) < 0 or max(targets) >= num:
+            raise UserError(f"--target-class: expected 'all' or class ids in 0..{num - 1}, got {args.target_class!r}")
     else:
         times, gen = _times(args, model)
         gen = sampling.parse_times(args.gen_steps, "--gen-steps") if args.gen_steps else \
@@ -376,11 +384,13 @@ def edit_main(argv):
         elif task == "jpeg":
             shown = editing.jpeg_compress(x, args.quality)
             res, nfe = editing.jpeg_restore(model, shown, times, rng, y)
-        else:
+        else:   # source, then its edit into each target class (its own class: the reconstruction)
             from bcmcore import guided
-            shown = x
-            res, nfe = guided.edit(model, x, y, torch.full_like(y, args.target_class), args.w, args.num_steps)
-        mse = editing.mse_uint8(res, x) if not _vector(model) else ((res - x) ** 2).flatten(1).mean(1).cpu()
+            edits = [guided.edit(model, x, y, torch.full_like(y, c), args.w, args.num_steps) for c in targets]
+            nfe, mse = edits[0][1], sum(_mse(model, r, x) for r, _ in edits) / len(edits)
+            rows = [_images(model, v) for v in [x] + [r for r, _ in edits]]
+            return {"result": np.stack(rows, 1), "mse": mse.numpy(), "nfe": np.full(len(pos), nfe)}
+        mse = _mse(model, res, x)
         rows = [_images(model, v) for v in (x, shown, res)]
         return {"result": np.stack(rows, 1), "mse": mse.numpy(), "nfe": np.full(len(pos), nfe)}
 

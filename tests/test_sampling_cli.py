@@ -26,7 +26,7 @@ def tiny(kind, path, classes=4):
 @pytest.fixture(scope="module")
 def nets(tmp_path_factory):
     d = tmp_path_factory.mktemp("nets")
-    return {k: tiny(k, d / f"{k}.pt") for k in ("bcm", "cm")}
+    return {k: tiny(k, d / f"{k}.pt") for k in ("bcm", "cm", "igct")}
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +105,27 @@ def test_bcm_invert_and_edit_write_results(nets, images_npz, tmp_path):
         assert r.shape == (1 if task == "interpolate" else 2, per_row, 8, 8, 3) and (tmp_path / f"edit-{task}.png").exists(), task
         if task != "interpolate":
             assert "mse_vs_clean" in info
+
+
+def test_bcm_edit_class_shows_the_source_then_each_target_class(nets, images_npz, tmp_path):
+    from bcmcore import guided
+    from bcmcore.nets import load_network
+    model, _ = load_network(nets["igct"])
+    d = np.load(images_npz)
+    x, y = torch.as_tensor(d["images"][:3]).permute(0, 3, 1, 2).float() / 127.5 - 1, torch.as_tensor(d["labels"][:3])
+    for target, classes in (("all", [0, 1, 2, 3]), ("2", [2]), ("1,3", [1, 3])):
+        assert run("edit", "class", "--network", nets["igct"], "--out", str(tmp_path), "--input", images_npz,
+                   "--indices", "0-2", "--target-class", target, "--w", "3", "--batch", "2") == 0
+        r = np.load(tmp_path / "edit-class.npz")["arr_0"]
+        assert r.shape == (3, 1 + len(classes), 8, 8, 3) and np.array_equal(r[:, 0], d["images"][:3])
+        for col, c in enumerate(classes, 1):   # column k = the 2-NFE iGCT edit into class k (w = 3)
+            want, _ = guided.edit(model, x, y, torch.full_like(y, c), 3.0)
+            want = ((want + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+            assert np.abs(r[:, col].astype(int) - want).max() <= 1, (target, c)
+        assert json.loads((tmp_path / "edit-class.json").read_text())["nfe"] == 2
+    for bad in ("4", "x", "-1"):
+        assert run("edit", "class", "--network", nets["igct"], "--out", str(tmp_path / bad), "--input", images_npz,
+                   "--indices", "0-2", "--target-class", bad) == 2
 
 
 @pytest.mark.parametrize("argv, msg", [

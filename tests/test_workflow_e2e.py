@@ -26,8 +26,8 @@ SHRUNK = {"datasets": {"digits": {
                    "apps": {"interpolate": {"indices": "0-3"}, "inpaint": {"indices": "0-1"},
                             "jpeg": {"indices": "0-1"}}},
         "bcm_scratch": {"grid": {"seeds": "0-3"}},
-        "igct": {"grid": {"seeds": "0-3"}, "apps": {"class": {"indices": "0-1"}},
-                 "eval": {"guidance": {"ws": [1.0, 2.0]}}},
+        "igct": {"train": {"total_steps": 4, "checkpoint_every": 2}, "grid": {"seeds": "0-3"},
+                 "apps": {"class": {"indices": "0-1"}}, "eval": {"guidance": {"ws": [1.0, 2.0], "edits": 3}}},
         "edm": {"grid": {"seeds": "0-3", "recipe": None, "sampler": "heun", "num_steps": 3},
                 "apps": {"class": {"indices": "0-1", "num_steps": 3}},
                 "eval": {"guidance": {"ws": [2.0], "recipe": "edm-18"}, "inversions": [{"steps": 3}]}}},
@@ -63,16 +63,21 @@ def test_whole_dag_on_a_shrunk_demo(tmp_path):
     assert {r["task"] for r in mse if r["model"] == "bcm_ft"} == {"inversion", "jpeg-q20"}
     guidance = rows(d / "guidance_table.csv")
     assert sorted((r["model"], float(r["w"])) for r in guidance) == [("edm", 2.0), ("igct", 1.0), ("igct", 2.0)]
+    # class editing: 3 (igct) and 8 (edm: the demo's 30, capped by inversion_count) digits x 9 other classes
+    assert sorted((r["model"], int(r["edits"])) for r in guidance) == [("edm", 72), ("igct", 27), ("igct", 27)]
+    assert all(0 <= float(r["edit_rate"]) <= 1 for r in guidance)
     assert {p.name for p in (d / "plots").glob("*.png")} == {"fid_vs_nfe.png", "mse_vs_nfe.png", "guidance.png"}
 
     for exp in ("ict", "bcm_ft", "bcm_scratch", "igct", "edm"):
         with Image.open(d / "grids" / exp / "samples.png") as im:   # 4 digits of 16x16, 1-pixel gaps
             assert im.size == (35, 35)
         assert (d / "runs" / exp / "config.json").is_file() and (d / "eval" / exp / "spec.json").is_file()
-    for app in ("bcm_ft/edit-interpolate", "bcm_ft/edit-inpaint", "bcm_ft/edit-jpeg", "igct/edit-class",
-                "edm/edit-class"):
+    for app in ("bcm_ft/edit-interpolate", "bcm_ft/edit-inpaint", "bcm_ft/edit-jpeg"):
         with Image.open(d / "grids" / f"{app}.png") as im:
             assert im.size[0] > 16 and im.size[1] > 16
+    for app in ("igct/edit-class", "edm/edit-class"):   # 2 rows: the source, then one edit per class 0..9
+        with Image.open(d / "grids" / f"{app}.png") as im:
+            assert im.size == (11 * 17 + 1, 2 * 17 + 1)
 
     again = snakemake(tmp_path, "-n", "all", timeout=300)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout[-3000:]
