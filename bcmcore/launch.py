@@ -7,8 +7,11 @@ The executor comes from a launcher YAML file (site settings live in cluster/, ne
 Each task exports the torch.distributed variables (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK) and runs
 `bcm <command>`; `bcmcore.dist.init` picks them up. On preemption or timeout the task's checkpoint() only
 resubmits the same command: the training loop's own checkpoints carry the state, and a rerun resumes.
+A Slurm job's id is kept in the job folder until the job ends: if the waiting process dies (login session
+closed), the same `bcm launch` waits for that job again instead of submitting a second one.
 """
 import argparse
+import json
 import os
 import signal
 import sys
@@ -21,6 +24,11 @@ from typing import Literal, Optional
 import submitit
 
 from bcmcore.config import ConfigError, UserError, from_dict
+from bcmcore.util import atomic_write_text
+
+ACTIVE = "active-job.json"   # in the job dir: the Slurm job this command is waiting for, until it ends
+LIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
+        "REQUEUE_FED", "RESIZING", "STAGE_OUT"}
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,38 @@ def submit(argv, cfg: LauncherConfig, folder, name=None):
         return ex.submit(BcmTask(), list(argv))
 
 
+def _remember(folder, job, argv, num_tasks):
+    atomic_write_text(Path(folder) / ACTIVE, json.dumps({"job_id": job.job_id, "argv": list(argv),
+                                                         "num_tasks": num_tasks}) + "\n")
+
+
+def _forget(folder, job):
+    path = Path(folder) / ACTIVE
+    try:
+        if json.loads(path.read_text()).get("job_id") == job.job_id:
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def find_running(folder, argv, cfg):
+    """The Slurm job that an earlier `bcm launch` of this same command submitted and never saw end (its
+    Snakemake died with the login session), if Slurm still queues or runs it: wait for that job instead of
+    submitting a second one that would train into the same run directory."""
+    path = Path(folder) / ACTIVE
+    if cfg.executor != "slurm" or not path.is_file():
+        return None, None
+    try:
+        rec = json.loads(path.read_text())
+        if rec["argv"] != list(argv):
+            return None, None
+        job = submitit.SlurmJob(Path(folder) / "%j", str(rec["job_id"]), tasks=tuple(range(rec["num_tasks"])))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None
+    state = (job.get_info(mode="force").get("State") or "UNKNOWN").split()[0]   # sacct
+    return (job if state in LIVE else None), state
+
+
 class _Tail:
     """Print what a growing log file gained since the last call."""
 
@@ -212,9 +252,16 @@ def main(argv=None):
                                                 "qos", "constraint")}
     cfg = load_launcher(args.launcher, **overrides)
     folder = Path(args.job_dir) if args.job_dir else _default_job_dir(command)
-    job = submit(command, cfg, folder, args.name)
-    print(f"bcm launch: {cfg.executor} job {job.job_id} ({cfg.num_tasks} task(s)): bcm {' '.join(command)}; "
-          f"logs in {folder}", file=sys.stderr, flush=True)
+    job, state = find_running(folder, command, cfg)
+    if job is not None:
+        print(f"bcm launch: slurm job {job.job_id} of this command, submitted by an earlier bcm launch, is "
+              f"{state}: waiting for it instead of submitting another", file=sys.stderr, flush=True)
+    else:
+        job = submit(command, cfg, folder, args.name)
+        if cfg.executor == "slurm":
+            _remember(folder, job, command, cfg.num_tasks)
+        print(f"bcm launch: {cfg.executor} job {job.job_id} ({cfg.num_tasks} task(s)): bcm {' '.join(command)}; "
+              f"logs in {folder}", file=sys.stderr, flush=True)
     # Snakemake stops a rule with SIGTERM: take the job down with us.
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
@@ -223,4 +270,6 @@ def main(argv=None):
         job.cancel(check=False)
         print(f"bcm launch: interrupted; job {job.job_id} cancelled", file=sys.stderr, flush=True)
         return 130
+    finally:   # the job has ended or is cancelled (a SIGKILL never gets here: the record stays for the rerun)
+        _forget(folder, job)
 

@@ -6,6 +6,7 @@ Snakemake Slurm executor plugin. Every wait has a deadline and snakemake runs un
 """
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -46,12 +47,14 @@ def site(cwd, train_nodes=2):
     return d
 
 
-def run_snakemake(cwd, target, timeout=420, config=None):
+def run_snakemake(cwd, target, timeout=420, config=None, *extra):
+    """Snakemake in its own session (a process group the tests can kill whole, like a closed login shell)."""
     (config or tiny_config)(cwd / "tiny.yaml")
     cmd = ["timeout", "-k", "15", str(timeout), str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"),
-           "--profile", str(ROOT / "cluster/slurm"), target, "--config", f"site={site(cwd)}",
+           "--profile", str(ROOT / "cluster/slurm"), target, *extra, "--config", f"site={site(cwd)}",
            "--configfile", str(cwd / "tiny.yaml")]
-    return subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
 
 def finish(proc, deadline_s):
@@ -137,6 +140,31 @@ def test_requeued_training_resumes_bitwise(tmp_path):
     nets = [torch.load(d / target, map_location="cpu", weights_only=True)["state_dict"] for d in (a, b)]
     assert nets[0].keys() == nets[1].keys()
     assert all(torch.equal(nets[0][k], nets[1][k]) for k in nets[0])
+
+
+def test_rerun_after_the_login_session_died_waits_for_the_running_job(tmp_path):
+    """SIGKILL to Snakemake and its `bcm launch` while training runs on Slurm: the job runs on. Rerunning the
+    same command (after `--unlock`) waits for that job; it must not submit a second one into the same run dir."""
+    since = now()
+    config = lambda p: tiny_config(p, total_steps=400, checkpoint_every=5)
+    target, jobs = f"{RUN}/network-final.pt", tmp_path / RUN / "jobs"
+    first = run_snakemake(tmp_path, target, config=config)
+    try:
+        wait_for(lambda: job_ids(jobs) and list((tmp_path / RUN).glob("training-state-*.pt")), 300,
+                 "the first training checkpoint")
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.communicate()
+    (job,) = job_ids(jobs)
+    assert squeue_state(job) == "RUNNING" and (jobs / "active-job.json").is_file()
+    rc, out = finish(run_snakemake(tmp_path, target, 120, config, "--unlock"), 150)
+    assert rc == 0, out[-3000:]
+    rc, out = finish(run_snakemake(tmp_path, target, config=config), 420)
+    assert rc == 0, out[-4000:]
+    assert f"slurm job {job} of this command, submitted by an earlier bcm launch, is RUNNING" in out, out[-4000:]
+    assert job_ids(jobs) == [job] and sacct(job, "State", since) == [["COMPLETED"]]
+    assert "resumed from" not in (tmp_path / RUN / "log.txt").read_text()   # one uninterrupted run
+    assert (tmp_path / target).is_file() and not (jobs / "active-job.json").exists()
 
 
 def test_broken_config_fails_fast_with_the_jobs_error(tmp_path):
