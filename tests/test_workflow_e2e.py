@@ -28,7 +28,8 @@ SHRUNK = {"datasets": {"digits": {
         "bcm_scratch": {"grid": {"seeds": "0-3"}},
         "igct": {"train": {"total_steps": 4, "checkpoint_every": 2}, "grid": {"seeds": "0-3"},
                  "apps": {"class": {"indices": "0-1"}}, "eval": {"guidance": {"ws": [1.0, 2.0], "edits": 3}}},
-        "edm": {"grid": {"seeds": "0-3", "recipe": None, "sampler": "heun", "num_steps": 3},
+        "edm": {"train": {"total_steps": 4, "checkpoint_every": 2},
+                "grid": {"seeds": "0-3", "recipe": None, "sampler": "heun", "num_steps": 3},
                 "apps": {"class": {"indices": "0-1", "num_steps": 3}},
                 "eval": {"guidance": {"ws": [2.0], "recipe": "edm-18"}, "inversions": [{"steps": 3}]}}},
     "eval": {"num_samples": 100, "batch_size": 100, "inversion_count": 8}}}}
