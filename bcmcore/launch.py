@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -131,6 +132,10 @@ class BcmTask(submitit.helpers.Checkpointable):
 def submit(argv, cfg: LauncherConfig, folder, name=None):
     """Submit `bcm <argv>` as one job; returns the submitit Job."""
     ex = make_executor(cfg, folder, name or f"bcm-{argv[0]}")
+    # A shell's background job (nohup snakemake ... &) starts with SIGINT ignored, and children inherit that.
+    # submitit's local controller would then survive cancel() (a SIGINT): no deadline or Ctrl-C could stop it.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     with submitit.helpers.clean_env():  # nested in a Slurm job (Snakemake's): do not inherit its variables
         return ex.submit(BcmTask(), list(argv))
 

@@ -19,9 +19,11 @@ from test_train import TINY_CM, make_run, shards  # noqa: F401
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
-def bcm_launch(*args, timeout=600):
+def bcm_launch(*args, timeout=600, sigint_ignored=False):
+    """`bcm launch` in a subprocess; sigint_ignored: started as a shell's background job (nohup ... &) is."""
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
     return subprocess.run([sys.executable, "-m", "bcmcore", "launch", *map(str, args)], capture_output=True,
-                          text=True, env=ENV, timeout=timeout)
+                          text=True, env=ENV, timeout=timeout, preexec_fn=ignore)
 
 
 @pytest.mark.timeout(600)
@@ -102,10 +104,14 @@ def test_slurm_executor_settings_reach_sbatch(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_deadline_cancels_the_job(tmp_path, shards):
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["foreground", "background-job"])
+def test_deadline_cancels_the_job(tmp_path, shards, sigint_ignored):
+    """Also from a background job, whose SIGINT is ignored and would be inherited by submitit's local controller:
+    its cancel() is a SIGINT, so the controller and the training task would run on, holding our output pipes."""
     run = make_run(tmp_path / "run", shards, total_steps=10**6, status_every=1000)
     t0 = time.time()
-    r = bcm_launch("--executor", "local", "--deadline-min", 0.05, "--", "train", "--run-dir", run)
+    r = bcm_launch("--executor", "local", "--deadline-min", 0.05, "--", "train", "--run-dir", run, timeout=150,
+                   sigint_ignored=sigint_ignored)
     assert r.returncode == 124 and "cancelled" in r.stderr, r.stderr
     assert time.time() - t0 < 120
 
