@@ -162,24 +162,43 @@ class ShardReader:
             raise UserError(f"{self.paths[j]}: sample {KEY.format(i)} does not decode ({e}); shard damaged") from None
 
 
-def load_split(shard_dir, split, num_workers=None):
-    """The whole split in memory: (x uint8 [N, C, H, W] or float32 [N, d], y long [N]), in key order.
-
-    Large splits are decoded by `num_workers` DataLoader processes (default: up to 8 CPU cores).
-    """
+def iter_split(shard_dir, split, chunk=50_000, num_workers=None):
+    """The split in key order as chunks (x uint8 [n, C, H, W] or float32 [n, d], y long [n]) of `chunk` items:
+    memory stays bounded on ImageNet-size splits. Decoded by `num_workers` DataLoader processes (default: up
+    to 8 CPU cores when the split is large)."""
     from tqdm import tqdm
     reader = ShardReader(shard_dir, split)
     if reader.n == 0:
         raise UserError(f"{Path(shard_dir) / 'manifest.json'}: split '{split}' is empty")
-    step = 2048
+    step = max(1, min(2048, chunk))   # items per loader block; a chunk is whole blocks
     if num_workers is None:
-        num_workers = 0 if reader.n <= 4 * step else min(8, os.cpu_count() or 1)
+        num_workers = 0 if reader.n <= 4 * 2048 else min(8, os.cpu_count() or 1)
+    per = max(1, chunk // step)
     ranges = [list(range(a, min(a + step, reader.n))) for a in range(0, reader.n, step)]
-    loader = torch.utils.data.DataLoader(_BatchDataset(_ShardSource(reader), Stream(reader.n, 0, shuffle=False)),
-                                         batch_size=None, sampler=ranges, num_workers=num_workers)
-    parts = list(_checked(tqdm(loader, total=len(ranges), desc=f"load {split}", unit="chunk",
-                               disable=len(ranges) <= 4, leave=False)))
-    return torch.cat([p["x"] for p in parts]), torch.cat([p["y"] for p in parts])
+    for c in range(0, len(ranges), per):
+        loader = torch.utils.data.DataLoader(_BatchDataset(_ShardSource(reader), Stream(reader.n, 0, shuffle=False)),
+                                             batch_size=None, sampler=ranges[c:c + per], num_workers=num_workers)
+        parts = list(_checked(tqdm(loader, total=len(ranges[c:c + per]), desc=f"load {split}", unit="block",
+                                   disable=len(ranges) <= 4, leave=False)))
+        yield torch.cat([p["x"] for p in parts]), torch.cat([p["y"] for p in parts])
+
+
+def load_split(shard_dir, split, num_workers=None, limit=None):
+    """The whole split (or its first `limit` items) in memory: (x uint8 [N, C, H, W] or float32 [N, d],
+    y long [N]), in key order."""
+    parts, n = [], 0
+    for x, y in iter_split(shard_dir, split, 2**62 if limit is None else max(1, limit), num_workers):
+        parts.append((x, y))
+        n += len(x)
+        if limit is not None and n >= limit:
+            break
+    return torch.cat([x for x, _ in parts])[:limit], torch.cat([y for _, y in parts])[:limit]
+
+
+def load_labels(shard_dir, split):
+    """The split's class labels, long [N] in key order, read without decoding a single image."""
+    reader = ShardReader(shard_dir, split)
+    return torch.tensor([int(reader.members(i)["cls"]) for i in range(reader.n)], dtype=torch.long)
 
 
 # ---------------------------------------------------------------------------------------------- the stream

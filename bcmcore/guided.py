@@ -152,10 +152,10 @@ def edit_rate_main(argv=None):
         check_w(w)
     model, _ = load_network(a.network, a.device)
     _require(model, ("igct", "edm"), "edit rate")
-    x, y = load_split(a.shards, a.split)
-    x = torch.as_tensor(x[:a.limit]).float().div(127.5).sub(1).to(a.device)
+    x, y = load_split(a.shards, a.split, limit=a.limit)
+    x = torch.as_tensor(x).float().div(127.5).sub(1).to(a.device)
     classifier = load_demo_classifier(a.shards, a.device)
-    rates = edit_success_rate(model, classifier.classify, x, y[:a.limit], ws, a.steps)
+    rates = edit_success_rate(model, classifier.classify, x, y, ws, a.steps)
     n_pairs = x.shape[0] * (model.cfg.net.num_classes - 1)
     write_csv(a.out, [{"w": w, "edit_success_rate": r, "pairs": n_pairs} for w, r in rates.items()],
               ["w", "edit_success_rate", "pairs"])

@@ -55,6 +55,37 @@ def test_demo_fids_order_real_halves_below_blur_below_noise(digits):
     assert halves < 10 and blurred > 3 * halves and noisy > 500   # measured: 4.0, 72, 2618
 
 
+def test_reference_stats_in_chunks_equal_the_whole_split_at_once(digits, tmp_path):
+    """ImageNet does not fit in memory: the split streams in chunks (a chunk size that splits shards and
+    blocks unevenly here), and the statistics and the precision/recall subset come out as from one array."""
+    from bcmcore.data import iter_split, load_labels
+    x, y = load_split(digits, "train")
+    parts = list(iter_split(digits, "train", chunk=600))
+    assert [len(p[0]) for p in parts] == [600, 600, len(x) - 1200]
+    assert torch.equal(torch.cat([p[0] for p in parts]), x) and torch.equal(load_labels(digits, "train"), y)
+    first = load_split(digits, "train", limit=700)
+    assert torch.equal(first[0], x[:700]) and torch.equal(first[1], y[:700])
+    feats_fn = lambda v: v.double().flatten(1)[:, 40:60].numpy() ** 1.5 + 3.0   # noqa: E731 (non-zero mean)
+    whole = feats_fn(x)
+    moments = fid.Moments()
+    for a in range(0, len(whole), 333):
+        moments.add(whole[a:a + 333])
+    mu, sigma = moments.stats()
+    np.testing.assert_allclose(mu, whole.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(sigma, np.cov(whole, rowvar=False), rtol=1e-9, atol=1e-9 * np.abs(sigma).max())
+
+    class Key:
+        key = "chunk-test"
+    sizes = []
+    ref = fid.reference_stats(digits, "train", Key, lambda v: sizes.append(len(v)) or feats_fn(v), pr_count=100,
+                              chunk=500)
+    assert sizes == [500, 500, len(x) - 1000]
+    keep = np.sort(np.random.default_rng(0).permutation(len(x))[:100])
+    assert np.array_equal(ref["pr_feats"], whole[keep].astype(np.float32)) and ref["meta"]["n"] == len(x)
+    np.testing.assert_allclose(ref["sigma"], np.cov(whole, rowvar=False), rtol=1e-9, atol=1e-9 * np.abs(sigma).max())
+    fid.reference_path(digits, "train", Key.key).unlink()
+
+
 def test_reference_stats_are_cached_and_keyed_by_extractor(digits):
     class Key:
         key = "test-extractor"

@@ -30,6 +30,26 @@ def feature_stats(feats, what="features"):
     return feats.mean(0), np.cov(feats, rowvar=False)
 
 
+class Moments:
+    """Running mean and unbiased covariance of features added in chunks (shifted by the first chunk's mean,
+    so float64 sums stay exact enough); equals `feature_stats` of the concatenation."""
+
+    def __init__(self):
+        self.n, self.shift, self.s1, self.s2 = 0, None, None, None
+
+    def add(self, feats):
+        f = np.asarray(feats, np.float64)
+        if self.shift is None:
+            self.shift = f.mean(0)
+            self.s1, self.s2 = np.zeros_like(self.shift), np.zeros((f.shape[1], f.shape[1]))
+        d = f - self.shift
+        self.n, self.s1, self.s2 = self.n + len(f), self.s1 + d.sum(0), self.s2 + d.T @ d
+
+    def stats(self, what="features"):
+        check_count(self.n, 0 if self.s1 is None else len(self.s1), what)
+        return self.shift + self.s1 / self.n, (self.s2 - np.outer(self.s1, self.s1) / self.n) / (self.n - 1)
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2):
     """FID between two Gaussian fits; clean-fid's implementation, returned as a Python float."""
     from cleanfid.fid import frechet_distance  # lazy: clean-fid imports torchvision (seconds)
@@ -73,14 +93,15 @@ def load_reference(path, expect_meta):
         return None  # truncated or foreign file: recompute (the write is atomic, so this is rare)
 
 
-def reference_stats(shard_dir, split, extractor, feats_fn, pr_count=50_000, seed=0):
+def reference_stats(shard_dir, split, extractor, feats_fn, pr_count=50_000, seed=0, chunk=50_000):
     """mu/sigma of the whole split and a seeded subset of `pr_count` features for precision/recall.
 
-    `feats_fn(images_uint8) -> features [N, D]` computes features (distributed over ranks by the caller);
-    every rank calls this and gets the same statistics; only rank 0 writes the cache.
+    `feats_fn(images_uint8) -> features [n, D]` computes features (distributed over ranks by the caller), one
+    chunk of `chunk` images at a time, so memory stays bounded on ImageNet; every rank calls this and gets the
+    same statistics; only rank 0 writes the cache.
     """
     from bcmcore import dist
-    from bcmcore.data import load_split
+    from bcmcore.data import ShardReader, iter_split
 
     path = reference_path(shard_dir, split, extractor.key)
     meta = {"format": REF_FORMAT, "split": split, "extractor": extractor.key,
@@ -88,13 +109,18 @@ def reference_stats(shard_dir, split, extractor, feats_fn, pr_count=50_000, seed
     ref = load_reference(path, meta)
     if ref is not None:
         return ref
-    x, _ = load_split(shard_dir, split)
-    feats = np.asarray(feats_fn(x), np.float64)
-    mu, sigma = feature_stats(feats, f"{shard_dir} split '{split}'")
-    rng = np.random.default_rng(seed)
-    keep = np.sort(rng.permutation(len(feats))[:pr_count])
-    meta["n"] = int(len(feats))
+    n = len(ShardReader(shard_dir, split))
+    keep = np.sort(np.random.default_rng(seed).permutation(n)[:pr_count])
+    moments, pr, start = Moments(), [], 0
+    for x, _ in iter_split(shard_dir, split, chunk):
+        feats = np.asarray(feats_fn(x), np.float64)
+        moments.add(feats)
+        pr.append(feats[keep[(keep >= start) & (keep < start + len(feats))] - start])
+        start += len(feats)
+    mu, sigma = moments.stats(f"{shard_dir} split '{split}'")
+    pr_feats = np.concatenate(pr).astype(np.float32)
+    meta["n"] = int(n)
     if dist.is_main():
-        save_reference(path, mu, sigma, feats[keep], meta)
+        save_reference(path, mu, sigma, pr_feats, meta)
     dist.barrier()
-    return {"mu": mu, "sigma": sigma, "pr_feats": feats[keep].astype(np.float32), "meta": meta}
+    return {"mu": mu, "sigma": sigma, "pr_feats": pr_feats, "meta": meta}

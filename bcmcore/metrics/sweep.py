@@ -101,8 +101,8 @@ class Evaluator:
         if self.spec.labels == "uniform":   # the same labels as `bcm sample --seeds` draws
             return sampling.seeded_labels(self.seeds[idx], num, self.device)
         if self._train_labels is None:     # "data": the label of a per-seed random training item (iGCT §8)
-            from bcmcore.data import load_split
-            self._train_labels = load_split(self.spec.dataset, self.spec.ref_split)[1].to(self.device)
+            from bcmcore.data import load_labels
+            self._train_labels = load_labels(self.spec.dataset, self.spec.ref_split).to(self.device)
         return self._train_labels[sampling.seeded_labels(self.seeds[idx], len(self._train_labels), self.device)]
 
     def to_output(self, x):
@@ -298,8 +298,7 @@ def run(spec, out_dir, device=None, progress=True):
             dist.print0(f"[eval] {m.name} {label}: NFE {nfe} FID {fid:.3f} P {p:.3f} R {r:.3f}")
         if m.inversions or m.jpeg or (m.guidance and m.guidance.edits):
             if inv_data is None:
-                x_all, y_all = load_split(spec.dataset, spec.inversion_split)
-                inv_data = (x_all[:spec.inversion_count], y_all[:spec.inversion_count])
+                inv_data = load_split(spec.dataset, spec.inversion_split, limit=spec.inversion_count)
             x_all, y_all = inv_data
         for inv in m.inversions:
             steps = _steps_text("invert", inv.times) if m.kind == "bcm" else f"{m.kind} inversion"
