@@ -320,10 +320,6 @@ def _mask(args, x):
     return torch.as_tensor(np.load(path)).to(x.device, x.dtype)
 
 
-def _mse(model, res, x):
-    return editing.mse_uint8(res, x) if not _vector(model) else ((res - x) ** 2).flatten(1).mean(1).cpu()
-
-
 def edit_main(argv):
     p = _common("bcm edit")
     p.add_argument("task", choices=TASKS)
@@ -387,11 +383,11 @@ def edit_main(argv):
         else:   # source, then its edit into each target class (its own class: the reconstruction)
             from bcmcore import guided
             edits = [guided.edit(model, x, y, torch.full_like(y, c), args.w, args.num_steps) for c in targets]
-            nfe, mse = edits[0][1], sum(_mse(model, r, x) for r, _ in edits) / len(edits)
-            rows = [_images(model, v) for v in [x] + [r for r, _ in edits]]
-            return {"result": np.stack(rows, 1), "mse": mse.numpy(), "nfe": np.full(len(pos), nfe)}
-        mse = _mse(model, res, x)
-        rows = [_images(model, v) for v in (x, shown, res)]
+            nfe, inputs, results = edits[0][1], [x], [r for r, _ in edits]
+        if task != "class":
+            inputs, results = [x, shown], [res]
+        mse = sum(editing.mse_per_item(r.cpu(), x.cpu(), _vector(model)) for r in results) / len(results)
+        rows = [_images(model, v) for v in inputs + results]
         return {"result": np.stack(rows, 1), "mse": mse.numpy(), "nfe": np.full(len(pos), nfe)}
 
     res = _run_sharded(n, args.batch, fn, out, task)

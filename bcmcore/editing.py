@@ -207,6 +207,13 @@ def jpeg_restore(model, x_jpeg, times, rng, y=None):
     return x, n_inv + n_gen
 
 
+def mse_per_item(a, b, vector=False):
+    """Per-item MSE per dimension: raw values for vectors; [0, 1]-scaled uint8-quantised for images."""
+    if vector:
+        return ((a.double() - b.double()) ** 2).flatten(1).mean(1)
+    return mse_uint8(a, b)   # [0, 1]-scaled, uint8-quantised, per dimension (BCM §7)
+
+
 def mse_uint8(a, b):
     """Per-image per-dimension MSE on [0, 1]-scaled uint8-quantised images (BCM inversion / restoration MSE).
 

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from bcmcore import dist, editing, guided, sampling
 from bcmcore.config import UserError
+from bcmcore.editing import mse_per_item
 from bcmcore.metrics import fid as fidlib
 from bcmcore.metrics import prdc, report
 from bcmcore.metrics.features import build_extractor
@@ -224,13 +225,6 @@ def reconstruct_batch(model, inv, x, y, rng, clamp=True):
         x_hat, n_gen = sampling.heun(model, latent, sampling.karras_times(inv.steps, zero=True), y)
         return x_hat, n_inv, n_inv + n_gen
     raise UserError(f"inversion needs a bcm, igct or edm model, got kind {model.kind!r}")
-
-
-def mse_per_item(a, b, vector=False):
-    """Per-item MSE per dimension: raw values for vectors; [0, 1]-scaled uint8-quantised for images."""
-    if vector:
-        return ((a.double() - b.double()) ** 2).flatten(1).mean(1)
-    return editing.mse_uint8(a, b)   # [0, 1]-scaled, uint8-quantised, per dimension (BCM §7)
 
 
 @torch.no_grad()
