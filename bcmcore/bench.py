@@ -6,6 +6,7 @@ train  img/s and sec/step of the real training step (train/step.py: loss passes,
 ddp    2 gloo CPU processes vs 1, same per-process batch: step-time and per-sample-time ratios.
 data   the data loader's own benchmark (bcmcore.data).
 """
+
 import argparse
 import json
 import os
@@ -17,18 +18,59 @@ from bcmcore.config import UserError, from_dict
 
 # Named configs: model + loss + per-GPU batch (CPU runs use cpu_batch so a 2-core box finishes).
 CONFIGS = {
-    "tiny": dict(model={"kind": "bcm", "net": {"arch": "mlp", "data_channels": 2, "channels": 128, "num_blocks": 4,
-                                              "two_time": True}}, loss={"kind": "bct"}, shape=(2,), batch=4096,
-                 cpu_batch=512),
-    "ncsnpp-cifar": dict(model={"kind": "bcm", "net": {"arch": "ncsnpp", "two_time": True}}, loss={"kind": "bct"},
-                         shape=(3, 32, 32), batch=128, cpu_batch=4),
-    "adm-64": dict(model={"kind": "bcm", "net": {"arch": "adm", "resolution": 64, "channels": 192,
-                                                "ch_mult": [1, 2, 3, 4], "num_blocks": 3, "attn_res": [32, 16, 8],
-                                                "num_classes": 1000, "two_time": True, "two_time_embed": "project"}},
-                   loss={"kind": "bct"}, shape=(3, 64, 64), batch=64, cpu_batch=2),
+    "tiny": dict(
+        model={
+            "kind": "bcm",
+            "net": {
+                "arch": "mlp",
+                "data_channels": 2,
+                "channels": 128,
+                "num_blocks": 4,
+                "two_time": True,
+            },
+        },
+        loss={"kind": "bct"},
+        shape=(2,),
+        batch=4096,
+        cpu_batch=512,
+    ),
+    "ncsnpp-cifar": dict(
+        model={"kind": "bcm", "net": {"arch": "ncsnpp", "two_time": True}},
+        loss={"kind": "bct"},
+        shape=(3, 32, 32),
+        batch=128,
+        cpu_batch=4,
+    ),
+    "adm-64": dict(
+        model={
+            "kind": "bcm",
+            "net": {
+                "arch": "adm",
+                "resolution": 64,
+                "channels": 192,
+                "ch_mult": [1, 2, 3, 4],
+                "num_blocks": 3,
+                "attn_res": [32, 16, 8],
+                "num_classes": 1000,
+                "two_time": True,
+                "two_time_embed": "project",
+            },
+        },
+        loss={"kind": "bct"},
+        shape=(3, 64, 64),
+        batch=64,
+        cpu_batch=2,
+    ),
 }
 # Dense bf16 tensor-core peak (FLOP/s) by device-name substring; MFU is left out for other devices.
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "V100": 125e12}
+PEAK_BF16 = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10": 125e12,
+    "V100": 125e12,
+}
 
 
 def _setup(name, batch, device, bf16=False, compile=False, channels_last=False):
@@ -36,6 +78,7 @@ def _setup(name, batch, device, bf16=False, compile=False, channels_last=False):
     from bcmcore.nets import ModelConfig, build_model
     from bcmcore.train.config import TrainConfig
     from bcmcore.train.step import Stepper
+
     c = CONFIGS[name]
     model_cfg = from_dict(ModelConfig, c["model"], "model")
     torch.manual_seed(0)
@@ -45,8 +88,13 @@ def _setup(name, batch, device, bf16=False, compile=False, channels_last=False):
     if compile:
         model.net = torch.compile(model.net)
     t = TrainConfig(total_steps=400_000, batch=batch, bf16=bf16)
-    stepper = Stepper(model, build_loss(c["loss"], model_cfg), t, device,
-                      conditional=model_cfg.net.num_classes > 0)
+    stepper = Stepper(
+        model,
+        build_loss(c["loss"], model_cfg),
+        t,
+        device,
+        conditional=model_cfg.net.num_classes > 0,
+    )
     x = torch.rand(batch, *c["shape"], device=device) * 2 - 1
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -55,6 +103,7 @@ def _setup(name, batch, device, bf16=False, compile=False, channels_last=False):
     def batches():
         while True:
             yield {"x": x, "y": y}
+
     return stepper, batches()
 
 
@@ -71,7 +120,9 @@ def time_steps(stepper, batches, steps, warmup, device):
     _sync(device)
     t0 = time.perf_counter()
     for i in range(steps):
-        stepper.backward(batches, 200_000 + i)  # mid-curriculum: the grid size does not matter for speed
+        stepper.backward(
+            batches, 200_000 + i
+        )  # mid-curriculum: the grid size does not matter for speed
         stepper.update()
     _sync(device)
     return (time.perf_counter() - t0) / steps
@@ -79,6 +130,7 @@ def time_steps(stepper, batches, steps, warmup, device):
 
 def step_flops(stepper, batches):
     from torch.utils.flop_counter import FlopCounterMode
+
     with FlopCounterMode(display=False) as counter:
         stepper.backward(batches, 200_000)
     return counter.get_total_flops()
@@ -99,9 +151,18 @@ def bench_train(name, device, batch=None, steps=10, warmup=3, variants=None):
             continue  # autocast runs on CUDA only (train.bf16); channels_last is for images
         stepper, batches = _setup(name, batch, device, **opts)
         sec = time_steps(stepper, batches, steps, warmup, device)
-        row = {"config": name, "variant": v, "device": str(device), "batch": batch, "sec_per_step": sec,
-               "img_per_s": batch / sec}
-        peak = next((p for k, p in PEAK_BF16.items() if cuda and k in torch.cuda.get_device_name(device)), None)
+        row = {
+            "config": name,
+            "variant": v,
+            "device": str(device),
+            "batch": batch,
+            "sec_per_step": sec,
+            "img_per_s": batch / sec,
+        }
+        peak = next(
+            (p for k, p in PEAK_BF16.items() if cuda and k in torch.cuda.get_device_name(device)),
+            None,
+        )
         if peak and not opts["compile"]:
             row["tflops_per_step"] = step_flops(stepper, batches) / 1e12
             row["mfu"] = row["tflops_per_step"] * 1e12 / sec / peak
@@ -114,9 +175,16 @@ def bench_train(name, device, batch=None, steps=10, warmup=3, variants=None):
 
 
 def _ddp_worker(rank, world, port, name, batch, steps, warmup, out):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     from bcmcore import dist
+
     _, _, _, device = dist.init(device="cpu")
     stepper, batches = _setup(name, batch * world, device)
     sec = time_steps(stepper, batches, steps, warmup, device)
@@ -133,6 +201,7 @@ def bench_ddp(name="tiny", batch=None, steps=20, warmup=3, world=2):
     import tempfile
 
     import torch.multiprocessing as mp
+
     batch = batch or CONFIGS[name]["cpu_batch"]
     times = {}
     for w in (1, world):
@@ -141,13 +210,22 @@ def bench_ddp(name="tiny", batch=None, steps=20, warmup=3, world=2):
             port = s.getsockname()[1]
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "r.json")
-            mp.spawn(_ddp_worker, args=(w, port, name, batch, steps, warmup, out), nprocs=w, join=True)
+            mp.spawn(
+                _ddp_worker, args=(w, port, name, batch, steps, warmup, out), nprocs=w, join=True
+            )
             with open(out) as f:
                 times[w] = json.load(f)
     t1, tw = times[1]["sec_per_step"], times[world]["sec_per_step"]
-    row = {"config": name, "batch_per_process": batch, "sec_per_step_1": t1, f"sec_per_step_{world}": tw,
-           "threads_per_process": {w: r["threads"] for w, r in times.items()}, "cpu_count": os.cpu_count(),
-           "step_time_ratio": tw / t1, "per_sample_time_ratio": tw / (world * t1)}
+    row = {
+        "config": name,
+        "batch_per_process": batch,
+        "sec_per_step_1": t1,
+        f"sec_per_step_{world}": tw,
+        "threads_per_process": {w: r["threads"] for w, r in times.items()},
+        "cpu_count": os.cpu_count(),
+        "step_time_ratio": tw / t1,
+        "per_sample_time_ratio": tw / (world * t1),
+    }
     print(json.dumps(row), flush=True)
     return row
 
@@ -157,7 +235,9 @@ def main(argv=None):
     sub = ap.add_subparsers(dest="what", required=True)
     tr = sub.add_parser("train", help="img/s, sec/step (and MFU on CUDA) of the training step")
     tr.add_argument("--config", default="tiny", help=f"one of {', '.join(CONFIGS)}")
-    tr.add_argument("--batch", type=int, help="per-process batch (default: the config's GPU or CPU batch)")
+    tr.add_argument(
+        "--batch", type=int, help="per-process batch (default: the config's GPU or CPU batch)"
+    )
     tr.add_argument("--steps", type=int, default=10)
     tr.add_argument("--warmup", type=int, default=3)
     tr.add_argument("--variants", help="comma list of fp32,bf16,compile,bf16+compile,channels_last")
@@ -172,6 +252,7 @@ def main(argv=None):
     args, rest = ap.parse_known_args(argv)
     if args.what == "data":
         from bcmcore import data
+
         if not hasattr(data, "benchmark"):
             raise UserError("bcm bench data: bcmcore.data has no benchmark() in this version")
         return data.benchmark(rest)
@@ -179,12 +260,16 @@ def main(argv=None):
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.what == "train":
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        variants = args.variants.split(",") if args.variants else (None if device.type == "cuda"
-                                                                    else ["fp32", "channels_last"])
+        variants = (
+            args.variants.split(",")
+            if args.variants
+            else (None if device.type == "cuda" else ["fp32", "channels_last"])
+        )
         rows = bench_train(args.config, device, args.batch, args.steps, args.warmup, variants)
     else:
         rows = [bench_ddp(args.config, args.batch, args.steps)]
     if args.out:
         from bcmcore.util import atomic_write_text
+
         atomic_write_text(args.out, json.dumps(rows, indent=1) + "\n")
     return 0

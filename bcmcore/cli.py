@@ -1,4 +1,5 @@
 """`bcm <command>`: one entry point; each command lives in the module that owns the concept."""
+
 import importlib
 import sys
 
@@ -26,6 +27,7 @@ def main(argv=None):
         rc = getattr(importlib.import_module(module), fn)(argv[1:])
     except Exception as e:  # one clear line for the user's mistakes; tracebacks for ours
         from bcmcore.config import UserError
+
         if isinstance(e, UserError):
             print(f"bcm {argv[0]}: error: {e}", file=sys.stderr)
             return 2

@@ -3,6 +3,7 @@
 Each module declares the dataclass of its own config section next to its code (nets.NetConfig,
 losses.*, train.TrainConfig, ...) and builds it with `from_dict`, so the loop never sees a dict.
 """
+
 import dataclasses
 import json
 import types

@@ -10,12 +10,12 @@ sample perm_e[p mod N] of a seeded permutation per epoch e = p // N, so the shuf
 permutation, ranks and workers just take disjoint positions, resume is arithmetic (nothing is read or decoded
 to skip), and iGCT's uniform source item (igct.md §4.1) is one more random read.
 """
+
 import io
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -26,30 +26,33 @@ from bcmcore.util import sha256_file
 
 FORMAT = "bcm-shards/1"
 KEY = "{:08d}"
-IN_MEMORY_AUTO_BYTES = 64 << 20    # auto in-memory below this decoded split size (digits, toy data)
+IN_MEMORY_AUTO_BYTES = 64 << 20  # auto in-memory below this decoded split size (digits, toy data)
 _SALT_PERM, _SALT_FLIP, _SALT_SRC, _SALT_SRC_FLIP = 0x5EED, 1, 2, 3
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    shards: str = "results/demo/shards"   # directory holding manifest.json
+    shards: str = "results/demo/shards"  # directory holding manifest.json
     split: str = "train"
-    xflip: bool = False                 # random horizontal flip (seeded per stream position)
-    shuffle: bool = True                # seeded permutation per epoch (replaces a shuffle buffer)
-    paired: bool = False                # add "x_src": a uniform random item of the same split (iGCT)
-    num_workers: int = 2                # DataLoader processes decoding PNGs
-    prefetch: int = 4                   # batches prefetched per worker
-    in_memory: Optional[bool] = None    # decode the whole split once; None: auto for small splits
-    verify_sha256: bool = False         # hash every shard against the manifest before reading
-    pin_memory: bool = True             # only when make_loader is given a CUDA device
+    xflip: bool = False  # random horizontal flip (seeded per stream position)
+    shuffle: bool = True  # seeded permutation per epoch (replaces a shuffle buffer)
+    paired: bool = False  # add "x_src": a uniform random item of the same split (iGCT)
+    num_workers: int = 2  # DataLoader processes decoding PNGs
+    prefetch: int = 4  # batches prefetched per worker
+    in_memory: bool | None = None  # decode the whole split once; None: auto for small splits
+    verify_sha256: bool = False  # hash every shard against the manifest before reading
+    pin_memory: bool = True  # only when make_loader is given a CUDA device
 
 
 # ---------------------------------------------------------------------------------------------- manifest
 
+
 def read_manifest(shard_dir):
     path = Path(shard_dir) / "manifest.json"
     if not path.is_file():
-        raise UserError(f"{path}: manifest not found (write the shards with `python -m data_prep ...`)")
+        raise UserError(
+            f"{path}: manifest not found (write the shards with `python -m data_prep ...`)"
+        )
     try:
         man = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -61,30 +64,37 @@ def read_manifest(shard_dir):
 
 def _split_info(man, split, shard_dir):
     if split not in man["splits"]:
-        raise UserError(f"{Path(shard_dir) / 'manifest.json'}: no split '{split}' "
-                        f"(has: {', '.join(sorted(man['splits']))})")
+        raise UserError(
+            f"{Path(shard_dir) / 'manifest.json'}: no split '{split}' "
+            f"(has: {', '.join(sorted(man['splits']))})"
+        )
     return man["splits"][split]
 
 
 # ---------------------------------------------------------------------------------------------- tar reading
 
+
 def _parse_members(chunk, path, key):
     """Split one sample's tar bytes into {ext: payload}; checks header checksums and member names."""
     out, pos = {}, 0
     while pos + 512 <= len(chunk):
-        hdr = chunk[pos:pos + 512]
+        hdr = chunk[pos : pos + 512]
         try:
             stored = int(hdr[148:156].strip(b"\0 ") or b"-1", 8)
             size = int(hdr[124:136].strip(b"\0 ") or b"0", 8)
         except ValueError:
             stored = size = -1
         if stored != sum(hdr[:148]) + 256 + sum(hdr[156:]) or size < 0:
-            raise UserError(f"{path}: corrupt tar header at byte {pos} of sample {key} (shard damaged: rewrite it)")
+            raise UserError(
+                f"{path}: corrupt tar header at byte {pos} of sample {key} (shard damaged: rewrite it)"
+            )
         name = hdr[:100].split(b"\0", 1)[0].decode()
         stem, _, ext = name.partition(".")
         if stem != key or pos + 512 + size > len(chunk):
-            raise UserError(f"{path}: expected members of sample {key}, found '{name}' (shard damaged)")
-        out[ext] = chunk[pos + 512:pos + 512 + size]
+            raise UserError(
+                f"{path}: expected members of sample {key}, found '{name}' (shard damaged)"
+            )
+        out[ext] = chunk[pos + 512 : pos + 512 + size]
         pos += 512 + -(-size // 512) * 512
     if "cls" not in out or not ({"png", "npy"} & set(out)):
         raise UserError(f"{path}: sample {key} lacks .png/.npy or .cls (shard damaged)")
@@ -116,14 +126,20 @@ class ShardReader:
                 if not p.is_file():
                     raise UserError(f"{p}: shard file listed in the manifest is missing")
             if path.stat().st_size != s["bytes"]:
-                raise UserError(f"{path}: {path.stat().st_size} bytes, manifest says {s['bytes']} "
-                                f"(truncated or replaced: rewrite the shards)")
+                raise UserError(
+                    f"{path}: {path.stat().st_size} bytes, manifest says {s['bytes']} "
+                    f"(truncated or replaced: rewrite the shards)"
+                )
             if verify_sha256 and sha256_file(path) != s["sha256"]:
                 raise UserError(f"{path}: sha256 does not match the manifest (corrupt or replaced)")
             off = np.fromfile(idx_path, dtype="<i8")
-            if len(off) != s["count"] + 1 or (len(off) and (off[-1] > s["bytes"] or (np.diff(off) <= 0).any())):
-                raise UserError(f"{idx_path}: index does not fit {path.name} (expected {s['count'] + 1} "
-                                f"increasing offsets)")
+            if len(off) != s["count"] + 1 or (
+                len(off) and (off[-1] > s["bytes"] or (np.diff(off) <= 0).any())
+            ):
+                raise UserError(
+                    f"{idx_path}: index does not fit {path.name} (expected {s['count'] + 1} "
+                    f"increasing offsets)"
+                )
             self.paths.append(str(path))
             self.offsets.append(off)
             counts.append(s["count"])
@@ -138,7 +154,7 @@ class ShardReader:
         return {**self.__dict__, "_fds": {}, "_pid": None}
 
     def _fd(self, j):
-        if self._pid != os.getpid():         # never share descriptors across a fork
+        if self._pid != os.getpid():  # never share descriptors across a fork
             self._fds, self._pid = {}, os.getpid()
         if j not in self._fds:
             self._fds[j] = os.open(self.paths[j], os.O_RDONLY)
@@ -150,7 +166,9 @@ class ShardReader:
         a, b = int(self.offsets[j][k]), int(self.offsets[j][k + 1])
         chunk = os.pread(self._fd(j), b - a, a)
         if len(chunk) != b - a:
-            raise UserError(f"{self.paths[j]}: truncated (sample {KEY.format(i)} ends past the file)")
+            raise UserError(
+                f"{self.paths[j]}: truncated (sample {KEY.format(i)} ends past the file)"
+            )
         return _parse_members(chunk, self.paths[j], KEY.format(i))
 
     def read(self, i):
@@ -159,7 +177,9 @@ class ShardReader:
             return decode(members)
         except (RuntimeError, ValueError, OSError) as e:
             j = int(np.searchsorted(self.start, i, side="right") - 1)
-            raise UserError(f"{self.paths[j]}: sample {KEY.format(i)} does not decode ({e}); shard damaged") from None
+            raise UserError(
+                f"{self.paths[j]}: sample {KEY.format(i)} does not decode ({e}); shard damaged"
+            ) from None
 
 
 def iter_split(shard_dir, split, chunk=50_000, num_workers=None):
@@ -167,19 +187,34 @@ def iter_split(shard_dir, split, chunk=50_000, num_workers=None):
     memory stays bounded on ImageNet-size splits. Decoded by `num_workers` DataLoader processes (default: up
     to 8 CPU cores when the split is large)."""
     from tqdm import tqdm
+
     reader = ShardReader(shard_dir, split)
     if reader.n == 0:
         raise UserError(f"{Path(shard_dir) / 'manifest.json'}: split '{split}' is empty")
-    step = max(1, min(2048, chunk))   # items per loader block; a chunk is whole blocks
+    step = max(1, min(2048, chunk))  # items per loader block; a chunk is whole blocks
     if num_workers is None:
         num_workers = 0 if reader.n <= 4 * 2048 else min(8, os.cpu_count() or 1)
     per = max(1, chunk // step)
     ranges = [list(range(a, min(a + step, reader.n))) for a in range(0, reader.n, step)]
     for c in range(0, len(ranges), per):
-        loader = torch.utils.data.DataLoader(_BatchDataset(_ShardSource(reader), Stream(reader.n, 0, shuffle=False)),
-                                             batch_size=None, sampler=ranges[c:c + per], num_workers=num_workers)
-        parts = list(_checked(tqdm(loader, total=len(ranges[c:c + per]), desc=f"load {split}", unit="block",
-                                   disable=len(ranges) <= 4, leave=False)))
+        loader = torch.utils.data.DataLoader(
+            _BatchDataset(_ShardSource(reader), Stream(reader.n, 0, shuffle=False)),
+            batch_size=None,
+            sampler=ranges[c : c + per],
+            num_workers=num_workers,
+        )
+        parts = list(
+            _checked(
+                tqdm(
+                    loader,
+                    total=len(ranges[c : c + per]),
+                    desc=f"load {split}",
+                    unit="block",
+                    disable=len(ranges) <= 4,
+                    leave=False,
+                )
+            )
+        )
         yield torch.cat([p["x"] for p in parts]), torch.cat([p["y"] for p in parts])
 
 
@@ -187,7 +222,9 @@ def load_split(shard_dir, split, num_workers=None, limit=None):
     """The whole split (or its first `limit` items) in memory: (x uint8 [N, C, H, W] or float32 [N, d],
     y long [N]), in key order."""
     parts, n = [], 0
-    for x, y in iter_split(shard_dir, split, 2**62 if limit is None else max(1, limit), num_workers):
+    for x, y in iter_split(
+        shard_dir, split, 2**62 if limit is None else max(1, limit), num_workers
+    ):
         parts.append((x, y))
         n += len(x)
         if limit is not None and n >= limit:
@@ -203,11 +240,15 @@ def load_labels(shard_dir, split):
 
 # ---------------------------------------------------------------------------------------------- the stream
 
+
 def _hash(seed, pos, salt):
     """splitmix64 of (seed, position, salt): counter-based randomness, independent of batching and workers."""
     with np.errstate(over="ignore"):
-        z = (np.uint64(seed & (2**64 - 1)) * np.uint64(0x9E3779B97F4A7C15)
-             + np.asarray(pos, np.uint64) * np.uint64(0xBF58476D1CE4E5B9) + np.uint64(salt))
+        z = (
+            np.uint64(seed & (2**64 - 1)) * np.uint64(0x9E3779B97F4A7C15)
+            + np.asarray(pos, np.uint64) * np.uint64(0xBF58476D1CE4E5B9)
+            + np.uint64(salt)
+        )
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         return z ^ (z >> np.uint64(31))
@@ -222,15 +263,20 @@ class Stream:
 
     def perm(self, epoch):
         if self._perm[0] != epoch:
-            p = (np.random.default_rng([self.seed & (2**64 - 1), epoch, _SALT_PERM]).permutation(self.n) if self.shuffle
-                 else np.arange(self.n))
+            p = (
+                np.random.default_rng([self.seed & (2**64 - 1), epoch, _SALT_PERM]).permutation(
+                    self.n
+                )
+                if self.shuffle
+                else np.arange(self.n)
+            )
             self._perm = (epoch, p)
         return self._perm[1]
 
     def index(self, pos):
         pos = np.asarray(pos, np.int64)
         out = np.empty_like(pos)
-        for e in np.unique(pos // self.n):     # a batch may straddle an epoch boundary
+        for e in np.unique(pos // self.n):  # a batch may straddle an epoch boundary
             m = pos // self.n == e
             out[m] = self.perm(int(e))[pos[m] % self.n]
         return out
@@ -268,7 +314,9 @@ class _ShardSource:
         for k, i in enumerate(idx):
             a, ys[k] = self.reader.read(int(i))
             if a.ndim == 3:
-                a = (a[:, ::-1] if flips is not None and flips[k] else a).transpose(2, 0, 1)   # HWC -> CHW
+                a = (a[:, ::-1] if flips is not None and flips[k] else a).transpose(
+                    2, 0, 1
+                )  # HWC -> CHW
             if out is None:
                 out = np.empty((len(idx),) + a.shape, a.dtype)
             out[k] = a
@@ -287,8 +335,10 @@ class _BatchDataset(torch.utils.data.Dataset):
             x, y = self.source.batch(self.stream.index(pos), self.stream.flips(pos))
             out = {"x": x, "y": y}
             if self.stream.paired:
-                out["x_src"] = self.source.batch(self.stream.source(pos), self.stream.flips(pos, _SALT_SRC_FLIP))[0]
-        except UserError as e:             # hand back the message itself, not a worker traceback
+                out["x_src"] = self.source.batch(
+                    self.stream.source(pos), self.stream.flips(pos, _SALT_SRC_FLIP)
+                )[0]
+        except UserError as e:  # hand back the message itself, not a worker traceback
             return {"error": str(e)}
         return out
 
@@ -320,8 +370,12 @@ def make_loader(cfg, batch_per_rank, rank=0, world_size=1, seed=0, start_sample=
     `start_sample` = global samples consumed so far; the batches that follow equal those of an uninterrupted
     stream with the same seed, world size and per-rank batch, whatever `num_workers` is.
     """
-    for key, value, low in (("data.num_workers", cfg.num_workers, 0), ("data.prefetch", cfg.prefetch, 1),
-                            ("batch_per_rank", batch_per_rank, 1), ("start_sample", start_sample, 0)):
+    for key, value, low in (
+        ("data.num_workers", cfg.num_workers, 0),
+        ("data.prefetch", cfg.prefetch, 1),
+        ("batch_per_rank", batch_per_rank, 1),
+        ("start_sample", start_sample, 0),
+    ):
         if value < low:
             raise ConfigError(f"{key}: expected an integer >= {low}, got {value}")
     if not 0 <= rank < world_size:
@@ -332,17 +386,25 @@ def make_loader(cfg, batch_per_rank, rank=0, world_size=1, seed=0, start_sample=
     man = read_manifest(cfg.shards)
     in_memory = cfg.in_memory
     if in_memory is None:
-        per_sample = (man.get("channels") or 1) * (man.get("resolution") or 1) ** 2 if man.get("kind") == "image" \
+        per_sample = (
+            (man.get("channels") or 1) * (man.get("resolution") or 1) ** 2
+            if man.get("kind") == "image"
             else 4 * (man.get("dim") or 1)
+        )
         in_memory = per_sample * reader.n <= IN_MEMORY_AUTO_BYTES
-    source = _MemorySource(*load_split(cfg.shards, cfg.split)) if in_memory else _ShardSource(reader)
+    source = (
+        _MemorySource(*load_split(cfg.shards, cfg.split)) if in_memory else _ShardSource(reader)
+    )
     stream = Stream(reader.n, seed, cfg.shuffle, cfg.xflip, cfg.paired)
     workers = 0 if in_memory else cfg.num_workers
     loader = torch.utils.data.DataLoader(
-        _BatchDataset(source, stream), batch_size=None,
+        _BatchDataset(source, stream),
+        batch_size=None,
         sampler=_Positions(int(start_sample), int(batch_per_rank), int(rank), int(world_size)),
-        num_workers=workers, prefetch_factor=cfg.prefetch if workers else None,
-        pin_memory=cfg.pin_memory and device is not None and torch.device(device).type == "cuda")
+        num_workers=workers,
+        prefetch_factor=cfg.prefetch if workers else None,
+        pin_memory=cfg.pin_memory and device is not None and torch.device(device).type == "cuda",
+    )
     return _batches(loader, device)
 
 
@@ -363,4 +425,5 @@ def _batches(loader, device):
 def benchmark(argv=None):
     """`bcm bench data` (dispatched by bcmcore.bench): see bcmcore.data_bench."""
     from bcmcore.data_bench import benchmark as run
+
     return run(argv)

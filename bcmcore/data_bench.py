@@ -5,6 +5,7 @@ every row reads the same number of batches after a warm-up that absorbs worker s
 the usual TensorDataset + DataLoader over decoded uint8 tensors with the same number of workers; the
 loader's own in-memory mode (one batched gather, no workers) is printed as the absolute ceiling.
 """
+
 import argparse
 import tempfile
 import time
@@ -16,6 +17,7 @@ import torch
 
 def _images(n, res, seed=0):
     from PIL import Image
+
     rng = np.random.default_rng(seed)
     low = rng.integers(0, 256, (n, res // 4, res // 4, 3), dtype=np.uint8)
     return np.stack([np.asarray(Image.fromarray(a).resize((res, res), Image.BICUBIC)) for a in low])
@@ -34,11 +36,13 @@ def _rate(it, batch, batches, warmup=2):
 def _tensor_loader(x, y, batch, workers, seed):
     """The usual upper bound: TensorDataset + shuffling DataLoader over uint8 tensors, floats in the main process."""
     from bcmcore.data import _to_float
+
     ds = torch.utils.data.TensorDataset(x, y)
     gen = torch.Generator().manual_seed(seed)
     while True:
-        loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True,
-                                             num_workers=workers, generator=gen)
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers, generator=gen
+        )
         for xb, yb in loader:
             yield {"x": _to_float(xb), "y": yb}
 
@@ -46,6 +50,7 @@ def _tensor_loader(x, y, batch, workers, seed):
 def benchmark(argv=None):
     from bcmcore.data import DataConfig, load_split, make_loader
     from data_prep.writer import chunks, write_dataset
+
     p = argparse.ArgumentParser(prog="bcm bench data", description=__doc__.splitlines()[0])
     p.add_argument("--res", default="32,64", help="resolutions (default 32,64)")
     p.add_argument("--workers", default="0,1,2", help="DataLoader worker counts (default 0,1,2)")
@@ -61,22 +66,40 @@ def benchmark(argv=None):
         for res in (int(r) for r in a.res.split(",")):
             out = root / f"bench{res}"
             x = _images(a.n, res)
-            meta = {"dataset": f"bench{res}", "kind": "image", "resolution": res, "channels": 3, "num_classes": 1}
+            meta = {
+                "dataset": f"bench{res}",
+                "kind": "image",
+                "resolution": res,
+                "channels": 3,
+                "num_classes": 1,
+            }
             write_dataset(out, {"train": chunks(x, np.zeros(a.n, np.int64), 1024)}, meta)
             xt, yt = load_split(out, "train")
-            gather = _rate(make_loader(DataConfig(shards=str(out), xflip=True, in_memory=True), a.batch, seed=0),
-                           a.batch, a.batches)
-            print(f"  {res}x{res} in-memory batched gather (make_loader in_memory=True): {gather:.0f} img/s")
+            gather = _rate(
+                make_loader(
+                    DataConfig(shards=str(out), xflip=True, in_memory=True), a.batch, seed=0
+                ),
+                a.batch,
+                a.batches,
+            )
+            print(
+                f"  {res}x{res} in-memory batched gather (make_loader in_memory=True): {gather:.0f} img/s"
+            )
             for w in workers:
                 cfg = DataConfig(shards=str(out), xflip=True, in_memory=False, num_workers=w)
                 shard = _rate(make_loader(cfg, a.batch, seed=0), a.batch, a.batches)
                 mem = _rate(_tensor_loader(xt, yt, a.batch, w, 0), a.batch, a.batches)
                 rows.append((res, w, shard, mem))
-                print(f"  {res}x{res} workers={w}: shards {shard:9.0f} img/s   in-memory {mem:9.0f} img/s", flush=True)
+                print(
+                    f"  {res}x{res} workers={w}: shards {shard:9.0f} img/s   in-memory {mem:9.0f} img/s",
+                    flush=True,
+                )
     print(f"\n{'res':>5} {'workers':>7} {'shards img/s':>13} {'in-memory img/s':>16} {'ratio':>6}")
     for res, w, shard, mem in rows:
         print(f"{res:>5} {w:>7} {shard:>13.0f} {mem:>16.0f} {shard / mem:>6.2f}")
-    print(f"(batch {a.batch}, {a.batches} timed batches, {a.n} images, torch threads {torch.get_num_threads()})")
+    print(
+        f"(batch {a.batch}, {a.batches} timed batches, {a.n} images, torch threads {torch.get_num_threads()})"
+    )
     return 0
 
 

@@ -4,6 +4,7 @@ One process per GPU. The CUDA device comes from LOCAL_RANK and is used only when
 (a Slurm node may set CUDA_VISIBLE_DEVICES without having a usable GPU). Backend: nccl on GPU, gloo on CPU.
 Rank 0 writes files; every rank computes.
 """
+
 import datetime
 import os
 import subprocess
@@ -24,15 +25,20 @@ def _slurm_env():
     os.environ.setdefault("WORLD_SIZE", str(ntasks))
     os.environ.setdefault("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))
     if "MASTER_ADDR" not in os.environ:
-        nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST", "localhost")
+        nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get(
+            "SLURM_JOB_NODELIST", "localhost"
+        )
         try:
-            out = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True,
-                                 check=True).stdout
+            out = subprocess.run(
+                ["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, check=True
+            ).stdout
             os.environ["MASTER_ADDR"] = out.split()[0]
         except (OSError, subprocess.CalledProcessError, IndexError):
             os.environ["MASTER_ADDR"] = nodes.split(",")[0]
     # Same port on every task, derived from the job id (as submitit does).
-    os.environ.setdefault("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 40000))
+    os.environ.setdefault(
+        "MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 40000)
+    )
 
 
 def init(device=None, timeout_min=30):
@@ -54,15 +60,24 @@ def init(device=None, timeout_min=30):
         torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
-        if ws > 1 and "OMP_NUM_THREADS" not in os.environ:  # CPU processes on one host: share the cores
+        if (
+            ws > 1 and "OMP_NUM_THREADS" not in os.environ
+        ):  # CPU processes on one host: share the cores
             local_ws = int(os.environ.get("LOCAL_WORLD_SIZE", ws))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_ws))
     if ws > 1 and not dist.is_initialized():
         for key in ("MASTER_ADDR", "MASTER_PORT"):
             if key not in os.environ:
-                raise RuntimeError(f"WORLD_SIZE={ws} but {key} is not set (launch with torchrun, srun or bcm launch)")
-        dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://", rank=r, world_size=ws,
-                                timeout=datetime.timedelta(minutes=timeout_min))
+                raise RuntimeError(
+                    f"WORLD_SIZE={ws} but {key} is not set (launch with torchrun, srun or bcm launch)"
+                )
+        dist.init_process_group(
+            "nccl" if use_cuda else "gloo",
+            init_method="env://",
+            rank=r,
+            world_size=ws,
+            timeout=datetime.timedelta(minutes=timeout_min),
+        )
         _STATE["owned"] = True
     _STATE.update(rank=r, world_size=ws, local_rank=lr, device=dev)
     return r, ws, lr, dev
@@ -114,5 +129,5 @@ def all_reduce_mean_(tensors):
         offset = 0
         for t in group:
             n = t.numel()
-            t.copy_(flat[offset:offset + n].view_as(t))
+            t.copy_(flat[offset : offset + n].view_as(t))
             offset += n

@@ -4,6 +4,7 @@ BCM Alg. 5-7 and App. B/C.3, CM Alg. 4 (zero-shot inpainting) and EDM ODE invers
 Every routine validates its inputs before the first network call and returns (result, nfe).
 Masks use BCM's convention: 1 = missing pixel (to be filled), 0 = known.
 """
+
 import io
 import math
 
@@ -21,8 +22,10 @@ def _check_mask(mask, x, routine):
     except RuntimeError:
         ok = False
     if not ok:
-        raise UserError(f"{routine}: mask of shape {tuple(mask.shape)} does not match images of shape "
-                        f"{tuple(x.shape)} (expected the image shape, or 1 where it broadcasts)")
+        raise UserError(
+            f"{routine}: mask of shape {tuple(mask.shape)} does not match images of shape "
+            f"{tuple(x.shape)} (expected the image shape, or 1 where it broadcasts)"
+        )
     if not bool(((mask == 0) | (mask == 1)).all()):
         raise UserError(f"{routine}: mask must hold only 0 (known) and 1 (missing)")
     return mask.to(device=x.device, dtype=x.dtype)
@@ -35,8 +38,9 @@ def _noise(rng, x):
 # ----------------------------------------------------------------------------------------------
 # Inversion and reconstruction
 
+
 def _invert_steps(net, x, times):
-    for t_from, t_to in zip(times, times[1:]):   # BCM Alg. 5, line 3: x <- f(x, t_{i-1}, t_i)
+    for t_from, t_to in zip(times, times[1:]):  # BCM Alg. 5, line 3: x <- f(x, t_{i-1}, t_i)
         x = net.f(x, t_from, t_to)
     return x
 
@@ -55,7 +59,9 @@ def reconstruct(model, latent, t, y=None, gen_times=None):
     """Decode an inverted latent at level t: 1-step f(latent, t, eps), or ancestral along gen_times from t."""
     times = list(gen_times) if gen_times else [t, model.sigma_min]
     if abs(times[0] - t) > 1e-9 * max(1.0, t):
-        raise UserError(f"reconstruct: generation times must start at the latent's level {t:g}, got {times}")
+        raise UserError(
+            f"reconstruct: generation times must start at the latent's level {t:g}, got {times}"
+        )
     return ancestral(model, latent, times, y)
 
 
@@ -77,9 +83,13 @@ def interpolate(model, x1, x2, times, alphas, rng1, rng2, y1=None, y2=None):
     if not alphas or any(not 0 <= a <= 1 for a in alphas):
         raise UserError(f"interpolate: alphas must lie in [0, 1], got {alphas}")
     if x1.shape != x2.shape:
-        raise UserError(f"interpolate: image batches differ in shape, {tuple(x1.shape)} vs {tuple(x2.shape)}")
+        raise UserError(
+            f"interpolate: image batches differ in shape, {tuple(x1.shape)} vs {tuple(x2.shape)}"
+        )
     if getattr(rng1, "seeds", None) is not None and rng1.seeds == getattr(rng2, "seeds", None):
-        raise UserError("interpolate: the two images need different initial noises (seeds); BCM App. C.3.1")
+        raise UserError(
+            "interpolate: the two images need different initial noises (seeds); BCM App. C.3.1"
+        )
     z1, n1 = invert(model, x1, times, rng1, y1)
     z2, n2 = invert(model, x2, times, rng2, y2)
     net = Calls(model, y1)
@@ -100,12 +110,15 @@ def heun_invert(model, x, times, y=None, w=1.0):
 # ----------------------------------------------------------------------------------------------
 # Inpainting (mask: 1 = missing)
 
+
 def _bcm_inpaint(net, x_known, mask, times, gen_times, rng):
-    x = x_known * (1 - mask) + times[0] * _noise(rng, x_known) * mask    # Alg. 6: fill with small noise
+    x = (
+        x_known * (1 - mask) + times[0] * _noise(rng, x_known) * mask
+    )  # Alg. 6: fill with small noise
     for t_from, t_to in zip(times, times[1:]):
-        x = net.f(x, t_from, t_to)                                       # invert one step
-        x = x * (1 - mask) + t_to * _noise(rng, x) * mask                # fresh noise at the new level
-    for t_from, t_to in zip(gen_times, gen_times[1:]):                   # ancestral generation from t_M
+        x = net.f(x, t_from, t_to)  # invert one step
+        x = x * (1 - mask) + t_to * _noise(rng, x) * mask  # fresh noise at the new level
+    for t_from, t_to in zip(gen_times, gen_times[1:]):  # ancestral generation from t_M
         x = net.f(x, t_from, t_to)
     return x
 
@@ -116,8 +129,10 @@ def _check_inpaint(model, x_known, mask, times, gen_times, routine):
     times = check_times(model, times, f"{routine} inversion times", "increasing")
     gen_times = check_times(model, gen_times, f"{routine} generation times", "decreasing")
     if abs(gen_times[0] - times[-1]) > 1e-9 or abs(gen_times[-1] - model.sigma_min) > 1e-9:
-        raise UserError(f"{routine}: generation times must run from the last inversion time {times[-1]:g} "
-                        f"down to sigma_min={model.sigma_min:g}, got {gen_times}")
+        raise UserError(
+            f"{routine}: generation times must run from the last inversion time {times[-1]:g} "
+            f"down to sigma_min={model.sigma_min:g}, got {gen_times}"
+        )
     return mask, times, gen_times
 
 
@@ -127,13 +142,13 @@ def inpaint(model, x_known, mask, times, gen_times, rng, y=None):
     mask, times, gen_times = _check_inpaint(model, x_known, mask, times, gen_times, "inpaint")
     net = Calls(model, y)
     x = _bcm_inpaint(net, x_known, mask, times, gen_times, rng)
-    return x_known * (1 - mask) + x * mask, net.n     # known pixels are kept exactly
+    return x_known * (1 - mask) + x * mask, net.n  # known pixels are kept exactly
 
 
 def _cm_refine(net, model, x_known, x, mask, taus, rng, clamp):
     eps = model.sigma_min
-    for tau in taus:                                  # CM Alg. 4, lines 5-8
-        x = x + math.sqrt(tau ** 2 - eps ** 2) * _noise(rng, x)
+    for tau in taus:  # CM Alg. 4, lines 5-8
+        x = x + math.sqrt(tau**2 - eps**2) * _noise(rng, x)
         x = net.f(x, tau, eps)
         x = x_known * (1 - mask) + (x.clamp(-1, 1) if clamp else x) * mask
     return x
@@ -142,8 +157,12 @@ def _cm_refine(net, model, x_known, x, mask, taus, rng, clamp):
 @torch.no_grad()
 def inpaint_refine(model, x_known, mask, times, gen_times, refine_times, rng, y=None, clamp=False):
     """BCM Alg. 7: Alg. 6, then CM-Alg.-4-style refinement at the decreasing noise levels refine_times."""
-    mask, times, gen_times = _check_inpaint(model, x_known, mask, times, gen_times, "inpaint_refine")
-    refine_times = check_times(model, refine_times, "inpaint_refine refine times", "decreasing", min_len=1)
+    mask, times, gen_times = _check_inpaint(
+        model, x_known, mask, times, gen_times, "inpaint_refine"
+    )
+    refine_times = check_times(
+        model, refine_times, "inpaint_refine refine times", "decreasing", min_len=1
+    )
     net = Calls(model, y)
     x = _bcm_inpaint(net, x_known, mask, times, gen_times, rng)
     x = x_known * (1 - mask) + (x.clamp(-1, 1) if clamp else x) * mask
@@ -157,7 +176,9 @@ def cm_inpaint(model, x_known, mask, times, rng, y=None, fill=0.0, clamp=False):
     mask = _check_mask(mask, x_known, "cm_inpaint")
     times = check_times(model, times, "cm_inpaint times", "decreasing", min_len=1)
     net = Calls(model, y)
-    x_known = x_known * (1 - mask) + fill * mask      # missing pixels set to a constant (CM Alg. 4, line 1)
+    x_known = (
+        x_known * (1 - mask) + fill * mask
+    )  # missing pixels set to a constant (CM Alg. 4, line 1)
     x = net.f(x_known + times[0] * _noise(rng, x_known), times[0], model.sigma_min)
     x = x_known * (1 - mask) + (x.clamp(-1, 1) if clamp else x) * mask
     return _cm_refine(net, model, x_known, x, mask, times[1:], rng, clamp), net.n
@@ -168,16 +189,24 @@ def random_box_mask(shape, frac=0.5, device="cpu"):
     H, W = shape[-2:]
     h, w = max(1, round(H * frac)), max(1, round(W * frac))
     m = torch.zeros(1, 1, H, W, device=device)
-    m[..., (H - h) // 2:(H - h) // 2 + h, (W - w) // 2:(W - w) // 2 + w] = 1
+    m[..., (H - h) // 2 : (H - h) // 2 + h, (W - w) // 2 : (W - w) // 2 + w] = 1
     return m
 
 
 # ----------------------------------------------------------------------------------------------
 # Blind JPEG restoration (BCM App. B.1.2 / C.3.3)
 
+
 def to_uint8(x):
     """[-1, 1] float NCHW -> uint8 NHWC numpy (the only place images are quantised)."""
-    return ((x.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return (
+        ((x.detach().float().cpu() + 1) * 127.5)
+        .round()
+        .clamp(0, 255)
+        .to(torch.uint8)
+        .permute(0, 2, 3, 1)
+        .numpy()
+    )
 
 
 def from_uint8(a, device="cpu"):
@@ -187,13 +216,15 @@ def from_uint8(a, device="cpu"):
 def jpeg_compress(x, quality=20):
     """JPEG round trip with PIL at `quality` (the authors' hook used 20); [-1, 1] NCHW in and out."""
     from PIL import Image
+
     if not 1 <= int(quality) <= 100:
         raise UserError(f"jpeg quality: expected 1..100, got {quality}")
     out = []
     for img in to_uint8(x):
         buf = io.BytesIO()
-        Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).save(buf, format="JPEG",
-                                                                              quality=int(quality))
+        Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).save(
+            buf, format="JPEG", quality=int(quality)
+        )
         dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
         out.append(dec[..., None] if dec.ndim == 2 else dec)
     return from_uint8(np.stack(out), x.device).to(x.dtype)
@@ -211,7 +242,7 @@ def mse_per_item(a, b, vector=False):
     """Per-item MSE per dimension: raw values for vectors; [0, 1]-scaled uint8-quantised for images."""
     if vector:
         return ((a.double() - b.double()) ** 2).flatten(1).mean(1)
-    return mse_uint8(a, b)   # [0, 1]-scaled, uint8-quantised, per dimension (BCM §7)
+    return mse_uint8(a, b)  # [0, 1]-scaled, uint8-quantised, per dimension (BCM §7)
 
 
 def mse_uint8(a, b):

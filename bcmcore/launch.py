@@ -10,6 +10,7 @@ resubmits the same command: the training loop's own checkpoints carry the state,
 A Slurm job's id is kept in the job folder until the job ends: if the waiting process dies (login session
 closed), the same `bcm launch` waits for that job again instead of submitting a second one.
 """
+
 import argparse
 import json
 import os
@@ -20,36 +21,53 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import submitit
 
 from bcmcore.config import ConfigError, UserError, from_dict
 from bcmcore.util import atomic_write_text
 
-ACTIVE = "active-job.json"   # in the job dir: the Slurm job this command is waiting for, until it ends
-LIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
-        "REQUEUE_FED", "RESIZING", "STAGE_OUT"}
+ACTIVE = (
+    "active-job.json"  # in the job dir: the Slurm job this command is waiting for, until it ends
+)
+LIVE = {
+    "PENDING",
+    "CONFIGURING",
+    "RUNNING",
+    "COMPLETING",
+    "SUSPENDED",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESIZING",
+    "STAGE_OUT",
+}
 
 
 @dataclass(frozen=True)
 class LauncherConfig:
     """Launcher YAML (docs/interfaces.md): where and how big a job is."""
+
     executor: Literal["slurm", "local", "debug"] = "local"
     nodes: int = 1
-    tasks_per_node: Optional[int] = None     # None: gpus_per_node, or 1 without GPUs (one process per GPU)
+    tasks_per_node: int | None = (
+        None  # None: gpus_per_node, or 1 without GPUs (one process per GPU)
+    )
     gpus_per_node: int = 0
-    cpus_per_task: Optional[int] = None
-    mem_gb: Optional[float] = None           # per node; None or 0 = the cluster's default
-    time_min: int = 24 * 60                  # wall-clock limit; at the limit the job requeues itself
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
-    constraint: Optional[str] = None
-    sbatch_extra: dict = field(default_factory=dict)  # more #SBATCH options, e.g. {"exclusive": true}
-    setup: tuple[str, ...] = ()              # shell lines before the tasks start (module load ..., source ...)
-    max_num_timeout: int = 3                 # requeues after a timeout (preemptions are not counted)
-    signal_delay_s: int = 120                # USR2 this long before the time limit
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None  # per node; None or 0 = the cluster's default
+    time_min: int = 24 * 60  # wall-clock limit; at the limit the job requeues itself
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    sbatch_extra: dict = field(
+        default_factory=dict
+    )  # more #SBATCH options, e.g. {"exclusive": true}
+    setup: tuple[str, ...] = ()  # shell lines before the tasks start (module load ..., source ...)
+    max_num_timeout: int = 3  # requeues after a timeout (preemptions are not counted)
+    signal_delay_s: int = 120  # USR2 this long before the time limit
 
     @property
     def num_tasks(self):
@@ -59,6 +77,7 @@ class LauncherConfig:
 def load_launcher(path=None, **overrides):
     """LauncherConfig from a YAML file (None: defaults) plus CLI overrides (None values are ignored)."""
     import yaml
+
     data = {}
     where = "launcher"
     if path is not None:
@@ -74,8 +93,10 @@ def load_launcher(path=None, **overrides):
     data.update({k: v for k, v in overrides.items() if v is not None})
     cfg = from_dict(LauncherConfig, data, where)
     if cfg.executor == "debug" and cfg.num_tasks != 1:
-        raise ConfigError(f"{where}: executor 'debug' runs one task in this process, got {cfg.num_tasks}; "
-                          f"use executor 'local' for several processes")
+        raise ConfigError(
+            f"{where}: executor 'debug' runs one task in this process, got {cfg.num_tasks}; "
+            f"use executor 'local' for several processes"
+        )
     if cfg.executor == "local" and cfg.nodes != 1:
         raise ConfigError(f"{where}: executor 'local' has one node, got nodes {cfg.nodes}")
     return cfg
@@ -89,14 +110,28 @@ def make_executor(cfg: LauncherConfig, folder, name="bcm"):
         return submitit.DebugExecutor(folder)
     if cfg.executor == "local":
         ex = submitit.LocalExecutor(folder, max_num_timeout=cfg.max_num_timeout)
-        ex.update_parameters(timeout_min=cfg.time_min, tasks_per_node=tasks, gpus_per_node=cfg.gpus_per_node,
-                             signal_delay_s=cfg.signal_delay_s, setup=list(cfg.setup))
+        ex.update_parameters(
+            timeout_min=cfg.time_min,
+            tasks_per_node=tasks,
+            gpus_per_node=cfg.gpus_per_node,
+            signal_delay_s=cfg.signal_delay_s,
+            setup=list(cfg.setup),
+        )
         return ex
-    ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=cfg.max_num_timeout)
-    params = dict(name=name, nodes=cfg.nodes, tasks_per_node=tasks, timeout_min=cfg.time_min,
-                  gpus_per_node=cfg.gpus_per_node or None, cpus_per_task=cfg.cpus_per_task or None,
-                  mem_gb=cfg.mem_gb or None,  # 0 = the cluster's default (sbatch --mem=0 would take a whole node)
-                  slurm_signal_delay_s=cfg.signal_delay_s)
+    ex = submitit.AutoExecutor(
+        folder=folder, cluster="slurm", slurm_max_num_timeout=cfg.max_num_timeout
+    )
+    params = dict(
+        name=name,
+        nodes=cfg.nodes,
+        tasks_per_node=tasks,
+        timeout_min=cfg.time_min,
+        gpus_per_node=cfg.gpus_per_node or None,
+        cpus_per_task=cfg.cpus_per_task or None,
+        mem_gb=cfg.mem_gb
+        or None,  # 0 = the cluster's default (sbatch --mem=0 would take a whole node)
+        slurm_signal_delay_s=cfg.signal_delay_s,
+    )
     for key in ("partition", "account", "qos", "constraint"):
         params[f"slurm_{key}"] = getattr(cfg, key)
     if cfg.sbatch_extra:
@@ -116,6 +151,7 @@ class BcmTask(submitit.helpers.Checkpointable):
         if env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         from bcmcore.cli import main
+
         try:
             return main(list(argv))
         except Exception:  # (never SystemExit: submitit's requeue on preemption exits through it)
@@ -134,15 +170,22 @@ def submit(argv, cfg: LauncherConfig, folder, name=None):
     ex = make_executor(cfg, folder, name or f"bcm-{argv[0]}")
     # A shell's background job (nohup snakemake ... &) starts with SIGINT ignored, and children inherit that.
     # submitit's local controller would then survive cancel() (a SIGINT): no deadline or Ctrl-C could stop it.
-    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN and threading.current_thread() is threading.main_thread():
+    if (
+        signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        and threading.current_thread() is threading.main_thread()
+    ):
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    with submitit.helpers.clean_env():  # nested in a Slurm job (Snakemake's): do not inherit its variables
+    with (
+        submitit.helpers.clean_env()
+    ):  # nested in a Slurm job (Snakemake's): do not inherit its variables
         return ex.submit(BcmTask(), list(argv))
 
 
 def _remember(folder, job, argv, num_tasks):
-    atomic_write_text(Path(folder) / ACTIVE, json.dumps({"job_id": job.job_id, "argv": list(argv),
-                                                         "num_tasks": num_tasks}) + "\n")
+    atomic_write_text(
+        Path(folder) / ACTIVE,
+        json.dumps({"job_id": job.job_id, "argv": list(argv), "num_tasks": num_tasks}) + "\n",
+    )
 
 
 def _forget(folder, job):
@@ -165,10 +208,12 @@ def find_running(folder, argv, cfg):
         rec = json.loads(path.read_text())
         if rec["argv"] != list(argv):
             return None, None
-        job = submitit.SlurmJob(Path(folder) / "%j", str(rec["job_id"]), tasks=tuple(range(rec["num_tasks"])))
+        job = submitit.SlurmJob(
+            Path(folder) / "%j", str(rec["job_id"]), tasks=tuple(range(rec["num_tasks"]))
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None, None
-    state = (job.get_info(mode="force").get("State") or "UNKNOWN").split()[0]   # sacct
+    state = (job.get_info(mode="force").get("State") or "UNKNOWN").split()[0]  # sacct
     return (job if state in LIVE else None), state
 
 
@@ -203,8 +248,11 @@ def wait(job, deadline_s=None, poll_s=1.0, stream=True):
             tail()
         if deadline_s is not None and time.time() - start > deadline_s:
             job.cancel(check=False)
-            print(f"bcm launch: job {job.job_id} still running after {deadline_s:.0f} s: cancelled",
-                  file=sys.stderr, flush=True)
+            print(
+                f"bcm launch: job {job.job_id} still running after {deadline_s:.0f} s: cancelled",
+                file=sys.stderr,
+                flush=True,
+            )
             return 124
         time.sleep(poll_s)
     for tail in tails:
@@ -217,12 +265,17 @@ def _outcome(job):
         rcs = job.results()
     except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
         lines = str(e).splitlines()
-        print("bcm launch: job {} failed:\n{}".format(job.job_id, "\n".join(lines[-40:])),
-              file=sys.stderr, flush=True)
+        print(
+            "bcm launch: job {} failed:\n{}".format(job.job_id, "\n".join(lines[-40:])),
+            file=sys.stderr,
+            flush=True,
+        )
         return 1
     rc = max(int(rc or 0) for rc in rcs)
     if rc:
-        print(f"bcm launch: job {job.job_id} failed with exit code {rc}", file=sys.stderr, flush=True)
+        print(
+            f"bcm launch: job {job.job_id} failed with exit code {rc}", file=sys.stderr, flush=True
+        )
     return rc
 
 
@@ -234,39 +287,80 @@ def _default_job_dir(argv):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[argv.index("--") + 1:] if "--" in argv else []
-    own = argv[:argv.index("--")] if "--" in argv else argv
-    ap = argparse.ArgumentParser(prog="bcm launch", usage="bcm launch [options] -- <bcm command> [args]",
-                                 description=__doc__.splitlines()[0])
-    ap.add_argument("--launcher", help="launcher YAML (executor, nodes, gpus_per_node, partition, ...)")
-    ap.add_argument("--job-dir", help="submitit logs (default: RUN_DIR/submitit when the command has --run-dir)")
-    ap.add_argument("--deadline-min", type=float, help="cancel the job and exit 124 after this many minutes")
+    command = argv[argv.index("--") + 1 :] if "--" in argv else []
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    ap = argparse.ArgumentParser(
+        prog="bcm launch",
+        usage="bcm launch [options] -- <bcm command> [args]",
+        description=__doc__.splitlines()[0],
+    )
+    ap.add_argument(
+        "--launcher", help="launcher YAML (executor, nodes, gpus_per_node, partition, ...)"
+    )
+    ap.add_argument(
+        "--job-dir", help="submitit logs (default: RUN_DIR/submitit when the command has --run-dir)"
+    )
+    ap.add_argument(
+        "--deadline-min", type=float, help="cancel the job and exit 124 after this many minutes"
+    )
     ap.add_argument("--name", help="job name (default: bcm-<command>)")
     ap.add_argument("--executor", choices=["slurm", "local", "debug"])
-    for flag, tp in (("nodes", int), ("gpus-per-node", int), ("tasks-per-node", int), ("cpus-per-task", int),
-                     ("mem-gb", float), ("time-min", int), ("partition", str), ("account", str), ("qos", str),
-                     ("constraint", str)):
-        ap.add_argument(f"--{flag}", type=tp, help=f"override the launcher file's {flag.replace('-', '_')}")
+    for flag, tp in (
+        ("nodes", int),
+        ("gpus-per-node", int),
+        ("tasks-per-node", int),
+        ("cpus-per-task", int),
+        ("mem-gb", float),
+        ("time-min", int),
+        ("partition", str),
+        ("account", str),
+        ("qos", str),
+        ("constraint", str),
+    ):
+        ap.add_argument(
+            f"--{flag}", type=tp, help=f"override the launcher file's {flag.replace('-', '_')}"
+        )
     args = ap.parse_args(own)
     if not command:
         ap.error("missing the bcm command after '--' (e.g. -- train --run-dir DIR)")
     if command[0] == "launch":
         ap.error("the launched command cannot itself be 'launch'")
-    overrides = {k: getattr(args, k) for k in ("executor", "nodes", "gpus_per_node", "tasks_per_node",
-                                                "cpus_per_task", "mem_gb", "time_min", "partition", "account",
-                                                "qos", "constraint")}
+    overrides = {
+        k: getattr(args, k)
+        for k in (
+            "executor",
+            "nodes",
+            "gpus_per_node",
+            "tasks_per_node",
+            "cpus_per_task",
+            "mem_gb",
+            "time_min",
+            "partition",
+            "account",
+            "qos",
+            "constraint",
+        )
+    }
     cfg = load_launcher(args.launcher, **overrides)
     folder = Path(args.job_dir) if args.job_dir else _default_job_dir(command)
     job, state = find_running(folder, command, cfg)
     if job is not None:
-        print(f"bcm launch: slurm job {job.job_id} of this command, submitted by an earlier bcm launch, is "
-              f"{state}: waiting for it instead of submitting another", file=sys.stderr, flush=True)
+        print(
+            f"bcm launch: slurm job {job.job_id} of this command, submitted by an earlier bcm launch, is "
+            f"{state}: waiting for it instead of submitting another",
+            file=sys.stderr,
+            flush=True,
+        )
     else:
         job = submit(command, cfg, folder, args.name)
         if cfg.executor == "slurm":
             _remember(folder, job, command, cfg.num_tasks)
-        print(f"bcm launch: {cfg.executor} job {job.job_id} ({cfg.num_tasks} task(s)): bcm {' '.join(command)}; "
-              f"logs in {folder}", file=sys.stderr, flush=True)
+        print(
+            f"bcm launch: {cfg.executor} job {job.job_id} ({cfg.num_tasks} task(s)): bcm {' '.join(command)}; "
+            f"logs in {folder}",
+            file=sys.stderr,
+            flush=True,
+        )
     # Snakemake stops a rule with SIGTERM: take the job down with us.
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
@@ -275,6 +369,5 @@ def main(argv=None):
         job.cancel(check=False)
         print(f"bcm launch: interrupted; job {job.job_id} cancelled", file=sys.stderr, flush=True)
         return 130
-    finally:   # the job has ended or is cancelled (a SIGKILL never gets here: the record stays for the rerun)
+    finally:  # the job has ended or is cancelled (a SIGKILL never gets here: the record stays for the rerun)
         _forget(folder, job)
-

@@ -4,15 +4,16 @@ Time = noise level (EDM/VE): x_t = x + t z. "Time 0" is sigma_min (BCM footnote 
 Everything here is pure arithmetic on tensors; scalings are always evaluated in float32 or wider,
 even under autocast, because |c_skip|, |c_out| reach ~23 / ~79 on long inverse jumps (spec §9.12).
 """
+
 import math
 
 import torch
 
 SIGMA_MIN = 0.002  # epsilon, iCT / BCM
-SIGMA_MAX = 80.0   # T
-SIGMA_DATA = 0.5   # data in [-1, 1]
-RHO = 7.0          # Karras spacing exponent
-P_MEAN = -1.1      # iCT lognormal noise-level distribution
+SIGMA_MAX = 80.0  # T
+SIGMA_DATA = 0.5  # data in [-1, 1]
+RHO = 7.0  # Karras spacing exponent
+P_MEAN = -1.1  # iCT lognormal noise-level distribution
 P_STD = 2.0
 
 
@@ -23,6 +24,7 @@ def _f32(t):
 
 # ----------------------------------------------------------------------------------------------
 # Discretisation and curriculum (iCT §3, spec §2.2)
+
 
 def karras_grid(n_points, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO, dtype=torch.float64):
     """Increasing Karras grid with n_points points: grid[0] = sigma_min, grid[-1] = sigma_max (EDM Eq. 5)."""
@@ -71,10 +73,11 @@ def ect_r(t, stage, q=2.0, k=8.0, b=1.0):
 # ----------------------------------------------------------------------------------------------
 # Parameterisations
 
+
 def c_in(t, sigma_data=SIGMA_DATA):
     """Input scaling 1/sqrt(t^2 + sd^2) (EDM Table 1; BCM Eq. 5 keeps it t-only)."""
     t = _f32(t)
-    return 1 / torch.sqrt(t ** 2 + sigma_data ** 2)
+    return 1 / torch.sqrt(t**2 + sigma_data**2)
 
 
 def c_noise(t):
@@ -85,24 +88,24 @@ def c_noise(t):
 def cm_scalings(t, sigma_min=SIGMA_MIN, sigma_data=SIGMA_DATA):
     """CM boundary-condition scalings, f(x, sigma_min) = x (Song et al. 2023, App. C)."""
     t = _f32(t)
-    c_skip = sigma_data ** 2 / ((t - sigma_min) ** 2 + sigma_data ** 2)
-    c_out = sigma_data * (t - sigma_min) / torch.sqrt(t ** 2 + sigma_data ** 2)
+    c_skip = sigma_data**2 / ((t - sigma_min) ** 2 + sigma_data**2)
+    c_out = sigma_data * (t - sigma_min) / torch.sqrt(t**2 + sigma_data**2)
     return c_skip, c_out
 
 
 def bcm_scalings(t, u, sigma_data=SIGMA_DATA):
     """BCM Eq. 5: c_skip = (sd^2 + t u)/(sd^2 + t^2), c_out = sd (t - u)/sqrt(sd^2 + t^2), signed."""
     t, u = _f32(t), _f32(u)
-    c_skip = (sigma_data ** 2 + t * u) / (sigma_data ** 2 + t ** 2)
-    c_out = sigma_data * (t - u) / torch.sqrt(sigma_data ** 2 + t ** 2)
+    c_skip = (sigma_data**2 + t * u) / (sigma_data**2 + t**2)
+    c_out = sigma_data * (t - u) / torch.sqrt(sigma_data**2 + t**2)
     return c_skip, c_out
 
 
 def edm_scalings(sigma, sigma_data=SIGMA_DATA):
     """EDM denoiser scalings c_skip = sd^2/(s^2+sd^2), c_out = s sd/sqrt(s^2+sd^2) (EDM Table 1)."""
     sigma = _f32(sigma)
-    c_skip = sigma_data ** 2 / (sigma ** 2 + sigma_data ** 2)
-    c_out = sigma * sigma_data / torch.sqrt(sigma ** 2 + sigma_data ** 2)
+    c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
+    c_out = sigma * sigma_data / torch.sqrt(sigma**2 + sigma_data**2)
     return c_skip, c_out
 
 
@@ -115,7 +118,7 @@ def igct_noiser_scalings(t, sigma_max=SIGMA_MAX):
 def pseudo_huber(a, b, c):
     """Pseudo-Huber metric sqrt(||a - b||^2 + c^2) - c per sample (iCT §3.3); c = 0.00054 sqrt(D)."""
     diff = (a - b).flatten(1).float()
-    return torch.sqrt((diff ** 2).sum(1) + c ** 2) - c
+    return torch.sqrt((diff**2).sum(1) + c**2) - c
 
 
 def huber_c(dim):

@@ -5,6 +5,7 @@ the model kind before the first network call, counts its network calls and retur
 Randomness comes only from a per-sample generator stream (`SeededRNG`), so sample i depends on seed i alone,
 not on the batch size or on how seeds are split across GPUs.
 """
+
 import math
 from dataclasses import dataclass
 
@@ -14,9 +15,9 @@ import torch
 from bcmcore import param
 from bcmcore.config import UserError
 
-
 # ----------------------------------------------------------------------------------------------
 # Per-sample randomness
+
 
 class SeededRNG:
     """One torch.Generator per sample (on CPU, so CPU and GPU runs draw the same numbers)."""
@@ -31,7 +32,9 @@ class SeededRNG:
 
     def randn(self, shape, dtype=torch.float32):
         """[B, *shape] standard normal; row i is the next draw of sample i's own stream."""
-        z = torch.stack([torch.randn(tuple(shape), generator=g, dtype=torch.float64) for g in self.gens])
+        z = torch.stack(
+            [torch.randn(tuple(shape), generator=g, dtype=torch.float64) for g in self.gens]
+        )
         return z.to(device=self.device, dtype=dtype)
 
 
@@ -52,12 +55,18 @@ def seeded_labels(seeds, num_classes, device="cpu"):
 # ----------------------------------------------------------------------------------------------
 # Checks (all run before the first network call)
 
+
 def check_kind(model, kinds, routine):
     kind = getattr(model, "kind", None)
     if kind not in kinds:
-        raise UserError(f"{routine}: needs a model of kind {' or '.join(kinds)}, got kind {kind!r}"
-                        + (" (an iCT/CM model maps only to sigma_min; inversion and u > sigma_min need a BCM)"
-                           if kind == "cm" else ""))
+        raise UserError(
+            f"{routine}: needs a model of kind {' or '.join(kinds)}, got kind {kind!r}"
+            + (
+                " (an iCT/CM model maps only to sigma_min; inversion and u > sigma_min need a BCM)"
+                if kind == "cm"
+                else ""
+            )
+        )
 
 
 def check_times(model, times, name, direction, min_len=2, allow_final_zero=False):
@@ -70,8 +79,10 @@ def check_times(model, times, name, direction, min_len=2, allow_final_zero=False
         if allow_final_zero and i == len(times) - 1 and t == 0.0:
             continue
         if not (math.isfinite(t) and lo * (1 - 1e-6) <= t <= hi * (1 + 1e-6)):
-            raise UserError(f"{name}: time {t:g} is outside [sigma_min, sigma_max] = [{lo:g}, {hi:g}] "
-                            f"(schedule {times})")
+            raise UserError(
+                f"{name}: time {t:g} is outside [sigma_min, sigma_max] = [{lo:g}, {hi:g}] "
+                f"(schedule {times})"
+            )
     sign = -1 if direction == "decreasing" else 1
     if any(sign * (b - a) <= 0 for a, b in zip(times, times[1:])):
         raise UserError(f"{name}: expected strictly {direction} times, got {times}")
@@ -90,6 +101,7 @@ def check_pairs(model, pairs, name):
 
 # ----------------------------------------------------------------------------------------------
 # Network calls with per-sample times, the class label, and an NFE count
+
 
 class Calls:
     """Calls the model with [B] time tensors and label y; `n` counts network evaluations (the NFE)."""
@@ -125,6 +137,7 @@ class Calls:
 # ----------------------------------------------------------------------------------------------
 # Consistency-model samplers
 
+
 @torch.no_grad()
 def onestep(model, x_T, y=None):
     """1-step generation x = f(x_T, T, eps) (CM; BCM Alg. 2 with one interval)."""
@@ -146,7 +159,10 @@ def ancestral(model, x, times, y=None):
 
 
 def _zigzag_rounds(net, x, pairs, rng, sigma_min):
-    for eps_i, t_i in pairs:  # BCM Eq. 11: small noise eps_i z, amplified by the network eps_i -> t_i
+    for (
+        eps_i,
+        t_i,
+    ) in pairs:  # BCM Eq. 11: small noise eps_i z, amplified by the network eps_i -> t_i
         z = rng.randn(x.shape[1:], dtype=x.dtype).to(x.device)
         x = net.f(net.f(x + eps_i * z, eps_i, t_i), t_i, sigma_min)
     return x
@@ -158,8 +174,10 @@ def combined(model, x_T, times, pairs, rng, y=None):
     check_kind(model, ("bcm",), "combined")
     times = check_times(model, times, "combined times", "decreasing")
     if abs(times[-1] - model.sigma_min) > 1e-9:
-        raise UserError(f"combined times: the ancestral phase must end at sigma_min={model.sigma_min:g}, "
-                        f"got {times}")
+        raise UserError(
+            f"combined times: the ancestral phase must end at sigma_min={model.sigma_min:g}, "
+            f"got {times}"
+        )
     pairs = check_pairs(model, pairs, "zigzag")
     x, n = ancestral(model, x_T, times, y)
     net = Calls(model, y)
@@ -184,19 +202,20 @@ def cm_multistep(model, x_T, times, rng, y=None, clamp=False):
         if clamp:
             x = x.clamp(-1, 1)
         z = rng.randn(x.shape[1:], dtype=x.dtype).to(x.device)
-        x = net.f(x + math.sqrt(tau ** 2 - eps ** 2) * z, tau)
+        x = net.f(x + math.sqrt(tau**2 - eps**2) * z, tau)
     return (x.clamp(-1, 1) if clamp else x), net.n
 
 
 # ----------------------------------------------------------------------------------------------
 # EDM baseline: deterministic Heun ODE solver (EDM Alg. 1), either direction
 
+
 def heun_ode(net, x, times, w=1.0):
     """Heun steps of dx/dt = (x - D_w(x, t)) / t along `times` (either direction); a final 0 is an Euler step."""
     for t_cur, t_next in zip(times, times[1:]):
-        d = (x - net.D(x, t_cur, w)) / t_cur                       # EDM Alg. 1, line 4
-        x_next = x + (t_next - t_cur) * d                          # Euler step, line 5
-        if t_next != 0:                                            # 2nd-order correction, lines 6-8
+        d = (x - net.D(x, t_cur, w)) / t_cur  # EDM Alg. 1, line 4
+        x_next = x + (t_next - t_cur) * d  # Euler step, line 5
+        if t_next != 0:  # 2nd-order correction, lines 6-8
             d_next = (x_next - net.D(x_next, t_next, w)) / t_next
             x_next = x + (t_next - t_cur) * 0.5 * (d + d_next)
         x = x_next
@@ -205,7 +224,9 @@ def heun_ode(net, x, times, w=1.0):
 
 def check_guidance(y, w, routine):
     if w != 1.0 and y is None:
-        raise UserError(f"{routine}: guidance weight w={w:g} needs class labels (w = 1 means no guidance)")
+        raise UserError(
+            f"{routine}: guidance weight w={w:g} needs class labels (w = 1 means no guidance)"
+        )
 
 
 @torch.no_grad()
@@ -220,6 +241,7 @@ def heun(model, x_T, times, y=None, w=1.0):
 
 # ----------------------------------------------------------------------------------------------
 # Time-step recipes
+
 
 def karras_times(n_points, sigma_min=param.SIGMA_MIN, sigma_max=param.SIGMA_MAX, zero=False):
     """Decreasing Karras grid T .. eps (EDM Eq. 5), optionally followed by EDM's final 0."""
@@ -236,10 +258,11 @@ def karras_index_times(indices, n_points, sigma_min=param.SIGMA_MIN, sigma_max=p
 @dataclass(frozen=True)
 class Recipe:
     """A named schedule. sampler: onestep|ancestral|zigzag|combined|multistep|heun|invert|inpaint|cm_inpaint."""
+
     sampler: str
-    times: tuple = ()       # ancestral / multistep / heun / inversion times (both ends included)
-    pairs: tuple = ()       # zigzag rounds (eps_i, t_i)
-    gen_times: tuple = ()   # inpainting: generation times after the inversion
+    times: tuple = ()  # ancestral / multistep / heun / inversion times (both ends included)
+    pairs: tuple = ()  # zigzag rounds (eps_i, t_i)
+    gen_times: tuple = ()  # inpainting: generation times after the inversion
     note: str = ""
 
 
@@ -297,22 +320,30 @@ def parse_pairs(text, flag="--zigzag"):
     except ValueError:
         pairs = None
     if pairs is None or any(len(p) != 2 for p in pairs):
-        raise UserError(f"{flag}: expected comma-separated eps:t pairs such as 0.1:1.2, got {text!r}")
+        raise UserError(
+            f"{flag}: expected comma-separated eps:t pairs such as 0.1:1.2, got {text!r}"
+        )
     return pairs
 
 
 def data_shape(model):
     """One sample's shape from the model config: (d,) for the toy MLP, else (C, H, W)."""
     net = model.cfg.net
-    return (net.data_channels,) if net.arch == "mlp" else (net.data_channels, net.resolution, net.resolution)
+    return (
+        (net.data_channels,)
+        if net.arch == "mlp"
+        else (net.data_channels, net.resolution, net.resolution)
+    )
 
 
 def generate(model, recipe, z, rng, y=None, w=1.0, clamp=False):
     """Sample from unit noise z [B, ...] with a Recipe; x_T = times[0] z (T for all but custom starts)."""
     s, times = recipe.sampler, list(recipe.times) or [model.sigma_max, model.sigma_min]
     if s != "heun" and w != 1.0:
-        raise UserError(f"guidance w={w:g} is only available for the EDM Heun sampler here "
-                        "(iGCT models guide through bcmcore.guided)")
+        raise UserError(
+            f"guidance w={w:g} is only available for the EDM Heun sampler here "
+            "(iGCT models guide through bcmcore.guided)"
+        )
     x_T = times[0] * z
     if s == "onestep":
         return onestep(model, model.sigma_max * z, y)
@@ -326,5 +357,7 @@ def generate(model, recipe, z, rng, y=None, w=1.0, clamp=False):
         return cm_multistep(model, x_T, times, rng, y, clamp=clamp)
     if s == "heun":
         return heun(model, x_T, times, y, w)
-    raise UserError(f"sampler {s!r} does not generate from noise "
-                    "(expected onestep, ancestral, zigzag, combined, multistep or heun)")
+    raise UserError(
+        f"sampler {s!r} does not generate from noise "
+        "(expected onestep, ancestral, zigzag, combined, multistep or heun)"
+    )

@@ -4,6 +4,7 @@ Under x_t = x + t z the marginal of a mixture sum_k pi_k N(mu_k, s_k^2 I) is sum
 so the ideal denoiser D(x, t) = E[x_0 | x_t] is closed-form and the PF ODE dx/dt = (x - D(x, t)) / t
 (EDM Eq. 3 with sigma(t) = t) can be solved to any accuracy with scipy.
 """
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,20 +15,27 @@ from scipy.special import logsumexp
 
 @dataclass(frozen=True)
 class GaussianMixture:
-    means: tuple          # K tuples of length d
-    stds: tuple           # K per-component isotropic stds
-    weights: tuple        # K mixture weights, summing to 1
+    means: tuple  # K tuples of length d
+    stds: tuple  # K per-component isotropic stds
+    weights: tuple  # K mixture weights, summing to 1
 
     @property
     def dim(self):
         return len(self.means[0])
 
     def arrays(self):
-        return (np.asarray(self.means, np.float64), np.asarray(self.stds, np.float64),
-                np.asarray(self.weights, np.float64))
+        return (
+            np.asarray(self.means, np.float64),
+            np.asarray(self.stds, np.float64),
+            np.asarray(self.weights, np.float64),
+        )
 
     def to_dict(self):
-        return {"means": [list(m) for m in self.means], "stds": list(self.stds), "weights": list(self.weights)}
+        return {
+            "means": [list(m) for m in self.means],
+            "stds": list(self.stds),
+            "weights": list(self.weights),
+        }
 
     @classmethod
     def from_dict(cls, d):
@@ -42,8 +50,8 @@ class GaussianMixture:
     def posterior(self, x, t):
         """Component responsibilities r_k(x, t) under the noised marginal (float64 [n, K])."""
         mu, s, pi = self.arrays()
-        var = s ** 2 + np.asarray(t, np.float64).reshape(-1, 1) ** 2            # [n, K]
-        sq = ((x[:, None, :] - mu[None]) ** 2).sum(-1)                          # [n, K]
+        var = s**2 + np.asarray(t, np.float64).reshape(-1, 1) ** 2  # [n, K]
+        sq = ((x[:, None, :] - mu[None]) ** 2).sum(-1)  # [n, K]
         logp = np.log(pi) - 0.5 * self.dim * np.log(2 * np.pi * var) - 0.5 * sq / var
         return np.exp(logp - logsumexp(logp, axis=1, keepdims=True))
 
@@ -53,14 +61,14 @@ class GaussianMixture:
         x = np.asarray(x, np.float64)
         t = np.broadcast_to(np.asarray(t, np.float64), (x.shape[0],))
         r = self.posterior(x, t)
-        gain = s[None] ** 2 / (s[None] ** 2 + t[:, None] ** 2)                  # [n, K]
-        comp = mu[None] + gain[..., None] * (x[:, None, :] - mu[None])          # [n, K, d]
+        gain = s[None] ** 2 / (s[None] ** 2 + t[:, None] ** 2)  # [n, K]
+        comp = mu[None] + gain[..., None] * (x[:, None, :] - mu[None])  # [n, K, d]
         return (r[..., None] * comp).sum(1)
 
     def score(self, x, t):
         """grad log p_t(x) = (D(x, t) - x) / t^2 (Tweedie)."""
         t = np.broadcast_to(np.asarray(t, np.float64), (np.asarray(x).shape[0],))[:, None]
-        return (self.denoise(x, t[:, 0]) - x) / t ** 2
+        return (self.denoise(x, t[:, 0]) - x) / t**2
 
     def flow(self, x, t_from, t_to, rtol=1e-9, atol=1e-9):
         """Exact PF-ODE flow map Phi(x, t_from -> t_to), per sample, in either direction.
@@ -85,8 +93,14 @@ class GaussianMixture:
                 xs = y.reshape(m, -1)
                 return (xs - self.denoise(xs, np.exp(s))).ravel()
 
-            sol = solve_ivp(rhs, (np.log(pair[0]), np.log(pair[1])), x[idx].ravel(),
-                            method="DOP853", rtol=rtol, atol=atol)
+            sol = solve_ivp(
+                rhs,
+                (np.log(pair[0]), np.log(pair[1])),
+                x[idx].ravel(),
+                method="DOP853",
+                rtol=rtol,
+                atol=atol,
+            )
             if not sol.success:
                 raise RuntimeError(f"PF-ODE solve failed: {sol.message}")
             out[idx] = sol.y[:, -1].reshape(m, -1)
@@ -110,14 +124,22 @@ class ExactFlowMap(torch.nn.Module):
 
     def __init__(self, gmm, sigma_min=0.002, sigma_max=80.0, sigma_data=0.5):
         super().__init__()
-        self.gmm, self.sigma_min, self.sigma_max, self.sigma_data = gmm, sigma_min, sigma_max, sigma_data
+        self.gmm, self.sigma_min, self.sigma_max, self.sigma_data = (
+            gmm,
+            sigma_min,
+            sigma_max,
+            sigma_data,
+        )
         self.nfe = 0
 
     def forward(self, x, t, u=None, y=None):
         self.nfe += 1
         n = x.shape[0]
         t = torch.as_tensor(t, dtype=torch.float64).expand(n)
-        u = torch.full((n,), self.sigma_min, dtype=torch.float64) if u is None else \
-            torch.as_tensor(u, dtype=torch.float64).expand(n)
+        u = (
+            torch.full((n,), self.sigma_min, dtype=torch.float64)
+            if u is None
+            else torch.as_tensor(u, dtype=torch.float64).expand(n)
+        )
         out = self.gmm.flow(x.detach().double().cpu().numpy(), t.cpu().numpy(), u.cpu().numpy())
         return torch.as_tensor(out, dtype=x.dtype, device=x.device)

@@ -1,4 +1,5 @@
 """Small shared helpers: atomic file writes, rank-aware printing."""
+
 import contextlib
 import hashlib
 import os

@@ -2,6 +2,7 @@
 
 Formats: cifar10, imagenet-npz, imagenet-folder, ffhq, lsun-bedroom, folder, digits (the offline demo), gmm2d.
 """
+
 import argparse
 import sys
 
@@ -13,39 +14,69 @@ def _parser():
     def add(name, help, src=None, resolution=None):
         s = sub.add_parser(name, help=help)
         s.add_argument("--out", required=True, help="output directory (results/<ds>/shards)")
-        s.add_argument("--shard-size", type=int, default=5000, help="samples per shard (default 5000)")
-        s.add_argument("--workers", type=int, default=None, help="processes (default: all CPU cores)")
+        s.add_argument(
+            "--shard-size", type=int, default=5000, help="samples per shard (default 5000)"
+        )
+        s.add_argument(
+            "--workers", type=int, default=None, help="processes (default: all CPU cores)"
+        )
         if src:
             s.add_argument("--src", required=True, help=src)
         if resolution:
-            s.add_argument("--resolution", type=int, default=resolution, help=f"pixels (default {resolution})")
+            s.add_argument(
+                "--resolution", type=int, default=resolution, help=f"pixels (default {resolution})"
+            )
         return s
 
     add("cifar10", "CIFAR-10 python tarball", src="path of cifar-10-python.tar.gz (read in place)")
-    add("imagenet-npz", "downsampled ImageNet npz files", resolution=64,
-        src="directory with Imagenet64_train_part*.npz and Imagenet64_val_data.npz")
-    add("imagenet-folder", "ILSVRC-style JPEG folders, ADM centre crop", resolution=64,
-        src="directory with train/<wnid>/*.JPEG (and optionally val/<wnid>/*)")
-    for name, res, test, what in (("ffhq", 64, 1000, "FFHQ images (BCM: first 69,000 train, last 1,000 test)"),
-                                  ("lsun-bedroom", 256, 0, "LSUN Bedroom exported to a folder of images"),
-                                  ("folder", 64, 0, "any flat folder of images (unlabelled)")):
-        s = add(name, what, src="image folder (searched recursively, files sorted by path)", resolution=res)
-        s.add_argument("--test-count", type=int, default=test,
-                       help=f"last N sorted files form the test split (default {test})")
+    add(
+        "imagenet-npz",
+        "downsampled ImageNet npz files",
+        resolution=64,
+        src="directory with Imagenet64_train_part*.npz and Imagenet64_val_data.npz",
+    )
+    add(
+        "imagenet-folder",
+        "ILSVRC-style JPEG folders, ADM centre crop",
+        resolution=64,
+        src="directory with train/<wnid>/*.JPEG (and optionally val/<wnid>/*)",
+    )
+    for name, res, test, what in (
+        ("ffhq", 64, 1000, "FFHQ images (BCM: first 69,000 train, last 1,000 test)"),
+        ("lsun-bedroom", 256, 0, "LSUN Bedroom exported to a folder of images"),
+        ("folder", 64, 0, "any flat folder of images (unlabelled)"),
+    ):
+        s = add(
+            name,
+            what,
+            src="image folder (searched recursively, files sorted by path)",
+            resolution=res,
+        )
+        s.add_argument(
+            "--test-count",
+            type=int,
+            default=test,
+            help=f"last N sorted files form the test split (default {test})",
+        )
     s = add("digits", "scikit-learn's handwritten digits, the offline demo set", resolution=16)
-    s.add_argument("--test-count", type=int, default=300, help="seeded test split size (default 300)")
+    s.add_argument(
+        "--test-count", type=int, default=300, help="seeded test split size (default 300)"
+    )
     s.add_argument("--seed", type=int, default=0)
     s = add("gmm2d", "2-D Gaussian-mixture toy data (bcmcore.toy.DEMO_GMM unless --params)")
     s.add_argument("--n-train", type=int, default=65536)
     s.add_argument("--n-test", type=int, default=8192)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--params", default=None, help="JSON file {means, stds, weights} (default DEMO_GMM)")
+    s.add_argument(
+        "--params", default=None, help="JSON file {means, stds, weights} (default DEMO_GMM)"
+    )
     return p
 
 
 def prepare(args):
     from bcmcore.config import UserError
     from data_prep import arrays, folders
+
     if args.shard_size < 1:
         raise UserError(f"--shard-size: expected a positive integer, got {args.shard_size}")
     if getattr(args, "resolution", 1) < 1:
@@ -58,7 +89,10 @@ def prepare(args):
     if f == "imagenet-folder":
         return folders.imagenet_folder_splits(args.src, args.resolution, n)
     if f in ("ffhq", "lsun-bedroom", "folder"):
-        name = {"ffhq": f"ffhq{args.resolution}", "lsun-bedroom": f"lsun_bedroom{args.resolution}"}.get(f, "folder")
+        name = {
+            "ffhq": f"ffhq{args.resolution}",
+            "lsun-bedroom": f"lsun_bedroom{args.resolution}",
+        }.get(f, "folder")
         return folders.folder_splits(args.src, args.resolution, n, args.test_count, name)
     if f == "digits":
         return arrays.digits_splits(n, args.resolution, args.test_count, args.seed)
@@ -67,6 +101,7 @@ def prepare(args):
 
 def main(argv=None):
     from data_prep.writer import write_dataset
+
     args = _parser().parse_args(argv)
     splits, meta, totals = prepare(args)
     meta["options"] = {k: v for k, v in vars(args).items() if k not in ("out", "workers")}
@@ -78,6 +113,7 @@ def main(argv=None):
 
 if __name__ == "__main__":
     from bcmcore.config import UserError
+
     try:
         sys.exit(main())
     except UserError as e:

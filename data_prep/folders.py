@@ -4,6 +4,7 @@ Every image gets ADM's centre crop (BCM §8 / guided-diffusion preprocessing): h
 the short side is >= 2x the target, BICUBIC-resize so the short side equals the target, crop the centre.
 LSUN's LMDB export is not read (it needs the `lmdb` C extension): export it to a folder of images first.
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ def adm_center_crop(img, resolution):
     img = img.resize((round(img.width * scale), round(img.height * scale)), resample=Image.BICUBIC)
     a = np.asarray(img)
     top, left = (a.shape[0] - resolution) // 2, (a.shape[1] - resolution) // 2
-    return a[top:top + resolution, left:left + resolution]
+    return a[top : top + resolution, left : left + resolution]
 
 
 def load_image(path, resolution, channels=3):
@@ -32,8 +33,10 @@ def load_image(path, resolution, channels=3):
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"{path}: not a readable image ({e})") from None
     if min(img.size) < resolution:
-        raise UserError(f"{path}: image is {img.width}x{img.height}, smaller than the {resolution}px target "
-                        f"(wrong size: upscaling would invent detail)")
+        raise UserError(
+            f"{path}: image is {img.width}x{img.height}, smaller than the {resolution}px target "
+            f"(wrong size: upscaling would invent detail)"
+        )
     a = adm_center_crop(img, resolution)
     return a if channels == 3 else a[..., None]
 
@@ -42,7 +45,12 @@ class FileChunk:
     """One shard's worth of image files, decoded and cropped inside the pool worker."""
 
     def __init__(self, files, labels, resolution, channels=3):
-        self.files, self.labels, self.resolution, self.channels = files, labels, resolution, channels
+        self.files, self.labels, self.resolution, self.channels = (
+            files,
+            labels,
+            resolution,
+            channels,
+        )
         self.count = len(files)
 
     def load(self):
@@ -55,16 +63,20 @@ def list_images(folder):
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: image folder not found")
-    files = sorted((p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()),
-                   key=lambda p: p.relative_to(folder).as_posix())
+    files = sorted(
+        (p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()),
+        key=lambda p: p.relative_to(folder).as_posix(),
+    )
     if not files:
         raise UserError(f"{folder}: no images ({', '.join(sorted(EXTENSIONS))}) found")
     return files
 
 
 def _file_chunks(files, labels, resolution, shard_size, channels=3):
-    return [FileChunk(files[a:a + shard_size], labels[a:a + shard_size], resolution, channels)
-            for a in range(0, len(files), shard_size)]
+    return [
+        FileChunk(files[a : a + shard_size], labels[a : a + shard_size], resolution, channels)
+        for a in range(0, len(files), shard_size)
+    ]
 
 
 def imagenet_folder_splits(src, resolution, shard_size):
@@ -72,7 +84,9 @@ def imagenet_folder_splits(src, resolution, shard_size):
     src = Path(src)
     train_dir = src / "train"
     if not train_dir.is_dir():
-        raise UserError(f"{train_dir}: not found (expected an ILSVRC-style folder: train/<wnid>/*.JPEG)")
+        raise UserError(
+            f"{train_dir}: not found (expected an ILSVRC-style folder: train/<wnid>/*.JPEG)"
+        )
     wnids = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
     if not wnids:
         raise UserError(f"{train_dir}: no class folders (expected train/<wnid>/*.JPEG)")
@@ -91,8 +105,15 @@ def imagenet_folder_splits(src, resolution, shard_size):
             labels += [index[w]] * len(fs)
         splits[split] = _file_chunks(files, labels, resolution, shard_size)
         totals[split] = len(files)
-    meta = {"dataset": f"imagenet{resolution}", "kind": "image", "resolution": resolution, "channels": 3,
-            "num_classes": len(wnids), "class_names": wnids, "source": str(src.resolve())}
+    meta = {
+        "dataset": f"imagenet{resolution}",
+        "kind": "image",
+        "resolution": resolution,
+        "channels": 3,
+        "num_classes": len(wnids),
+        "class_names": wnids,
+        "source": str(src.resolve()),
+    }
     return splits, meta, totals
 
 
@@ -100,14 +121,23 @@ def folder_splits(src, resolution, shard_size, test_count=0, dataset="folder"):
     """Unlabelled flat folder: sorted files, the last `test_count` form the test split (FFHQ: 1,000 of 70,000)."""
     files = list_images(src)
     if not 0 <= test_count < len(files):
-        raise UserError(f"{src}: --test-count {test_count} must be below the number of images ({len(files)})")
+        raise UserError(
+            f"{src}: --test-count {test_count} must be below the number of images ({len(files)})"
+        )
     n_train = len(files) - test_count
     splits = {"train": _file_chunks(files[:n_train], [-1] * n_train, resolution, shard_size)}
     totals = {"train": n_train}
     if test_count:
         splits["test"] = _file_chunks(files[n_train:], [-1] * test_count, resolution, shard_size)
         totals["test"] = test_count
-    meta = {"dataset": dataset, "kind": "image", "resolution": resolution, "channels": 3, "num_classes": 0,
-            "class_names": None, "source": str(Path(src).resolve()),
-            "split_rule": f"sorted files; last {test_count} -> test"}
+    meta = {
+        "dataset": dataset,
+        "kind": "image",
+        "resolution": resolution,
+        "channels": 3,
+        "num_classes": 0,
+        "class_names": None,
+        "source": str(Path(src).resolve()),
+        "split_rule": f"sorted files; last {test_count} -> test",
+    }
     return splits, meta, totals

@@ -6,6 +6,7 @@ whatever the number of processes. Atomicity: the old manifest is removed first, 
 temporary name and renamed, and the manifest is written last, so a crash never leaves a manifest that
 points at half-written shards.
 """
+
 import collections
 import io
 import json
@@ -39,7 +40,10 @@ class ArrayChunk:
 
 def chunks(x, y, shard_size):
     """Cut in-memory arrays into ArrayChunks of at most `shard_size` samples (one shard each)."""
-    return [ArrayChunk(x[a:a + shard_size], y[a:a + shard_size]) for a in range(0, len(x), shard_size)]
+    return [
+        ArrayChunk(x[a : a + shard_size], y[a : a + shard_size])
+        for a in range(0, len(x), shard_size)
+    ]
 
 
 def encode(x, y):
@@ -47,7 +51,9 @@ def encode(x, y):
     x = np.asarray(x)
     buf = io.BytesIO()
     if x.dtype == np.uint8:
-        Image.fromarray(x[..., 0] if x.ndim == 3 and x.shape[2] == 1 else x).save(buf, **PNG_OPTIONS)
+        Image.fromarray(x[..., 0] if x.ndim == 3 and x.shape[2] == 1 else x).save(
+            buf, **PNG_OPTIONS
+        )
         ext = "png"
     else:
         np.save(buf, x.astype("<f4"), allow_pickle=False)
@@ -58,7 +64,10 @@ def encode(x, y):
 def write_tar(path, first_key, x, y):
     """Write samples to a tar at `path`; returns the int64 byte offset where each sample starts (+ end)."""
     offsets = []
-    with open(path, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    with (
+        open(path, "wb") as f,
+        tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar,
+    ):
         for i in range(len(x)):
             offsets.append(tar.offset)
             for ext, data in encode(x[i], y[i]):
@@ -81,8 +90,14 @@ def _write_shard(task):
         offsets = write_tar(tmp, first_key, x, y)
         digest, size = sha256_file(tmp), os.path.getsize(tmp)
     atomic_write_bytes(idx_path, offsets.tobytes())
-    return {"name": tar_path.name, "index": idx_path.name, "count": int(len(x)), "bytes": int(size),
-            "sha256": digest, "first_key": int(first_key)}
+    return {
+        "name": tar_path.name,
+        "index": idx_path.name,
+        "count": int(len(x)),
+        "bytes": int(size),
+        "sha256": digest,
+        "first_key": int(first_key),
+    }
 
 
 def _bounded_map(fn, tasks, workers, depth):
@@ -90,7 +105,9 @@ def _bounded_map(fn, tasks, workers, depth):
     if workers <= 1:
         yield from map(fn, tasks)
         return
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    ctx = multiprocessing.get_context(
+        "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    )
     with ctx.Pool(workers) as pool:
         pending = collections.deque()
         for t in tasks:
@@ -106,7 +123,7 @@ def _prepare_dir(out):
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: --out must be a directory")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").unlink(missing_ok=True)   # from now on the directory is "incomplete"
+    (out / "manifest.json").unlink(missing_ok=True)  # from now on the directory is "incomplete"
     for p in out.glob(".tmp-*"):
         p.unlink()
     return out
@@ -126,11 +143,13 @@ def write_dataset(out, splits, meta, workers=None, totals=None):
     try:
         _write_splits(out, splits, workers, total, manifest)
     except BaseException:
-        for p in out.glob(".tmp-*"):          # workers killed mid-shard leave only temp names: remove them
+        for p in out.glob(".tmp-*"):  # workers killed mid-shard leave only temp names: remove them
             p.unlink(missing_ok=True)
         raise
-    keep = {e[k] for s in manifest["splits"].values() for e in s["shards"] for k in ("name", "index")}
-    for p in out.iterdir():                   # shards of an earlier, larger conversion
+    keep = {
+        e[k] for s in manifest["splits"].values() for e in s["shards"] for k in ("name", "index")
+    }
+    for p in out.iterdir():  # shards of an earlier, larger conversion
         if SHARD_RE.match(p.name) and p.name not in keep:
             p.unlink()
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
@@ -139,15 +158,21 @@ def write_dataset(out, splits, meta, workers=None, totals=None):
 
 def _write_splits(out, splits, workers, total, manifest):
     from tqdm import tqdm
+
     with tqdm(total=total, unit="img", desc=f"prep {manifest.get('dataset', '')}") as bar:
         for split, split_chunks in splits.items():
+
             def tasks(split=split, split_chunks=split_chunks):
                 first = 0
                 for index, chunk in enumerate(split_chunks):
                     yield (str(out), split, index, first, chunk)
                     first += chunk.count
+
             entries = []
             for entry in _bounded_map(_write_shard, tasks(), workers, depth=2 * workers):
                 entries.append(entry)
                 bar.update(entry["count"])
-            manifest["splits"][split] = {"count": sum(e["count"] for e in entries), "shards": entries}
+            manifest["splits"][split] = {
+                "count": sum(e["count"] for e in entries),
+                "shards": entries,
+            }

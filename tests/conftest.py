@@ -37,4 +37,6 @@ def pytest_collection_modifyitems(config, items):
         if "slurm" in item.keywords and not required:
             up = slurm_is_up() if up is None else up
             if not up:
-                item.add_marker(pytest.mark.skip(reason="dev Slurm cluster not running (make slurm-up)"))
+                item.add_marker(
+                    pytest.mark.skip(reason="dev Slurm cluster not running (make slurm-up)")
+                )

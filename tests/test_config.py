@@ -1,6 +1,7 @@
 """config.from_dict: every bad key or type is one ConfigError naming the dotted key."""
+
 import dataclasses
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 
@@ -19,7 +20,7 @@ class Outer:
     steps: int
     inner: Inner = Inner()
     phases: tuple = ()
-    init: Optional[str] = None
+    init: str | None = None
 
 
 def test_from_dict_builds_nested_and_round_trips():
@@ -28,14 +29,17 @@ def test_from_dict_builds_nested_and_round_trips():
     assert from_dict(Outer, to_dict(cfg)) == cfg
 
 
-@pytest.mark.parametrize("data, key", [
-    ({"steps": 1, "inner": {"lrr": 1}}, "inner.lrr"),          # unknown key
-    ({"steps": 1, "inner": {"kind": "xyz"}}, "inner.kind"),    # not one of the literals
-    ({"steps": "ten"}, "steps"),                               # wrong type
-    ({"steps": True}, "steps"),                                # bool is not an int
-    ({}, "steps"),                                             # missing required key
-    ({"steps": 1, "init": 3}, "init"),                         # Optional[str] given an int
-])
+@pytest.mark.parametrize(
+    "data, key",
+    [
+        ({"steps": 1, "inner": {"lrr": 1}}, "inner.lrr"),  # unknown key
+        ({"steps": 1, "inner": {"kind": "xyz"}}, "inner.kind"),  # not one of the literals
+        ({"steps": "ten"}, "steps"),  # wrong type
+        ({"steps": True}, "steps"),  # bool is not an int
+        ({}, "steps"),  # missing required key
+        ({"steps": 1, "init": 3}, "init"),  # Optional[str] given an int
+    ],
+)
 def test_bad_config_names_the_key(data, key):
     with pytest.raises(ConfigError, match=rf"'?{key}"):
         from_dict(Outer, data, where="")

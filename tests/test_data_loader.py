@@ -1,4 +1,5 @@
 """bcmcore.data: exact resume at 1 and 2 ranks with workers, epoch coverage, flips, pairs, damaged shards."""
+
 import itertools
 import json
 
@@ -34,8 +35,9 @@ def take(it, k):
 
 
 def same(a, b):
-    return len(a) == len(b) and all(x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
-                                    for x, y in zip(a, b))
+    return len(a) == len(b) and all(
+        x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x) for x, y in zip(a, b)
+    )
 
 
 def to_u8(x):
@@ -47,7 +49,11 @@ def ids(batch, data):
     x = to_u8(batch)
     out = []
     for img in x:
-        hit = [i for i in range(len(data)) if torch.equal(img, data[i]) or torch.equal(img, data[i].flip(-1))]
+        hit = [
+            i
+            for i in range(len(data))
+            if torch.equal(img, data[i]) or torch.equal(img, data[i].flip(-1))
+        ]
         assert len(hit) == 1
         out.append(hit[0])
     return out
@@ -55,9 +61,9 @@ def ids(batch, data):
 
 def test_resume_one_rank_two_workers(shards):
     out, _, _ = shards
-    full = take(make_loader(cfg(out, num_workers=2), 4, seed=3), 16)      # 64 samples: ~3 epochs
-    assert same(full, take(make_loader(cfg(out), 4, seed=3), 16))        # worker count does not matter
-    assert same(full, take(make_loader(cfg(out, in_memory=True), 4, seed=3), 16))   # nor the source
+    full = take(make_loader(cfg(out, num_workers=2), 4, seed=3), 16)  # 64 samples: ~3 epochs
+    assert same(full, take(make_loader(cfg(out), 4, seed=3), 16))  # worker count does not matter
+    assert same(full, take(make_loader(cfg(out, in_memory=True), 4, seed=3), 16))  # nor the source
     resumed = take(make_loader(cfg(out, num_workers=2), 4, seed=3, start_sample=9 * 4), 7)
     assert same(full[9:], resumed)
     other_seed = take(make_loader(cfg(out), 4, seed=4), 16)
@@ -66,15 +72,23 @@ def test_resume_one_rank_two_workers(shards):
 
 def test_resume_two_ranks_and_epoch_coverage(shards):
     out, data, labels = shards
-    per_rank = {r: take(make_loader(cfg(out, num_workers=2), 3, rank=r, world_size=2, seed=1), 12) for r in (0, 1)}
+    per_rank = {
+        r: take(make_loader(cfg(out, num_workers=2), 3, rank=r, world_size=2, seed=1), 12)
+        for r in (0, 1)
+    }
     for r in (0, 1):
-        resumed = take(make_loader(cfg(out, num_workers=2), 3, rank=r, world_size=2, seed=1, start_sample=5 * 6), 7)
+        resumed = take(
+            make_loader(
+                cfg(out, num_workers=2), 3, rank=r, world_size=2, seed=1, start_sample=5 * 6
+            ),
+            7,
+        )
         assert same(per_rank[r][5:], resumed)
     # Interleave the ranks back into the global stream: each epoch (N positions) is a permutation.
     stream = [i for k in range(12) for r in (0, 1) for i in ids(per_rank[r][k]["x"], data)]
     for e in range(3):
-        assert sorted(stream[e * N:(e + 1) * N]) == list(range(N))
-    assert stream[:N] != stream[N:2 * N]                                    # a new permutation per epoch
+        assert sorted(stream[e * N : (e + 1) * N]) == list(range(N))
+    assert stream[:N] != stream[N : 2 * N]  # a new permutation per epoch
     got_y = torch.cat([per_rank[r][k]["y"] for k in range(12) for r in (0, 1)])
     assert torch.equal(got_y, labels[stream])
 
@@ -86,10 +100,10 @@ def test_flips_and_pairs(shards):
     xs = to_u8(torch.cat([b["x_src"] for b in batches]))
     idx = torch.tensor([i for b in batches for i in ids(b["x"], data)])
     flipped = torch.tensor([not torch.equal(x[k], data[idx[k]]) for k in range(len(x))])
-    assert 0.3 < flipped.float().mean() < 0.7                               # seeded flips, about half
+    assert 0.3 < flipped.float().mean() < 0.7  # seeded flips, about half
     src = torch.tensor([i for b in batches for i in ids(b["x_src"], data)])
-    assert len(set(src.tolist())) == N                                      # uniform over the whole split
-    assert (src != idx).float().mean() > 0.8                                # independent of the target
+    assert len(set(src.tolist())) == N  # uniform over the whole split
+    assert (src != idx).float().mean() > 0.8  # independent of the target
     assert xs.shape == x.shape
     plain = next(make_loader(cfg(out, xflip=False, paired=False, shuffle=False), N))
     assert set(plain) == {"x", "y"} and torch.equal(to_u8(plain["x"]), data)
@@ -107,6 +121,7 @@ def test_load_split(shards):
 
 def copy_shards(src, dst):
     import shutil
+
     shutil.copytree(src, dst)
     return dst
 
@@ -115,7 +130,9 @@ def test_truncated_shard(shards, tmp_path):
     out = copy_shards(shards[0], tmp_path / "s")
     p = out / "train-000002.tar"
     p.write_bytes(p.read_bytes()[:-700])
-    with pytest.raises(UserError, match=r"train-000002\.tar: \d+ bytes, manifest says \d+ \(truncated"):
+    with pytest.raises(
+        UserError, match=r"train-000002\.tar: \d+ bytes, manifest says \d+ \(truncated"
+    ):
         make_loader(cfg(out), 4)
 
 
@@ -123,7 +140,7 @@ def test_corrupt_header_clear_error_from_worker(shards, tmp_path):
     out = copy_shards(shards[0], tmp_path / "s")
     p = out / "train-000003.tar"
     b = bytearray(p.read_bytes())
-    b[1024 + 3] ^= 0xFF              # inside the 2nd header (sample 15's .png name): checksum breaks
+    b[1024 + 3] ^= 0xFF  # inside the 2nd header (sample 15's .png name): checksum breaks
     p.write_bytes(bytes(b))
     it = make_loader(cfg(out, num_workers=2, shuffle=False, paired=False), 4)
     with pytest.raises(UserError) as e:
@@ -136,7 +153,7 @@ def test_sha256_mismatch(shards, tmp_path):
     out = copy_shards(shards[0], tmp_path / "s")
     p = out / "train-000001.tar"
     b = bytearray(p.read_bytes())
-    b[600] ^= 0xFF                   # inside sample 5's PNG payload: same size, headers intact
+    b[600] ^= 0xFF  # inside sample 5's PNG payload: same size, headers intact
     p.write_bytes(bytes(b))
     with pytest.raises(UserError, match=r"train-000001\.tar: sha256 does not match the manifest"):
         make_loader(cfg(out, verify_sha256=True), 4)
@@ -157,23 +174,32 @@ def test_vector_shards_batch_shape(tmp_path):
     x = np.random.default_rng(1).standard_normal((10, 2)).astype(np.float32)
     meta = {"dataset": "v", "kind": "vector", "dim": 2, "num_classes": 2}
     write_dataset(tmp_path / "v", {"train": chunks(x, np.arange(10) % 2, 4)}, meta, workers=1)
-    b = next(make_loader(DataConfig(shards=str(tmp_path / "v"), xflip=True), 10, seed=0, device="cpu"))  # in memory
+    b = next(
+        make_loader(DataConfig(shards=str(tmp_path / "v"), xflip=True), 10, seed=0, device="cpu")
+    )  # in memory
     assert b["x"].shape == (10, 2) and b["x"].dtype == torch.float32
     rows = {tuple(r) for r in x.tolist()}
-    assert all(tuple(r) in rows for r in b["x"].tolist())                # flips never touch vectors
-    assert sorted(map(tuple, b["x"].tolist())) == sorted(rows)           # one epoch = a permutation
+    assert all(tuple(r) in rows for r in b["x"].tolist())  # flips never touch vectors
+    assert sorted(map(tuple, b["x"].tolist())) == sorted(rows)  # one epoch = a permutation
     assert list(itertools.islice(make_loader(DataConfig(shards=str(tmp_path / "v")), 3), 2))
 
 
 def test_benchmark_runs_and_reports_ratio(capsys):
     from bcmcore.data_bench import benchmark
-    assert benchmark(["--res", "8", "--workers", "0,1", "--n", "64", "--batch", "8", "--batches", "2"]) == 0
-    table = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("    8 ")]
+
+    assert (
+        benchmark(["--res", "8", "--workers", "0,1", "--n", "64", "--batch", "8", "--batches", "2"])
+        == 0
+    )
+    table = [
+        line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("    8 ")
+    ]
     assert [row[1] for row in table] == ["0", "1"] and all(float(row[4]) > 0 for row in table)
 
 
 def test_bad_loader_settings(shards):
     from bcmcore.config import ConfigError
+
     with pytest.raises(ConfigError, match="data.num_workers: expected an integer >= 0"):
         make_loader(cfg(shards[0], num_workers=-1), 4)
     with pytest.raises(ConfigError, match="rank 2 outside world size 2"):

@@ -1,4 +1,5 @@
 """data_prep: every format round-trips through real shards and the loader; deterministic; bad input is one error."""
+
 import io
 import pickle
 import tarfile
@@ -22,8 +23,10 @@ def prep1(*argv):
 
 def stream_all(shards, split, n):
     """All n samples through make_loader in key order (no shuffle), as uint8 + labels."""
-    it = make_loader(DataConfig(shards=str(shards), split=split, shuffle=False, in_memory=False,
-                                num_workers=0), n)
+    it = make_loader(
+        DataConfig(shards=str(shards), split=split, shuffle=False, in_memory=False, num_workers=0),
+        n,
+    )
     b = next(it)
     x = b["x"] if b["x"].dim() == 2 else torch.round((b["x"] + 1) * 127.5).to(torch.uint8)
     return x, b["y"]
@@ -35,30 +38,53 @@ def no_temp_files(d):
 
 # ------------------------------------------------------------------------------------------ CIFAR-10
 
+
 def write_cifar(path, rng, per_batch=3, n_test=2):
     """A tarball in the official cifar-10-python layout: python pickles with bytes keys, planar rows."""
     batches = {}
     with tarfile.open(path, "w:gz") as tar:
+
         def put(name, obj):
             data = pickle.dumps(obj, protocol=2)
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-        put("batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)], b"num_vis": 3072})
-        for name, n in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", n_test)]:
+
+        put(
+            "batches.meta",
+            {b"label_names": [f"c{i}".encode() for i in range(10)], b"num_vis": 3072},
+        )
+        for name, n in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [
+            ("test_batch", n_test)
+        ]:
             data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
             labels = rng.integers(0, 10, n).tolist()
             batches[name] = (data, labels)
-            put(name, {b"batch_label": name.encode(), b"labels": labels, b"data": data,
-                       b"filenames": [b"x.png"] * n})
+            put(
+                name,
+                {
+                    b"batch_label": name.encode(),
+                    b"labels": labels,
+                    b"data": data,
+                    b"filenames": [b"x.png"] * n,
+                },
+            )
     return batches
 
 
 def test_cifar10_roundtrip_and_webdataset(tmp_path):
     import webdataset as wds
+
     batches = write_cifar(tmp_path / "cifar-10-python.tar.gz", np.random.default_rng(0))
-    man = prep1("cifar10", "--src", str(tmp_path / "cifar-10-python.tar.gz"), "--out", str(tmp_path / "s"),
-                "--shard-size", "4")
+    man = prep1(
+        "cifar10",
+        "--src",
+        str(tmp_path / "cifar-10-python.tar.gz"),
+        "--out",
+        str(tmp_path / "s"),
+        "--shard-size",
+        "4",
+    )
     assert man["class_names"] == [f"c{i}" for i in range(10)] and man["resolution"] == 32
     assert man["splits"]["train"]["count"] == 15 and len(man["splits"]["train"]["shards"]) == 4
     data = np.concatenate([batches[f"data_batch_{i}"][0] for i in range(1, 6)])
@@ -80,9 +106,31 @@ def test_cifar10_roundtrip_and_webdataset(tmp_path):
 
 def test_conversion_is_deterministic(tmp_path):
     write_cifar(tmp_path / "c.tar.gz", np.random.default_rng(1))
-    prep1("cifar10", "--src", str(tmp_path / "c.tar.gz"), "--out", str(tmp_path / "a"), "--shard-size", "4")
-    assert prep(["cifar10", "--src", str(tmp_path / "c.tar.gz"), "--out", str(tmp_path / "b"),
-                 "--shard-size", "4", "--workers", "2"]) == 0       # a process pool this time
+    prep1(
+        "cifar10",
+        "--src",
+        str(tmp_path / "c.tar.gz"),
+        "--out",
+        str(tmp_path / "a"),
+        "--shard-size",
+        "4",
+    )
+    assert (
+        prep(
+            [
+                "cifar10",
+                "--src",
+                str(tmp_path / "c.tar.gz"),
+                "--out",
+                str(tmp_path / "b"),
+                "--shard-size",
+                "4",
+                "--workers",
+                "2",
+            ]
+        )
+        == 0
+    )  # a process pool this time
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "b").iterdir()) and len(names) == 11
     for n in names:
@@ -92,6 +140,7 @@ def test_conversion_is_deterministic(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ ImageNet npz
+
 
 def write_npz(path, n, res, rng, labels=None, keys=("data", "labels")):
     data = rng.integers(0, 256, (n, 3 * res * res), dtype=np.uint8)
@@ -105,23 +154,44 @@ def test_imagenet_npz_roundtrip(tmp_path):
     src = tmp_path / "npz"
     src.mkdir()
     # part10 must come after part2 (numeric, not lexical order); labels 1-based incl. the extremes.
-    parts = {i: write_npz(src / f"Imagenet64_train_part{i}.npz", 3, 8, rng,
-                          labels=[1, 1000, 5] if i == 1 else None) for i in (1, 2, 10)}
+    parts = {
+        i: write_npz(
+            src / f"Imagenet64_train_part{i}.npz",
+            3,
+            8,
+            rng,
+            labels=[1, 1000, 5] if i == 1 else None,
+        )
+        for i in (1, 2, 10)
+    }
     val = write_npz(src / "Imagenet64_val_data.npz", 2, 8, rng)
-    man = prep1("imagenet-npz", "--src", str(src), "--resolution", "8", "--out", str(tmp_path / "s"),
-                "--shard-size", "2")
+    man = prep1(
+        "imagenet-npz",
+        "--src",
+        str(src),
+        "--resolution",
+        "8",
+        "--out",
+        str(tmp_path / "s"),
+        "--shard-size",
+        "2",
+    )
     assert man["splits"]["train"]["count"] == 9 and man["splits"]["val"]["count"] == 2
-    assert len(man["splits"]["train"]["shards"]) == 6          # shards never span part files
+    assert len(man["splits"]["train"]["shards"]) == 6  # shards never span part files
     x, y = stream_all(tmp_path / "s", "train", 9)
     data = np.concatenate([parts[i][0] for i in (1, 2, 10)])
     assert torch.equal(x, torch.from_numpy(data.reshape(-1, 3, 8, 8)))
     assert y.tolist() == (np.concatenate([parts[i][1] for i in (1, 2, 10)]) - 1).tolist()
     assert y[:3].tolist() == [0, 999, 4]
     xv, yv = stream_all(tmp_path / "s", "val", 2)
-    assert torch.equal(xv, torch.from_numpy(val[0].reshape(-1, 3, 8, 8))) and yv.tolist() == (val[1] - 1).tolist()
+    assert (
+        torch.equal(xv, torch.from_numpy(val[0].reshape(-1, 3, 8, 8)))
+        and yv.tolist() == (val[1] - 1).tolist()
+    )
 
 
 # ------------------------------------------------------------------------------------------ image folders
+
 
 def test_imagenet_jpeg_folder_roundtrip(tmp_path):
     rng = np.random.default_rng(3)
@@ -132,13 +202,25 @@ def test_imagenet_jpeg_folder_roundtrip(tmp_path):
             p = tmp_path / "in" / "train" / wnid / f"{wnid}_{k}.JPEG"
             Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(p, quality=90)
             expect.append((str(p), wnid))
-    man = prep1("imagenet-folder", "--src", str(tmp_path / "in"), "--resolution", "8", "--out", str(tmp_path / "s"))
+    man = prep1(
+        "imagenet-folder",
+        "--src",
+        str(tmp_path / "in"),
+        "--resolution",
+        "8",
+        "--out",
+        str(tmp_path / "s"),
+    )
     assert man["class_names"] == ["n01", "n02"]
     x, y = stream_all(tmp_path / "s", "train", 4)
     expect.sort()
     # Images already at the target size: the ADM crop is the identity, so pixels = the decoded JPEG.
-    ref = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)
-                       for p, _ in expect])
+    ref = torch.stack(
+        [
+            torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1)
+            for p, _ in expect
+        ]
+    )
     assert torch.equal(x, ref)
     assert y.tolist() == [man["class_names"].index(w) for _, w in expect]
 
@@ -154,25 +236,37 @@ def test_flat_folder_split_rule_and_adm_crop(tmp_path):
     src = tmp_path / "ffhq"
     src.mkdir()
     smalls = []
-    for name in ("c.png", "a.png", "e.png", "b.png", "d.png"):   # written unsorted
-        img, small = blocky(rng, 16, 48)       # 16x48 -> one BOX halving (8x24) -> centre 8x8 crop
+    for name in ("c.png", "a.png", "e.png", "b.png", "d.png"):  # written unsorted
+        img, small = blocky(rng, 16, 48)  # 16x48 -> one BOX halving (8x24) -> centre 8x8 crop
         Image.fromarray(img).save(src / name)
         smalls.append((name, small))
-    man = prep1("ffhq", "--src", str(src), "--resolution", "8", "--test-count", "2", "--out", str(tmp_path / "s"))
+    man = prep1(
+        "ffhq",
+        "--src",
+        str(src),
+        "--resolution",
+        "8",
+        "--test-count",
+        "2",
+        "--out",
+        str(tmp_path / "s"),
+    )
     assert man["splits"]["train"]["count"] == 3 and man["splits"]["test"]["count"] == 2
     assert man["num_classes"] == 0
     smalls.sort()
     x, y = stream_all(tmp_path / "s", "train", 3)
     xt, yt = stream_all(tmp_path / "s", "test", 2)
     ref = torch.stack([torch.from_numpy(s[:, 8:16]).permute(2, 0, 1) for _, s in smalls])
-    assert torch.equal(torch.cat([x, xt]), ref)            # a,b,c train; d,e test; centre columns 8..15
+    assert torch.equal(torch.cat([x, xt]), ref)  # a,b,c train; d,e test; centre columns 8..15
     assert y.tolist() == [-1] * 3 and yt.tolist() == [-1] * 2
 
 
 # ------------------------------------------------------------------------------------------ demo sets
 
+
 def test_digits_roundtrip(tmp_path):
     from sklearn.datasets import load_digits
+
     man = prep1("digits", "--out", str(tmp_path / "s"))
     assert (man["splits"]["train"]["count"], man["splits"]["test"]["count"]) == (1497, 300)
     assert (man["resolution"], man["channels"], man["num_classes"]) == (16, 1, 10)
@@ -180,18 +274,36 @@ def test_digits_roundtrip(tmp_path):
     small = torch.from_numpy(np.rint(d.images * 255 / 16)).float()[:, None]
     # Independent reference for PIL's bilinear 2x upscaling: half-pixel-centred interpolation.
     ref = torch.nn.functional.interpolate(small, size=16, mode="bilinear", align_corners=False)
-    x, y = (torch.cat(t) for t in zip(*(stream_all(tmp_path / "s", s, n) for s, n in (("train", 1497),
-                                                                                    ("test", 300)))))
+    x, y = (
+        torch.cat(t)
+        for t in zip(
+            *(stream_all(tmp_path / "s", s, n) for s, n in (("train", 1497), ("test", 300)))
+        )
+    )
     match = torch.cdist(x.float().flatten(1), ref.flatten(1)).argmin(1)
-    assert sorted(match.tolist()) == list(range(1797))          # every digit exactly once over the two splits
-    assert (x.float() - ref[match]).abs().max() <= 1            # pixels (up to rounding)
-    assert torch.equal(y, torch.from_numpy(d.target)[match])    # labels
+    assert sorted(match.tolist()) == list(
+        range(1797)
+    )  # every digit exactly once over the two splits
+    assert (x.float() - ref[match]).abs().max() <= 1  # pixels (up to rounding)
+    assert torch.equal(y, torch.from_numpy(d.target)[match])  # labels
 
 
 def test_gmm2d_roundtrip(tmp_path):
     from bcmcore.toy import DEMO_GMM
-    man = prep1("gmm2d", "--out", str(tmp_path / "s"), "--n-train", "50", "--n-test", "10", "--seed", "7",
-                "--shard-size", "16")
+
+    man = prep1(
+        "gmm2d",
+        "--out",
+        str(tmp_path / "s"),
+        "--n-train",
+        "50",
+        "--n-test",
+        "10",
+        "--seed",
+        "7",
+        "--shard-size",
+        "16",
+    )
     assert man["toy"] == DEMO_GMM.to_dict() and man["kind"] == "vector" and man["dim"] == 2
     rng = np.random.default_rng(7)
     xs, ks = DEMO_GMM.sample(50, rng)
@@ -202,15 +314,33 @@ def test_gmm2d_roundtrip(tmp_path):
 
 def test_bcm_prep_dispatch(tmp_path):
     from bcmcore.cli import main as bcm
-    assert bcm(["prep", "gmm2d", "--out", str(tmp_path / "s"), "--n-train", "8", "--n-test", "0",
-                "--workers", "1"]) == 0
+
+    assert (
+        bcm(
+            [
+                "prep",
+                "gmm2d",
+                "--out",
+                str(tmp_path / "s"),
+                "--n-train",
+                "8",
+                "--n-test",
+                "0",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert list(read_manifest(tmp_path / "s")["splits"]) == ["train"]
 
 
 # ------------------------------------------------------------------------------------------ bad input
 
+
 def test_missing_source_file(tmp_path, capsys):
     from bcmcore.cli import main as bcm
+
     missing = tmp_path / "nope" / "cifar-10-python.tar.gz"
     with pytest.raises(UserError, match=str(missing)):
         prep(["cifar10", "--src", str(missing), "--out", str(tmp_path / "s")])
@@ -223,14 +353,41 @@ def test_npz_wrong_keys_and_wrong_size(tmp_path):
     rng = np.random.default_rng(5)
     (tmp_path / "k").mkdir()
     write_npz(tmp_path / "k" / "Imagenet64_train_part1.npz", 2, 8, rng, keys=("x", "y"))
-    with pytest.raises(UserError, match=r"Imagenet64_train_part1\.npz: expected keys 'data' and 'labels'"):
-        prep(["imagenet-npz", "--src", str(tmp_path / "k"), "--resolution", "8", "--out", str(tmp_path / "s")])
+    with pytest.raises(
+        UserError, match=r"Imagenet64_train_part1\.npz: expected keys 'data' and 'labels'"
+    ):
+        prep(
+            [
+                "imagenet-npz",
+                "--src",
+                str(tmp_path / "k"),
+                "--resolution",
+                "8",
+                "--out",
+                str(tmp_path / "s"),
+            ]
+        )
     (tmp_path / "z").mkdir()
     write_npz(tmp_path / "z" / "Imagenet64_train_part1.npz", 2, 8, rng)
-    write_npz(tmp_path / "z" / "Imagenet64_train_part2.npz", 2, 16, rng)      # 16x16 rows, 8x8 expected
-    with pytest.raises(UserError, match=r"Imagenet64_train_part2\.npz: expected uint8 data \[N, 192\]"):
-        prep(["imagenet-npz", "--src", str(tmp_path / "z"), "--resolution", "8", "--out", str(tmp_path / "s"),
-              "--shard-size", "1", "--workers", "1"])
+    write_npz(tmp_path / "z" / "Imagenet64_train_part2.npz", 2, 16, rng)  # 16x16 rows, 8x8 expected
+    with pytest.raises(
+        UserError, match=r"Imagenet64_train_part2\.npz: expected uint8 data \[N, 192\]"
+    ):
+        prep(
+            [
+                "imagenet-npz",
+                "--src",
+                str(tmp_path / "z"),
+                "--resolution",
+                "8",
+                "--out",
+                str(tmp_path / "s"),
+                "--shard-size",
+                "1",
+                "--workers",
+                "1",
+            ]
+        )
     assert not (tmp_path / "s" / "manifest.json").exists() and no_temp_files(tmp_path / "s")
 
 
@@ -240,11 +397,36 @@ def test_bad_image_midway_leaves_no_manifest(tmp_path):
     src.mkdir()
     for i in range(3):
         Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(src / f"{i}.png")
-    prep1("folder", "--src", str(src), "--resolution", "8", "--out", str(tmp_path / "s"), "--shard-size", "1")
-    Image.fromarray(rng.integers(0, 256, (4, 9, 3), dtype=np.uint8)).save(src / "9.png")   # too small
+    prep1(
+        "folder",
+        "--src",
+        str(src),
+        "--resolution",
+        "8",
+        "--out",
+        str(tmp_path / "s"),
+        "--shard-size",
+        "1",
+    )
+    Image.fromarray(rng.integers(0, 256, (4, 9, 3), dtype=np.uint8)).save(
+        src / "9.png"
+    )  # too small
     with pytest.raises(UserError, match=r"9\.png: image is 9x4, smaller than the 8px target"):
-        prep(["folder", "--src", str(src), "--resolution", "8", "--out", str(tmp_path / "s"),
-              "--shard-size", "1", "--workers", "2"])
+        prep(
+            [
+                "folder",
+                "--src",
+                str(src),
+                "--resolution",
+                "8",
+                "--out",
+                str(tmp_path / "s"),
+                "--shard-size",
+                "1",
+                "--workers",
+                "2",
+            ]
+        )
     # The earlier complete manifest is gone (the directory is now incomplete) and no temp file remains.
     assert not (tmp_path / "s" / "manifest.json").exists() and no_temp_files(tmp_path / "s")
     with pytest.raises(UserError, match="manifest not found"):
@@ -254,9 +436,11 @@ def test_bad_image_midway_leaves_no_manifest(tmp_path):
 def test_corrupt_cifar_pickle_is_refused(tmp_path):
     path = tmp_path / "c.tar.gz"
     with tarfile.open(path, "w:gz") as tar:
-        data = b"cos\nsystem\n(S'echo hi'\ntR."                 # a pickle that would run a command
+        data = b"cos\nsystem\n(S'echo hi'\ntR."  # a pickle that would run a command
         info = tarfile.TarInfo("cifar-10-batches-py/batches.meta")
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
-    with pytest.raises(UserError, match=r"c\.tar\.gz: member .*batches\.meta is not a CIFAR-10 python pickle"):
+    with pytest.raises(
+        UserError, match=r"c\.tar\.gz: member .*batches\.meta is not a CIFAR-10 python pickle"
+    ):
         prep(["cifar10", "--src", str(path), "--out", str(tmp_path / "s")])

@@ -1,15 +1,16 @@
 """Inversion, interpolation, inpainting, JPEG restoration and ODE inversion against exact flow maps."""
+
 import math
 
 import numpy as np
 import pytest
 import torch
+from test_sampling import EPS, Counted, GaussDenoiser, GaussFlow, GMMDenoiser, T, flow
 
 from bcmcore import editing as E
 from bcmcore import sampling as S
 from bcmcore.config import UserError
 from bcmcore.toy import DEMO_GMM, ExactFlowMap
-from test_sampling import EPS, T, Counted, GaussDenoiser, GaussFlow, GMMDenoiser, flow
 
 phi = GaussFlow.phi
 
@@ -36,10 +37,10 @@ def draws(seeds, shape, k, dtype=torch.float64):
 def test_inversion_and_reconstruction_are_the_exact_flow_of_the_noised_input():
     x, seeds, times = gmm_data(), range(16), [0.07, 15.0, T]
     model = ExactFlowMap(DEMO_GMM)
-    latent, nfe = E.invert(model, x, times, S.SeededRNG(seeds))       # BCM Alg. 5
+    latent, nfe = E.invert(model, x, times, S.SeededRNG(seeds))  # BCM Alg. 5
     assert nfe == 2
     z0 = draws(seeds, (2,), 1)[0]
-    x_t0 = x + 0.07 * z0                                                # small initial noise at t0
+    x_t0 = x + 0.07 * z0  # small initial noise at t0
     torch.testing.assert_close(latent, flow(x_t0, 0.07, T), rtol=1e-6, atol=1e-6)
     rec, nfe = E.reconstruct(model, latent, T)
     assert nfe == 1
@@ -77,21 +78,26 @@ def test_heun_ode_inversion_round_trip_approaches_the_flow_map():
 # ---------------------------------------------------------------------------------------------- interpolation
 def test_slerp_identities():
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(3, 50, generator=g, dtype=torch.float64), torch.randn(3, 50, generator=g, dtype=torch.float64)
+    a, b = (
+        torch.randn(3, 50, generator=g, dtype=torch.float64),
+        torch.randn(3, 50, generator=g, dtype=torch.float64),
+    )
     torch.testing.assert_close(E.slerp(a, b, 0.0), a)
     torch.testing.assert_close(E.slerp(a, b, 1.0), b)
     a2 = a / a.norm(dim=1, keepdim=True)
     b2 = b / b.norm(dim=1, keepdim=True)
     theta = torch.arccos((a2 * b2).sum(1))
     ang = torch.arccos((a2 * E.slerp(a2, b2, 0.3)).sum(1))
-    torch.testing.assert_close(ang, 0.3 * theta)                       # Eq. 16 moves along the great circle
+    torch.testing.assert_close(ang, 0.3 * theta)  # Eq. 16 moves along the great circle
     torch.testing.assert_close(E.slerp(a2, b2, 0.5).norm(dim=1), torch.ones(3, dtype=torch.float64))
 
 
 def test_interpolation_endpoints_reconstruct_each_image():
     x1, x2, times = images(2, 1), images(2, 2), [0.07, 15.0, T]
     model = Counted(GaussFlow())
-    out, nfe = E.interpolate(model, x1, x2, times, [0.0, 0.5, 1.0], S.SeededRNG([1, 2]), S.SeededRNG([3, 4]))
+    out, nfe = E.interpolate(
+        model, x1, x2, times, [0.0, 0.5, 1.0], S.SeededRNG([1, 2]), S.SeededRNG([3, 4])
+    )
     assert out.shape == (3, 2, 3, 16, 16) and nfe == model.calls == 2 * 2 + 3
     z1, z2 = draws([1, 2], (3, 16, 16), 1)[0], draws([3, 4], (3, 16, 16), 1)[0]
     torch.testing.assert_close(out[0], phi(x1 + 0.07 * z1, 0.07, EPS))
@@ -104,7 +110,7 @@ def test_bcm_inpainting_keeps_known_pixels_and_refills_noise_at_each_level():
     mask = E.random_box_mask(x.shape).double()
     times, gen = [0.05, 0.5, 2.0], [2.0, 0.3, EPS]
     model = Counted(GaussFlow())
-    out, nfe = E.inpaint(model, x, mask, times, gen, S.SeededRNG(seeds))      # BCM Alg. 6
+    out, nfe = E.inpaint(model, x, mask, times, gen, S.SeededRNG(seeds))  # BCM Alg. 6
     assert nfe == model.calls == 2 + 2
     keep = mask.expand_as(x) == 0
     assert torch.equal(out[keep], x[keep])
@@ -122,9 +128,9 @@ def test_cm_inpainting_matches_cm_algorithm_4():
     keep = mask.expand_as(x) == 0
     assert torch.equal(out[keep], x[keep])
     z1, z2 = draws(seeds, (3, 16, 16), 2)
-    first = phi(x * (1 - mask) + T * z1, T, EPS)                               # missing pixels start at 0
+    first = phi(x * (1 - mask) + T * z1, T, EPS)  # missing pixels start at 0
     first = x * (1 - mask) + first * mask
-    ref = phi(first + math.sqrt(0.8 ** 2 - EPS ** 2) * z2, 0.8, EPS)
+    ref = phi(first + math.sqrt(0.8**2 - EPS**2) * z2, 0.8, EPS)
     torch.testing.assert_close(out[~keep], ref[~keep])
 
 
@@ -132,8 +138,9 @@ def test_inpainting_with_refinement_keeps_known_pixels():
     x = images(2)
     mask = E.random_box_mask(x.shape).double()
     model = Counted(GaussFlow())
-    out, nfe = E.inpaint_refine(model, x, mask, [0.05, 2.0], [2.0, EPS], [0.6, 0.2], S.SeededRNG([0, 1]),
-                                clamp=True)                                    # BCM Alg. 7
+    out, nfe = E.inpaint_refine(
+        model, x, mask, [0.05, 2.0], [2.0, EPS], [0.6, 0.2], S.SeededRNG([0, 1]), clamp=True
+    )  # BCM Alg. 7
     assert nfe == model.calls == 1 + 1 + 2
     keep = mask.expand_as(x) == 0
     assert torch.equal(out[keep], x[keep]) and out.abs().max() <= 1
@@ -143,7 +150,7 @@ def test_inpainting_with_refinement_keeps_known_pixels():
 def test_jpeg_restoration_inverts_then_decodes_and_is_scored_against_the_clean_image():
     x, seeds = images(2), [3, 4]
     xj = E.jpeg_compress(x, quality=10)
-    assert E.mse_uint8(xj, x).min() > 1e-5                                     # compression did something
+    assert E.mse_uint8(xj, x).min() > 1e-5  # compression did something
     assert (E.mse_uint8(E.jpeg_compress(x, 100), x) < E.mse_uint8(xj, x)).all()
     model = Counted(GaussFlow())
     out, nfe = E.jpeg_restore(model, xj, [0.1, 0.6, 1.5], S.SeededRNG(seeds))
@@ -160,23 +167,51 @@ def test_uint8_round_trip():
 # ---------------------------------------------------------------------------------------------- bad input
 X = images(2)
 BAD = {
-    "inversion times decreasing": ("bcm", lambda m, r: E.invert(m, X, [T, 0.07], r), "strictly increasing"),
+    "inversion times decreasing": (
+        "bcm",
+        lambda m, r: E.invert(m, X, [T, 0.07], r),
+        "strictly increasing",
+    ),
     "inversion above T": ("bcm", lambda m, r: E.invert(m, X, [0.07, 90.0], r), "outside"),
     "cm asked to invert": ("cm", lambda m, r: E.invert(m, X, [0.07, T], r), "kind bcm"),
     "edm asked to invert": ("edm", lambda m, r: E.invert(m, X, [0.07, T], r), "kind bcm"),
-    "mask shape": ("bcm", lambda m, r: E.inpaint(m, X, torch.ones(2, 3, 8, 8), [0.05, 2.0], [2.0, EPS], r),
-                   "does not match"),
-    "mask not binary": ("bcm", lambda m, r: E.inpaint(m, X, torch.full((1, 1, 16, 16), 0.5), [0.05, 2.0],
-                                                      [2.0, EPS], r), "only 0"),
-    "cm inpaint mask shape": ("cm", lambda m, r: E.cm_inpaint(m, X, torch.ones(3, 16), [T], r), "does not match"),
-    "gen times not from t_M": ("bcm", lambda m, r: E.inpaint(m, X, E.random_box_mask(X.shape), [0.05, 2.0],
-                                                             [3.0, EPS], r), "generation times"),
-    "refine increasing": ("bcm", lambda m, r: E.inpaint_refine(m, X, E.random_box_mask(X.shape), [0.05, 2.0],
-                                                               [2.0, EPS], [0.2, 0.6], r), "decreasing"),
-    "same interpolation seeds": ("bcm", lambda m, r: E.interpolate(m, X, X, [0.07, T], [0.5], r, S.SeededRNG([0, 1])),
-                                 "different initial noises"),
-    "alpha outside": ("bcm", lambda m, r: E.interpolate(m, X, X, [0.07, T], [1.5], r, S.SeededRNG([5, 6])),
-                      "alphas"),
+    "mask shape": (
+        "bcm",
+        lambda m, r: E.inpaint(m, X, torch.ones(2, 3, 8, 8), [0.05, 2.0], [2.0, EPS], r),
+        "does not match",
+    ),
+    "mask not binary": (
+        "bcm",
+        lambda m, r: E.inpaint(m, X, torch.full((1, 1, 16, 16), 0.5), [0.05, 2.0], [2.0, EPS], r),
+        "only 0",
+    ),
+    "cm inpaint mask shape": (
+        "cm",
+        lambda m, r: E.cm_inpaint(m, X, torch.ones(3, 16), [T], r),
+        "does not match",
+    ),
+    "gen times not from t_M": (
+        "bcm",
+        lambda m, r: E.inpaint(m, X, E.random_box_mask(X.shape), [0.05, 2.0], [3.0, EPS], r),
+        "generation times",
+    ),
+    "refine increasing": (
+        "bcm",
+        lambda m, r: E.inpaint_refine(
+            m, X, E.random_box_mask(X.shape), [0.05, 2.0], [2.0, EPS], [0.2, 0.6], r
+        ),
+        "decreasing",
+    ),
+    "same interpolation seeds": (
+        "bcm",
+        lambda m, r: E.interpolate(m, X, X, [0.07, T], [0.5], r, S.SeededRNG([0, 1])),
+        "different initial noises",
+    ),
+    "alpha outside": (
+        "bcm",
+        lambda m, r: E.interpolate(m, X, X, [0.07, T], [1.5], r, S.SeededRNG([5, 6])),
+        "alphas",
+    ),
     "heun inversion on bcm": ("bcm", lambda m, r: E.heun_invert(m, X, [EPS, T]), "kind edm"),
     "heun inversion decreasing": ("edm", lambda m, r: E.heun_invert(m, X, [T, EPS]), "increasing"),
     "jpeg quality": ("bcm", lambda m, r: E.jpeg_compress(X, 0), "quality"),

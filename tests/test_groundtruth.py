@@ -7,6 +7,7 @@ mean) and / sqrt(mean |Phi|^2) for inversion (1 = predicting 0; the identity map
 Reference points printed and asserted against: the trivial baselines above and the Euler solver of the PF ODE
 dx/dt = (x - D(x, t))/t with the *exact* denoiser at 1 and 2 steps (Karras grid, middle point ~2.5).
 """
+
 import copy
 import time
 
@@ -20,7 +21,7 @@ from bcmcore.nets import ModelConfig, NetConfig, build_model
 from bcmcore.toy import DEMO_GMM
 
 pytestmark = pytest.mark.slow
-EPS, T, T0 = 0.002, 80.0, 0.5          # inversion starts at x + T0 z (BCM Alg. 5's small initial noise)
+EPS, T, T0 = 0.002, 80.0, 0.5  # inversion starts at x + T0 z (BCM Alg. 5's small initial noise)
 # Budget: ~2.5 CPU minutes for both trainings on one thread (width-64 residual MLP, batch 256, 3000 steps,
 # iCT curriculum 10 -> 160 intervals). sigma_data = 1: the mixture's per-coordinate std is ~0.93 / 1.02.
 NET = dict(arch="mlp", data_channels=2, channels=64, emb_mult=2, num_blocks=3)
@@ -58,14 +59,16 @@ def train(kind, loss_kind, seed=0):
         with torch.no_grad():
             for p_ema, p in zip(ema.parameters(), model.parameters()):
                 p_ema.lerp_(p, 1 - EMA)
-    print(f"\n{loss_kind}: {STEPS} steps in {time.process_time() - start:.0f} CPU s, "
-          + ", ".join(f"{k} {v.item():.3f}" for k, v in out.items()))
+    print(
+        f"\n{loss_kind}: {STEPS} steps in {time.process_time() - start:.0f} CPU s, "
+        + ", ".join(f"{k} {v.item():.3f}" for k, v in out.items())
+    )
     return ema
 
 
 def rel_rms(pred, exact, centre):
     ref = exact - exact.mean(0) if centre else exact
-    return float(np.sqrt(((pred - exact) ** 2).sum(1).mean() / (ref ** 2).sum(1).mean()))
+    return float(np.sqrt(((pred - exact) ** 2).sum(1).mean() / (ref**2).sum(1).mean()))
 
 
 def euler(x, ts):
@@ -85,13 +88,18 @@ def exact():
     inv = DEMO_GMM.flow(x_t0, T0, T, rtol=1e-8, atol=1e-8)
     mid = float(param.karras_grid(3)[1])
     mean = np.asarray(DEMO_GMM.weights) @ np.asarray(DEMO_GMM.means)
-    base = {"gen_mean": rel_rms(np.broadcast_to(mean, gen.shape), gen, True),
-            "gen_euler1": rel_rms(euler(x_T, [T, EPS]), gen, True),
-            "gen_euler2": rel_rms(euler(x_T, [T, mid, EPS]), gen, True),
-            "inv_identity": rel_rms(x_t0, inv, False),
-            "inv_euler1": rel_rms(euler(x_t0, [T0, T]), inv, False),
-            "inv_euler2": rel_rms(euler(x_t0, [T0, mid, T]), inv, False)}
-    print("\nbaselines (relative RMS error vs exact flow map):", {k: round(v, 3) for k, v in base.items()})
+    base = {
+        "gen_mean": rel_rms(np.broadcast_to(mean, gen.shape), gen, True),
+        "gen_euler1": rel_rms(euler(x_T, [T, EPS]), gen, True),
+        "gen_euler2": rel_rms(euler(x_T, [T, mid, EPS]), gen, True),
+        "inv_identity": rel_rms(x_t0, inv, False),
+        "inv_euler1": rel_rms(euler(x_t0, [T0, T]), inv, False),
+        "inv_euler2": rel_rms(euler(x_t0, [T0, mid, T]), inv, False),
+    }
+    print(
+        "\nbaselines (relative RMS error vs exact flow map):",
+        {k: round(v, 3) for k, v in base.items()},
+    )
     return {"x_T": x_T, "x_t0": x_t0, "gen": gen, "inv": inv, "base": base}
 
 

@@ -6,6 +6,7 @@ RAdam lr 2e-3 decayed linearly to 0, batch 256, seeded; budget 2000 steps each (
 100 s for the file on an idle 2-core CPU. Toy scale: sigma_data = 2 (data std ~ 2.06), so the image settings are
 scaled by 4: lognormal P_mean + ln 4, guidance window [44, 57.2] (spec §7 leaves the toy's settings open).
 """
+
 import numpy as np
 import pytest
 import torch
@@ -28,14 +29,25 @@ def train(kind, loss_opts, steps, batch=256, lr=2e-3, seed=0):
     """A small self-contained RAdam loop (seeded); returns the trained model in eval mode."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed + 1)
-    mc = ModelConfig(kind=kind, sigma_data=2.0, net=NetConfig(arch="mlp", data_channels=1, channels=32, emb_mult=2,
-                                                              num_blocks=2, num_classes=2))
+    mc = ModelConfig(
+        kind=kind,
+        sigma_data=2.0,
+        net=NetConfig(
+            arch="mlp", data_channels=1, channels=32, emb_mult=2, num_blocks=2, num_classes=2
+        ),
+    )
     model, loss = build_model(mc), build_loss({"kind": kind, **loss_opts}, mc)
     opt = torch.optim.RAdam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / steps)   # linear decay: no EMA needed
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: 1 - i / steps
+    )  # linear decay: no EMA needed
     for step in range(steps):
         x, y = toy_batch(batch, gen)
-        b = {"x": x, "y": y, "x_src": toy_batch(batch, gen)[0]} if kind == "igct" else {"x": x, "y": y}
+        b = (
+            {"x": x, "y": y, "x_src": toy_batch(batch, gen)[0]}
+            if kind == "igct"
+            else {"x": x, "y": y}
+        )
         out = loss(model, b, step, steps)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
@@ -53,13 +65,19 @@ def mode(x):
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     n = torch.get_num_threads()
-    torch.set_num_threads(1)          # tiny MLPs: threads only add overhead on a shared 2-core box
+    torch.set_num_threads(1)  # tiny MLPs: threads only add overhead on a shared 2-core box
     yield
     torch.set_num_threads(n)
 
 
-IGCT_TOY = {"P_mean": -1.1 + np.log(4), "inv_P_mean": -1.1 + np.log(4), "huber_c": 0.01,
-            "guide_t_lo": 44.0, "guide_t_hi": 57.2, "n_stages": 5}
+IGCT_TOY = {
+    "P_mean": -1.1 + np.log(4),
+    "inv_P_mean": -1.1 + np.log(4),
+    "huber_c": 0.01,
+    "guide_t_lo": 44.0,
+    "guide_t_hi": 57.2,
+    "n_stages": 5,
+}
 EDM_TOY = {"P_mean": -1.2 + np.log(4), "label_dropout": 0.2}
 
 
@@ -70,7 +88,7 @@ def test_igct_keeps_the_class_mode_under_guidance():
         x, nfe = guided.igct_generate(model, range(N), y, w, clamp=False)
         x = x[:, 0].numpy()
         assert nfe == 1
-        assert abs(mode(x) - 2) < S, (w, mode(x))                            # mode within +-s of +2
+        assert abs(mode(x) - 2) < S, (w, mode(x))  # mode within +-s of +2
         assert np.mean(np.abs(x - 2) < 4 * S) > 0.97, (w, np.mean(np.abs(x - 2) < 4 * S))
     # class editing: invert with the source class, regenerate with the other class; lands on the other side
     gen = torch.Generator().manual_seed(7)
@@ -82,14 +100,19 @@ def test_igct_keeps_the_class_mode_under_guidance():
 def test_cfg_edm_overshoots_like_exact_cfg():
     model = train("edm", EDM_TOY, steps=2000)
     y = torch.ones(N, dtype=torch.long)
-    means, exact = {}, {1.0: 1.99, 4.0: 2.65, 7.0: 2.99, 13.0: 3.46}     # exact CFG means, test_edm.py
+    means, exact = {}, {1.0: 1.99, 4.0: 2.65, 7.0: 2.99, 13.0: 3.46}  # exact CFG means, test_edm.py
     for w in WS:
-        x, _ = sampling.heun(model, 80 * sampling.seeded_randn(range(N), (1,)), sampling.karras_times(40, zero=True),
-                             y, w)
+        x, _ = sampling.heun(
+            model,
+            80 * sampling.seeded_randn(range(N), (1,)),
+            sampling.karras_times(40, zero=True),
+            y,
+            w,
+        )
         x = x[:, 0].numpy()
         means[w] = x.mean()
-    assert abs(means[1.0] - 2) < 0.1, means                                   # unguided: the class itself
+    assert abs(means[1.0] - 2) < 0.1, means  # unguided: the class itself
     for w in (4.0, 7.0):
-        assert abs(means[w] - exact[w]) < 0.3, means                         # follows the exact CFG drift
+        assert abs(means[w] - exact[w]) < 0.3, means  # follows the exact CFG drift
     assert means[13.0] > means[4.0], means
-    assert mode(x) > 2 + S, (means, mode(x))           # w = 13: mode outside the +-s band iGCT stays in
+    assert mode(x) > 2 + S, (means, mode(x))  # w = 13: mode outside the +-s band iGCT stays in

@@ -3,6 +3,7 @@
 The slurm executor runs against the live dev cluster in the WORKFLOW engineer's tests/test_slurm*.py; here
 its sbatch script is checked without submitting.
 """
+
 import json
 import os
 import signal
@@ -11,10 +12,10 @@ import sys
 import time
 
 import pytest
+from test_train import TINY_CM, make_run, shards  # noqa: F401
 
 from bcmcore.config import ConfigError, UserError
 from bcmcore.launch import LauncherConfig, load_launcher, main, make_executor, submit, wait
-from test_train import TINY_CM, make_run, shards  # noqa: F401
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
@@ -22,8 +23,14 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1")
 def bcm_launch(*args, timeout=600, sigint_ignored=False):
     """`bcm launch` in a subprocess; sigint_ignored: started as a shell's background job (nohup ... &) is."""
     ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
-    return subprocess.run([sys.executable, "-m", "bcmcore", "launch", *map(str, args)], capture_output=True,
-                          text=True, env=ENV, timeout=timeout, preexec_fn=ignore)
+    return subprocess.run(
+        [sys.executable, "-m", "bcmcore", "launch", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
+        preexec_fn=ignore,
+    )
 
 
 @pytest.mark.timeout(600)
@@ -34,15 +41,30 @@ def test_local_executor_runs_a_two_task_training_job(tmp_path, shards):
     # the job's rank-0 log was streamed to our stdout; both tasks joined one gloo group
     assert "2 process(es) on cpu, batch 16 = 8 x 1 rounds x 2" in r.stdout, r.stdout
     assert "step 3/3" in r.stdout and (run / "network-final.pt").is_file()
-    assert len(list((run / "submitit").glob("*/*_1_log.out"))) == 1  # task 1 ran, logs under RUN_DIR/submitit
+    assert (
+        len(list((run / "submitit").glob("*/*_1_log.out"))) == 1
+    )  # task 1 ran, logs under RUN_DIR/submitit
 
 
 def test_debug_executor_runs_in_process(tmp_path, shards, capsys):
     run = make_run(tmp_path / "run", shards, total_steps=2)
     launcher = tmp_path / "debug.yaml"
     launcher.write_text("executor: debug\ntime_min: 5\n")
-    assert main(["--launcher", str(launcher), "--job-dir", str(tmp_path / "jobs"), "--", "train", "--run-dir",
-                 str(run)]) == 0
+    assert (
+        main(
+            [
+                "--launcher",
+                str(launcher),
+                "--job-dir",
+                str(tmp_path / "jobs"),
+                "--",
+                "train",
+                "--run-dir",
+                str(run),
+            ]
+        )
+        == 0
+    )
     assert (run / "network-final.pt").is_file()
     assert "1 process(es)" in capsys.readouterr().out
 
@@ -53,8 +75,12 @@ def test_failed_job_returns_nonzero_with_the_error(tmp_path, shards, capsys):
     assert main(["--executor", "debug", "--", "train", "--run-dir", str(run)]) == 2
     assert "loss.kind: unknown loss 'nope'" in capsys.readouterr().err
     # a crash inside the job (3-channel net on 2-D data): exit code 1 and the traceback's tail
-    crash = make_run(tmp_path / "crash", shards, model={**TINY_CM, "net": {**TINY_CM["net"], "data_channels": 3}},
-                     loss={"kind": "ict"})
+    crash = make_run(
+        tmp_path / "crash",
+        shards,
+        model={**TINY_CM, "net": {**TINY_CM["net"], "data_channels": 3}},
+        loss={"kind": "ict"},
+    )
     assert main(["--executor", "debug", "--", "train", "--run-dir", str(crash)]) == 1
     err = capsys.readouterr().err
     assert "bcm launch: job" in err and "failed" in err and "Error" in err, err
@@ -62,8 +88,16 @@ def test_failed_job_returns_nonzero_with_the_error(tmp_path, shards, capsys):
 
 @pytest.mark.timeout(300)
 def test_local_job_failure_and_bad_command(tmp_path):
-    r = bcm_launch("--executor", "local", "--job-dir", tmp_path / "jobs", "--", "train", "--run-dir",
-                   tmp_path / "missing")
+    r = bcm_launch(
+        "--executor",
+        "local",
+        "--job-dir",
+        tmp_path / "jobs",
+        "--",
+        "train",
+        "--run-dir",
+        tmp_path / "missing",
+    )
     assert r.returncode == 2 and "config.json: run config not found" in r.stderr, r.stderr
     r = bcm_launch("--executor", "local", "--job-dir", tmp_path / "jobs")
     assert r.returncode == 2 and "missing the bcm command after '--'" in r.stderr
@@ -72,7 +106,9 @@ def test_local_job_failure_and_bad_command(tmp_path):
 def test_launcher_file_errors(tmp_path):
     bad = tmp_path / "site.yaml"
     bad.write_text("executor: pbs\n")
-    with pytest.raises(ConfigError, match=r"site\.yaml\.executor: expected one of \['slurm', 'local', 'debug'\]"):
+    with pytest.raises(
+        ConfigError, match=r"site\.yaml\.executor: expected one of \['slurm', 'local', 'debug'\]"
+    ):
         load_launcher(bad)
     bad.write_text("executor: slurm\ngpus: 4\n")
     with pytest.raises(ConfigError, match=r"unknown config key '.*site\.yaml\.gpus'"):
@@ -87,20 +123,38 @@ def test_launcher_file_errors(tmp_path):
 
 def test_slurm_executor_settings_reach_sbatch(tmp_path):
     site = tmp_path / "slurm.yaml"
-    site.write_text("executor: slurm\nnodes: 1\ngpus_per_node: 8\npartition: gpu\naccount: proj\nqos: normal\n"
-                    "constraint: h100\ntime_min: 600\nmem_gb: 200\ncpus_per_task: 10\n"
-                    "sbatch_extra: {exclusive: true}\nsetup: ['module load cuda']\n")
+    site.write_text(
+        "executor: slurm\nnodes: 1\ngpus_per_node: 8\npartition: gpu\naccount: proj\nqos: normal\n"
+        "constraint: h100\ntime_min: 600\nmem_gb: 200\ncpus_per_task: 10\n"
+        "sbatch_extra: {exclusive: true}\nsetup: ['module load cuda']\n"
+    )
     # CLI overrides per stage win over the file
     cfg = load_launcher(site, nodes=4, time_min=120)
     assert cfg.num_tasks == 32  # one task per GPU
-    text = make_executor(cfg, tmp_path / "jobs", "bcm-train")._executor._make_submission_file_text("CMD", "u")
-    for line in ("--nodes=4", "--ntasks-per-node=8", "--gpus-per-node=8", "--partition=gpu", "--account=proj",
-                 "--qos=normal", "--constraint=h100", "--time=120", "--mem=200GB", "--cpus-per-task=10",
-                 "--exclusive", "--signal=USR2@120", "--job-name=bcm-train"):
+    text = make_executor(cfg, tmp_path / "jobs", "bcm-train")._executor._make_submission_file_text(
+        "CMD", "u"
+    )
+    for line in (
+        "--nodes=4",
+        "--ntasks-per-node=8",
+        "--gpus-per-node=8",
+        "--partition=gpu",
+        "--account=proj",
+        "--qos=normal",
+        "--constraint=h100",
+        "--time=120",
+        "--mem=200GB",
+        "--cpus-per-task=10",
+        "--exclusive",
+        "--signal=USR2@120",
+        "--job-name=bcm-train",
+    ):
         assert f"#SBATCH {line}\n" in text, (line, text)
     assert "module load cuda" in text
     default_mem = make_executor(load_launcher(site, mem_gb=0), tmp_path / "jobs")._executor
-    assert "--mem" not in default_mem._make_submission_file_text("CMD", "u")  # 0: the cluster's default
+    assert "--mem" not in default_mem._make_submission_file_text(
+        "CMD", "u"
+    )  # 0: the cluster's default
 
 
 @pytest.mark.timeout(300)
@@ -110,8 +164,18 @@ def test_deadline_cancels_the_job(tmp_path, shards, sigint_ignored):
     its cancel() is a SIGINT, so the controller and the training task would run on, holding our output pipes."""
     run = make_run(tmp_path / "run", shards, total_steps=10**6, status_every=1000)
     t0 = time.time()
-    r = bcm_launch("--executor", "local", "--deadline-min", 0.05, "--", "train", "--run-dir", run, timeout=150,
-                   sigint_ignored=sigint_ignored)
+    r = bcm_launch(
+        "--executor",
+        "local",
+        "--deadline-min",
+        0.05,
+        "--",
+        "train",
+        "--run-dir",
+        run,
+        timeout=150,
+        sigint_ignored=sigint_ignored,
+    )
     assert r.returncode == 124 and "cancelled" in r.stderr, r.stderr
     assert time.time() - t0 < 120
 
@@ -133,7 +197,9 @@ def test_preempted_local_job_requeues_and_resumes(tmp_path, shards):
         time.sleep(0.5)
     # Slurm signals the tasks (USR2) before preemption/timeout; locally the controller only forwards its own
     # timeout signal, so signal the task process directly.
-    tasks = subprocess.run(["pgrep", "-P", str(job._process.pid)], capture_output=True, text=True).stdout.split()
+    tasks = subprocess.run(
+        ["pgrep", "-P", str(job._process.pid)], capture_output=True, text=True
+    ).stdout.split()
     assert len(tasks) == 1, tasks
     os.kill(int(tasks[0]), signal.SIGUSR2)
     assert wait(job, deadline_s=500, stream=False) == 0

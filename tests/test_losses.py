@@ -1,5 +1,6 @@
 """iCT / BCT losses: exact zeros at a ground-truth flow map, a two-copy reference for values and gradients,
 the pass-4 gradient path, synchronised dropout, (t, u) sampling, curriculum and config errors."""
+
 import copy
 
 import pytest
@@ -28,6 +29,7 @@ class PointMassFlow(nn.Module):
     true theta. `p` > 0 multiplies (x - theta) by a 0/1 dropout mask (idempotent: masks compose to themselves),
     so the loss stays zero iff every pass draws the same mask.
     """
+
     kind, sigma_min, sigma_max, sigma_data = "bcm", 0.002, 80.0, 0.5
 
     def __init__(self, theta, p=0.0):
@@ -36,7 +38,11 @@ class PointMassFlow(nn.Module):
 
     def forward(self, x, t, u=None, y=None):
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
-        u = torch.full_like(t, self.sigma_min) if u is None else torch.as_tensor(u, dtype=x.dtype).expand_as(t)
+        u = (
+            torch.full_like(t, self.sigma_min)
+            if u is None
+            else torch.as_tensor(u, dtype=x.dtype).expand_as(t)
+        )
         keep = nn.functional.dropout(torch.ones_like(x), self.p, self.training) != 0
         return self.theta + keep * (x - self.theta) * param.append_dims(u / t, x.ndim)
 
@@ -51,16 +57,33 @@ class Recorder(nn.Module):
 
     def forward(self, x, t, u=None, y=None):
         out = self.inner(x, t, u, y=y)
-        self.calls.append({"x": x.detach().clone(), "t": torch.as_tensor(t).detach().clone(),
-                           "u": None if u is None else torch.as_tensor(u).detach().clone(),
-                           "out": out.detach().clone(), "grad": torch.is_grad_enabled()})
+        self.calls.append(
+            {
+                "x": x.detach().clone(),
+                "t": torch.as_tensor(t).detach().clone(),
+                "u": None if u is None else torch.as_tensor(u).detach().clone(),
+                "out": out.detach().clone(),
+                "grad": torch.is_grad_enabled(),
+            }
+        )
         return out
 
 
 def mlp_bcm(dropout=0.0, seed=0):
     torch.manual_seed(seed)
-    return build_model(ModelConfig(kind="bcm", net=NetConfig(arch="mlp", data_channels=2, channels=32,
-                                                             num_blocks=2, dropout=dropout, two_time=True)))
+    return build_model(
+        ModelConfig(
+            kind="bcm",
+            net=NetConfig(
+                arch="mlp",
+                data_channels=2,
+                channels=32,
+                num_blocks=2,
+                dropout=dropout,
+                two_time=True,
+            ),
+        )
+    )
 
 
 def grads(model):
@@ -83,11 +106,11 @@ SHAPES = [(64, 2), (8, 3, 4, 4)]
 @pytest.mark.parametrize("shape", SHAPES)
 def test_loss_vanishes_at_exact_flow_map_and_not_elsewhere(kind, shape):
     theta = torch.randn(shape[1:], dtype=torch.float64)
-    x = theta.expand(shape).clone()                               # point-mass data
+    x = theta.expand(shape).clone()  # point-mass data
     loss = build_loss({"kind": kind}, BCM_CFG)
     exact = run(loss, PointMassFlow(theta).double(), x)
     assert exact["loss"].item() < 1e-9, exact
-    wrong = run(loss, PointMassFlow(theta + 0.3).double(), x)     # same map for a displaced point mass
+    wrong = run(loss, PointMassFlow(theta + 0.3).double(), x)  # same map for a displaced point mass
     assert float(wrong["loss_ct"]) > 1e-2
     if kind == "bct":
         assert float(exact["loss_soft"]) < 1e-9 and float(wrong["loss_soft"]) > 1e-2
@@ -140,7 +163,9 @@ def test_loss_and_gradient_match_two_copy_reference(which, shape, kind):
         c3, c4 = calls[2], calls[3]
         assert torch.equal(c3["x"], c1["x"]) and torch.equal(c3["t"], c1["t"])
         assert torch.equal(c4["x"], c3["out"]) and torch.equal(c4["t"], c3["u"]) and c4["u"] is None
-        assert c4["grad"], "pass 4 must not run under no_grad: the soft term's gradient flows through C"
+        assert c4["grad"], (
+            "pass 4 must not run under no_grad: the soft term's gradient flows through C"
+        )
         assert (c3["u"] != c3["t"]).all() and (c3["u"] < 80.0).all()
     model.zero_grad(set_to_none=False)
     ref = reference_bct(model, calls, x, kind == "bct")
@@ -151,12 +176,12 @@ def test_loss_and_gradient_match_two_copy_reference(which, shape, kind):
 
 # --- the pass-4 gradient path: a stray detach, or gradients into the teacher, change the gradient ----------
 class DetachedInputBCT(BCTLoss):
-    def teacher_map(self, model, c, u, y):            # the bug: no gradient through C
+    def teacher_map(self, model, c, u, y):  # the bug: no gradient through C
         return super().teacher_map(model, c.detach(), u, y)
 
 
 class LiveTeacherBCT(BCTLoss):
-    def teacher_map(self, model, c, u, y):            # the bug: pass-4 weights receive gradient too
+    def teacher_map(self, model, c, u, y):  # the bug: pass-4 weights receive gradient too
         return model(c, u, y=y)
 
 
@@ -168,22 +193,28 @@ def test_bct_pass4_gradient_flows_through_input_only(shape):
     g = grads(model).clone()
     for variant in (DetachedInputBCT, LiveTeacherBCT):
         other = run(variant(cfg, BCM_CFG), model, x)
-        assert torch.equal(other["loss"], out["loss"])       # same draws, same value ...
+        assert torch.equal(other["loss"], out["loss"])  # same draws, same value ...
         diff = (grads(model) - g).norm() / g.norm()
         assert diff > 1e-3, (variant.__name__, float(diff))  # ... but a different gradient
 
 
 def test_bcm_from_cm_u_branch_trains_under_bct():
     torch.manual_seed(0)
-    cm = build_model(ModelConfig(kind="cm", net=NetConfig(arch="mlp", data_channels=2, channels=32, num_blocks=2)))
+    cm = build_model(
+        ModelConfig(
+            kind="cm", net=NetConfig(arch="mlp", data_channels=2, channels=32, num_blocks=2)
+        )
+    )
     bcm = bcm_from_cm(cm).train()
-    loss = build_loss({"kind": "bct", "curriculum": {"kind": "phases", "phases": [[100, 320]]}}, bcm.cfg)
+    loss = build_loss(
+        {"kind": "bct", "curriculum": {"kind": "phases", "phases": [[100, 320]]}}, bcm.cfg
+    )
     x = torch.randn(64, 2)
     u_params = {k: p for k, p in bcm.named_parameters() if "mlp_u" in k or "align" in k}
     assert u_params
-    for _ in range(2):                    # [I|0] blocks the u-MLP's gradient until the first step moves W_align
+    for _ in range(2):  # [I|0] blocks the u-MLP's gradient until the first step moves W_align
         run(loss, bcm, x, step=0, total=100)
-        with torch.no_grad():             # a plain gradient step (torch.optim's first import costs seconds)
+        with torch.no_grad():  # a plain gradient step (torch.optim's first import costs seconds)
             for p in bcm.parameters():
                 p.sub_(1e-2 * p.grad)
     for k, p in u_params.items():
@@ -199,7 +230,7 @@ def test_dropout_masks_identical_in_all_passes(kind):
     synced = run(build_loss({"kind": kind}, BCM_CFG), model, x)
     unsynced = run(build_loss({"kind": kind, "sync_dropout": False}, BCM_CFG), model, x)
     assert synced["loss"].item() < 1e-9
-    assert unsynced["loss"].item() > 1e-4       # differences are O(sigma_min) here, the zero is exact
+    assert unsynced["loss"].item() > 1e-4  # differences are O(sigma_min) here, the zero is exact
 
 
 def test_dropout_sync_with_real_mlp_in_small_step_limit():
@@ -209,8 +240,14 @@ def test_dropout_sync_with_real_mlp_in_small_step_limit():
     gaps = {}
     for sync in (True, False):
         rec = Recorder(model)
-        loss = build_loss({"kind": "ict", "sync_dropout": sync,
-                           "curriculum": {"kind": "phases", "phases": [[1, 100000]]}}, BCM_CFG)
+        loss = build_loss(
+            {
+                "kind": "ict",
+                "sync_dropout": sync,
+                "curriculum": {"kind": "phases", "phases": [[1, 100000]]},
+            },
+            BCM_CFG,
+        )
         run(loss, rec, x)
         gaps[sync] = float((rec.calls[0]["out"] - rec.calls[1]["out"]).abs().max())
     assert gaps[True] < 1e-3 and gaps[False] > 100 * gaps[True], gaps
@@ -242,8 +279,8 @@ def test_bct_index_sampling_law():
     B = 200_000
     n, m = loss.sample_indices(grid, B)
     mass = param.lognormal_interval_mass(grid)
-    assert int(n.max()) <= 8 and int(m.max()) <= 9                 # t_{n+1} < T and u < T
-    assert not (m == n + 1).any()                                   # u != t
+    assert int(n.max()) <= 8 and int(m.max()) <= 9  # t_{n+1} < T and u < T
+    assert not (m == n + 1).any()  # u != t
     freq_n = torch.bincount(n, minlength=10).double() / B
     assert torch.allclose(freq_n[:9], mass[:9] / mass[:9].sum(), atol=4e-3)
     # conditional law of m given n: the interval masses on lower points, with index n+1 removed
@@ -264,10 +301,21 @@ def test_ict_index_law_includes_top_interval():
     assert torch.allclose(freq, param.lognormal_interval_mass(grid.double()), atol=6e-3)
 
 
-@pytest.mark.parametrize("curriculum,steps,expect", [
-    ({"kind": "ict", "s0": 10, "s1": 1280}, [0, 999, 1000, 6999, 8000, 10**6], [11, 11, 21, 641, 1281, 1281]),
-    ({"kind": "phases", "phases": [[5, 320], [2, 640], [1, 1280]]}, [0, 4, 5, 6, 7, 100], [321, 321, 641, 641, 1281, 1281]),
-])
+@pytest.mark.parametrize(
+    "curriculum,steps,expect",
+    [
+        (
+            {"kind": "ict", "s0": 10, "s1": 1280},
+            [0, 999, 1000, 6999, 8000, 10**6],
+            [11, 11, 21, 641, 1281, 1281],
+        ),
+        (
+            {"kind": "phases", "phases": [[5, 320], [2, 640], [1, 1280]]},
+            [0, 4, 5, 6, 7, 100],
+            [321, 321, 641, 641, 1281, 1281],
+        ),
+    ],
+)
 def test_curriculum(curriculum, steps, expect):
     loss = build_loss({"kind": "bct", "curriculum": curriculum}, BCM_CFG)
     assert [len(loss.grid(s, 8000)) for s in steps] == expect
@@ -293,13 +341,19 @@ def test_unknown_loss_kind_names_key_and_known_kinds():
     assert {"ict", "bct"} <= set(LOSSES)
 
 
-@pytest.mark.parametrize("loss_dict,match", [
-    ({"kind": "ict", "lr": 1}, r"loss\.lr"),
-    ({"kind": "bct", "curriculum": {"kind": "phases"}}, r"loss\.curriculum\.phases"),
-    ({"kind": "bct", "curriculum": {"kind": "phases", "phases": [[10, 1]]}}, r"at least 2 intervals"),
-    ({"kind": "ict", "curriculum": {"s0": 20, "s1": 10}}, r"loss\.curriculum"),
-    ({"kind": "ict", "P_std": "two"}, r"loss\.P_std"),
-])
+@pytest.mark.parametrize(
+    "loss_dict,match",
+    [
+        ({"kind": "ict", "lr": 1}, r"loss\.lr"),
+        ({"kind": "bct", "curriculum": {"kind": "phases"}}, r"loss\.curriculum\.phases"),
+        (
+            {"kind": "bct", "curriculum": {"kind": "phases", "phases": [[10, 1]]}},
+            r"at least 2 intervals",
+        ),
+        ({"kind": "ict", "curriculum": {"s0": 20, "s1": 10}}, r"loss\.curriculum"),
+        ({"kind": "ict", "P_std": "two"}, r"loss\.P_std"),
+    ],
+)
 def test_bad_loss_config(loss_dict, match):
     with pytest.raises(ConfigError, match=match):
         build_loss(loss_dict, BCM_CFG)

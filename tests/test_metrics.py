@@ -1,7 +1,7 @@
 """Metrics: Fréchet distance, precision/recall, clean-fid feature conventions, Inception file checks, MSE."""
+
 import numpy as np
 import pytest
-import scipy.linalg
 import torch
 
 from bcmcore.config import UserError
@@ -61,10 +61,11 @@ def test_too_few_samples_for_the_feature_dimension_is_a_clear_error():
 
 # ------------------------------------------------------------------------------------------ precision / recall
 
+
 def test_kth_radius_excludes_the_point_itself():
-    pts = torch.arange(10, dtype=torch.float64)[:, None]        # 0, 1, ..., 9 on a line
-    r = prdc.kth_radii(pts, k=3)                                 # squared distances
-    assert r[0].item() == 9.0 and r[5].item() == 4.0            # 3rd neighbour of 0 is 3; of 5 is 3 or 7
+    pts = torch.arange(10, dtype=torch.float64)[:, None]  # 0, 1, ..., 9 on a line
+    r = prdc.kth_radii(pts, k=3)  # squared distances
+    assert r[0].item() == 9.0 and r[5].item() == 4.0  # 3rd neighbour of 0 is 3; of 5 is 3 or 7
 
 
 def test_precision_recall_known_answers():
@@ -94,6 +95,7 @@ def test_precision_recall_are_asymmetric_as_defined():
 
 # ------------------------------------------------------------------------------------------ Inception file
 
+
 def test_missing_inception_file_names_the_file_and_where_to_get_it(tmp_path):
     with pytest.raises(UserError) as e:
         features.inception_file(tmp_path)
@@ -108,10 +110,12 @@ def test_wrong_inception_file_is_rejected_by_size_and_hash(tmp_path):
         features.inception_file(bad)
     with pytest.raises(UserError, match="features.inception_path: required"):
         from bcmcore.metrics.spec import FeaturesConfig
+
         features.build_extractor(FeaturesConfig(kind="inception"), tmp_path)
 
 
 # ------------------------------------------------------------------------------------------ clean-fid conventions
+
 
 class _TinyNet(torch.nn.Module):
     """Deterministic stand-in for Inception: [B, 3, H, W] in [0, 255] -> [B, 6]."""
@@ -136,16 +140,27 @@ def test_features_match_clean_fid_folder_pipeline(tmp_path, mode, channels):
     rng = np.random.default_rng(5)
     imgs = rng.integers(0, 256, (12, channels, 16, 16), dtype=np.uint8)
     for i, im in enumerate(imgs):
-        Image.fromarray(im[0] if channels == 1 else im.transpose(1, 2, 0)).save(tmp_path / f"{i:02d}.png")
+        Image.fromarray(im[0] if channels == 1 else im.transpose(1, 2, 0)).save(
+            tmp_path / f"{i:02d}.png"
+        )
     net = _TinyNet()
-    theirs = cfid.get_folder_features(str(tmp_path), net, num_workers=0, batch_size=5, device=torch.device("cpu"),
-                                      mode=mode, verbose=False)
-    ours = features.FeatureExtractor(net, "t", 6, resize=build_resizer(mode)).features(imgs, batch_size=4,
-                                                                                        progress=False)
+    theirs = cfid.get_folder_features(
+        str(tmp_path),
+        net,
+        num_workers=0,
+        batch_size=5,
+        device=torch.device("cpu"),
+        mode=mode,
+        verbose=False,
+    )
+    ours = features.FeatureExtractor(net, "t", 6, resize=build_resizer(mode)).features(
+        imgs, batch_size=4, progress=False
+    )
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ reconstruction MSE
+
 
 def test_inversion_mse_of_the_exact_flow_map():
     """Exact flow map: inversion to T and 1-step decoding return x exactly without the initial noise; with it,
@@ -161,21 +176,22 @@ def test_inversion_mse_of_the_exact_flow_map():
     noisy = InversionSpec(times=(t0, 5.0, 80.0))
     x_hat, n_inv, n = reconstruct_batch(model, noisy, x, None, SeededRNG(seeds), clamp=False)
     assert (n_inv, n) == (2, 3)
-    z = SeededRNG(seeds).randn((2,), dtype=torch.float64)      # the initial noise of Alg. 5
+    z = SeededRNG(seeds).randn((2,), dtype=torch.float64)  # the initial noise of Alg. 5
     expect = DEMO_GMM.flow((x + t0 * z).numpy(), t0, 0.002)
     np.testing.assert_allclose(x_hat.numpy(), expect, atol=1e-6)
     mse = mse_per_item(x_hat, x, True)
-    assert 1e-5 < mse.mean() < 1e-2                              # the noise is not undone: MSE > 0
+    assert 1e-5 < mse.mean() < 1e-2  # the noise is not undone: MSE > 0
 
 
 def test_image_mse_is_on_quantised_unit_range():
     a = torch.zeros(2, 1, 4, 4)
-    b = torch.full((2, 1, 4, 4), 0.5)             # [-1, 1] -> uint8 128 vs 191 -> 63/255 apart
+    b = torch.full((2, 1, 4, 4), 0.5)  # [-1, 1] -> uint8 128 vs 191 -> 63/255 apart
     np.testing.assert_allclose(mse_per_item(a, b).numpy(), [(63 / 255) ** 2] * 2, rtol=1e-12)
-    assert mse_per_item(a, a + 1e-4).max() == 0   # below one quantisation step
+    assert mse_per_item(a, a + 1e-4).max() == 0  # below one quantisation step
 
 
 # ------------------------------------------------------------------------------------------ Inception plumbing
+
 
 class _FakeLayers(torch.nn.Module):
     def forward(self, x):
@@ -190,17 +206,22 @@ class _FakeInception(torch.nn.Module):
         self.layers = _FakeLayers()
 
     def forward(self, x, return_features: bool = False):
-        x = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        x = torch.nn.functional.interpolate(
+            x, size=(299, 299), mode="bilinear", align_corners=False
+        )
         return self.layers((x - 128) / 128).view(x.shape[0], 2048)
 
 
 @pytest.mark.parametrize("mode", ["clean", "legacy_tensorflow"])
-def test_inception_extractor_is_built_from_the_staged_file_without_downloading(tmp_path, monkeypatch, mode):
+def test_inception_extractor_is_built_from_the_staged_file_without_downloading(
+    tmp_path, monkeypatch, mode
+):
     path = tmp_path / features.INCEPTION_FILE
     torch.jit.script(_FakeInception()).save(str(path))
     monkeypatch.setattr(features, "INCEPTION_BYTES", path.stat().st_size)
     monkeypatch.setattr(features, "INCEPTION_SHA256", sha256_file(path))
     import urllib.request
+
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("tried to download"))
     ex = features.inception_extractor(tmp_path, mode)
     assert ex.key == f"{mode}-inception" and ex.dim == 2048

@@ -1,4 +1,5 @@
 """Demo digits: the demo classifier (features + judge), demo-set FIDs, reference caching, full `bcm eval` sweep."""
+
 import json
 
 import numpy as np
@@ -7,7 +8,6 @@ import torch
 
 from bcmcore import guided
 from bcmcore.cli import main as bcm
-from bcmcore.config import ConfigError, UserError
 from bcmcore.data import load_split
 from bcmcore.metrics import demo_classifier, fid
 from bcmcore.metrics.features import demo_extractor
@@ -19,6 +19,7 @@ from bcmcore.nets import ModelConfig, NetConfig, build_model, save_network
 def digits(tmp_path_factory):
     """Real demo shards (data_prep digits) and the demo classifier trained on them (once per module)."""
     from data_prep.__main__ import main as prep
+
     out = tmp_path_factory.mktemp("digits") / "shards"
     assert prep(["digits", "--out", str(out), "--workers", "1"]) == 0
     demo_classifier.load_demo_classifier(out)
@@ -28,10 +29,12 @@ def digits(tmp_path_factory):
 def test_demo_classifier_is_accurate_and_cached(digits):
     clf = demo_classifier.load_demo_classifier(digits)
     assert (digits / demo_classifier.FILE).is_file()
-    assert clf.test_accuracy > 0.95                      # measured 0.980 on the 300 held-out digits
+    assert clf.test_accuracy > 0.95  # measured 0.980 on the 300 held-out digits
     xt, yt = load_split(digits, "test")
     assert float((clf.classify(xt) == yt).float().mean()) == pytest.approx(clf.test_accuracy)
-    assert float((clf.classify(xt.float() / 127.5 - 1) == yt).float().mean()) == pytest.approx(clf.test_accuracy)
+    assert float((clf.classify(xt.float() / 127.5 - 1) == yt).float().mean()) == pytest.approx(
+        clf.test_accuracy
+    )
 
 
 def test_demo_classifier_training_is_deterministic(digits):
@@ -50,53 +53,71 @@ def test_demo_fids_order_real_halves_below_blur_below_noise(digits):
     halves = fid.fid_from_feats(f[::2], f[1::2])
     blur = torch.nn.functional.avg_pool2d(x.float(), 3, 1, 1).round().to(torch.uint8)
     blurred = fid.fid_from_feats(f, ex.features(blur, progress=False))
-    noise = torch.randint(0, 256, x.shape, generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    noise = torch.randint(
+        0, 256, x.shape, generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+    )
     noisy = fid.fid_from_feats(f, ex.features(noise, progress=False))
-    assert halves < 10 and blurred > 3 * halves and noisy > 500   # measured: 4.0, 72, 2618
+    assert halves < 10 and blurred > 3 * halves and noisy > 500  # measured: 4.0, 72, 2618
 
 
 def test_reference_stats_in_chunks_equal_the_whole_split_at_once(digits, tmp_path):
     """ImageNet does not fit in memory: the split streams in chunks (a chunk size that splits shards and
     blocks unevenly here), and the statistics and the precision/recall subset come out as from one array."""
     from bcmcore.data import iter_split, load_labels
+
     x, y = load_split(digits, "train")
     parts = list(iter_split(digits, "train", chunk=600))
     assert [len(p[0]) for p in parts] == [600, 600, len(x) - 1200]
-    assert torch.equal(torch.cat([p[0] for p in parts]), x) and torch.equal(load_labels(digits, "train"), y)
+    assert torch.equal(torch.cat([p[0] for p in parts]), x) and torch.equal(
+        load_labels(digits, "train"), y
+    )
     first = load_split(digits, "train", limit=700)
     assert torch.equal(first[0], x[:700]) and torch.equal(first[1], y[:700])
-    feats_fn = lambda v: v.double().flatten(1)[:, 40:60].numpy() ** 1.5 + 3.0   # noqa: E731 (non-zero mean)
+    feats_fn = lambda v: v.double().flatten(1)[:, 40:60].numpy() ** 1.5 + 3.0  # noqa: E731 (non-zero mean)
     whole = feats_fn(x)
     moments = fid.Moments()
     for a in range(0, len(whole), 333):
-        moments.add(whole[a:a + 333])
+        moments.add(whole[a : a + 333])
     mu, sigma = moments.stats()
     np.testing.assert_allclose(mu, whole.mean(0), rtol=1e-12)
-    np.testing.assert_allclose(sigma, np.cov(whole, rowvar=False), rtol=1e-9, atol=1e-9 * np.abs(sigma).max())
+    np.testing.assert_allclose(
+        sigma, np.cov(whole, rowvar=False), rtol=1e-9, atol=1e-9 * np.abs(sigma).max()
+    )
 
     class Key:
         key = "chunk-test"
+
     sizes = []
-    ref = fid.reference_stats(digits, "train", Key, lambda v: sizes.append(len(v)) or feats_fn(v), pr_count=100,
-                              chunk=500)
+    ref = fid.reference_stats(
+        digits, "train", Key, lambda v: sizes.append(len(v)) or feats_fn(v), pr_count=100, chunk=500
+    )
     assert sizes == [500, 500, len(x) - 1000]
     keep = np.sort(np.random.default_rng(0).permutation(len(x))[:100])
-    assert np.array_equal(ref["pr_feats"], whole[keep].astype(np.float32)) and ref["meta"]["n"] == len(x)
-    np.testing.assert_allclose(ref["sigma"], np.cov(whole, rowvar=False), rtol=1e-9, atol=1e-9 * np.abs(sigma).max())
+    assert np.array_equal(ref["pr_feats"], whole[keep].astype(np.float32)) and ref["meta"][
+        "n"
+    ] == len(x)
+    np.testing.assert_allclose(
+        ref["sigma"], np.cov(whole, rowvar=False), rtol=1e-9, atol=1e-9 * np.abs(sigma).max()
+    )
     fid.reference_path(digits, "train", Key.key).unlink()
 
 
 def test_reference_stats_are_cached_and_keyed_by_extractor(digits):
     class Key:
         key = "test-extractor"
+
     calls = []
 
     def feats_fn(x):
         calls.append(len(x))
-        return x.float().flatten(1)[:, :20].numpy() + np.random.default_rng(len(calls)).normal(size=(len(x), 20))
+        return x.float().flatten(1)[:, :20].numpy() + np.random.default_rng(len(calls)).normal(
+            size=(len(x), 20)
+        )
 
     a = fid.reference_stats(digits, "train", Key, feats_fn, pr_count=100)
-    b = fid.reference_stats(digits, "train", Key, lambda x: pytest.fail("recomputed a cached reference"), 100)
+    b = fid.reference_stats(
+        digits, "train", Key, lambda x: pytest.fail("recomputed a cached reference"), 100
+    )
     assert calls == [1497] and np.array_equal(a["mu"], b["mu"]) and b["pr_feats"].shape == (100, 20)
     Key.key = "another-extractor"
     fid.reference_stats(digits, "train", Key, feats_fn, pr_count=100)
@@ -105,9 +126,19 @@ def test_reference_stats_are_cached_and_keyed_by_extractor(digits):
 
 # ------------------------------------------------------------------------------------------ end to end
 
+
 def _tiny(kind, num_classes=0):
-    net = NetConfig(arch="ncsnpp", data_channels=1, resolution=16, channels=8, ch_mult=(1, 2), num_blocks=1,
-                    attn_res=(), two_time=(kind == "bcm"), num_classes=num_classes)
+    net = NetConfig(
+        arch="ncsnpp",
+        data_channels=1,
+        resolution=16,
+        channels=8,
+        ch_mult=(1, 2),
+        num_blocks=1,
+        attn_res=(),
+        two_time=(kind == "bcm"),
+        num_classes=num_classes,
+    )
     torch.manual_seed(0)
     return build_model(ModelConfig(kind=kind, net=net))
 
@@ -124,19 +155,43 @@ def networks(tmp_path_factory):
 
 def _spec(tmp_path, digits, networks, **over):
     spec = {
-        "dataset": str(digits), "features": {"kind": "demo"}, "num_samples": 80, "batch_size": 40,
-        "inversion_count": 24, "grid": 16, "pr_real": 500,
+        "dataset": str(digits),
+        "features": {"kind": "demo"},
+        "num_samples": 80,
+        "batch_size": 40,
+        "inversion_count": 24,
+        "grid": 16,
+        "pr_real": 500,
         "models": [
-            {"name": "bcm", "network": str(networks["bcm"]), "kind": "bcm",
-             "samplers": [{"recipe": "demo-nfe1"}, {"recipe": "demo-nfe2"}, {"recipe": "demo-nfe3"},
-                          {"recipe": "demo-nfe4"}],
-             "inversions": [{"times": [0.07, 80.0]}, {"times": [0.07, 2.0, 80.0]}],
-             "jpeg": [[0.07, 0.5]]},
-            {"name": "igct", "network": str(networks["igct"]), "kind": "igct",
-             "samplers": [{"sampler": "igct", "steps": 2}], "inversions": [{}], "guidance": {"ws": [1, 3], "edits": 6}},
-            {"name": "cfg-edm", "network": str(networks["edm"]), "kind": "edm",
-             "guidance": {"ws": [1, 3], "recipe": "demo-heun", "edits": 6}},
-        ]}
+            {
+                "name": "bcm",
+                "network": str(networks["bcm"]),
+                "kind": "bcm",
+                "samplers": [
+                    {"recipe": "demo-nfe1"},
+                    {"recipe": "demo-nfe2"},
+                    {"recipe": "demo-nfe3"},
+                    {"recipe": "demo-nfe4"},
+                ],
+                "inversions": [{"times": [0.07, 80.0]}, {"times": [0.07, 2.0, 80.0]}],
+                "jpeg": [[0.07, 0.5]],
+            },
+            {
+                "name": "igct",
+                "network": str(networks["igct"]),
+                "kind": "igct",
+                "samplers": [{"sampler": "igct", "steps": 2}],
+                "inversions": [{}],
+                "guidance": {"ws": [1, 3], "edits": 6},
+            },
+            {
+                "name": "cfg-edm",
+                "network": str(networks["edm"]),
+                "kind": "edm",
+                "guidance": {"ws": [1, 3], "recipe": "demo-heun", "edits": 6},
+            },
+        ],
+    }
     spec.update(over)
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
@@ -144,41 +199,86 @@ def _spec(tmp_path, digits, networks, **over):
 
 
 @pytest.mark.slow
-def test_bcm_eval_digits_end_to_end_writes_tables_plots_and_grids(tmp_path, digits, networks, monkeypatch):
+def test_bcm_eval_digits_end_to_end_writes_tables_plots_and_grids(
+    tmp_path, digits, networks, monkeypatch
+):
     from bcmcore import sampling
+
     # a short Heun schedule keeps the CFG baseline cheap on the CPU (4 Heun steps + 1 Euler step: 9 NFE, 18 with CFG)
-    monkeypatch.setitem(sampling.RECIPES, "demo-heun",
-                        sampling.Recipe("heun", tuple(sampling.karras_times(5, zero=True))))
+    monkeypatch.setitem(
+        sampling.RECIPES,
+        "demo-heun",
+        sampling.Recipe("heun", tuple(sampling.karras_times(5, zero=True))),
+    )
     out = tmp_path / "eval"
-    assert bcm(["eval", "--spec", str(_spec(tmp_path, digits, networks)), "--out", str(out), "--device", "cpu",
-                "--no-progress"]) == 0
+    assert (
+        bcm(
+            [
+                "eval",
+                "--spec",
+                str(_spec(tmp_path, digits, networks)),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     rows = read_csv(out / "fid_table.csv")
     assert [(r["model"], r["sampler"], r["nfe"]) for r in rows] == [
-        ("bcm", "demo-nfe1", "1"), ("bcm", "demo-nfe2", "2"), ("bcm", "demo-nfe3", "3"), ("bcm", "demo-nfe4", "4"),
-        ("igct", "igct", "2")]
-    for r in rows:   # an untrained net makes garbage: a large FID, but finite numbers from the run
-        assert float(r["fid"]) > 10 and 0 <= float(r["precision"]) <= 1 and 0 <= float(r["recall"]) <= 1
+        ("bcm", "demo-nfe1", "1"),
+        ("bcm", "demo-nfe2", "2"),
+        ("bcm", "demo-nfe3", "3"),
+        ("bcm", "demo-nfe4", "4"),
+        ("igct", "igct", "2"),
+    ]
+    for r in rows:  # an untrained net makes garbage: a large FID, but finite numbers from the run
+        assert (
+            float(r["fid"]) > 10
+            and 0 <= float(r["precision"]) <= 1
+            and 0 <= float(r["recall"]) <= 1
+        )
         assert r["samples"] == "80" and r["seeds"] == "0-79" and r["checkpoint"].endswith(".pt")
     mse = read_csv(out / "mse_table.csv")
     assert [(r["model"], r["task"], r["inversion_nfe"], r["nfe"]) for r in mse] == [
-        ("bcm", "inversion", "1", "2"), ("bcm", "inversion", "2", "3"), ("bcm", "jpeg-q20", "1", "2"),
-        ("igct", "inversion", "1", "2")]
+        ("bcm", "inversion", "1", "2"),
+        ("bcm", "inversion", "2", "3"),
+        ("bcm", "jpeg-q20", "1", "2"),
+        ("igct", "inversion", "1", "2"),
+    ]
     assert all(0 < float(r["mse"]) < 1 for r in mse)
     guid = read_csv(out / "guidance_table.csv")
     assert [(r["model"], r["w"], r["nfe"]) for r in guid] == [
-        ("igct", "1", "1"), ("igct", "3", "1"), ("cfg-edm", "1", "9"), ("cfg-edm", "3", "18")]
+        ("igct", "1", "1"),
+        ("igct", "3", "1"),
+        ("cfg-edm", "1", "9"),
+        ("cfg-edm", "3", "18"),
+    ]
     # class editing: 6 test images x 9 other classes per w; iGCT edits take 2 NFE, EDM ODE inversion + CFG Heun
-    assert [(r["edits"], r["edit_nfe"]) for r in guid] == [("54", "2")] * 2 + [("54", "17"), ("54", "26")]
+    assert [(r["edits"], r["edit_nfe"]) for r in guid] == [("54", "2")] * 2 + [
+        ("54", "17"),
+        ("54", "26"),
+    ]
     from bcmcore.nets import load_network
+
     x, y = load_split(digits, "test")
     clf = demo_classifier.load_demo_classifier(digits)
-    for r in guid:   # the sweep's rate is the edit-rate command's rate on the same images
+    for r in guid:  # the sweep's rate is the edit-rate command's rate on the same images
         model, _ = load_network(networks["igct" if r["kind"] == "igct" else "edm"])
-        want = guided.edit_success_rate(model, clf.classify, x[:6].float() / 127.5 - 1, y[:6], [float(r["w"])],
-                                        steps=5)[float(r["w"])]
+        want = guided.edit_success_rate(
+            model, clf.classify, x[:6].float() / 127.5 - 1, y[:6], [float(r["w"])], steps=5
+        )[float(r["w"])]
         assert float(r["edit_rate"]) == pytest.approx(want, abs=1e-6), r
-    for name in ("plots/fid_vs_nfe.png", "plots/mse_vs_nfe.png", "plots/guidance.png", "grids/bcm-demo-nfe1.png",
-                 "grids/cfg-edm-w3.png", "eval_info.json"):
+    for name in (
+        "plots/fid_vs_nfe.png",
+        "plots/mse_vs_nfe.png",
+        "plots/guidance.png",
+        "grids/bcm-demo-nfe1.png",
+        "grids/cfg-edm-w3.png",
+        "eval_info.json",
+    ):
         assert (out / name).stat().st_size > 0, name
     info = json.loads((out / "eval_info.json").read_text())
     assert info["demo_classifier_test_accuracy"] > 0.95 and info["reference_count"] == 1497

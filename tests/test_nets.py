@@ -1,4 +1,5 @@
 """Networks and preconditioning: boundary conditions, identity-zero fine-tuning init, embeddings, file I/O."""
+
 import dataclasses
 import math
 
@@ -7,8 +8,17 @@ import torch
 
 from bcmcore import param
 from bcmcore.config import ConfigError, UserError, from_dict, to_dict
-from bcmcore.nets import (ConsistencyModel, EDMDenoiser, ModelConfig, NetConfig, bcm_from_cm, build_model,
-                          build_net, load_network, save_network)
+from bcmcore.nets import (
+    ConsistencyModel,
+    EDMDenoiser,
+    ModelConfig,
+    NetConfig,
+    bcm_from_cm,
+    build_model,
+    build_net,
+    load_network,
+    save_network,
+)
 from bcmcore.nets.embedding import PositionalFeatures, guidance_features
 
 EPS, T = param.SIGMA_MIN, param.SIGMA_MAX
@@ -16,16 +26,38 @@ EPS, T = param.SIGMA_MIN, param.SIGMA_MAX
 # tiny versions of the three archs (same code paths as the full-size ones)
 TINY = {
     "mlp": NetConfig(arch="mlp", data_channels=2, channels=32, num_blocks=2, num_classes=3),
-    "ncsnpp": NetConfig(arch="ncsnpp", channels=16, ch_mult=(1, 2), num_blocks=1, resolution=8, attn_res=(4,),
-                        num_classes=3, dropout=0.1),
-    "adm": NetConfig(arch="adm", channels=32, ch_mult=(1, 2), num_blocks=1, resolution=8, attn_res=(4,),
-                     head_channels=16, num_classes=3, dropout=0.1, dropout_max_res=4),
+    "ncsnpp": NetConfig(
+        arch="ncsnpp",
+        channels=16,
+        ch_mult=(1, 2),
+        num_blocks=1,
+        resolution=8,
+        attn_res=(4,),
+        num_classes=3,
+        dropout=0.1,
+    ),
+    "adm": NetConfig(
+        arch="adm",
+        channels=32,
+        ch_mult=(1, 2),
+        num_blocks=1,
+        resolution=8,
+        attn_res=(4,),
+        head_channels=16,
+        num_classes=3,
+        dropout=0.1,
+        dropout_max_res=4,
+    ),
 }
 
 
 def x_for(cfg, b=4, seed=0):
     g = torch.Generator().manual_seed(seed)
-    shape = (b, cfg.data_channels) if cfg.arch == "mlp" else (b, cfg.data_channels, cfg.resolution, cfg.resolution)
+    shape = (
+        (b, cfg.data_channels)
+        if cfg.arch == "mlp"
+        else (b, cfg.data_channels, cfg.resolution, cfg.resolution)
+    )
     return torch.randn(shape, generator=g)
 
 
@@ -49,6 +81,7 @@ def model(kind, arch="mlp", **net):
 
 
 # ---------------------------------------------------------------------------------------------- boundary
+
 
 @pytest.mark.parametrize("arch", ["mlp", "ncsnpp"])
 @pytest.mark.parametrize("embed", ["concat", "project"])
@@ -83,7 +116,9 @@ def test_combination_in_fp32_under_autocast():
         F = m.net(param.append_dims(param.c_in(t), 4) * x, param.c_noise(t), param.c_noise(u))
     assert F.dtype == torch.bfloat16 and out.dtype == torch.float32
     c_skip, c_out = param.bcm_scalings(t, u)
-    assert torch.equal(out, c_skip[:, None, None, None] * x + c_out[:, None, None, None] * F.float())
+    assert torch.equal(
+        out, c_skip[:, None, None, None] * x + c_out[:, None, None, None] * F.float()
+    )
 
 
 def test_c_out_sign_in_model():
@@ -100,23 +135,30 @@ def test_edm_denoiser_matches_table1():
     m = randomise(build_model(ModelConfig(kind="edm", net=TINY["mlp"]))).eval()
     assert isinstance(m, EDMDenoiser)
     x, s = x_for(m.cfg.net), log_uniform(4)
-    c_skip = 0.25 / (s ** 2 + 0.25)
-    c_out = s * 0.5 / torch.sqrt(s ** 2 + 0.25)
-    F = m.net(x / torch.sqrt(s ** 2 + 0.25)[:, None], 0.25 * s.log())
+    c_skip = 0.25 / (s**2 + 0.25)
+    c_out = s * 0.5 / torch.sqrt(s**2 + 0.25)
+    F = m.net(x / torch.sqrt(s**2 + 0.25)[:, None], 0.25 * s.log())
     torch.testing.assert_close(m(x, s), c_skip[:, None] * x + c_out[:, None] * F)
 
 
 # ---------------------------------------------------------------------------------------------- fine-tuning init
 
+
 @pytest.mark.parametrize("arch", ["mlp", "ncsnpp", "adm"])
 def test_bcm_from_cm_reproduces_cm_for_every_u(arch):
     cm = model("cm", arch)
     bcm = bcm_from_cm(cm)
-    assert isinstance(bcm, ConsistencyModel) and bcm.kind == "bcm" and bcm.cfg.net.time_embed == "project"
+    assert (
+        isinstance(bcm, ConsistencyModel)
+        and bcm.kind == "bcm"
+        and bcm.cfg.net.time_embed == "project"
+    )
     te = bcm.net.time_embed
     d = te.align.out_features
     assert te.align.bias is None
-    assert torch.equal(te.align.weight, torch.cat([torch.eye(d), torch.zeros(d, d)], dim=1))  # [I | 0]
+    assert torch.equal(
+        te.align.weight, torch.cat([torch.eye(d), torch.zeros(d, d)], dim=1)
+    )  # [I | 0]
     x, t = x_for(cm.cfg.net) * 2, log_uniform(4)
     y = torch.tensor([0, 2, -1, 1])
     c_t = param.c_noise(t)
@@ -173,12 +215,13 @@ def test_gradients_reach_the_u_branch(embed):
         assert te.mlp_u[0].weight.grad.abs().sum() > 0
     else:
         w0 = te.mlp_t[0].weight.grad
-        assert w0[:, w0.shape[1] // 2:].abs().sum() > 0  # columns reading the u features
+        assert w0[:, w0.shape[1] // 2 :].abs().sum() > 0  # columns reading the u features
     with torch.no_grad():  # and the output now depends on u
         assert not torch.allclose(m.eval()(x, t, 0.5), m(x, t, 5.0))
 
 
 # ---------------------------------------------------------------------------------------------- embeddings, layers
+
 
 def test_adm_positional_embedding_is_250_ln_t():
     t = torch.tensor([EPS, 0.5, T])
@@ -190,12 +233,16 @@ def test_adm_positional_embedding_is_250_ln_t():
 
 def test_guidance_features_and_null_label():
     e = guidance_features(torch.tensor([1.0]))
-    assert torch.equal(e, torch.cat([torch.zeros(1, 128), torch.ones(1, 128)], 1))  # w = 1 (iGCT spec §2.2)
+    assert torch.equal(
+        e, torch.cat([torch.zeros(1, 128), torch.ones(1, 128)], 1)
+    )  # w = 1 (iGCT spec §2.2)
     m = randomise(build_net(dataclasses.replace(TINY["mlp"], guidance=True))).eval()
     x, c = x_for(m.cfg), param.c_noise(log_uniform(4))
     null = torch.full((4,), -1)
     assert torch.equal(m(x, c, y=null, w=2.0), m(x, c, y=None, w=2.0))  # -1 = null class = no label
-    assert not torch.allclose(m(x, c, y=torch.zeros(4, dtype=torch.long), w=2.0), m(x, c, y=null, w=2.0))
+    assert not torch.allclose(
+        m(x, c, y=torch.zeros(4, dtype=torch.long), w=2.0), m(x, c, y=null, w=2.0)
+    )
     assert not torch.allclose(m(x, c, y=null, w=1.0), m(x, c, y=null, w=3.0))
     with pytest.raises(ValueError, match="needs w"):
         m(x, c, y=null)
@@ -204,6 +251,7 @@ def test_guidance_features_and_null_label():
 def test_cosine_attention_is_scale_invariant():
     """ADM's q/k/v RMS normalisation (spec §6 (ii)) makes attention invariant to scaling q, k, v."""
     from bcmcore.nets.layers import Attention
+
     x = torch.randn(2, 32, 4, 4, generator=torch.Generator().manual_seed(0))
     for style, invariant in (("adm", True), ("ncsnpp", False)):
         a = randomise(Attention(32, style, head_channels=16))
@@ -219,6 +267,7 @@ def _upfirdn2d_ref(x, up, down, pad0, pad1, gain):
     """Direct definition of upfirdn2d with the [1,3,3,1] kernel: zero-insert, pad, 2-D convolution, decimate."""
     import numpy as np
     from scipy.signal import convolve2d
+
     k = np.outer([1, 3, 3, 1], [1, 3, 3, 1]).astype(np.float64)
     k = k / k.sum() * gain
     out = []
@@ -232,21 +281,37 @@ def _upfirdn2d_ref(x, up, down, pad0, pad1, gain):
 
 def test_fir_resampling_matches_upfirdn2d():
     from bcmcore.nets.layers import fir_down, fir_up
+
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     torch.testing.assert_close(fir_down(x), _upfirdn2d_ref(x, 1, 2, 1, 1, 1.0))
     torch.testing.assert_close(fir_up(x), _upfirdn2d_ref(x, 2, 1, 2, 1, 4.0))
     c = torch.ones(1, 1, 8, 8, dtype=torch.float64)
-    assert torch.allclose(fir_up(c)[..., 2:-2, 2:-2], c.new_ones(1)) and fir_down(c)[..., 1:-1, 1:-1].eq(1).all()
+    assert (
+        torch.allclose(fir_up(c)[..., 2:-2, 2:-2], c.new_ones(1))
+        and fir_down(c)[..., 1:-1, 1:-1].eq(1).all()
+    )
 
 
 def test_adm_dropout_only_at_low_resolution():
     from bcmcore.nets.layers import ResBlock
-    cfg = NetConfig(arch="adm", channels=32, ch_mult=(1, 1, 1), num_blocks=1, resolution=16, attn_res=(),
-                    head_channels=16, dropout=0.2, dropout_max_res=8)
+
+    cfg = NetConfig(
+        arch="adm",
+        channels=32,
+        ch_mult=(1, 1, 1),
+        num_blocks=1,
+        resolution=16,
+        attn_res=(),
+        head_channels=16,
+        dropout=0.2,
+        dropout_max_res=8,
+    )
     net = build_net(cfg)
     ps = {round(b.drop.p, 3) for b in net.modules() if isinstance(b, ResBlock)}
     assert ps == {0.0, 0.2}
-    assert all(b.drop.p == 0 for b in net.down[0].modules() if isinstance(b, ResBlock))  # 16x16: none
+    assert all(
+        b.drop.p == 0 for b in net.down[0].modules() if isinstance(b, ResBlock)
+    )  # 16x16: none
     assert all(b.drop.p == 0.2 for b in net.mid.modules() if isinstance(b, ResBlock))
 
 
@@ -262,8 +327,11 @@ def test_image_nets_shapes_and_two_time_modes(arch):
 
 # ---------------------------------------------------------------------------------------------- config, I/O
 
+
 def test_config_validation():
-    cfg = from_dict(ModelConfig, {"kind": "bcm", "net": {"arch": "ncsnpp", "ch_mult": [2, 2], "two_time": True}})
+    cfg = from_dict(
+        ModelConfig, {"kind": "bcm", "net": {"arch": "ncsnpp", "ch_mult": [2, 2], "two_time": True}}
+    )
     assert cfg.net.ch_mult == (2, 2) and from_dict(ModelConfig, to_dict(cfg)) == cfg
     with pytest.raises(ConfigError, match="model.net.two_time"):
         build_model(ModelConfig(kind="cm", net=dataclasses.replace(TINY["mlp"], two_time=True)))
@@ -278,9 +346,16 @@ def test_save_load_round_trip_bitwise(tmp_path):
     path = tmp_path / "network-final.pt"
     save_network(path, m, step=123, config={"seed": 7})
     m2, meta = load_network(path)
-    assert meta["step"] == 123 and meta["config"] == {"seed": 7} and meta["kind"] == "bcm" and not m2.training
+    assert (
+        meta["step"] == 123
+        and meta["config"] == {"seed": 7}
+        and meta["kind"] == "bcm"
+        and not m2.training
+    )
     sd, sd2 = m.state_dict(), m2.state_dict()
-    assert sd.keys() == sd2.keys() and all(torch.equal(sd[k], sd2[k]) for k in sd)  # incl. Fourier buffer
+    assert sd.keys() == sd2.keys() and all(
+        torch.equal(sd[k], sd2[k]) for k in sd
+    )  # incl. Fourier buffer
     x, t = x_for(m.cfg.net), log_uniform(4)
     assert torch.equal(m(x, t, 0.3), m2(x, t, 0.3))
     assert not list(tmp_path.glob(".tmp-*"))
@@ -305,6 +380,7 @@ def test_bad_network_files_raise_one_clear_error(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- parameter counts
 
+
 def _count(cfg):
     return sum(p.numel() for p in build_net(cfg).parameters())
 
@@ -322,8 +398,17 @@ def test_ncsnpp_cifar10_parameter_counts():
 
 def test_adm_imagenet64_parameter_counts():
     """Spec §6: ADM no-32 iCT 278.0M, BCM (+u-MLP, W_align) 279.9M; with 32x32 attention 282.2M (meta device)."""
-    cfg = NetConfig(arch="adm", resolution=64, channels=192, ch_mult=(1, 2, 3, 4), num_blocks=3,
-                    attn_res=(16, 8), num_classes=1000, dropout=0.2, dropout_max_res=16)
+    cfg = NetConfig(
+        arch="adm",
+        resolution=64,
+        channels=192,
+        ch_mult=(1, 2, 3, 4),
+        num_blocks=3,
+        attn_res=(16, 8),
+        num_classes=1000,
+        dropout=0.2,
+        dropout_max_res=16,
+    )
     bcm = dataclasses.replace(cfg, two_time=True, two_time_embed="project")
     with torch.device("meta"):
         assert round(_count(cfg) / 1e6, 1) == 278.0

@@ -1,10 +1,11 @@
 """pyproject.toml and environment.yml list the same dependencies; the console script is wired."""
+
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,7 +16,10 @@ def _name(req):
 
 
 def test_environment_yml_matches_pyproject():
-    deps = {_name(d) for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    deps = {
+        _name(d)
+        for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     listed = set()
     for item in env["dependencies"]:
@@ -25,14 +29,20 @@ def test_environment_yml_matches_pyproject():
             listed.add(_name(item.split("=")[0]))
     listed.discard("python")
     listed.discard("pip")
-    aliases = {"pytorch": "torch"}   # conda's package name for torch
+    aliases = {"pytorch": "torch"}  # conda's package name for torch
     listed = {aliases.get(n, n) for n in listed}
-    assert deps - listed == set(), f"in pyproject.toml but not environment.yml: {sorted(deps - listed)}"
-    assert listed - deps <= {"pytest", "pytest-timeout"}, f"only in environment.yml: {sorted(listed - deps)}"
+    assert deps - listed == set(), (
+        f"in pyproject.toml but not environment.yml: {sorted(deps - listed)}"
+    )
+    assert listed - deps <= {"pytest", "pytest-timeout"}, (
+        f"only in environment.yml: {sorted(listed - deps)}"
+    )
 
 
 def test_bcm_console_script_lists_commands():
-    out = subprocess.run([sys.executable, "-m", "bcmcore", "--help"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "bcmcore", "--help"], capture_output=True, text=True
+    )
     assert out.returncode == 0
     for cmd in ("train", "launch", "sample", "invert", "edit", "eval", "prep", "bench"):
         assert cmd in out.stderr

@@ -1,4 +1,5 @@
 """Ground-truth tests of bcmcore.param: grids, curriculum, noise-level weights and every parameterisation."""
+
 import math
 
 import pytest
@@ -18,6 +19,7 @@ def rand_t(n=4096, seed=0):
 
 
 # ---------------------------------------------------------------------------------------------- grids
+
 
 @pytest.mark.parametrize("n", [2, 11, 1281])
 def test_karras_grid_endpoints_and_formula(n):
@@ -46,6 +48,7 @@ def test_lognormal_interval_mass_matches_scipy():
 
 # ---------------------------------------------------------------------------------------------- curricula
 
+
 def test_ict_curriculum_eight_equal_stages():
     K = 400_000
     Kp = K // 8  # K' = floor(K / (floor(log2(1280/10)) + 1)) = K/8 (iCT Eq. 8)
@@ -63,14 +66,23 @@ def test_phased_curriculum_bcm_finetune():
     assert param.phased_num_points(210_000, phases) == 641
     assert param.phased_num_points(225_999, phases) == 641
     assert param.phased_num_points(226_000, phases) == 1281
-    assert param.phased_num_points(10 ** 7, phases) == 1281  # last phase extends forever
-    lsun = [(75_000, 10), (75_000, 20), (60_000, 40), (60_000, 80), (45_000, 160), (45_000, 320),
-            (30_000, 640), (30_000, 1280)]
+    assert param.phased_num_points(10**7, phases) == 1281  # last phase extends forever
+    lsun = [
+        (75_000, 10),
+        (75_000, 20),
+        (60_000, 40),
+        (60_000, 80),
+        (45_000, 160),
+        (45_000, 320),
+        (30_000, 640),
+        (30_000, 1280),
+    ]
     assert sum(n for n, _ in lsun) == 420_000
     assert param.phased_num_points(150_000, lsun) == 41
 
 
 # ---------------------------------------------------------------------------------------------- scalings
+
 
 def test_cm_boundary_exact():
     c_skip, c_out = param.cm_scalings(torch.tensor([EPS]))
@@ -87,9 +99,13 @@ def test_bcm_identity_exact_for_random_t():
 def test_bcm_c_out_sign_and_magnitude():
     t, u = torch.tensor([0.07, 1.0, 5.0]), torch.tensor([80.0, 0.5, 80.0])
     _, c_out = param.bcm_scalings(t, u)
-    assert c_out[0] < 0 and c_out[1] > 0 and c_out[2] < 0  # c_out ~ (t - u): negative when inverting
+    assert (
+        c_out[0] < 0 and c_out[1] > 0 and c_out[2] < 0
+    )  # c_out ~ (t - u): negative when inverting
     c_skip, c_out = param.bcm_scalings(torch.tensor(0.07), torch.tensor(80.0))
-    assert abs(c_skip.item() - 23.0) < 0.1 and abs(c_out.item() + 79.2) < 0.1  # spec §1 long inverse jump
+    assert (
+        abs(c_skip.item() - 23.0) < 0.1 and abs(c_out.item() + 79.2) < 0.1
+    )  # spec §1 long inverse jump
 
 
 def test_bcm_scalings_solve_the_unit_variance_derivation():
@@ -100,9 +116,9 @@ def test_bcm_scalings_solve_the_unit_variance_derivation():
     c_skip, c_out = param.bcm_scalings(t, u)
 
     def var(cs):
-        return (1 - cs) ** 2 * SD ** 2 + (u - cs * t) ** 2
+        return (1 - cs) ** 2 * SD**2 + (u - cs * t) ** 2
 
-    torch.testing.assert_close(c_out ** 2, var(c_skip), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(c_out**2, var(c_skip), rtol=1e-10, atol=1e-12)
     h = 1e-4 * (1 + c_skip.abs())
     assert bool((var(c_skip + h) >= var(c_skip)).all() and (var(c_skip - h) >= var(c_skip)).all())
 
@@ -114,19 +130,19 @@ def test_bcm_reduces_to_cm_at_u_eps_to_first_order():
     torch.testing.assert_close(co_b, co_c, rtol=1e-12, atol=0)  # c_out identical
     diff = cs_b - cs_c
     # d/d eps of (c_skip_bcm - c_skip_cm) at eps = 0 is t (t^2 - sd^2) / (t^2 + sd^2)^2 (BCM App. D)
-    slope = t * (t ** 2 - SD ** 2) / (t ** 2 + SD ** 2) ** 2
-    torch.testing.assert_close(diff, EPS * slope, rtol=0, atol=4 * EPS ** 2 / SD ** 2)  # + O(eps^2)
+    slope = t * (t**2 - SD**2) / (t**2 + SD**2) ** 2
+    torch.testing.assert_close(diff, EPS * slope, rtol=0, atol=4 * EPS**2 / SD**2)  # + O(eps^2)
     assert diff.abs().max().item() <= 0.6 * EPS  # max |slope| = 1/(4 sd) = 0.5: O(sigma_min)
-    assert diff.abs().max().item() > 0.4 * EPS   # ... and not zero (the formulas do differ)
+    assert diff.abs().max().item() > 0.4 * EPS  # ... and not zero (the formulas do differ)
 
 
 def test_edm_scalings_and_c_in():
     s = rand_t().double()
     c_skip, c_out = param.edm_scalings(s)
-    torch.testing.assert_close(c_skip * (s ** 2 + SD ** 2), torch.full_like(s, SD ** 2))
+    torch.testing.assert_close(c_skip * (s**2 + SD**2), torch.full_like(s, SD**2))
     # unit-variance target of EDM Table 1: c_out^2 = c_skip s^2 (since (1-c_skip)^2 sd^2 + c_skip^2 s^2 = c_out^2)
-    torch.testing.assert_close(c_out ** 2, (1 - c_skip) ** 2 * SD ** 2 + c_skip ** 2 * s ** 2)
-    torch.testing.assert_close(param.c_in(s) ** 2 * (s ** 2 + SD ** 2), torch.ones_like(s))
+    torch.testing.assert_close(c_out**2, (1 - c_skip) ** 2 * SD**2 + c_skip**2 * s**2)
+    torch.testing.assert_close(param.c_in(s) ** 2 * (s**2 + SD**2), torch.ones_like(s))
 
 
 def test_c_noise_values():
@@ -148,17 +164,21 @@ def test_pseudo_huber():
     assert param.pseudo_huber(a, a, c).abs().max().item() == 0
     b = a + 10
     d = (a - b).flatten(1).norm(dim=1)
-    torch.testing.assert_close(param.pseudo_huber(a, b, c), torch.sqrt(d ** 2 + c ** 2) - c)
-    torch.testing.assert_close(d - param.pseudo_huber(a, b, c), torch.full_like(d, c), atol=1e-3, rtol=0)  # ~L2 - c
+    torch.testing.assert_close(param.pseudo_huber(a, b, c), torch.sqrt(d**2 + c**2) - c)
+    torch.testing.assert_close(
+        d - param.pseudo_huber(a, b, c), torch.full_like(d, c), atol=1e-3, rtol=0
+    )  # ~L2 - c
     small = a + 1e-4
     ds = (small - a).flatten(1).norm(dim=1).double()
-    torch.testing.assert_close(param.pseudo_huber(a, small, c).double(), ds ** 2 / (2 * c), rtol=2e-2, atol=0)  # ~L2^2/2c
+    torch.testing.assert_close(
+        param.pseudo_huber(a, small, c).double(), ds**2 / (2 * c), rtol=2e-2, atol=0
+    )  # ~L2^2/2c
 
 
 def test_ect_r():
     t = torch.tensor([0.5, 2.0, 80.0])
     r = param.ect_r(t, stage=3)
-    ref = t * (1 - 2.0 ** -3 * (1 + 8 * torch.sigmoid(-t)))
+    ref = t * (1 - 2.0**-3 * (1 + 8 * torch.sigmoid(-t)))
     torch.testing.assert_close(r, ref.clamp_min(0))
     assert bool((r < t).all() and (r >= 0).all())
     assert param.ect_r(torch.tensor([0.01]), stage=0).item() == 0.0  # stage 0 near 0: clamped at 0

@@ -1,4 +1,5 @@
 """Samplers against exact flow maps: the 2-D Gaussian mixture (scipy) and a Gaussian (closed form, cheap)."""
+
 import math
 
 import pytest
@@ -14,28 +15,31 @@ EPS, T = 0.002, 80.0
 # ---------------------------------------------------------------------------------------------- helpers
 class GaussFlow(torch.nn.Module):
     """Exact flow map of data ~ N(0, s^2 I): Phi(x, t -> u) = x sqrt(s^2 + u^2) / sqrt(s^2 + t^2). Cheap."""
+
     kind, sigma_min, sigma_max, s = "bcm", EPS, T, 0.5
 
     def forward(self, x, t, u=None, y=None):
         u = torch.full_like(t, self.sigma_min) if u is None else u
-        a = torch.sqrt((self.s ** 2 + u ** 2) / (self.s ** 2 + t ** 2))
+        a = torch.sqrt((self.s**2 + u**2) / (self.s**2 + t**2))
         return x * a.reshape(-1, *[1] * (x.ndim - 1)).to(x.dtype)
 
     @staticmethod
     def phi(x, t, u, s=0.5):
-        return x * math.sqrt((s ** 2 + u ** 2) / (s ** 2 + t ** 2))
+        return x * math.sqrt((s**2 + u**2) / (s**2 + t**2))
 
 
 class GaussDenoiser(torch.nn.Module):
     """Ideal denoiser of N(0, s^2 I): D(x, sigma) = x s^2 / (s^2 + sigma^2) (kind edm)."""
+
     kind, sigma_min, sigma_max, s = "edm", EPS, T, 0.5
 
     def forward(self, x, sigma, y=None):
-        return x * (self.s ** 2 / (self.s ** 2 + sigma ** 2)).reshape(-1, *[1] * (x.ndim - 1)).to(x.dtype)
+        return x * (self.s**2 / (self.s**2 + sigma**2)).reshape(-1, *[1] * (x.ndim - 1)).to(x.dtype)
 
 
 class GMMDenoiser(torch.nn.Module):
     """Exact denoiser of a Gaussian mixture (kind edm); label y = k selects component k, -1 the mixture."""
+
     kind, sigma_min, sigma_max = "edm", EPS, T
 
     def __init__(self, gmm=DEMO_GMM):
@@ -51,8 +55,11 @@ class GMMDenoiser(torch.nn.Module):
             for k in range(len(self.gmm.means)):
                 sel = (y == k).numpy()
                 if sel.any():
-                    out[sel] = torch.as_tensor(self.component(k).denoise(x[sel].double().numpy(),
-                                                                         sigma[sel].double().numpy()))
+                    out[sel] = torch.as_tensor(
+                        self.component(k).denoise(
+                            x[sel].double().numpy(), sigma[sel].double().numpy()
+                        )
+                    )
         return out.to(x.dtype)
 
 
@@ -71,6 +78,7 @@ class Counted(torch.nn.Module):
 
 class ZeroRNG:
     """An rng whose injected noise is zero (isolates the deterministic part of a sampler)."""
+
     seeds = None
 
     def randn(self, shape, dtype=torch.float32):
@@ -91,8 +99,12 @@ def test_seeded_randn_rows_depend_only_on_their_seed():
     z = S.seeded_randn([3, 5, 7], (2, 4), "cpu")
     assert z.shape == (3, 2, 4)
     assert torch.equal(z[1], S.seeded_randn([5], (2, 4))[0])
-    assert torch.equal(z[1], torch.randn((2, 4), generator=torch.Generator().manual_seed(5),
-                                         dtype=torch.float64).float())
+    assert torch.equal(
+        z[1],
+        torch.randn(
+            (2, 4), generator=torch.Generator().manual_seed(5), dtype=torch.float64
+        ).float(),
+    )
     assert not torch.equal(z[0], z[1])
 
 
@@ -117,11 +129,18 @@ def test_zigzag_and_combined_match_the_exact_answer():
     for times in ([T, EPS], [T, 3.0, EPS]):
         rng, z = gmm_points(8)
         model = ExactFlowMap(DEMO_GMM)
-        x, nfe = S.combined(model, T * z, times, pairs, rng)   # BCM Alg. 4 (Alg. 3 when times = [T, eps])
+        x, nfe = S.combined(
+            model, T * z, times, pairs, rng
+        )  # BCM Alg. 4 (Alg. 3 when times = [T, eps])
         assert nfe == len(times) - 1 + 2 * len(pairs)
         ref_rng, z_ref = gmm_points(8)
         ref = flow(T * z_ref, T, EPS)
-        for e, t in pairs:   # Eq. 11: inject e*z at level e and let the flow carry it to t, then back to eps
+        for (
+            e,
+            t,
+        ) in (
+            pairs
+        ):  # Eq. 11: inject e*z at level e and let the flow carry it to t, then back to eps
             ref = flow(flow(ref + e * ref_rng.randn((2,), dtype=torch.float64), e, t), t, EPS)
         torch.testing.assert_close(x, ref, rtol=0, atol=1e-6)
 
@@ -138,13 +157,15 @@ def test_cm_multistep_matches_the_exact_answer():
     taus = [T, 0.7, 0.2]
     rng, z = gmm_points(8)
     model = ExactFlowMap(DEMO_GMM)
-    model.kind = "cm"                     # CM Alg. 1 needs only f(x, t) -> eps
+    model.kind = "cm"  # CM Alg. 1 needs only f(x, t) -> eps
     x, nfe = S.cm_multistep(model, T * z, taus, rng)
     assert nfe == 3
     ref_rng, z_ref = gmm_points(8)
     ref = flow(T * z_ref, T, EPS)
-    for tau in taus[1:]:                  # re-noise with sqrt(tau^2 - eps^2) z, map back to eps
-        ref = flow(ref + math.sqrt(tau ** 2 - EPS ** 2) * ref_rng.randn((2,), dtype=torch.float64), tau, EPS)
+    for tau in taus[1:]:  # re-noise with sqrt(tau^2 - eps^2) z, map back to eps
+        ref = flow(
+            ref + math.sqrt(tau**2 - EPS**2) * ref_rng.randn((2,), dtype=torch.float64), tau, EPS
+        )
     torch.testing.assert_close(x, ref, rtol=0, atol=1e-6)
 
 
@@ -153,25 +174,29 @@ def test_heun_on_the_exact_denoiser_converges_to_the_flow_map():
     ref = flow(T * z, T, EPS)
     errs = []
     for n in (16, 64, 256):
-        x, nfe = S.heun(GMMDenoiser(), T * z, S.karras_times(n))   # EDM Alg. 1, no final zero
+        x, nfe = S.heun(GMMDenoiser(), T * z, S.karras_times(n))  # EDM Alg. 1, no final zero
         assert nfe == 2 * (n - 1)
         errs.append((x - ref).abs().max().item())
-    assert errs[0] > 4 * errs[1] > 16 * errs[2] / 2 and errs[2] < 5e-4, errs   # ~2nd order
-    x, nfe = S.heun(GMMDenoiser(), T * z, S.karras_times(256, zero=True))      # last step Euler to 0
+    assert errs[0] > 4 * errs[1] > 16 * errs[2] / 2 and errs[2] < 5e-4, errs  # ~2nd order
+    x, nfe = S.heun(GMMDenoiser(), T * z, S.karras_times(256, zero=True))  # last step Euler to 0
     assert nfe == 2 * 256 - 1 and (x - ref).abs().max() < 5e-3
 
 
 def test_heun_passes_labels_and_guidance_follows_the_paper_convention():
     _, z = gmm_points(8)
     y = torch.full((8,), 2)
-    x, _ = S.heun(GMMDenoiser(), T * z, S.karras_times(128), y=y)      # w = 1: conditional ODE of component 2
+    x, _ = S.heun(
+        GMMDenoiser(), T * z, S.karras_times(128), y=y
+    )  # w = 1: conditional ODE of component 2
     ref = torch.as_tensor(GMMDenoiser().component(2).flow(T * z.numpy(), T, EPS))
     assert (x - ref).abs().max() < 2e-3
     # D_w = D_null + w (D_c - D_null): check one evaluation against the formula, and its NFE of 2
     net, xs, s = S.Calls(Counted(GMMDenoiser()), y), T * z, 3.0
     m = GMMDenoiser()
-    d_null, d_c = m(xs, torch.full((8,), s, dtype=torch.float64), torch.full((8,), -1)), \
-        m(xs, torch.full((8,), s, dtype=torch.float64), y)
+    d_null, d_c = (
+        m(xs, torch.full((8,), s, dtype=torch.float64), torch.full((8,), -1)),
+        m(xs, torch.full((8,), s, dtype=torch.float64), y),
+    )
     torch.testing.assert_close(net.D(xs, s, w=2.5), d_null + 2.5 * (d_c - d_null))
     assert net.n == net.model.calls == 2
 
@@ -185,7 +210,14 @@ SAMPLERS = {
     "multistep": lambda m, z, r: S.cm_multistep(m, T * z, [T, 0.7, 0.3], r),
     "heun": lambda m, z, r: S.heun(GaussDenoiser(), T * z, S.karras_times(6, zero=True)),
 }
-EXPECTED_NFE = {"onestep": 1, "ancestral": 2, "zigzag": 3, "combined": 6, "multistep": 3, "heun": 11}  # heun: 5 Heun steps + final Euler
+EXPECTED_NFE = {
+    "onestep": 1,
+    "ancestral": 2,
+    "zigzag": 3,
+    "combined": 6,
+    "multistep": 3,
+    "heun": 11,
+}  # heun: 5 Heun steps + final Euler
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
@@ -195,7 +227,7 @@ def test_samples_do_not_depend_on_batch_size(name):
     for batch in (1, 7, 64):
         parts = []
         for i in range(0, len(seeds), batch):
-            rng = S.SeededRNG(seeds[i:i + batch])
+            rng = S.SeededRNG(seeds[i : i + batch])
             parts.append(SAMPLERS[name](GaussFlow(), rng.randn((3, 4, 4)), rng)[0])
         out[batch] = torch.cat(parts)
     assert torch.equal(out[1], out[7]) and torch.equal(out[1], out[64])
@@ -212,9 +244,14 @@ def test_nfe_equals_network_calls(name):
         x, nfe = SAMPLERS[name](model, rng.randn((3,)), rng)
     assert nfe == model.calls == EXPECTED_NFE[name]
     model = Counted(GaussDenoiser())
-    _, nfe = S.heun(model, T * rng.randn((3,)), S.karras_times(6, zero=True), y=torch.zeros(4, dtype=torch.long),
-                    w=2.0)
-    assert nfe == model.calls == 22   # CFG: conditional + null call per evaluation
+    _, nfe = S.heun(
+        model,
+        T * rng.randn((3,)),
+        S.karras_times(6, zero=True),
+        y=torch.zeros(4, dtype=torch.long),
+        w=2.0,
+    )
+    assert nfe == model.calls == 22  # CFG: conditional + null call per evaluation
 
 
 def test_imagenet_recipes_have_the_spec_nfe_and_times():
@@ -227,9 +264,9 @@ def test_imagenet_recipes_have_the_spec_nfe_and_times():
     assert S.get_recipe("imagenet64-nfe4").times == (T, 3.0, EPS)
     assert S.get_recipe("imagenet64-nfe4").pairs == ((0.12, 0.4),)
     # CM index schedules: '0,22,39' of 40 starts at T and stays within the range
-    taus = S.get_recipe("cd-imagenet64-nfe2").times   # the final index 39 (= eps) only ends the loop
+    taus = S.get_recipe("cd-imagenet64-nfe2").times  # the final index 39 (= eps) only ends the loop
     assert len(taus) == 2 and taus[0] == T and T > taus[1] > EPS
-    for name, r in S.RECIPES.items():      # every recipe's times pass the routine's own check
+    for name, r in S.RECIPES.items():  # every recipe's times pass the routine's own check
         direction = "increasing" if r.sampler in ("invert", "inpaint") else "decreasing"
         S.check_times(GaussFlow(), r.times, name, direction, min_len=1, allow_final_zero=True)
     with pytest.raises(UserError, match="unknown recipe"):
@@ -247,18 +284,38 @@ def test_parse_flags():
 
 # ---------------------------------------------------------------------------------------------- bad input
 BAD = {
-    "ancestral not decreasing": ("bcm", lambda m, x, r: S.ancestral(m, x, [T, 0.1, 2.4, EPS]), "strictly decreasing"),
+    "ancestral not decreasing": (
+        "bcm",
+        lambda m, x, r: S.ancestral(m, x, [T, 0.1, 2.4, EPS]),
+        "strictly decreasing",
+    ),
     "ancestral above T": ("bcm", lambda m, x, r: S.ancestral(m, x, [100.0, EPS]), "outside"),
     "ancestral below eps": ("bcm", lambda m, x, r: S.ancestral(m, x, [T, 0.0]), "outside"),
-    "zigzag pair reversed": ("bcm", lambda m, x, r: S.zigzag(m, x, [(1.2, 0.1)], r), "strictly increasing"),
-    "combined not ending at eps": ("bcm", lambda m, x, r: S.combined(m, x, [T, 1.0], [(0.1, 1.2)], r), "end at"),
+    "zigzag pair reversed": (
+        "bcm",
+        lambda m, x, r: S.zigzag(m, x, [(1.2, 0.1)], r),
+        "strictly increasing",
+    ),
+    "combined not ending at eps": (
+        "bcm",
+        lambda m, x, r: S.combined(m, x, [T, 1.0], [(0.1, 1.2)], r),
+        "end at",
+    ),
     "cm asked for ancestral": ("cm", lambda m, x, r: S.ancestral(m, x, [T, 2.4, EPS]), "kind bcm"),
     "cm asked for zigzag": ("cm", lambda m, x, r: S.zigzag(m, x, [(0.1, 1.2)], r), "kind bcm"),
     "bcm asked for heun": ("bcm", lambda m, x, r: S.heun(m, x, [T, EPS]), "kind edm"),
     "edm asked for onestep": ("edm", lambda m, x, r: S.onestep(m, x), "kind cm or bcm"),
-    "multistep increasing": ("cm", lambda m, x, r: S.cm_multistep(m, x, [T, 0.2, 0.7], r), "decreasing"),
+    "multistep increasing": (
+        "cm",
+        lambda m, x, r: S.cm_multistep(m, x, [T, 0.2, 0.7], r),
+        "decreasing",
+    ),
     "heun nan": ("edm", lambda m, x, r: S.heun(m, x, [T, float("nan")]), "outside"),
-    "guidance without labels": ("edm", lambda m, x, r: S.heun(m, x, [T, EPS], w=2.0), "needs class labels"),
+    "guidance without labels": (
+        "edm",
+        lambda m, x, r: S.heun(m, x, [T, EPS], w=2.0),
+        "needs class labels",
+    ),
 }
 
 

@@ -3,6 +3,7 @@
 Helpers here (gmm2d shards, tiny run configs, subprocess runs) are shared by test_train_dist.py and
 test_launch.py.
 """
+
 import json
 import os
 import random
@@ -19,28 +20,69 @@ from bcmcore.config import ConfigError, UserError
 from bcmcore.train import TrainConfig, training_loop
 from bcmcore.train.checkpoint import find_states, load_state
 
-TINY_BCM = {"kind": "bcm", "net": {"arch": "mlp", "data_channels": 2, "channels": 16, "num_blocks": 1,
-                                   "two_time": True, "two_time_embed": "project"}}
-TINY_CM = {"kind": "cm", "net": {"arch": "mlp", "data_channels": 2, "channels": 16, "num_blocks": 1}}
+TINY_BCM = {
+    "kind": "bcm",
+    "net": {
+        "arch": "mlp",
+        "data_channels": 2,
+        "channels": 16,
+        "num_blocks": 1,
+        "two_time": True,
+        "two_time_embed": "project",
+    },
+}
+TINY_CM = {
+    "kind": "cm",
+    "net": {"arch": "mlp", "data_channels": 2, "channels": 16, "num_blocks": 1},
+}
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
 
 @pytest.fixture(scope="session")
 def shards(tmp_path_factory):
     """Real gmm2d WebDataset shards written by `python -m data_prep gmm2d`."""
     from data_prep.__main__ import main
+
     out = tmp_path_factory.mktemp("gmm2d") / "shards"
-    assert main(["gmm2d", "--out", str(out), "--n-train", "512", "--n-test", "64", "--shard-size", "256",
-                 "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "gmm2d",
+                "--out",
+                str(out),
+                "--n-train",
+                "512",
+                "--n-test",
+                "64",
+                "--shard-size",
+                "256",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     return out
 
 
 def make_run(run_dir, shards, model=TINY_BCM, loss=None, **train):
     """Write RUN_DIR/config.json for a tiny toy run (train keys override the small defaults)."""
-    cfg = {"model": model, "loss": loss or {"kind": "bct"}, "data": {"shards": str(shards)},
-           "train": {"total_steps": 8, "batch": 16, "status_every": 1, "checkpoint_every": 2, "ema_rate": 0.9,
-                     "lr": 1e-3, **train}}
+    cfg = {
+        "model": model,
+        "loss": loss or {"kind": "bct"},
+        "data": {"shards": str(shards)},
+        "train": {
+            "total_steps": 8,
+            "batch": 16,
+            "status_every": 1,
+            "checkpoint_every": 2,
+            "ema_rate": 0.9,
+            "lr": 1e-3,
+            **train,
+        },
+    }
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfg))
     return run_dir
@@ -59,12 +101,23 @@ def train_procs(run_dir, world=1, device_args=()):
     for rank in range(world):
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         if world > 1:
-            env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        procs.append(subprocess.Popen([sys.executable, "-m", "bcmcore", "train", "--run-dir", str(run_dir),
-                                       *device_args], env=env, text=True,
-                                      stdout=subprocess.PIPE if rank == 0 else subprocess.DEVNULL,
-                                      stderr=subprocess.STDOUT if rank == 0 else subprocess.DEVNULL))
+            env.update(
+                RANK=str(rank),
+                WORLD_SIZE=str(world),
+                LOCAL_RANK=str(rank),
+                LOCAL_WORLD_SIZE=str(world),
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+            )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "bcmcore", "train", "--run-dir", str(run_dir), *device_args],
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE if rank == 0 else subprocess.DEVNULL,
+                stderr=subprocess.STDOUT if rank == 0 else subprocess.DEVNULL,
+            )
+        )
     return procs
 
 
@@ -94,10 +147,13 @@ def run_and_kill(run_dir, kill_step, world=1):
 
 def assert_same_state(a, b, exact=True):
     """All parameters, EMA weights and optimizer state equal (bitwise, or to float tolerance)."""
+
     def walk(x, y, where):
         if torch.is_tensor(x):
             ok = torch.equal(x, y) if exact else torch.allclose(x, y, rtol=1e-4, atol=1e-6)
-            assert ok, f"{where} differs (max |diff| {(x.double() - y.double()).abs().max().item():.3g})"
+            assert ok, (
+                f"{where} differs (max |diff| {(x.double() - y.double()).abs().max().item():.3g})"
+            )
         elif isinstance(x, dict):
             assert x.keys() == y.keys(), where
             for k in x:
@@ -107,6 +163,7 @@ def assert_same_state(a, b, exact=True):
                 walk(u, v, f"{where}[{i}]")
         else:
             assert x == y, f"{where}: {x!r} != {y!r}"
+
     assert a["step"] == b["step"]
     for key in ("net", "ema", "optimizer"):
         walk(a[key], b[key], key)
@@ -117,6 +174,7 @@ def final_state(run_dir):
 
 
 # ------------------------------------------------------------------------------------------ resume
+
 
 @pytest.mark.timeout(600)
 def test_resume_after_sigkill_is_bitwise_world1(tmp_path, shards):
@@ -130,9 +188,11 @@ def test_resume_after_sigkill_is_bitwise_world1(tmp_path, shards):
     out = run_to_end(run)  # the same command again
     assert "resumed from training-state-" in out, out
     assert_same_state(final_state(ref), final_state(run))
-    assert [s for s, _ in find_states(run)] == [9, 12]          # keep_last = 2
+    assert [s for s, _ in find_states(run)] == [9, 12]  # keep_last = 2
     rows = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
-    assert rows[-1]["step"] == steps and {"loss", "loss_ct", "sec_per_kimg", "mem_gb"} <= set(rows[-1])
+    assert rows[-1]["step"] == steps and {"loss", "loss_ct", "sec_per_kimg", "mem_gb"} <= set(
+        rows[-1]
+    )
 
 
 def test_rerun_after_completion_does_nothing(tmp_path, shards):
@@ -147,6 +207,7 @@ def test_rerun_after_completion_does_nothing(tmp_path, shards):
 
 # ------------------------------------------------------------------------------------------ accumulation
 
+
 @dataclass(frozen=True)
 class _NoConfig:
     pass
@@ -154,6 +215,7 @@ class _NoConfig:
 
 class DeterministicMSE:
     """A noise-free loss, so batch_gpu = 16 and 4 x 4 rounds see identical per-sample terms."""
+
     Config = _NoConfig
 
     def __init__(self, cfg, model_cfg):
@@ -174,6 +236,7 @@ class NaNAtStep3(DeterministicMSE):
 @pytest.fixture
 def extra_losses():
     from bcmcore.losses import LOSSES
+
     LOSSES.update({"test-mse": DeterministicMSE, "test-nan": NaNAtStep3})
     yield
     LOSSES.pop("test-mse")
@@ -181,15 +244,28 @@ def extra_losses():
 
 
 def test_gradient_accumulation_matches_full_batch(tmp_path, shards, extra_losses):
-    full = make_run(tmp_path / "full", shards, model=TINY_CM, loss={"kind": "test-mse"}, total_steps=4)
-    acc = make_run(tmp_path / "acc", shards, model=TINY_CM, loss={"kind": "test-mse"}, total_steps=4,
-                   batch_gpu=4)
+    full = make_run(
+        tmp_path / "full", shards, model=TINY_CM, loss={"kind": "test-mse"}, total_steps=4
+    )
+    acc = make_run(
+        tmp_path / "acc",
+        shards,
+        model=TINY_CM,
+        loss={"kind": "test-mse"},
+        total_steps=4,
+        batch_gpu=4,
+    )
     training_loop(full)
     training_loop(acc)
-    assert "16 x 1 rounds" in (full / "log.txt").read_text() and "4 x 4 rounds" in (acc / "log.txt").read_text()
+    assert (
+        "16 x 1 rounds" in (full / "log.txt").read_text()
+        and "4 x 4 rounds" in (acc / "log.txt").read_text()
+    )
     a, b = final_state(full), final_state(acc)
     assert_same_state(a, b, exact=False)
-    init = make_run(tmp_path / "init", shards, model=TINY_CM, loss={"kind": "test-mse"}, total_steps=1)
+    init = make_run(
+        tmp_path / "init", shards, model=TINY_CM, loss={"kind": "test-mse"}, total_steps=1
+    )
     training_loop(init)
     # the comparison is not vacuous: four steps moved the weights well beyond the tolerance
     moved = max((a["net"][k] - final_state(init)["net"][k]).abs().max().item() for k in a["net"])
@@ -197,7 +273,9 @@ def test_gradient_accumulation_matches_full_batch(tmp_path, shards, extra_losses
 
 
 def test_nonfinite_loss_stops_with_last_good_state(tmp_path, shards, extra_losses):
-    run = make_run(tmp_path / "run", shards, model=TINY_CM, loss={"kind": "test-nan"}, checkpoint_every=1)
+    run = make_run(
+        tmp_path / "run", shards, model=TINY_CM, loss={"kind": "test-nan"}, checkpoint_every=1
+    )
     with pytest.raises(UserError, match=r"step 3: non-finite loss.*training-state-0000003\.pt"):
         training_loop(run)
     assert [s for s, _ in find_states(run)] == [2, 3]
@@ -207,6 +285,7 @@ def test_nonfinite_loss_stops_with_last_good_state(tmp_path, shards, extra_losse
 
 def test_ema_is_the_exponential_average():
     from bcmcore.train.ema import EMA
+
     net = torch.nn.Linear(3, 2)
     w0 = net.weight.detach().clone()
     ema = EMA(net, 0.75)
@@ -227,26 +306,34 @@ def test_lr_schedule_and_batch_split():
     assert warm.lr_at(0) == pytest.approx(1e-5) and warm.lr_at(9) == pytest.approx(1e-4)
     assert TrainConfig(batch=64, batch_gpu=8).split_batch(2) == (8, 4)
     assert TrainConfig(batch=64).split_batch(4) == (16, 1)
-    with pytest.raises(ConfigError, match=r"train\.batch: 63 is not divisible by the number of processes \(2\)"):
+    with pytest.raises(
+        ConfigError, match=r"train\.batch: 63 is not divisible by the number of processes \(2\)"
+    ):
         TrainConfig(batch=63).split_batch(2)
-    with pytest.raises(ConfigError, match=r"train\.batch_gpu: batch 64 must be divisible by batch_gpu x processes"):
+    with pytest.raises(
+        ConfigError, match=r"train\.batch_gpu: batch 64 must be divisible by batch_gpu x processes"
+    ):
         TrainConfig(batch=64, batch_gpu=12).split_batch(2)
 
 
 # ------------------------------------------------------------------------------------------ fine-tuning
 
+
 def test_bcm_finetune_starts_from_the_cm_network(tmp_path, shards):
+    from bcmcore.config import from_dict
     from bcmcore.nets import build_model, load_network
     from bcmcore.nets.config import ModelConfig
-    from bcmcore.config import from_dict
     from bcmcore.train.loop import init_from_network
+
     cm_run = make_run(tmp_path / "ict", shards, model=TINY_CM, loss={"kind": "ict"}, total_steps=2)
     training_loop(cm_run)
     cm, _ = load_network(cm_run / "network-final.pt")
     bcm = build_model(from_dict(ModelConfig, TINY_BCM, "model"))
     init_from_network(bcm, cm_run / "network-final.pt")
     x_in, c_t, c_u = torch.randn(32, 2), torch.randn(32), torch.randn(32)
-    with torch.no_grad():  # [I|0] init (BCM §3.2): the raw BCM net ignores u and equals the trained CM net
+    with (
+        torch.no_grad()
+    ):  # [I|0] init (BCM §3.2): the raw BCM net ignores u and equals the trained CM net
         torch.testing.assert_close(bcm.net(x_in, c_t, c_u), cm.net(x_in, c_t), rtol=0, atol=0)
         assert not torch.equal(bcm.net(x_in, c_t, c_u), build_model(bcm.cfg).net(x_in, c_t, c_u))
     ft = make_run(tmp_path / "bcm_ft", shards, total_steps=1, init=str(cm_run / "network-final.pt"))
@@ -255,6 +342,7 @@ def test_bcm_finetune_starts_from_the_cm_network(tmp_path, shards):
 
 
 # ------------------------------------------------------------------------------------------ bad input
+
 
 def test_unknown_loss_kind(tmp_path, shards):
     run = make_run(tmp_path / "run", shards, loss={"kind": "nope"})
@@ -280,11 +368,17 @@ def test_truncated_training_state(tmp_path, shards):
     path = find_states(run)[-1][1]
     path.write_bytes(path.read_bytes()[:1000])
     (run / "network-final.pt").unlink()
-    with pytest.raises(UserError, match=rf"{path.name}: cannot read training state .*truncated or corrupt"):
+    with pytest.raises(
+        UserError, match=rf"{path.name}: cannot read training state .*truncated or corrupt"
+    ):
         training_loop(run)
     # through the CLI: one line, exit code 2
-    r = subprocess.run([sys.executable, "-m", "bcmcore", "train", "--run-dir", str(run)], capture_output=True,
-                       text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    r = subprocess.run(
+        [sys.executable, "-m", "bcmcore", "train", "--run-dir", str(run)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert r.returncode == 2 and path.name in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
@@ -300,9 +394,9 @@ def test_changed_config_starts_over_and_keeps_the_old_run(tmp_path, shards):
     training_loop(run)
     assert (run / "superseded-1" / "network-final.pt").read_bytes() == old_final
     assert sorted(p.name for p in (run / "superseded-1").glob("training-state-*.pt"))
-    assert (run / "network-final.pt").read_bytes() != old_final      # retrained with the new lr
+    assert (run / "network-final.pt").read_bytes() != old_final  # retrained with the new lr
     assert "starting over" in (run / "log.txt").read_text()
-    cfg["model"]["net"]["channels"] = 8                                 # a model change too
+    cfg["model"]["net"]["channels"] = 8  # a model change too
     (run / "config.json").write_text(json.dumps(cfg))
     training_loop(run)
     assert (run / "superseded-2" / "network-final.pt").is_file()

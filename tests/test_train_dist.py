@@ -1,12 +1,18 @@
 """Data-parallel training with real torch.distributed (gloo, 2 CPU processes): equivalence and bitwise resume."""
+
 import random
 
 import pytest
 import torch
+from test_train import (
+    assert_same_state,
+    final_state,
+    make_run,
+    run_and_kill,
+    run_to_end,  # noqa: F401
+    )
 
 from bcmcore.train import training_loop
-from test_train import (assert_same_state, final_state, make_run, run_and_kill, run_to_end,  # noqa: F401
-                        shards)
 
 
 @pytest.mark.timeout(600)
@@ -50,15 +56,27 @@ def test_resume_after_sigkill_is_bitwise_world2(tmp_path, shards):
 def test_plain_slurm_task_variables_become_torch_distributed_ones(monkeypatch):
     """`srun python -m bcmcore train ...` (no torchrun, no submitit): rank/world/master from SLURM_*."""
     from bcmcore import dist
+
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("PATH", "/nonexistent")  # no scontrol: the first node name is taken as is
-    for key, value in dict(SLURM_PROCID="3", SLURM_NTASKS="4", SLURM_LOCALID="1", SLURM_STEP_ID="0",
-                           SLURM_JOB_ID="1234", SLURM_JOB_NODELIST="gpu7,gpu8").items():
+    for key, value in dict(
+        SLURM_PROCID="3",
+        SLURM_NTASKS="4",
+        SLURM_LOCALID="1",
+        SLURM_STEP_ID="0",
+        SLURM_JOB_ID="1234",
+        SLURM_JOB_NODELIST="gpu7,gpu8",
+    ).items():
         monkeypatch.setenv(key, value)
     dist._slurm_env()
     import os
-    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("3", "4", "1")
+
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == (
+        "3",
+        "4",
+        "1",
+    )
     assert os.environ["MASTER_ADDR"] == "gpu7" and os.environ["MASTER_PORT"] == str(20000 + 1234)
     # a one-task batch step is a single process, whatever the allocation
     monkeypatch.delenv("RANK")

@@ -3,6 +3,7 @@
 Every call runs the real `snakemake` on the real Snakefile in a temporary working directory; nothing here
 trains: the DAG, the rerun bookkeeping and the start-up checks are what is under test.
 """
+
 import os
 import re
 import subprocess
@@ -26,9 +27,21 @@ DEMO_EXPERIMENTS = ("ict", "bcm_ft", "bcm_scratch", "igct", "edm")
 def snakemake(cwd, *args, profile="cluster/local", timeout=300):
     """Run snakemake on the project's Snakefile from `cwd`; returns the CompletedProcess (stdout+stderr)."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    cmd = ["timeout", "-k", "10", str(timeout), str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"),
-           "--profile", str(ROOT / profile), *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        "timeout",
+        "-k",
+        "10",
+        str(timeout),
+        str(BIN / "snakemake"),
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--profile",
+        str(ROOT / profile),
+        *args,
+    ]
+    return subprocess.run(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def job_counts(out):
@@ -45,8 +58,14 @@ def jobs(out):
         if rule:
             get = lambda key: (re.search(rf"^\s+{key}: (.*)$", block, re.M) or [None, ""])[1]
             shell = re.search(r"^Shell command: (.*)$", block, re.M)
-            blocks.append({"rule": rule[1], "wildcards": get("wildcards"), "input": get("input"),
-                           "shell": shell[1] if shell else ""})
+            blocks.append(
+                {
+                    "rule": rule[1],
+                    "wildcards": get("wildcards"),
+                    "input": get("input"),
+                    "shell": shell[1] if shell else "",
+                }
+            )
     return blocks
 
 
@@ -72,7 +91,9 @@ def assert_stopped_before_any_job(res, cwd, *needles):
     assert res.returncode != 0, res.stdout[-3000:]
     for needle in needles:
         assert needle in res.stdout, f"{needle!r} not in:\n{res.stdout[-3000:]}"
-    assert not (Path(cwd) / "results").exists(), "a job ran although the workflow should have stopped first"
+    assert not (Path(cwd) / "results").exists(), (
+        "a job ran although the workflow should have stopped first"
+    )
 
 
 def test_lint_is_clean(tmp_path):
@@ -85,9 +106,22 @@ def test_demo_dag_of_all(tmp_path):
     res = snakemake(tmp_path, "-n", "-p", "all")
     assert res.returncode == 0, res.stdout[-3000:]
     n = len(DEMO_EXPERIMENTS)
-    assert job_counts(res.stdout) == {"prep": 1, "run_config": n, "train": n, "eval_spec": n, "evaluate": n,
-                                      "sample_grid": n, "app_grid": 5, "tables": 1, "all": 1}
-    trains = {re.search(r"exp=(\w+)", j["wildcards"])[1]: j for j in jobs(res.stdout) if j["rule"] == "train"}
+    assert job_counts(res.stdout) == {
+        "prep": 1,
+        "run_config": n,
+        "train": n,
+        "eval_spec": n,
+        "evaluate": n,
+        "sample_grid": n,
+        "app_grid": 5,
+        "tables": 1,
+        "all": 1,
+    }
+    trains = {
+        re.search(r"exp=(\w+)", j["wildcards"])[1]: j
+        for j in jobs(res.stdout)
+        if j["rule"] == "train"
+    }
     # BCM fine-tuning starts from the iCT network, so it waits for it; nothing else does.
     assert "results/digits/runs/ict/network-final.pt" in trains["bcm_ft"]["input"]
     assert all("network-final.pt" not in trains[e]["input"] for e in trains if e != "bcm_ft")
@@ -95,19 +129,35 @@ def test_demo_dag_of_all(tmp_path):
     launcher = str(ROOT / "cluster/local/launcher.yaml")
     for j in jobs(res.stdout):
         if j["rule"] in ("prep", "train", "evaluate", "sample_grid", "app_grid"):
-            assert j["shell"].startswith(f"bcm launch --launcher {launcher} --job-dir results/digits/"), j
+            assert j["shell"].startswith(
+                f"bcm launch --launcher {launcher} --job-dir results/digits/"
+            ), j
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_preset_dag_of_fid_table(tmp_path, preset):
     ds, exps, evaluated = PRESETS[preset]
     stage_raw_files(tmp_path, preset)
-    res = snakemake(tmp_path, "-n", "-p", f"results/{ds}/fid_table.csv",
-                    "--configfile", str(ROOT / f"workflow/config/{preset}.yaml"))
+    res = snakemake(
+        tmp_path,
+        "-n",
+        "-p",
+        f"results/{ds}/fid_table.csv",
+        "--configfile",
+        str(ROOT / f"workflow/config/{preset}.yaml"),
+    )
     assert res.returncode == 0, res.stdout[-3000:]
-    assert job_counts(res.stdout) == {"prep": 1, "run_config": len(exps), "train": len(exps),
-                                      "eval_spec": evaluated, "evaluate": evaluated, "tables": 1}
-    trained = {re.search(r"exp=(\w+)", j["wildcards"])[1] for j in jobs(res.stdout) if j["rule"] == "train"}
+    assert job_counts(res.stdout) == {
+        "prep": 1,
+        "run_config": len(exps),
+        "train": len(exps),
+        "eval_spec": evaluated,
+        "evaluate": evaluated,
+        "tables": 1,
+    }
+    trained = {
+        re.search(r"exp=(\w+)", j["wildcards"])[1] for j in jobs(res.stdout) if j["rule"] == "train"
+    }
     assert trained == exps
     assert "digits" not in res.stdout  # the preset replaces the demo
 
@@ -140,50 +190,92 @@ def test_changing_one_stage_reruns_it_and_its_dependants_only(tmp_path):
         return {row[0] for row in rows if row[5] == "update pending"}
 
     assert planned() == set()
-    lr = write_yaml(tmp_path / "lr.yaml", {"datasets": {"digits": {"experiments": {"bcm_scratch": {
-        "train": {"lr": 1.0e-4}}}}}})
+    lr = write_yaml(
+        tmp_path / "lr.yaml",
+        {"datasets": {"digits": {"experiments": {"bcm_scratch": {"train": {"lr": 1.0e-4}}}}}},
+    )
     d = "results/digits"
     assert planned("--configfile", lr) == {
-        f"{d}/runs/bcm_scratch/config.json", f"{d}/runs/bcm_scratch/network-final.pt",
-        f"{d}/eval/bcm_scratch/fid_table.csv", f"{d}/eval/bcm_scratch/mse_table.csv",
-        f"{d}/eval/bcm_scratch/guidance_table.csv", f"{d}/grids/bcm_scratch/samples.png",
-        f"{d}/fid_table.csv", f"{d}/mse_table.csv", f"{d}/guidance_table.csv", f"{d}/plots"}
+        f"{d}/runs/bcm_scratch/config.json",
+        f"{d}/runs/bcm_scratch/network-final.pt",
+        f"{d}/eval/bcm_scratch/fid_table.csv",
+        f"{d}/eval/bcm_scratch/mse_table.csv",
+        f"{d}/eval/bcm_scratch/guidance_table.csv",
+        f"{d}/grids/bcm_scratch/samples.png",
+        f"{d}/fid_table.csv",
+        f"{d}/mse_table.csv",
+        f"{d}/guidance_table.csv",
+        f"{d}/plots",
+    }
     # iCT feeds BCM fine-tuning: retraining it retrains bcm_ft too, and nothing of the other three
-    ict = write_yaml(tmp_path / "ict.yaml", {"datasets": {"digits": {"experiments": {"ict": {
-        "loss": {"curriculum": {"s1": 80}}}}}}})
+    ict = write_yaml(
+        tmp_path / "ict.yaml",
+        {"datasets": {"digits": {"experiments": {"ict": {"loss": {"curriculum": {"s1": 80}}}}}}},
+    )
     plan = planned("--configfile", ict)
-    assert {p.split("/")[3] for p in plan if "/runs/" in p or "/eval/" in p or "/grids/" in p} == {"ict", "bcm_ft"}
+    assert {p.split("/")[3] for p in plan if "/runs/" in p or "/eval/" in p or "/grids/" in p} == {
+        "ict",
+        "bcm_ft",
+    }
     assert f"{d}/runs/bcm_ft/config.json" not in plan  # its own settings did not change
     # a sweep setting reruns that sweep only, never the training (the override must differ from the demo's)
     demo = yaml.safe_load((ROOT / "workflow/config/config.yaml").read_text())
     assert demo["datasets"]["digits"]["experiments"]["edm"]["eval"]["guidance"]["ws"] != [1.0, 5.0]
-    sweep = write_yaml(tmp_path / "sweep.yaml", {"datasets": {"digits": {"experiments": {"edm": {
-        "eval": {"guidance": {"ws": [1.0, 5.0], "recipe": "edm-18"}}}}}}})
+    sweep = write_yaml(
+        tmp_path / "sweep.yaml",
+        {
+            "datasets": {
+                "digits": {
+                    "experiments": {
+                        "edm": {"eval": {"guidance": {"ws": [1.0, 5.0], "recipe": "edm-18"}}}
+                    }
+                }
+            }
+        },
+    )
     assert planned("--configfile", sweep) == {
-        f"{d}/eval/edm/spec.json", f"{d}/eval/edm/fid_table.csv", f"{d}/eval/edm/mse_table.csv",
-        f"{d}/eval/edm/guidance_table.csv", f"{d}/fid_table.csv", f"{d}/mse_table.csv",
-        f"{d}/guidance_table.csv", f"{d}/plots"}
+        f"{d}/eval/edm/spec.json",
+        f"{d}/eval/edm/fid_table.csv",
+        f"{d}/eval/edm/mse_table.csv",
+        f"{d}/eval/edm/guidance_table.csv",
+        f"{d}/fid_table.csv",
+        f"{d}/mse_table.csv",
+        f"{d}/guidance_table.csv",
+        f"{d}/plots",
+    }
 
 
 def test_unknown_workflow_key_stops_before_any_job(tmp_path):
-    bad = write_yaml(tmp_path / "bad.yaml", {"datasets": {"digits": {"experiments": {"ict": {"trian": {}}}}}})
+    bad = write_yaml(
+        tmp_path / "bad.yaml", {"datasets": {"digits": {"experiments": {"ict": {"trian": {}}}}}}
+    )
     res = snakemake(tmp_path, "--configfile", bad)
-    assert_stopped_before_any_job(res, tmp_path, "config error at 'datasets.digits.experiments.ict'",
-                                  "'trian' was unexpected")
+    assert_stopped_before_any_job(
+        res, tmp_path, "config error at 'datasets.digits.experiments.ict'", "'trian' was unexpected"
+    )
 
 
 def test_unknown_run_config_key_stops_before_any_job(tmp_path):
-    bad = write_yaml(tmp_path / "bad.yaml", {"datasets": {"digits": {"experiments": {"edm": {
-        "model": {"net": {"chanels": 8}}}}}}})
+    bad = write_yaml(
+        tmp_path / "bad.yaml",
+        {"datasets": {"digits": {"experiments": {"edm": {"model": {"net": {"chanels": 8}}}}}}},
+    )
     res = snakemake(tmp_path, "--configfile", bad)
-    assert_stopped_before_any_job(res, tmp_path, "datasets.digits.experiments.edm", "model.net.chanels")
+    assert_stopped_before_any_job(
+        res, tmp_path, "datasets.digits.experiments.edm", "model.net.chanels"
+    )
 
 
 def test_missing_raw_files_stop_before_any_job(tmp_path):
     res = snakemake(tmp_path, "--configfile", str(ROOT / "workflow/config/cifar10.yaml"))
-    assert_stopped_before_any_job(res, tmp_path, "dataset 'cifar10': raw files missing",
-                                  "data/cifar10/cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/",
-                                  "data/inception-2015-12-05.pt")
+    assert_stopped_before_any_job(
+        res,
+        tmp_path,
+        "dataset 'cifar10': raw files missing",
+        "data/cifar10/cifar-10-python.tar.gz",
+        "https://www.cs.toronto.edu/~kriz/",
+        "data/inception-2015-12-05.pt",
+    )
 
 
 def test_unknown_executor_stops_before_any_job(tmp_path):
@@ -199,9 +291,15 @@ def test_job_sizes_come_from_the_site_then_the_dataset(tmp_path):
     trigger (they travel as resources, not params)."""
     site = tmp_path / "site"
     site.mkdir()
-    write_yaml(site / "launcher.yaml", {"executor": "slurm", "partition": "gpu", "gpus_per_node": 4})
-    write_yaml(site / "stages.yaml", {"train": {"nodes": 4, "gpus_per_node": 8}, "eval": {"nodes": 2}})
-    over = write_yaml(tmp_path / "over.yaml", {"datasets": {"digits": {"launch": {"eval": {"nodes": 1}}}}})
+    write_yaml(
+        site / "launcher.yaml", {"executor": "slurm", "partition": "gpu", "gpus_per_node": 4}
+    )
+    write_yaml(
+        site / "stages.yaml", {"train": {"nodes": 4, "gpus_per_node": 8}, "eval": {"nodes": 2}}
+    )
+    over = write_yaml(
+        tmp_path / "over.yaml", {"datasets": {"digits": {"launch": {"eval": {"nodes": 1}}}}}
+    )
     res = snakemake(tmp_path, "-n", "-p", "--config", f"site={site}", "--configfile", over)
     assert res.returncode == 0, res.stdout[-3000:]
     by_rule = {}
@@ -210,7 +308,9 @@ def test_job_sizes_come_from_the_site_then_the_dataset(tmp_path):
     assert f"--launcher {site}/launcher.yaml" in by_rule["train"]
     assert "--nodes 4 --gpus-per-node 8 -- train" in by_rule["train"]
     assert "--nodes 1 -- eval" in by_rule["evaluate"]
-    assert re.search(r"--job-dir \S+ -- prep", by_rule["prep"])  # no stage entry: the site file alone
+    assert re.search(
+        r"--job-dir \S+ -- prep", by_rule["prep"]
+    )  # no stage entry: the site file alone
 
 
 def test_bad_stage_name_in_site_stops(tmp_path):

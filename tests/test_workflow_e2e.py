@@ -3,6 +3,7 @@
 Every method trains for a few steps, every sweep, grid and application runs, and the dataset's tables and
 plots come out; then a second invocation finds nothing to do, and `--report` gathers the results.
 """
+
 import csv
 import os
 import subprocess
@@ -16,29 +17,66 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-SHRUNK = {"datasets": {"digits": {
-    "prep": {"args": {"workers": 1}},
-    "defaults": {"train": {"total_steps": 4, "batch": 16, "status_every": 2, "checkpoint_every": 2}},
-    "experiments": {
-        "ict": {"grid": {"seeds": "0-3"}},
-        "bcm_ft": {"train": {"total_steps": 4}, "grid": {"seeds": "0-3"},
-                   "loss": {"curriculum": {"kind": "phases", "phases": [[2, 20], [2, 40]]}},
-                   "apps": {"interpolate": {"indices": "0-3"}, "inpaint": {"indices": "0-1"},
-                            "jpeg": {"indices": "0-1"}}},
-        "bcm_scratch": {"grid": {"seeds": "0-3"}},
-        "igct": {"train": {"total_steps": 4, "checkpoint_every": 2}, "grid": {"seeds": "0-3"},
-                 "apps": {"class": {"indices": "0-1"}}, "eval": {"guidance": {"ws": [1.0, 2.0], "edits": 3}}},
-        "edm": {"train": {"total_steps": 4, "checkpoint_every": 2},
-                "grid": {"seeds": "0-3", "recipe": None, "sampler": "heun", "num_steps": 3},
-                "apps": {"class": {"indices": "0-1", "num_steps": 3}},
-                "eval": {"guidance": {"ws": [2.0], "recipe": "edm-18"}, "inversions": [{"steps": 3}]}}},
-    "eval": {"num_samples": 100, "batch_size": 100, "inversion_count": 8}}}}
+SHRUNK = {
+    "datasets": {
+        "digits": {
+            "prep": {"args": {"workers": 1}},
+            "defaults": {
+                "train": {"total_steps": 4, "batch": 16, "status_every": 2, "checkpoint_every": 2}
+            },
+            "experiments": {
+                "ict": {"grid": {"seeds": "0-3"}},
+                "bcm_ft": {
+                    "train": {"total_steps": 4},
+                    "grid": {"seeds": "0-3"},
+                    "loss": {"curriculum": {"kind": "phases", "phases": [[2, 20], [2, 40]]}},
+                    "apps": {
+                        "interpolate": {"indices": "0-3"},
+                        "inpaint": {"indices": "0-1"},
+                        "jpeg": {"indices": "0-1"},
+                    },
+                },
+                "bcm_scratch": {"grid": {"seeds": "0-3"}},
+                "igct": {
+                    "train": {"total_steps": 4, "checkpoint_every": 2},
+                    "grid": {"seeds": "0-3"},
+                    "apps": {"class": {"indices": "0-1"}},
+                    "eval": {"guidance": {"ws": [1.0, 2.0], "edits": 3}},
+                },
+                "edm": {
+                    "train": {"total_steps": 4, "checkpoint_every": 2},
+                    "grid": {"seeds": "0-3", "recipe": None, "sampler": "heun", "num_steps": 3},
+                    "apps": {"class": {"indices": "0-1", "num_steps": 3}},
+                    "eval": {
+                        "guidance": {"ws": [2.0], "recipe": "edm-18"},
+                        "inversions": [{"steps": 3}],
+                    },
+                },
+            },
+            "eval": {"num_samples": 100, "batch_size": 100, "inversion_count": 8},
+        }
+    }
+}
 
 
 def snakemake(cwd, *args, timeout):
-    cmd = ["timeout", "-k", "15", str(timeout), str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"),
-           "--profile", str(ROOT / "cluster/local"), *args, "--configfile", str(cwd / "shrunk.yaml")]
-    return subprocess.run(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        "timeout",
+        "-k",
+        "15",
+        str(timeout),
+        str(BIN / "snakemake"),
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--profile",
+        str(ROOT / "cluster/local"),
+        *args,
+        "--configfile",
+        str(cwd / "shrunk.yaml"),
+    ]
+    return subprocess.run(
+        cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def rows(path):
@@ -55,28 +93,47 @@ def test_whole_dag_on_a_shrunk_demo(tmp_path):
 
     fid = rows(d / "fid_table.csv")
     assert {(r["model"], r["sampler"]) for r in fid} == {
-        ("ict", "demo-nfe1"), ("ict", "demo-multistep2"),
-        *{(m, f"demo-nfe{n}") for m in ("bcm_ft", "bcm_scratch") for n in (1, 2, 3, 4)}}
+        ("ict", "demo-nfe1"),
+        ("ict", "demo-multistep2"),
+        *{(m, f"demo-nfe{n}") for m in ("bcm_ft", "bcm_scratch") for n in (1, 2, 3, 4)},
+    }
     assert {int(r["nfe"]) for r in fid if r["model"] == "bcm_ft"} == {1, 2, 3, 4}
     assert all(float(r["fid"]) >= 0 and int(r["samples"]) == 100 for r in fid)
     mse = rows(d / "mse_table.csv")
     assert {r["model"] for r in mse} == {"bcm_ft", "bcm_scratch", "igct", "edm"}
     assert {r["task"] for r in mse if r["model"] == "bcm_ft"} == {"inversion", "jpeg-q20"}
     guidance = rows(d / "guidance_table.csv")
-    assert sorted((r["model"], float(r["w"])) for r in guidance) == [("edm", 2.0), ("igct", 1.0), ("igct", 2.0)]
+    assert sorted((r["model"], float(r["w"])) for r in guidance) == [
+        ("edm", 2.0),
+        ("igct", 1.0),
+        ("igct", 2.0),
+    ]
     # class editing: 3 (igct) and 8 (edm: the demo's 30, capped by inversion_count) digits x 9 other classes
-    assert sorted((r["model"], int(r["edits"])) for r in guidance) == [("edm", 72), ("igct", 27), ("igct", 27)]
+    assert sorted((r["model"], int(r["edits"])) for r in guidance) == [
+        ("edm", 72),
+        ("igct", 27),
+        ("igct", 27),
+    ]
     assert all(0 <= float(r["edit_rate"]) <= 1 for r in guidance)
-    assert {p.name for p in (d / "plots").glob("*.png")} == {"fid_vs_nfe.png", "mse_vs_nfe.png", "guidance.png"}
+    assert {p.name for p in (d / "plots").glob("*.png")} == {
+        "fid_vs_nfe.png",
+        "mse_vs_nfe.png",
+        "guidance.png",
+    }
 
     for exp in ("ict", "bcm_ft", "bcm_scratch", "igct", "edm"):
-        with Image.open(d / "grids" / exp / "samples.png") as im:   # 4 digits of 16x16, 1-pixel gaps
+        with Image.open(d / "grids" / exp / "samples.png") as im:  # 4 digits of 16x16, 1-pixel gaps
             assert im.size == (35, 35)
-        assert (d / "runs" / exp / "config.json").is_file() and (d / "eval" / exp / "spec.json").is_file()
+        assert (d / "runs" / exp / "config.json").is_file() and (
+            d / "eval" / exp / "spec.json"
+        ).is_file()
     for app in ("bcm_ft/edit-interpolate", "bcm_ft/edit-inpaint", "bcm_ft/edit-jpeg"):
         with Image.open(d / "grids" / f"{app}.png") as im:
             assert im.size[0] > 16 and im.size[1] > 16
-    for app in ("igct/edit-class", "edm/edit-class"):   # 2 rows: the source, then one edit per class 0..9
+    for app in (
+        "igct/edit-class",
+        "edm/edit-class",
+    ):  # 2 rows: the source, then one edit per class 0..9
         with Image.open(d / "grids" / f"{app}.png") as im:
             assert im.size == (11 * 17 + 1, 2 * 17 + 1)
 

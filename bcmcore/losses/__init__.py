@@ -5,22 +5,27 @@ A loss class has a frozen `Config` dataclass (the `loss` section minus `kind`), 
 called as `loss(model, batch, step, total_steps) -> {"loss": scalar to backprop, <term>: detached scalars}`.
 Kinds: ict, bct (here), igct, edm (imported on first use: they pull in the guided networks).
 """
+
 import importlib
 
 from bcmcore.config import ConfigError, from_dict
 
-LOSSES = {}                                   # kind -> loss class
+LOSSES = {}  # kind -> loss class
 _LAZY = {"igct": "bcmcore.losses.igct", "edm": "bcmcore.losses.edm"}
 
 
 def register(kind):
     """Class decorator: `@register("ict")` makes the class buildable as `loss.kind: ict`."""
+
     def deco(cls):
         if kind in LOSSES and LOSSES[kind] is not cls:
-            raise ValueError(f"loss kind '{kind}' registered twice ({LOSSES[kind].__name__}, {cls.__name__})")
+            raise ValueError(
+                f"loss kind '{kind}' registered twice ({LOSSES[kind].__name__}, {cls.__name__})"
+            )
         LOSSES[kind] = cls
         cls.kind = kind
         return cls
+
     return deco
 
 

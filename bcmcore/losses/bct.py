@@ -8,6 +8,7 @@ L_BCT = E[ lambda(t_n) d(A, B) + lambda'(t_{n+1}, u) d(E, B) ] with
 lambda(t_n) = 1/(t_{n+1} - t_n), lambda'(t, u) = 1/|t - u| (soft trajectory term, Eq. 9 tied to Eq. 6).
 All four passes share one dropout seed.
 """
+
 import torch
 from torch.func import functional_call
 
@@ -27,7 +28,9 @@ class BCTLoss(ICTLoss):
     def __init__(self, cfg, model_cfg):
         super().__init__(cfg, model_cfg)
         if cfg.curriculum.min_intervals() < 2:
-            raise ConfigError("loss.curriculum: BCT needs at least 2 intervals (the top one is never a CT pair)")
+            raise ConfigError(
+                "loss.curriculum: BCT needs at least 2 intervals (the top one is never a CT pair)"
+            )
 
     def sample_indices(self, grid, batch_size):
         """(n, m) per example, vectorised (spec §3.1).
@@ -35,17 +38,19 @@ class BCTLoss(ICTLoss):
         n ~ interval mass with the top interval excluded (t_{n+1} < T); m ~ the same unnormalised masses put
         on each interval's lower point (so u ranges over grid[0 .. N-2], never T), with m != n+1 (u != t).
         """
-        mass = self.interval_mass(grid)                                   # [N-1], mass[i] ~ (grid[i], grid[i+1])
+        mass = self.interval_mass(grid)  # [N-1], mass[i] ~ (grid[i], grid[i+1])
         n = torch.multinomial(mass[:-1], batch_size, replacement=True)
         w = mass.expand(batch_size, -1).clone()
-        w[torch.arange(batch_size), n + 1] = 0.0                          # n + 1 <= N - 2 always
+        w[torch.arange(batch_size), n + 1] = 0.0  # n + 1 <= N - 2 always
         m = torch.multinomial(w, 1).squeeze(1)
         return n, m
 
     def teacher_map(self, model, c, u, y):
         """E = f(C, u, eps) with parameters detached but *not* under no_grad: d/dC flows, d/dtheta does not."""
         frozen = {k: v.detach() for k, v in model.named_parameters()}
-        return functional_call(model, frozen, (c, u), {"y": y}, strict=False)   # f(C, u, u=None -> eps)
+        return functional_call(
+            model, frozen, (c, u), {"y": y}, strict=False
+        )  # f(C, u, u=None -> eps)
 
     def __call__(self, model, batch, step, total_steps):
         x, y = batch["x"], batch.get("y")
@@ -53,19 +58,23 @@ class BCTLoss(ICTLoss):
         n, m = self.sample_indices(grid, x.shape[0])
         z = torch.randn_like(x)
         seed = draw_seed()
-        as_t = lambda v: v.to(x.device, torch.float32)                       # noqa: E731
+        as_t = lambda v: v.to(x.device, torch.float32)  # noqa: E731
         t_next, t_cur, u = as_t(grid[n + 1]), as_t(grid[n]), as_t(grid[m])
-        w_ct = as_t(1.0 / (grid[n + 1] - grid[n]))                           # lambda(t_n) = 1/dt
-        w_soft = as_t(1.0 / (grid[n + 1] - grid[m]).abs())                   # lambda'(t, u) = 1/|t - u|
+        w_ct = as_t(1.0 / (grid[n + 1] - grid[n]))  # lambda(t_n) = 1/dt
+        w_soft = as_t(1.0 / (grid[n + 1] - grid[m]).abs())  # lambda'(t, u) = 1/|t - u|
         hc = self.huber_c(x)
-        a, b = self.ct_pair(model, x, y, t_next, t_cur, z, seed)           # passes 1, 2
+        a, b = self.ct_pair(model, x, y, t_next, t_cur, z, seed)  # passes 1, 2
         sync = self.cfg.sync_dropout
         with same_dropout(seed, x.device, sync):
-            c = model(x + param.append_dims(t_next, x.ndim) * z, t_next, u, y=y)   # pass 3
+            c = model(x + param.append_dims(t_next, x.ndim) * z, t_next, u, y=y)  # pass 3
         with same_dropout(seed, x.device, sync):
-            e = self.teacher_map(model, c, u, y)                             # pass 4
-        loss_ct = w_ct * param.pseudo_huber(a, b, hc)                        # BCM Eq. 6
-        loss_soft = w_soft * param.pseudo_huber(e, b, hc)                    # BCM Eq. 10, soft term
+            e = self.teacher_map(model, c, u, y)  # pass 4
+        loss_ct = w_ct * param.pseudo_huber(a, b, hc)  # BCM Eq. 6
+        loss_soft = w_soft * param.pseudo_huber(e, b, hc)  # BCM Eq. 10, soft term
         loss = (loss_ct + loss_soft).mean()
-        return {"loss": loss, "loss_ct": loss_ct.mean().detach(), "loss_soft": loss_soft.mean().detach(),
-                "num_points": torch.tensor(float(len(grid)), device=x.device)}
+        return {
+            "loss": loss,
+            "loss_ct": loss_ct.mean().detach(),
+            "loss_soft": loss_soft.mean().detach(),
+            "num_points": torch.tensor(float(len(grid)), device=x.device),
+        }

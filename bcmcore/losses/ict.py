@@ -5,6 +5,7 @@ lambda(t_n) = 1/(t_{n+1} - t_n), d = pseudo-Huber with c = 0.00054 sqrt(D), n ~ 
 Karras grid of the curriculum's current size, and a teacher that is the *online* weights under stop-gradient
 (no EMA teacher). Student and teacher passes see the same dropout masks.
 """
+
 import contextlib
 import dataclasses
 from dataclasses import dataclass
@@ -20,21 +21,28 @@ from bcmcore.losses import register
 @dataclass(frozen=True)
 class Curriculum:
     """Grid size N(k): iCT's doubling schedule (s0, s1 intervals), or constant phases (BCM fine-tuning, LSUN)."""
+
     kind: Literal["ict", "phases"] = "ict"
-    s0: int = 10                                  # initial number of intervals (iCT)
-    s1: int = 1280                                # final number of intervals (iCT)
-    phases: tuple[tuple[int, int], ...] = ()      # (n_steps, n_intervals); the last phase runs forever
+    s0: int = 10  # initial number of intervals (iCT)
+    s1: int = 1280  # final number of intervals (iCT)
+    phases: tuple[tuple[int, int], ...] = ()  # (n_steps, n_intervals); the last phase runs forever
 
     def __post_init__(self):
         if self.kind == "ict" and not 1 <= self.s0 <= self.s1:
-            raise ConfigError(f"loss.curriculum: expected 1 <= s0 <= s1, got s0={self.s0}, s1={self.s1}")
+            raise ConfigError(
+                f"loss.curriculum: expected 1 <= s0 <= s1, got s0={self.s0}, s1={self.s1}"
+            )
         if self.kind == "phases":
             if not self.phases:
-                raise ConfigError("loss.curriculum.phases: expected a non-empty list of [n_steps, n_intervals]")
+                raise ConfigError(
+                    "loss.curriculum.phases: expected a non-empty list of [n_steps, n_intervals]"
+                )
             for i, (steps, intervals) in enumerate(self.phases):
                 if steps < 1 or intervals < 1:
-                    raise ConfigError(f"loss.curriculum.phases[{i}]: expected n_steps >= 1 and n_intervals >= 1, "
-                                      f"got {[steps, intervals]}")
+                    raise ConfigError(
+                        f"loss.curriculum.phases[{i}]: expected n_steps >= 1 and n_intervals >= 1, "
+                        f"got {[steps, intervals]}"
+                    )
 
     def num_points(self, step, total_steps):
         """Grid points at iteration `step` (intervals + 1), iCT Eq. 8 or the phase table."""
@@ -48,7 +56,7 @@ class Curriculum:
 
 def draw_seed():
     """A dropout seed from the global RNG (which the loop reseeds per step and rank)."""
-    return int(torch.randint(0, 2 ** 62, ()))
+    return int(torch.randint(0, 2**62, ()))
 
 
 @contextlib.contextmanager
@@ -83,17 +91,19 @@ class ICTLoss:
     @dataclass(frozen=True)
     class Config:
         curriculum: Curriculum = dataclasses.field(default_factory=Curriculum)
-        P_mean: float = param.P_MEAN              # lognormal location of ln t (iCT)
+        P_mean: float = param.P_MEAN  # lognormal location of ln t (iCT)
         P_std: float = param.P_STD
-        huber_c: float | None = None              # pseudo-Huber c; None: 0.00054 sqrt(D) from the batch
-        sync_dropout: bool = True                 # same dropout masks in student and teacher passes (iCT)
+        huber_c: float | None = None  # pseudo-Huber c; None: 0.00054 sqrt(D) from the batch
+        sync_dropout: bool = True  # same dropout masks in student and teacher passes (iCT)
 
     model_kinds = ("cm", "bcm")
 
     def __init__(self, cfg, model_cfg):
         if model_cfg.kind not in self.model_kinds:
-            raise ConfigError(f"loss.kind: {self.kind!r} trains model.kind in {list(self.model_kinds)}, "
-                              f"got model.kind {model_cfg.kind!r}")
+            raise ConfigError(
+                f"loss.kind: {self.kind!r} trains model.kind in {list(self.model_kinds)}, "
+                f"got model.kind {model_cfg.kind!r}"
+            )
         self.cfg = cfg
         self.sigma_min, self.sigma_max = float(model_cfg.sigma_min), float(model_cfg.sigma_max)
 
@@ -115,7 +125,10 @@ class ICTLoss:
         sync = self.cfg.sync_dropout
         with same_dropout(seed, x.device, sync):
             a = model(x + param.append_dims(t_next, x.ndim) * z, t_next, y=y)
-        with same_dropout(seed, x.device, sync), torch.no_grad():  # teacher = online weights, train mode
+        with (
+            same_dropout(seed, x.device, sync),
+            torch.no_grad(),
+        ):  # teacher = online weights, train mode
             b = model(x + param.append_dims(t_cur, x.ndim) * z, t_cur, y=y)
         return a, b.detach()
 
@@ -126,10 +139,18 @@ class ICTLoss:
         n = torch.multinomial(self.interval_mass(grid), x.shape[0], replacement=True)
         z = torch.randn_like(x)
         seed = draw_seed()
-        t_next, t_cur = (grid[n + 1].to(x.device, torch.float32), grid[n].to(x.device, torch.float32))
-        weight = (1.0 / (grid[n + 1] - grid[n])).to(x.device, torch.float32)   # lambda(t_n) = 1/dt (iCT)
+        t_next, t_cur = (
+            grid[n + 1].to(x.device, torch.float32),
+            grid[n].to(x.device, torch.float32),
+        )
+        weight = (1.0 / (grid[n + 1] - grid[n])).to(
+            x.device, torch.float32
+        )  # lambda(t_n) = 1/dt (iCT)
         a, b = self.ct_pair(model, x, y, t_next, t_cur, z, seed)
-        loss_ct = weight * param.pseudo_huber(a, b, self.huber_c(x))           # BCM Eq. 6
+        loss_ct = weight * param.pseudo_huber(a, b, self.huber_c(x))  # BCM Eq. 6
         loss = loss_ct.mean()
-        return {"loss": loss, "loss_ct": loss.detach(),
-                "num_points": torch.tensor(float(len(grid)), device=x.device)}
+        return {
+            "loss": loss,
+            "loss_ct": loss.detach(),
+            "num_points": torch.tensor(float(len(grid)), device=x.device),
+        }

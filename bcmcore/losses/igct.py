@@ -3,9 +3,9 @@
 One call returns all three terms, so a DDP wrapper would see one forward (spec §11, last point).
 Guidance weights w follow the paper convention (w = 1: no guidance) throughout.
 """
+
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -17,37 +17,51 @@ from bcmcore.losses.ict import draw_seed, same_dropout
 
 @dataclass(frozen=True)
 class IGCTConfig:
-    P_mean: float = -1.1            # lognormal t, generation branch (spec §3)
+    P_mean: float = -1.1  # lognormal t, generation branch (spec §3)
     P_std: float = 2.0
-    inv_P_mean: float = -1.1        # lognormal t, inversion branch
+    inv_P_mean: float = -1.1  # lognormal t, inversion branch
     inv_P_std: float = 2.0
-    q: float = 2.0                  # ECT r(t) mapping (param.ect_r)
+    q: float = 2.0  # ECT r(t) mapping (param.ect_r)
     k: float = 8.0
     b: float = 1.0
-    stage_steps: Optional[int] = None   # iterations per ECT stage (authors: 40 k); None = total_steps / n_stages
-    n_stages: int = 9                   # CIFAR-10: 360 k iterations = stages 0..8
-    huber_c: float = 0.03           # absolute pseudo-Huber c over the pixel sum (0.06 on ImageNet64)
-    w_min: float = 1.0              # w ~ U[w_min, w_max], paper convention (spec §4.2)
+    stage_steps: int | None = (
+        None  # iterations per ECT stage (authors: 40 k); None = total_steps / n_stages
+    )
+    n_stages: int = 9  # CIFAR-10: 360 k iterations = stages 0..8
+    huber_c: float = 0.03  # absolute pseudo-Huber c over the pixel sum (0.06 on ImageNet64)
+    w_min: float = 1.0  # w ~ U[w_min, w_max], paper convention (spec §4.2)
     w_max: float = 15.0
-    guide_t_lo: float = 11.0        # guidance probability p(t) = p_max clip((t-lo)/(hi-lo), 0, 1)^gamma
+    guide_t_lo: float = 11.0  # guidance probability p(t) = p_max clip((t-lo)/(hi-lo), 0, 1)^gamma
     guide_t_hi: float = 14.3
     guide_gamma: float = 2.0
     guide_p_max: float = 0.9
-    recon_every: int = 10           # reconstruction loss on steps with step % recon_every == 0 (spec §4.4)
+    recon_every: int = 10  # reconstruction loss on steps with step % recon_every == 0 (spec §4.4)
     lambda_rec: float = 2e-5
-    lambda_rec_schedule: tuple[tuple[int, float], ...] = ()   # (from_step, lambda_rec) overrides, ImageNet64
+    lambda_rec_schedule: tuple[
+        tuple[int, float], ...
+    ] = ()  # (from_step, lambda_rec) overrides, ImageNet64
 
     def __post_init__(self):
-        checks = [("P_std", self.P_std > 0), ("inv_P_std", self.inv_P_std > 0), ("q", self.q > 1),
-                  ("stage_steps", self.stage_steps is None or self.stage_steps >= 1), ("n_stages", self.n_stages >= 1),
-                  ("huber_c", self.huber_c > 0), ("w_min", 1 <= self.w_min <= self.w_max),
-                  ("guide_t_hi", self.guide_t_lo < self.guide_t_hi), ("guide_p_max", 0 <= self.guide_p_max <= 1),
-                  ("recon_every", self.recon_every >= 1), ("lambda_rec", self.lambda_rec >= 0)]
+        checks = [
+            ("P_std", self.P_std > 0),
+            ("inv_P_std", self.inv_P_std > 0),
+            ("q", self.q > 1),
+            ("stage_steps", self.stage_steps is None or self.stage_steps >= 1),
+            ("n_stages", self.n_stages >= 1),
+            ("huber_c", self.huber_c > 0),
+            ("w_min", 1 <= self.w_min <= self.w_max),
+            ("guide_t_hi", self.guide_t_lo < self.guide_t_hi),
+            ("guide_p_max", 0 <= self.guide_p_max <= 1),
+            ("recon_every", self.recon_every >= 1),
+            ("lambda_rec", self.lambda_rec >= 0),
+        ]
         for key, ok in checks:
             if not ok:
-                raise ConfigError(f"loss.{key}: invalid value {getattr(self, key)!r} "
-                                  "(need P_std, huber_c > 0; q > 1; 1 <= w_min <= w_max; guide_t_lo < guide_t_hi; "
-                                  "0 <= guide_p_max <= 1; recon_every, n_stages, stage_steps >= 1)")
+                raise ConfigError(
+                    f"loss.{key}: invalid value {getattr(self, key)!r} "
+                    "(need P_std, huber_c > 0; q > 1; 1 <= w_min <= w_max; guide_t_lo < guide_t_hi; "
+                    "0 <= guide_p_max <= 1; recon_every, n_stages, stage_steps >= 1)"
+                )
 
 
 def guided_euler_target(x_t, y_img, x_tar, t, r, w):
@@ -65,7 +79,7 @@ def guided_euler_target(x_t, y_img, x_tar, t, r, w):
 def guidance_prob(t, cfg):
     """p(t) = p_max clip((t - t_lo)/(t_hi - t_lo), 0, 1)^gamma: guidance only in the high-noise window (spec §4.2)."""
     ramp = ((t - cfg.guide_t_lo) / (cfg.guide_t_hi - cfg.guide_t_lo)).clamp(0, 1)
-    return cfg.guide_p_max * ramp ** cfg.guide_gamma
+    return cfg.guide_p_max * ramp**cfg.guide_gamma
 
 
 def shared_dropout(fn_online, fn_target, device):
@@ -91,8 +105,10 @@ class IGCTLoss:
 
     def __init__(self, cfg, model_cfg):
         if model_cfg is not None and model_cfg.kind != "igct":
-            raise ConfigError(f"loss.kind: 'igct' trains model.kind 'igct' (noiser + guided denoiser), "
-                              f"got model.kind {model_cfg.kind!r}")
+            raise ConfigError(
+                f"loss.kind: 'igct' trains model.kind 'igct' (noiser + guided denoiser), "
+                f"got model.kind {model_cfg.kind!r}"
+            )
         self.cfg = cfg
 
     def stage(self, step, total_steps):
@@ -109,7 +125,9 @@ class IGCTLoss:
 
     def _t_r(self, n, P_mean, P_std, stage, model, device):
         """t ~ lognormal clamped to [t_min, T] (t < t_min is meaningless under the boundary rule); r = r_s(t) < t."""
-        t = torch.exp(P_mean + P_std * torch.randn(n, device=device)).clamp(model.sigma_min, model.sigma_max)
+        t = torch.exp(P_mean + P_std * torch.randn(n, device=device)).clamp(
+            model.sigma_min, model.sigma_max
+        )
         r = param.ect_r(t, stage, self.cfg.q, self.cfg.k, self.cfg.b)
         # r below sigma_min: the boundary condition makes the target the clean image itself, as for ECT's r = 0
         return t, torch.where(r >= model.sigma_min, r, torch.zeros_like(r))
@@ -118,19 +136,26 @@ class IGCTLoss:
         cfg, c = self.cfg, self.cfg.huber_c
         x_tar, y, x_src = batch["x"], batch.get("y"), batch.get("x_src")
         if y is None:
-            raise UserError("loss 'igct' needs class labels: the dataset has none (batch 'y' is None)")
+            raise UserError(
+                "loss 'igct' needs class labels: the dataset has none (batch 'y' is None)"
+            )
         if x_src is None:
-            raise UserError("loss 'igct' needs paired source images (batch 'x_src'): set data.paired: true")
+            raise UserError(
+                "loss 'igct' needs paired source images (batch 'x_src'): set data.paired: true"
+            )
         n, dev, stage = x_tar.shape[0], x_tar.device, self.stage(step, total_steps)
 
         # Inverse consistency (noiser), swapped levels: input at r' = max(r, t_min), target at t (spec §4.3).
         t, r = self._t_r(n, cfg.inv_P_mean, cfg.inv_P_std, stage, model, dev)
         t_in = r.clamp_min(model.sigma_min)
-        eps = torch.randn_like(x_tar)                                  # shared by both levels
+        eps = torch.randn_like(x_tar)  # shared by both levels
         noised = lambda s: x_tar + param.append_dims(s, x_tar.ndim) * eps  # noqa: E731
-        online, target = shared_dropout(lambda: model.noiser(noised(t_in), t_in, y),
-                                        lambda: model.noiser(noised(t), t, y), dev)
-        l_inv = model.sigma_data / model.sigma_max * (t - t_in) * param.pseudo_huber(online, target, c)
+        online, target = shared_dropout(
+            lambda: model.noiser(noised(t_in), t_in, y), lambda: model.noiser(noised(t), t, y), dev
+        )
+        l_inv = (
+            model.sigma_data / model.sigma_max * (t - t_in) * param.pseudo_huber(online, target, c)
+        )
 
         # Guided consistency (denoiser): source x_src noised w.p. p(t), target by the guided Euler step (§4.2).
         t, r = self._t_r(n, cfg.P_mean, cfg.P_std, stage, model, dev)
@@ -139,17 +164,24 @@ class IGCTLoss:
         y_img = torch.where(param.append_dims(guided, x_tar.ndim), x_src, x_tar)
         x_t = y_img + param.append_dims(t, x_tar.ndim) * torch.randn_like(x_tar)
         x_r = guided_euler_target(x_t, y_img, x_tar, t, r, w)
-        online, target = shared_dropout(lambda: model.denoiser(x_t, t, y, w),
-                                        lambda: model.denoiser(x_r, r.clamp_min(model.sigma_min), y, w), dev)
+        online, target = shared_dropout(
+            lambda: model.denoiser(x_t, t, y, w),
+            lambda: model.denoiser(x_r, r.clamp_min(model.sigma_min), y, w),
+            dev,
+        )
         # (the target pass at r = 0 is evaluated at sigma_min only to keep one batch shape, then replaced)
         # r = 0 (stage 0, small t later): no ODE step to take, the target is the clean image that was noised.
         target = torch.where(param.append_dims(r > 0, x_tar.ndim), target, y_img)
-        l_gct = param.pseudo_huber(online, target, c) / (t - r)     # ECT weight 1/(t - r)
+        l_gct = param.pseudo_huber(online, target, c) / (t - r)  # ECT weight 1/(t - r)
 
         total = l_inv + l_gct
-        out = {"inv": l_inv.mean().detach(), "gct": l_gct.mean().detach(),
-               "stage": torch.tensor(float(stage)), "guided_frac": guided.float().mean()}
-        if step % cfg.recon_every == 0:                                # spec §4.4: every k-th step only
+        out = {
+            "inv": l_inv.mean().detach(),
+            "gct": l_gct.mean().detach(),
+            "stage": torch.tensor(float(stage)),
+            "guided_frac": guided.float().mean(),
+        }
+        if step % cfg.recon_every == 0:  # spec §4.4: every k-th step only
             l_rec = reconstruction_loss(model, x_tar, y, c)
             total = total + self.lambda_rec(step) * l_rec
             out["rec"] = l_rec.mean().detach()

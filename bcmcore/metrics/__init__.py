@@ -7,11 +7,16 @@ Public API (docs/interfaces.md, metrics):
   demo_classifier.load_demo_classifier(shard_dir) -> model with .classify(x), .features(x), .test_accuracy
   spec.load_spec(path); sweep.run(spec, out_dir); cli.main(argv)  (`bcm eval`)
 """
+
 import importlib
 
 # Lazy exports: `bcm sample` imports metrics.report for grids and must not pay for clean-fid/torchvision.
-_EXPORTS = {"load_demo_classifier": "demo_classifier", "fid_from_feats": "fid", "frechet_distance": "fid",
-            "precision_recall": "prdc"}
+_EXPORTS = {
+    "load_demo_classifier": "demo_classifier",
+    "fid_from_feats": "fid",
+    "frechet_distance": "fid",
+    "precision_recall": "prdc",
+}
 __all__ = list(_EXPORTS)
 
 

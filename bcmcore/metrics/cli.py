@@ -1,13 +1,21 @@
 """`bcm eval --spec FILE --out DIR`: run an evaluation sweep (distributed when launched on several ranks)."""
+
 import argparse
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="bcm eval", description="FID / precision / recall / inversion-MSE sweep "
-                                "(tables, plots and sample grids under --out)")
-    p.add_argument("--spec", required=True, help="sweep spec (YAML or JSON), see bcmcore/metrics/spec.py")
+    p = argparse.ArgumentParser(
+        prog="bcm eval",
+        description="FID / precision / recall / inversion-MSE sweep "
+        "(tables, plots and sample grids under --out)",
+    )
+    p.add_argument(
+        "--spec", required=True, help="sweep spec (YAML or JSON), see bcmcore/metrics/spec.py"
+    )
     p.add_argument("--out", required=True, help="output folder, e.g. results/<ds>/eval")
-    p.add_argument("--device", default=None, help="cpu to force the CPU (default: CUDA when available)")
+    p.add_argument(
+        "--device", default=None, help="cpu to force the CPU (default: CUDA when available)"
+    )
     p.add_argument("--num-samples", type=int, default=None, help="override the spec's num_samples")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)

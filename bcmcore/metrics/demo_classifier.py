@@ -5,6 +5,7 @@ classifier trained on the same data provides the features. Training is seeded an
 the result is cached beside the shards (`demo-classifier.pt`, plain tensors, loaded with weights_only).
 The iGCT editing tests use `classify` to check that edited digits land in the target class.
 """
+
 import hashlib
 from pathlib import Path
 
@@ -30,11 +31,16 @@ class DemoClassifier(nn.Module):
     def __init__(self, in_channels, num_classes, feature_dim=FEATURE_DIM):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 16, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-            nn.Linear(64 * 16, feature_dim))
+            nn.Conv2d(in_channels, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(64 * 16, feature_dim),
+        )
         self.head = nn.Sequential(nn.ReLU(), nn.Linear(feature_dim, num_classes))
         self.in_channels, self.num_classes, self.feature_dim = in_channels, num_classes, feature_dim
         self.digest, self.test_accuracy = "untrained", float("nan")
@@ -68,9 +74,13 @@ def _shift(x, gen, max_shift=1):
 def train_demo_classifier(x, y, epochs=10, batch_size=64, lr=2e-3, seed=0):
     """Deterministic training on uint8 images [N, C, H, W] and labels [N] (CPU, ~10 s on one thread)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convolutions: extra threads only add contention (and nondeterminism)
+    torch.set_num_threads(
+        1
+    )  # tiny convolutions: extra threads only add contention (and nondeterminism)
     try:
-        return _train(_to_float(x), torch.as_tensor(np.asarray(y)).long(), epochs, batch_size, lr, seed)
+        return _train(
+            _to_float(x), torch.as_tensor(np.asarray(y)).long(), epochs, batch_size, lr, seed
+        )
     finally:
         torch.set_num_threads(threads)
 
@@ -86,7 +96,7 @@ def _train(x, y, epochs, batch_size, lr, seed):
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), batch_size):
-            idx = order[i:i + batch_size]
+            idx = order[i : i + batch_size]
             loss = nn.functional.cross_entropy(net(_shift(x[idx], gen)), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -97,13 +107,24 @@ def _train(x, y, epochs, batch_size, lr, seed):
 
 def accuracy(net, x, y, batch_size=512):
     y = torch.as_tensor(np.asarray(y)).long()
-    pred = torch.cat([net.classify(_to_float(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+    pred = torch.cat(
+        [net.classify(_to_float(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+    )
     return float((pred == y).float().mean())
 
 
 def _save(net, path, meta):
-    atomic_torch_save({"format": FORMAT, "state_dict": net.state_dict(), "in_channels": net.in_channels,
-                       "num_classes": net.num_classes, "feature_dim": net.feature_dim, **meta}, path)
+    atomic_torch_save(
+        {
+            "format": FORMAT,
+            "state_dict": net.state_dict(),
+            "in_channels": net.in_channels,
+            "num_classes": net.num_classes,
+            "feature_dim": net.feature_dim,
+            **meta,
+        },
+        path,
+    )
 
 
 def _load(path, device):
@@ -112,7 +133,9 @@ def _load(path, device):
     except Exception as e:
         raise UserError(f"{path}: unreadable demo classifier ({e}); delete it to retrain") from None
     if not isinstance(d, dict) or d.get("format") != FORMAT:
-        raise UserError(f"{path}: not a demo classifier file (format {FORMAT} expected); delete it to retrain")
+        raise UserError(
+            f"{path}: not a demo classifier file (format {FORMAT} expected); delete it to retrain"
+        )
     net = DemoClassifier(d["in_channels"], d["num_classes"], d["feature_dim"])
     net.load_state_dict(d["state_dict"])
     net.digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
@@ -138,7 +161,14 @@ def load_demo_classifier(shard_dir, device="cpu", path=None, train_if_missing=Tr
             net = train_demo_classifier(x, y)
             test = "test" if "test" in splits else "train"
             xt, yt = load_split(shard_dir, test)
-            _save(net, path, {"test_accuracy": accuracy(net, xt, yt), "accuracy_split": test,
-                              "train_count": int(len(x))})
+            _save(
+                net,
+                path,
+                {
+                    "test_accuracy": accuracy(net, xt, yt),
+                    "accuracy_split": test,
+                    "train_count": int(len(x)),
+                },
+            )
         dist.barrier()
     return _load(path, device)

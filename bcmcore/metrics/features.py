@@ -6,6 +6,7 @@
 * `demo`: the small digits classifier of `demo_classifier.py` (penultimate layer), no resize.
 Both go through `FeatureExtractor.features(images_uint8)`; the FID code after that is shared.
 """
+
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,13 +29,17 @@ def inception_file(path):
     """The staged Inception file (a path to it, or to its folder), verified by size and sha256."""
     path = Path(path).expanduser()
     file = path / INCEPTION_FILE if path.is_dir() or path.name != INCEPTION_FILE else path
-    hint = (f"download {INCEPTION_URL} on a machine with internet and copy it to {file} "
-            f"(or point features.inception_path at the file)")
+    hint = (
+        f"download {INCEPTION_URL} on a machine with internet and copy it to {file} "
+        f"(or point features.inception_path at the file)"
+    )
     if not file.is_file():
         raise UserError(f"Inception weights not found: {file} is missing; {hint}")
     if file.stat().st_size != INCEPTION_BYTES or sha256_file(file) != INCEPTION_SHA256:
-        raise UserError(f"{file}: not the clean-fid Inception file (expected {INCEPTION_BYTES} bytes, "
-                        f"sha256 {INCEPTION_SHA256}); {hint}")
+        raise UserError(
+            f"{file}: not the clean-fid Inception file (expected {INCEPTION_BYTES} bytes, "
+            f"sha256 {INCEPTION_SHA256}); {hint}"
+        )
     return file
 
 
@@ -46,9 +51,15 @@ class FeatureExtractor:
 
     def __init__(self, model, key, dim, resize=None, rgb=True, to_input=None, device="cpu"):
         self.model, self.key, self.dim, self.device = model, key, dim, torch.device(device)
-        self.resize = resize      # clean-fid resizer on one HWC image (uint8 in, float or uint8 out) or None
-        self.rgb = rgb            # grey images are repeated to 3 channels, like PIL's convert("RGB") in clean-fid
-        self.to_input = to_input  # optional transform of the uint8 batch (the demo net takes [-1, 1] floats)
+        self.resize = (
+            resize  # clean-fid resizer on one HWC image (uint8 in, float or uint8 out) or None
+        )
+        self.rgb = (
+            rgb  # grey images are repeated to 3 channels, like PIL's convert("RGB") in clean-fid
+        )
+        self.to_input = (
+            to_input  # optional transform of the uint8 batch (the demo net takes [-1, 1] floats)
+        )
         self._pool = None
 
     def _prepare(self, batch):
@@ -56,24 +67,30 @@ class FeatureExtractor:
             batch = np.repeat(batch, 3, axis=1)
         if self.resize is None:
             return torch.from_numpy(batch).float()
+
         def one(img):  # clean-fid resizes one HWC numpy image at a time (resize.build_resizer)
             r = np.asarray(self.resize(np.ascontiguousarray(img.transpose(1, 2, 0))))
             return torch.from_numpy(np.ascontiguousarray(r.transpose(2, 0, 1))).float()
-        if self._pool is None:   # PIL releases the GIL while resizing: threads keep the GPU fed
+
+        if self._pool is None:  # PIL releases the GIL while resizing: threads keep the GPU fed
             self._pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1))
-        return torch.stack(list(self._pool.map(one, batch)))  # float in [0, 255], as clean-fid's ResizeDataset
+        return torch.stack(
+            list(self._pool.map(one, batch))
+        )  # float in [0, 255], as clean-fid's ResizeDataset
 
     @torch.no_grad()
     def features(self, images, batch_size=256, desc="features", progress=True):
         images = np.asarray(images.cpu() if torch.is_tensor(images) else images)
         if images.dtype != np.uint8 or images.ndim != 4:
-            raise ValueError(f"features expect uint8 images [N, C, H, W], got {images.dtype} {images.shape}")
+            raise ValueError(
+                f"features expect uint8 images [N, C, H, W], got {images.dtype} {images.shape}"
+            )
         out = np.empty((len(images), self.dim), np.float64)
         bar = tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False)
         for i in bar:
-            x = self._prepare(images[i:i + batch_size])
+            x = self._prepare(images[i : i + batch_size])
             x = self.to_input(x) if self.to_input is not None else x
-            out[i:i + len(x)] = self.model(x.to(self.device)).double().cpu().numpy()
+            out[i : i + len(x)] = self.model(x.to(self.device)).double().cpu().numpy()
         return out
 
 
@@ -85,9 +102,13 @@ def inception_extractor(path, mode="clean", device="cpu"):
     if mode not in MODES:
         raise UserError(f"features.mode: expected one of {list(MODES)}, got {mode!r}")
     file = inception_file(path)
-    model = InceptionV3W(str(file.parent), download=False, resize_inside=(mode == "legacy_tensorflow"))
+    model = InceptionV3W(
+        str(file.parent), download=False, resize_inside=(mode == "legacy_tensorflow")
+    )
     model = model.to(device).eval()
-    return FeatureExtractor(model, f"{mode}-inception", 2048, resize=build_resizer(mode), device=device)
+    return FeatureExtractor(
+        model, f"{mode}-inception", 2048, resize=build_resizer(mode), device=device
+    )
 
 
 def demo_extractor(shard_dir, device="cpu"):
@@ -95,8 +116,14 @@ def demo_extractor(shard_dir, device="cpu"):
     from bcmcore.metrics.demo_classifier import load_demo_classifier
 
     clf = load_demo_classifier(shard_dir, device=device)
-    return FeatureExtractor(clf.features, f"demo-{clf.digest}", clf.feature_dim, rgb=False,
-                            to_input=lambda x: x / 127.5 - 1, device=device)
+    return FeatureExtractor(
+        clf.features,
+        f"demo-{clf.digest}",
+        clf.feature_dim,
+        rgb=False,
+        to_input=lambda x: x / 127.5 - 1,
+        device=device,
+    )
 
 
 def build_extractor(cfg, shard_dir, device="cpu"):
@@ -104,5 +131,7 @@ def build_extractor(cfg, shard_dir, device="cpu"):
     if cfg.kind == "demo":
         return demo_extractor(shard_dir, device)
     if not cfg.inception_path:
-        raise UserError(f"features.inception_path: required for kind 'inception' (the staged {INCEPTION_FILE})")
+        raise UserError(
+            f"features.inception_path: required for kind 'inception' (the staged {INCEPTION_FILE})"
+        )
     return inception_extractor(cfg.inception_path, cfg.mode, device)

@@ -4,6 +4,7 @@ FID = |mu_1 - mu_2|^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^{1/2}) on Gaussian fits of th
 `frechet_distance` (scipy sqrtm, the stabilised Sutherland version) does the matrix part, so our numbers are
 clean-fid's numbers. Reference statistics of a dataset are cached next to its shards.
 """
+
 import hashlib
 import json
 from pathlib import Path
@@ -19,8 +20,10 @@ REF_FORMAT = "bcm-fid-ref/1"
 def check_count(n, dim, what):
     """A covariance of `dim` features needs more than `dim` samples, or the Gaussian fit is singular."""
     if n <= dim:
-        raise UserError(f"{what}: {n} samples but the features have {dim} dimensions; FID and precision/recall "
-                        f"need more samples than feature dimensions (use at least {dim + 1}; papers use 50000)")
+        raise UserError(
+            f"{what}: {n} samples but the features have {dim} dimensions; FID and precision/recall "
+            f"need more samples than feature dimensions (use at least {dim + 1}; papers use 50000)"
+        )
 
 
 def feature_stats(feats, what="features"):
@@ -47,12 +50,15 @@ class Moments:
 
     def stats(self, what="features"):
         check_count(self.n, 0 if self.s1 is None else len(self.s1), what)
-        return self.shift + self.s1 / self.n, (self.s2 - np.outer(self.s1, self.s1) / self.n) / (self.n - 1)
+        return self.shift + self.s1 / self.n, (self.s2 - np.outer(self.s1, self.s1) / self.n) / (
+            self.n - 1
+        )
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2):
     """FID between two Gaussian fits; clean-fid's implementation, returned as a Python float."""
     from cleanfid.fid import frechet_distance  # lazy: clean-fid imports torchvision (seconds)
+
     return float(frechet_distance(mu1, sigma1, mu2, sigma2))
 
 
@@ -62,6 +68,7 @@ def fid_from_feats(feats1, feats2):
 
 # ----------------------------------------------------------------------------------------------------------
 # Reference statistics: computed once per (shard dir, split, extractor), cached atomically beside the shards.
+
 
 def reference_path(shard_dir, split, extractor_key):
     return Path(shard_dir) / f"fid-ref-{split}-{extractor_key}.npz"
@@ -74,7 +81,10 @@ def _manifest_digest(shard_dir):
 
 
 def save_reference(path, mu, sigma, pr_feats, meta):
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append ".npz"
+    with (
+        atomic_path(path) as tmp,
+        open(tmp, "wb") as f,
+    ):  # a file object: np.savez would append ".npz"
         np.savez(f, mu=mu, sigma=sigma, pr_feats=pr_feats.astype(np.float32), meta=json.dumps(meta))
 
 
@@ -104,8 +114,14 @@ def reference_stats(shard_dir, split, extractor, feats_fn, pr_count=50_000, seed
     from bcmcore.data import ShardReader, iter_split
 
     path = reference_path(shard_dir, split, extractor.key)
-    meta = {"format": REF_FORMAT, "split": split, "extractor": extractor.key,
-            "manifest": _manifest_digest(shard_dir), "pr_count": int(pr_count), "seed": int(seed)}
+    meta = {
+        "format": REF_FORMAT,
+        "split": split,
+        "extractor": extractor.key,
+        "manifest": _manifest_digest(shard_dir),
+        "pr_count": int(pr_count),
+        "seed": int(seed),
+    }
     ref = load_reference(path, meta)
     if ref is not None:
         return ref

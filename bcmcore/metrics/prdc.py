@@ -4,6 +4,7 @@ The manifold of a set is the union of balls around its points, each with the rad
 nearest neighbour within the set (k = 3). Precision = share of generated points inside the real manifold;
 recall = share of real points inside the generated manifold. Distances in chunks, on any device.
 """
+
 import numpy as np
 import torch
 
@@ -20,7 +21,7 @@ def kth_radii(feats, k=3, chunk=4096):
     """Squared distance of every point to its k-th nearest neighbour in the same set, itself excluded."""
     out = []
     for i in range(0, len(feats), chunk):
-        d = _sq_dists(feats[i:i + chunk], feats)
+        d = _sq_dists(feats[i : i + chunk], feats)
         # the (k+1)-th smallest includes the point itself at distance 0
         out.append(d.kthvalue(k + 1, dim=1).values)
     return torch.cat(out)
@@ -30,7 +31,7 @@ def _coverage(query, support, radii, chunk):
     """Share of `query` points within radius of at least one `support` point (Eq. 1's f(phi, Phi))."""
     inside = 0
     for i in range(0, len(query), chunk):
-        d = _sq_dists(query[i:i + chunk], support)
+        d = _sq_dists(query[i : i + chunk], support)
         inside += (d <= radii[None]).any(1).sum().item()
     return inside / len(query)
 
@@ -41,7 +42,9 @@ def precision_recall(real, fake, k=3, chunk=4096, device="cpu"):
     real = torch.as_tensor(np.asarray(real), dtype=torch.float64, device=device)
     fake = torch.as_tensor(np.asarray(fake), dtype=torch.float64, device=device)
     if real.shape[1] != fake.shape[1]:
-        raise ValueError(f"feature dimensions differ: real {real.shape[1]}, generated {fake.shape[1]}")
+        raise ValueError(
+            f"feature dimensions differ: real {real.shape[1]}, generated {fake.shape[1]}"
+        )
     for n, what in ((len(real), "real features"), (len(fake), "generated features")):
         if n <= k:
             check_count(n, k, what)

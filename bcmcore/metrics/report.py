@@ -2,6 +2,7 @@
 
 Numbers come only from the rows the sweep measured.
 """
+
 import csv
 import io
 import json
@@ -12,12 +13,51 @@ import numpy as np
 from bcmcore.util import atomic_path, atomic_write_text
 
 COLUMNS = {
-    "fid": ["model", "kind", "sampler", "nfe", "time_steps", "fid", "precision", "recall", "samples",
-            "checkpoint", "step", "seeds", "seconds"],
-    "mse": ["model", "kind", "task", "inversion_nfe", "nfe", "time_steps", "mse", "images", "checkpoint", "step",
-            "seeds"],
-    "guidance": ["model", "kind", "w", "nfe", "fid", "precision", "recall", "edit_rate", "edits", "edit_nfe",
-                 "samples", "checkpoint", "step", "seeds", "seconds"],
+    "fid": [
+        "model",
+        "kind",
+        "sampler",
+        "nfe",
+        "time_steps",
+        "fid",
+        "precision",
+        "recall",
+        "samples",
+        "checkpoint",
+        "step",
+        "seeds",
+        "seconds",
+    ],
+    "mse": [
+        "model",
+        "kind",
+        "task",
+        "inversion_nfe",
+        "nfe",
+        "time_steps",
+        "mse",
+        "images",
+        "checkpoint",
+        "step",
+        "seeds",
+    ],
+    "guidance": [
+        "model",
+        "kind",
+        "w",
+        "nfe",
+        "fid",
+        "precision",
+        "recall",
+        "edit_rate",
+        "edits",
+        "edit_nfe",
+        "samples",
+        "checkpoint",
+        "step",
+        "seeds",
+        "seconds",
+    ],
 }
 
 
@@ -44,6 +84,7 @@ def read_csv(path):
 def save_grid(path, images, ncol=None):
     """uint8 images [N, C, H, W] -> one PNG grid (1-pixel gaps), written atomically."""
     from PIL import Image
+
     images = np.asarray(images)
     n, c, h, w = images.shape
     ncol = ncol or int(np.ceil(np.sqrt(n)))
@@ -51,13 +92,16 @@ def save_grid(path, images, ncol=None):
     grid = np.zeros((nrow * (h + 1) + 1, ncol * (w + 1) + 1, c), np.uint8)
     for i, img in enumerate(images):
         r, q = divmod(i, ncol)
-        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = img.transpose(1, 2, 0)
+        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = (
+            img.transpose(1, 2, 0)
+        )
     with atomic_path(path) as tmp:
         Image.fromarray(grid[..., 0] if c == 1 else grid).save(tmp, format="PNG")
 
 
 def _savefig(fig, path):
     import matplotlib.pyplot as plt
+
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -65,8 +109,10 @@ def _savefig(fig, path):
 
 def _plt():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -78,7 +124,13 @@ def plot_fid_vs_nfe(path, rows):
         rs = sorted((r for r in rows if r["model"] == model), key=lambda r: r["nfe"])
         ax.plot([r["nfe"] for r in rs], [r["fid"] for r in rs], "o-", label=model)
         for r in rs:
-            ax.annotate(r["sampler"], (r["nfe"], r["fid"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(
+                r["sampler"],
+                (r["nfe"], r["fid"]),
+                fontsize=6,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
     ax.set(xlabel="NFE", ylabel="FID", title="FID vs NFE")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=8)
@@ -91,9 +143,15 @@ def plot_mse_vs_nfe(path, rows):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for key in dict.fromkeys((r["model"], r["task"]) for r in rows):
-        rs = sorted((r for r in rows if (r["model"], r["task"]) == key), key=lambda r: r["inversion_nfe"])
+        rs = sorted(
+            (r for r in rows if (r["model"], r["task"]) == key), key=lambda r: r["inversion_nfe"]
+        )
         ax.plot([r["inversion_nfe"] for r in rs], [r["mse"] for r in rs], "o-", label=" ".join(key))
-    ax.set(xlabel="inversion NFE", ylabel="MSE per dimension ([0,1] images)", title="Reconstruction MSE")
+    ax.set(
+        xlabel="inversion NFE",
+        ylabel="MSE per dimension ([0,1] images)",
+        title="Reconstruction MSE",
+    )
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_yscale("log")
     ax.legend(fontsize=8)

@@ -15,10 +15,11 @@ Example (demo digits; CIFAR-10 would use features {kind: inception, mode: legacy
       - {name: igct, network: ..., kind: igct, guidance: {ws: [1, 3, 5], edits: 100}}
       - {name: cfg-edm, network: ..., kind: edm, guidance: {ws: [1, 3, 5], recipe: edm-18}}
 """
+
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from bcmcore import sampling
 from bcmcore.config import ConfigError, UserError, from_dict
@@ -28,33 +29,40 @@ GEN_SAMPLERS = ("onestep", "ancestral", "zigzag", "combined", "multistep", "heun
 
 @dataclass(frozen=True)
 class FeaturesConfig:
-    kind: Literal["inception", "demo", "raw"] = "demo"   # raw: vector data are their own features (toy)
+    kind: Literal["inception", "demo", "raw"] = (
+        "demo"  # raw: vector data are their own features (toy)
+    )
     mode: Literal["clean", "legacy_tensorflow"] = "clean"
-    inception_path: str = ""                            # the staged inception-2015-12-05.pt (or its folder)
+    inception_path: str = ""  # the staged inception-2015-12-05.pt (or its folder)
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
     """One generation setting: a named `sampling.RECIPES` entry, or sampler + times/pairs explicitly."""
+
     recipe: str = ""
-    sampler: str = ""                             # onestep|ancestral|zigzag|combined|multistep|heun|igct
+    sampler: str = ""  # onestep|ancestral|zigzag|combined|multistep|heun|igct
     times: tuple[float, ...] = ()
-    pairs: tuple[tuple[float, float], ...] = ()   # zigzag rounds (eps_i, t_i)
-    steps: int = 1                                # igct: 1 or 2 denoiser calls
-    name: str = ""                                # label in tables/plots; default: the sampler
+    pairs: tuple[tuple[float, float], ...] = ()  # zigzag rounds (eps_i, t_i)
+    steps: int = 1  # igct: 1 or 2 denoiser calls
+    name: str = ""  # label in tables/plots; default: the sampler
 
     def resolve(self, where):
         if self.recipe:
             if self.sampler or self.times or self.pairs:
-                raise ConfigError(f"{where}: give either 'recipe' or 'sampler'/'times'/'pairs', not both")
+                raise ConfigError(
+                    f"{where}: give either 'recipe' or 'sampler'/'times'/'pairs', not both"
+                )
             try:
                 r = sampling.get_recipe(self.recipe)
             except UserError as e:
                 raise ConfigError(f"{where}.recipe: {e}") from None
             return r.sampler, tuple(r.times), tuple(r.pairs)
         if self.sampler not in GEN_SAMPLERS:
-            raise ConfigError(f"{where}.sampler: expected one of {list(GEN_SAMPLERS)} or a recipe, "
-                              f"got {self.sampler!r}")
+            raise ConfigError(
+                f"{where}.sampler: expected one of {list(GEN_SAMPLERS)} or a recipe, "
+                f"got {self.sampler!r}"
+            )
         return self.sampler, tuple(self.times), tuple(self.pairs)
 
 
@@ -62,19 +70,20 @@ class SamplerSpec:
 class InversionSpec:
     """bcm: Alg. 5 along increasing `times`, decode along `gen_times` (default 1 step t_M -> eps);
     igct: noiser + denoiser (no times); edm: Heun ODE over a `steps`-point Karras grid both ways."""
+
     times: tuple[float, ...] = ()
     gen_times: tuple[float, ...] = ()
     steps: int = 18
-    initial_noise: bool = True     # BCM's small noise t_0 z before inverting (off: exact-model tests)
+    initial_noise: bool = True  # BCM's small noise t_0 z before inverting (off: exact-model tests)
 
 
 @dataclass(frozen=True)
 class GuidanceSpec:
-    ws: tuple[float, ...] = (1.0,)          # paper convention, w = 1: no guidance
-    steps: int = 1                          # iGCT denoiser calls
-    recipe: str = "edm-18"                  # CFG-EDM Heun schedule
-    edits: int = 0                          # class editing: this many inversion-split images, each edited into
-                                            # every other class per w; the demo classifier scores the target hits
+    ws: tuple[float, ...] = (1.0,)  # paper convention, w = 1: no guidance
+    steps: int = 1  # iGCT denoiser calls
+    recipe: str = "edm-18"  # CFG-EDM Heun schedule
+    edits: int = 0  # class editing: this many inversion-split images, each edited into
+    # every other class per w; the demo classifier scores the target hits
 
 
 @dataclass(frozen=True)
@@ -84,8 +93,8 @@ class ModelSpec:
     kind: Literal["cm", "bcm", "edm", "igct"]
     samplers: tuple[SamplerSpec, ...] = ()
     inversions: tuple[InversionSpec, ...] = ()
-    jpeg: tuple[tuple[float, ...], ...] = ()    # restoration inversion schedules (BCM App. B.1.2)
-    guidance: Optional[GuidanceSpec] = None
+    jpeg: tuple[tuple[float, ...], ...] = ()  # restoration inversion schedules (BCM App. B.1.2)
+    guidance: GuidanceSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -97,14 +106,16 @@ class EvalSpec:
     num_samples: int = 50_000
     seed: int = 0
     batch_size: int = 256
-    labels: Literal["uniform", "data"] = "uniform"   # class labels of conditional samples (iGCT: data)
+    labels: Literal["uniform", "data"] = (
+        "uniform"  # class labels of conditional samples (iGCT: data)
+    )
     pr_k: int = 3
-    pr_real: int = 50_000                           # real features kept for precision/recall
+    pr_real: int = 50_000  # real features kept for precision/recall
     inversion_split: str = "test"
     inversion_count: int = 10_000
     jpeg_quality: int = 20
-    grid: int = 64                                  # samples per PNG grid
-    clamp: bool = True                              # clip generated images to [-1, 1]
+    grid: int = 64  # samples per PNG grid
+    clamp: bool = True  # clip generated images to [-1, 1]
 
 
 def _check(spec, path):
@@ -118,19 +129,29 @@ def _check(spec, path):
         for j, s in enumerate(m.samplers):
             s.resolve(f"models[{i}].samplers[{j}]")
         if m.guidance and m.kind not in ("igct", "edm"):
-            raise ConfigError(f"models[{i}].guidance: guidance sweeps need kind igct or edm, got {m.kind!r}")
+            raise ConfigError(
+                f"models[{i}].guidance: guidance sweeps need kind igct or edm, got {m.kind!r}"
+            )
         if m.guidance and m.guidance.edits:
             if m.guidance.edits < 0 or spec.features.kind != "demo":
-                raise ConfigError(f"models[{i}].guidance.edits: the edit success rate needs a count >= 0 and "
-                                  f"features.kind 'demo' (its classifier judges the edits), got "
-                                  f"{m.guidance.edits} with features.kind {spec.features.kind!r}")
+                raise ConfigError(
+                    f"models[{i}].guidance.edits: the edit success rate needs a count >= 0 and "
+                    f"features.kind 'demo' (its classifier judges the edits), got "
+                    f"{m.guidance.edits} with features.kind {spec.features.kind!r}"
+                )
         if m.inversions and m.kind == "cm":
-            raise ConfigError(f"models[{i}].inversions: a cm model cannot invert (it maps only to sigma_min); "
-                              "use a bcm, igct or edm model")
+            raise ConfigError(
+                f"models[{i}].inversions: a cm model cannot invert (it maps only to sigma_min); "
+                "use a bcm, igct or edm model"
+            )
         if m.kind == "bcm" and any(len(v.times) < 2 for v in m.inversions):
-            raise ConfigError(f"models[{i}].inversions: bcm inversion needs increasing 'times' (t_0 .. t_M)")
+            raise ConfigError(
+                f"models[{i}].inversions: bcm inversion needs increasing 'times' (t_0 .. t_M)"
+            )
         if m.jpeg and m.kind != "bcm":
-            raise ConfigError(f"models[{i}].jpeg: JPEG restoration needs a bcm model, got {m.kind!r}")
+            raise ConfigError(
+                f"models[{i}].jpeg: JPEG restoration needs a bcm model, got {m.kind!r}"
+            )
     return spec
 
 
@@ -145,9 +166,12 @@ def load_spec(path):
             data = json.loads(text)
         else:
             import yaml
+
             data = yaml.safe_load(text)
     except Exception as e:
-        raise UserError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({e})") from None
+        raise UserError(
+            f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({e})"
+        ) from None
     try:
         return _check(from_dict(EvalSpec, data, "spec"), path)
     except ConfigError as e:

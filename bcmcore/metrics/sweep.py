@@ -2,6 +2,7 @@
 JPEG restoration -> MSE. Every rank takes its share of seeds (seed i -> sample i, whatever the split);
 features are all-gathered in seed order, rank 0 scores and writes.
 """
+
 import math
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from bcmcore.editing import mse_per_item
 from bcmcore.metrics import fid as fidlib
 from bcmcore.metrics import prdc, report
 from bcmcore.metrics.features import build_extractor
+
 
 class _ZeroNoise:
     """Stands in for SeededRNG where the spec switches BCM's initial inversion noise off."""
@@ -32,12 +34,15 @@ def gather_rows(local, local_idx, total):
         out = np.empty((total, local.shape[1]), np.float32)
         out[np.asarray(local_idx)] = local
         return out
-    dev = torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" \
+    dev = (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch.distributed.get_backend() == "nccl"
         else torch.device("cpu")
+    )
     n_max = math.ceil(total / dist.world_size())
     buf = torch.full((n_max, local.shape[1] + 1), -1.0, dtype=torch.float64, device=dev)
-    buf[:len(local), 0] = torch.as_tensor(np.asarray(local_idx), dtype=torch.float64)
-    buf[:len(local), 1:] = torch.as_tensor(local, dtype=torch.float64)
+    buf[: len(local), 0] = torch.as_tensor(np.asarray(local_idx), dtype=torch.float64)
+    buf[: len(local), 1:] = torch.as_tensor(local, dtype=torch.float64)
     parts = [torch.empty_like(buf) for _ in range(dist.world_size())]
     torch.distributed.all_gather(parts, buf)
     rows = torch.cat(parts).cpu().numpy()
@@ -52,23 +57,38 @@ class Evaluator:
 
     def __init__(self, spec, device=None, progress=True):
         from bcmcore.data import read_manifest
+
         self.spec, self.progress = spec, progress
         self.rank, self.world, _, self.device = dist.init(device)
         self.manifest = read_manifest(spec.dataset)
         self.vector = self.manifest.get("kind") == "vector"
         if self.vector != (spec.features.kind == "raw"):
-            raise UserError(f"spec features.kind: {'raw' if self.vector else 'demo or inception'} expected for "
-                            f"{self.manifest.get('kind')} data in {spec.dataset}")
-        self.shape = ((self.manifest["dim"],) if self.vector else
-                      (self.manifest["channels"], self.manifest["resolution"], self.manifest["resolution"]))
-        self.extractor = None if self.vector else build_extractor(spec.features, spec.dataset, self.device)
-        if any(m.samplers or m.guidance for m in spec.models):   # fail before sampling, not after
+            raise UserError(
+                f"spec features.kind: {'raw' if self.vector else 'demo or inception'} expected for "
+                f"{self.manifest.get('kind')} data in {spec.dataset}"
+            )
+        self.shape = (
+            (self.manifest["dim"],)
+            if self.vector
+            else (
+                self.manifest["channels"],
+                self.manifest["resolution"],
+                self.manifest["resolution"],
+            )
+        )
+        self.extractor = (
+            None if self.vector else build_extractor(spec.features, spec.dataset, self.device)
+        )
+        if any(m.samplers or m.guidance for m in spec.models):  # fail before sampling, not after
             fidlib.check_count(spec.num_samples, self._dim(), "spec num_samples")
         # the precision/recall subset of the reference is seeded independently of the sample seeds (cache reuse)
-        self.ref = fidlib.reference_stats(spec.dataset, spec.ref_split, self._key(), self.features_all,
-                                          spec.pr_real)
+        self.ref = fidlib.reference_stats(
+            spec.dataset, spec.ref_split, self._key(), self.features_all, spec.pr_real
+        )
         self.seeds = np.arange(spec.seed, spec.seed + spec.num_samples)
-        self.mine = np.arange(self.rank, spec.num_samples, self.world)   # this rank's share of seed indices
+        self.mine = np.arange(
+            self.rank, spec.num_samples, self.world
+        )  # this rank's share of seed indices
         self._train_labels = None
 
     def _key(self):
@@ -90,7 +110,9 @@ class Evaluator:
         """FID against the reference statistics, precision/recall against the reference feature subset."""
         mu, sigma = fidlib.feature_stats(feats, "generated samples")
         fid = fidlib.frechet_distance(mu, sigma, self.ref["mu"], self.ref["sigma"])
-        p, r = prdc.precision_recall(self.ref["pr_feats"], feats, k=self.spec.pr_k, device=self.device)
+        p, r = prdc.precision_recall(
+            self.ref["pr_feats"], feats, k=self.spec.pr_k, device=self.device
+        )
         return fid, p, r
 
     # ---------------------------------------------------------------------------------- labels and output
@@ -99,12 +121,17 @@ class Evaluator:
         num = _num_classes(model)
         if not num:
             return None
-        if self.spec.labels == "uniform":   # the same labels as `bcm sample --seeds` draws
+        if self.spec.labels == "uniform":  # the same labels as `bcm sample --seeds` draws
             return sampling.seeded_labels(self.seeds[idx], num, self.device)
-        if self._train_labels is None:     # "data": the label of a per-seed random training item (iGCT §8)
+        if (
+            self._train_labels is None
+        ):  # "data": the label of a per-seed random training item (iGCT §8)
             from bcmcore.data import load_labels
+
             self._train_labels = load_labels(self.spec.dataset, self.spec.ref_split).to(self.device)
-        return self._train_labels[sampling.seeded_labels(self.seeds[idx], len(self._train_labels), self.device)]
+        return self._train_labels[
+            sampling.seeded_labels(self.seeds[idx], len(self._train_labels), self.device)
+        ]
 
     def to_output(self, x):
         """Generated batch -> uint8 NCHW images (or float vectors), clamped as the protocol says."""
@@ -115,10 +142,14 @@ class Evaluator:
 
     def batches(self, desc):
         b = self.spec.batch_size
-        bar = tqdm(range(0, len(self.mine), b), desc=desc, disable=not (self.progress and dist.is_main()),
-                   leave=False)
+        bar = tqdm(
+            range(0, len(self.mine), b),
+            desc=desc,
+            disable=not (self.progress and dist.is_main()),
+            leave=False,
+        )
         for i in bar:
-            yield self.mine[i:i + b]
+            yield self.mine[i : i + b]
 
     # ---------------------------------------------------------------------------------- generation
     @torch.no_grad()
@@ -136,7 +167,7 @@ class Evaluator:
         local = np.concatenate(feats) if feats else np.zeros((0, self._dim()))
         all_feats = gather_rows(local, self.mine, len(self.seeds)).astype(np.float64)
         if grid_path is not None and dist.is_main() and first is not None and not self.vector:
-            report.save_grid(grid_path, first[:self.spec.grid])
+            report.save_grid(grid_path, first[: self.spec.grid])
         nfe = _agree(nfe)
         return all_feats, nfe, time.time() - t0
 
@@ -166,16 +197,22 @@ def _num_classes(model):
 
 # -------------------------------------------------------------------------------------------------- the sweep
 
+
 def load_model(m, device, shape=None):
     """The spec's network file; its kind must be the one the spec declares."""
     from bcmcore.nets import load_network
+
     model, meta = load_network(m.network, device)
     if meta["kind"] != m.kind:
-        raise UserError(f"{m.network}: a network of kind {meta['kind']!r}, but the spec's model {m.name!r} "
-                        f"declares kind {m.kind!r} (check models[].network / models[].kind)")
+        raise UserError(
+            f"{m.network}: a network of kind {meta['kind']!r}, but the spec's model {m.name!r} "
+            f"declares kind {m.kind!r} (check models[].network / models[].kind)"
+        )
     if shape is not None and tuple(sampling.data_shape(model)) != tuple(shape):
-        raise UserError(f"{m.network}: the network makes samples of shape {tuple(sampling.data_shape(model))}, "
-                        f"the dataset has {tuple(shape)} (a network trained on other data?)")
+        raise UserError(
+            f"{m.network}: the network makes samples of shape {tuple(sampling.data_shape(model))}, "
+            f"the dataset has {tuple(shape)} (a network trained on other data?)"
+        )
     return model.requires_grad_(False), meta
 
 
@@ -192,35 +229,55 @@ def _seed_text(seeds):
 def _sampler_fn(ev, model, s, where):
     sampler, times, pairs = s.resolve(where)
     if sampler == "igct":
+
         def fn(rng, y, idx):
-            return guided.igct_generate(model, ev.seeds[idx], y, 1.0, ev.shape, s.steps, device=ev.device,
-                                        clamp=not ev.vector)
+            return guided.igct_generate(
+                model,
+                ev.seeds[idx],
+                y,
+                1.0,
+                ev.shape,
+                s.steps,
+                device=ev.device,
+                clamp=not ev.vector,
+            )
+
         return fn, _steps_text("igct", steps=s.steps)
     recipe = sampling.Recipe(sampler, times, pairs)
 
     def fn(rng, y, idx):
         return sampling.generate(model, recipe, rng.randn(ev.shape), rng, y)
+
     return fn, _steps_text(sampler, times, pairs)
 
 
 def _guided_fn(ev, model, g, w):
     if model.kind == "igct":  # iGCT: w is a network input, NFE = steps
-        return lambda rng, y, idx: guided.igct_generate(model, ev.seeds[idx], y, w, ev.shape, g.steps,
-                                                        device=ev.device, clamp=not ev.vector)
-    recipe = sampling.get_recipe(g.recipe)   # CFG-EDM: Heun with D_null + w (D_c - D_null)
-    return lambda rng, y, idx: sampling.generate(model, recipe, rng.randn(ev.shape), rng, y, w=float(w))
+        return lambda rng, y, idx: guided.igct_generate(
+            model, ev.seeds[idx], y, w, ev.shape, g.steps, device=ev.device, clamp=not ev.vector
+        )
+    recipe = sampling.get_recipe(g.recipe)  # CFG-EDM: Heun with D_null + w (D_c - D_null)
+    return lambda rng, y, idx: sampling.generate(
+        model, recipe, rng.randn(ev.shape), rng, y, w=float(w)
+    )
 
 
 def reconstruct_batch(model, inv, x, y, rng, clamp=True):
     """Invert and decode one batch per an InversionSpec -> (reconstruction, inversion NFE, total NFE)."""
     if model.kind == "bcm":  # BCM Alg. 5, then decode 1 step (or along gen_times)
-        latent, n_inv = editing.invert(model, x, inv.times, rng if inv.initial_noise else _ZeroNoise(), y)
-        x_hat, n_gen = editing.reconstruct(model, latent, float(inv.times[-1]), y, inv.gen_times or None)
+        latent, n_inv = editing.invert(
+            model, x, inv.times, rng if inv.initial_noise else _ZeroNoise(), y
+        )
+        x_hat, n_gen = editing.reconstruct(
+            model, latent, float(inv.times[-1]), y, inv.gen_times or None
+        )
         return x_hat, n_inv, n_inv + n_gen
-    if model.kind == "igct":  # noiser, then denoiser at T with the source class and w = 1 (iGCT spec §6)
+    if (
+        model.kind == "igct"
+    ):  # noiser, then denoiser at T with the source class and w = 1 (iGCT spec §6)
         x_hat, n = guided.igct_edit(model, x, y, y, 1.0, clamp=clamp)
         return x_hat, 1, n
-    if model.kind == "edm":   # EDM ODE inversion and regeneration with deterministic Heun
+    if model.kind == "edm":  # EDM ODE inversion and regeneration with deterministic Heun
         latent, n_inv = editing.heun_invert(model, x, sampling.karras_times(inv.steps)[::-1], y)
         x_hat, n_gen = sampling.heun(model, latent, sampling.karras_times(inv.steps, zero=True), y)
         return x_hat, n_inv, n_inv + n_gen
@@ -232,9 +289,13 @@ def item_sweep(ev, model, x_all, y_all, fn, desc):
     """Mean over the inversion split of fn(x, y, rng) -> (per-item values [B], nfe_inv, nfe), ranks sharing items."""
     mine = np.arange(ev.rank, len(x_all), ev.world)
     vals, nfes = [], None
-    for i in tqdm(range(0, len(mine), ev.spec.batch_size), desc=desc, leave=False,
-                  disable=not (ev.progress and dist.is_main())):
-        idx = mine[i:i + ev.spec.batch_size]
+    for i in tqdm(
+        range(0, len(mine), ev.spec.batch_size),
+        desc=desc,
+        leave=False,
+        disable=not (ev.progress and dist.is_main()),
+    ):
+        idx = mine[i : i + ev.spec.batch_size]
         x = x_all[idx].to(ev.device)
         x = x.double() if ev.vector else x.float() / 127.5 - 1
         y = y_all[idx].to(ev.device) if _num_classes(model) else None
@@ -250,9 +311,11 @@ def item_sweep(ev, model, x_all, y_all, fn, desc):
 
 def mse_sweep(ev, model, x_all, y_all, fn, desc):
     """Mean per-image MSE of fn(x, y, rng) -> (x_hat, nfe_inv, nfe, reference) over the inversion split."""
+
     def per_item(x, y, rng):
         x_hat, n_inv, n, ref = fn(x, y, rng)
         return mse_per_item(x_hat.cpu(), ref.cpu(), ev.vector).numpy(), n_inv, n
+
     return item_sweep(ev, model, x_all, y_all, per_item, desc)
 
 
@@ -261,18 +324,21 @@ def edit_rate_sweep(ev, model, x_all, y_all, w, steps):
 
     -> (rate, nfe, nfe): iGCT edits take 2 NFE; EDM's ODE inversion + CFG regeneration over `steps` Karras points."""
     from bcmcore.metrics.demo_classifier import load_demo_classifier
+
     classify = load_demo_classifier(ev.spec.dataset, ev.device).classify
     num = _num_classes(model)
 
     def per_item(x, y, rng):
         hits, nfe = guided.edit_hits(model, classify, x, y, w, steps)
         return hits.double().numpy() / (num - 1), nfe, nfe
+
     return item_sweep(ev, model, x_all, y_all, per_item, f"{model.kind} edit w={w:g}")
 
 
 def run(spec, out_dir, device=None, progress=True):
     """The whole sweep; rank 0 writes the tables, plots and grids under out_dir. Returns the rows."""
     from bcmcore.data import load_split
+
     ev = Evaluator(spec, device, progress)
     out = Path(out_dir)
     rows = {"fid": [], "mse": [], "guidance": []}
@@ -280,60 +346,134 @@ def run(spec, out_dir, device=None, progress=True):
     inv_data = None
     for i, m in enumerate(spec.models):
         model, meta = load_model(m, ev.device, ev.shape)
-        base = {"model": m.name, "kind": m.kind, "checkpoint": str(m.network), "step": meta.get("step")}
+        base = {
+            "model": m.name,
+            "kind": m.kind,
+            "checkpoint": str(m.network),
+            "step": meta.get("step"),
+        }
         for j, s in enumerate(m.samplers):
             fn, steps = _sampler_fn(ev, model, s, f"models[{i}].samplers[{j}]")
             label = s.name or s.recipe or s.sampler
-            feats, nfe, sec = ev.generate(model, fn, f"{m.name} {label}", out / "grids" / f"{m.name}-{label}.png")
+            feats, nfe, sec = ev.generate(
+                model, fn, f"{m.name} {label}", out / "grids" / f"{m.name}-{label}.png"
+            )
             fid, p, r = ev.score(feats)
-            rows["fid"].append({**base, "sampler": label, "nfe": nfe, "time_steps": steps, "fid": fid,
-                                "precision": p, "recall": r, "samples": len(feats), "seeds": seeds,
-                                "seconds": round(sec, 2)})
+            rows["fid"].append(
+                {
+                    **base,
+                    "sampler": label,
+                    "nfe": nfe,
+                    "time_steps": steps,
+                    "fid": fid,
+                    "precision": p,
+                    "recall": r,
+                    "samples": len(feats),
+                    "seeds": seeds,
+                    "seconds": round(sec, 2),
+                }
+            )
             dist.print0(f"[eval] {m.name} {label}: NFE {nfe} FID {fid:.3f} P {p:.3f} R {r:.3f}")
         if m.inversions or m.jpeg or (m.guidance and m.guidance.edits):
             if inv_data is None:
-                inv_data = load_split(spec.dataset, spec.inversion_split, limit=spec.inversion_count)
+                inv_data = load_split(
+                    spec.dataset, spec.inversion_split, limit=spec.inversion_count
+                )
             x_all, y_all = inv_data
         for inv in m.inversions:
             steps = _steps_text("invert", inv.times) if m.kind == "bcm" else f"{m.kind} inversion"
-            mse, n_inv, n = mse_sweep(ev, model, x_all, y_all,
-                                      lambda x, y, rng, inv=inv: (*reconstruct_batch(model, inv, x, y, rng, not ev.vector), x),
-                                      f"{m.name} invert")
-            rows["mse"].append({**base, "task": "inversion", "inversion_nfe": n_inv, "nfe": n,
-                                "time_steps": steps, "mse": mse, "images": len(x_all), "seeds": seeds})
+            mse, n_inv, n = mse_sweep(
+                ev,
+                model,
+                x_all,
+                y_all,
+                lambda x, y, rng, inv=inv: (
+                    *reconstruct_batch(model, inv, x, y, rng, not ev.vector),
+                    x,
+                ),
+                f"{m.name} invert",
+            )
+            rows["mse"].append(
+                {
+                    **base,
+                    "task": "inversion",
+                    "inversion_nfe": n_inv,
+                    "nfe": n,
+                    "time_steps": steps,
+                    "mse": mse,
+                    "images": len(x_all),
+                    "seeds": seeds,
+                }
+            )
             dist.print0(f"[eval] {m.name} inversion NFE {n_inv}: MSE {mse:.5f}")
         for times in m.jpeg:
+
             def restore(x, y, rng, times=times):
                 x_jpeg = editing.jpeg_compress(x, spec.jpeg_quality)
                 x_hat, n = editing.jpeg_restore(model, x_jpeg, times, rng, y)
-                return x_hat, len(times) - 1, n, x            # compared with the CLEAN image (App. B.1.2)
+                return x_hat, len(times) - 1, n, x  # compared with the CLEAN image (App. B.1.2)
+
             mse, n_inv, n = mse_sweep(ev, model, x_all, y_all, restore, f"{m.name} jpeg")
-            rows["mse"].append({**base, "task": f"jpeg-q{spec.jpeg_quality}", "inversion_nfe": n_inv, "nfe": n,
-                                "time_steps": _steps_text("invert", times), "mse": mse, "images": len(x_all),
-                                "seeds": seeds})
+            rows["mse"].append(
+                {
+                    **base,
+                    "task": f"jpeg-q{spec.jpeg_quality}",
+                    "inversion_nfe": n_inv,
+                    "nfe": n,
+                    "time_steps": _steps_text("invert", times),
+                    "mse": mse,
+                    "images": len(x_all),
+                    "seeds": seeds,
+                }
+            )
         if m.guidance:
             for w in m.guidance.ws:
-                feats, nfe, sec = ev.generate(model, _guided_fn(ev, model, m.guidance, w), f"{m.name} w={w:g}",
-                                              out / "grids" / f"{m.name}-w{w:g}.png")
+                feats, nfe, sec = ev.generate(
+                    model,
+                    _guided_fn(ev, model, m.guidance, w),
+                    f"{m.name} w={w:g}",
+                    out / "grids" / f"{m.name}-w{w:g}.png",
+                )
                 fid, p, r = ev.score(feats)
-                row = {**base, "w": float(w), "nfe": nfe, "fid": fid, "precision": p, "recall": r,
-                       "samples": len(feats), "seeds": seeds, "seconds": round(sec, 2)}
+                row = {
+                    **base,
+                    "w": float(w),
+                    "nfe": nfe,
+                    "fid": fid,
+                    "precision": p,
+                    "recall": r,
+                    "samples": len(feats),
+                    "seeds": seeds,
+                    "seconds": round(sec, 2),
+                }
                 if m.guidance.edits:
                     n_img = min(m.guidance.edits, len(x_all))
-                    times = sampling.get_recipe(m.guidance.recipe).times   # EDM: a Karras grid of as many points
+                    times = sampling.get_recipe(
+                        m.guidance.recipe
+                    ).times  # EDM: a Karras grid of as many points
                     steps = len(times) - (times[-1] == 0)
-                    row["edit_rate"], _, row["edit_nfe"] = edit_rate_sweep(ev, model, x_all[:n_img], y_all[:n_img],
-                                                                           w, steps)
+                    row["edit_rate"], _, row["edit_nfe"] = edit_rate_sweep(
+                        ev, model, x_all[:n_img], y_all[:n_img], w, steps
+                    )
                     row["edits"] = n_img * (_num_classes(model) - 1)
                 rows["guidance"].append(row)
-                dist.print0(f"[eval] {m.name} w={w:g}: NFE {nfe} FID {fid:.3f} P {p:.3f} R {r:.3f}"
-                            + (f" edit rate {row['edit_rate']:.3f}" if m.guidance.edits else ""))
+                dist.print0(
+                    f"[eval] {m.name} w={w:g}: NFE {nfe} FID {fid:.3f} P {p:.3f} R {r:.3f}"
+                    + (f" edit rate {row['edit_rate']:.3f}" if m.guidance.edits else "")
+                )
         del model
     if dist.is_main():
-        info = {"dataset": spec.dataset, "ref_split": spec.ref_split, "reference_count": ev.ref["meta"].get("n"),
-                "features": ev._key().key, "num_samples": spec.num_samples, "world_size": ev.world}
+        info = {
+            "dataset": spec.dataset,
+            "ref_split": spec.ref_split,
+            "reference_count": ev.ref["meta"].get("n"),
+            "features": ev._key().key,
+            "num_samples": spec.num_samples,
+            "world_size": ev.world,
+        }
         if ev.extractor is not None and spec.features.kind == "demo":
             from bcmcore.metrics.demo_classifier import load_demo_classifier
+
             info["demo_classifier_test_accuracy"] = load_demo_classifier(spec.dataset).test_accuracy
         report.write_all(out, rows, info)
     dist.barrier()

@@ -5,6 +5,7 @@ cosine-normalised q/k/v, up/down by residual blocks, dropout only at resolutions
 positional embedding of 1000 c_noise = 250 ln t, class embedding added after the time MLP(s).
 BCM fine-tuned variant: two_time_embed "project" (untied u-MLP + bias-free W_align 2*768 -> 768).
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,8 +23,9 @@ class ADM(nn.Module):
         super().__init__()
         self.cfg = cfg
         mc = cfg.channels
-        self.time_embed = TimeEmbedding(cfg.embedding_kind, mc, cfg.emb_mult * mc, cfg.time_embed,
-                                        cfg.fourier_scale)
+        self.time_embed = TimeEmbedding(
+            cfg.embedding_kind, mc, cfg.emb_mult * mc, cfg.time_embed, cfg.fourier_scale
+        )
         emb = self.time_embed.out_dim
         self.cond = CondEmbedding(cfg.num_classes, cfg.guidance, emb)
 

@@ -1,6 +1,7 @@
 """NetConfig / ModelConfig and the builders (docs/interfaces.md, nets)."""
+
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 from bcmcore import param
 from bcmcore.config import ConfigError
@@ -9,23 +10,28 @@ from bcmcore.config import ConfigError
 @dataclass(frozen=True)
 class NetConfig:
     """Raw network F(x_in, c_t, c_u=None, y=None, w=None). Defaults: NCSN++ CIFAR-10 widths (spec §6)."""
+
     arch: Literal["mlp", "ncsnpp", "adm"] = "mlp"
-    data_channels: int = 3          # image channels C, or the dimension d of toy vectors (mlp)
-    resolution: int = 32            # image side; ignored by mlp
-    channels: int = 128             # nf (ncsnpp), model_channels (adm), hidden width (mlp)
+    data_channels: int = 3  # image channels C, or the dimension d of toy vectors (mlp)
+    resolution: int = 32  # image side; ignored by mlp
+    channels: int = 128  # nf (ncsnpp), model_channels (adm), hidden width (mlp)
     ch_mult: tuple[int, ...] = (2, 2, 2)
-    num_blocks: int = 4             # residual blocks per resolution (mlp: residual blocks)
+    num_blocks: int = 4  # residual blocks per resolution (mlp: residual blocks)
     attn_res: tuple[int, ...] = (16,)
-    head_channels: int = 64         # adm attention head width
+    head_channels: int = 64  # adm attention head width
     dropout: float = 0.0
-    dropout_max_res: int = 0        # adm: dropout only at resolutions <= this (iCT: 16); 0 = everywhere
-    embedding: Optional[Literal["fourier", "positional"]] = None  # None: ncsnpp fourier, adm/mlp positional
-    fourier_scale: float = 0.02     # iCT / BCM CIFAR-10 (CM used 16)
-    emb_mult: int = 4               # time-embedding width = emb_mult * channels (4nf; ADM 768 = 4 * 192)
-    num_classes: int = 0            # 0: unconditional; label -1 = null class (CFG)
-    guidance: bool = False          # iGCT denoiser: w-embedding input
-    two_time: bool = False          # BCM: F also takes c_u = c_noise(u)
-    two_time_embed: Literal["concat", "project"] = "concat"  # from scratch: concat+widen; fine-tune: [I|0] proj.
+    dropout_max_res: int = 0  # adm: dropout only at resolutions <= this (iCT: 16); 0 = everywhere
+    embedding: Literal["fourier", "positional"] | None = (
+        None  # None: ncsnpp fourier, adm/mlp positional
+    )
+    fourier_scale: float = 0.02  # iCT / BCM CIFAR-10 (CM used 16)
+    emb_mult: int = 4  # time-embedding width = emb_mult * channels (4nf; ADM 768 = 4 * 192)
+    num_classes: int = 0  # 0: unconditional; label -1 = null class (CFG)
+    guidance: bool = False  # iGCT denoiser: w-embedding input
+    two_time: bool = False  # BCM: F also takes c_u = c_noise(u)
+    two_time_embed: Literal["concat", "project"] = (
+        "concat"  # from scratch: concat+widen; fine-tune: [I|0] proj.
+    )
 
     @property
     def time_embed(self):
@@ -40,6 +46,7 @@ class NetConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     """Preconditioned model: kind cm/bcm -> ConsistencyModel, edm -> EDMDenoiser, igct -> IGCTModel."""
+
     kind: Literal["cm", "bcm", "edm", "igct"] = "cm"
     net: NetConfig = field(default_factory=NetConfig)
     sigma_min: float = param.SIGMA_MIN
@@ -51,10 +58,14 @@ def _validate(net, where):
     if net.arch != "mlp":
         levels = len(net.ch_mult)
         if net.resolution % (2 ** (levels - 1)):
-            raise ConfigError(f"{where}.resolution: {net.resolution} is not divisible by 2^(len(ch_mult)-1)")
+            raise ConfigError(
+                f"{where}.resolution: {net.resolution} is not divisible by 2^(len(ch_mult)-1)"
+            )
     if net.arch == "adm" and net.channels * min(net.ch_mult) % net.head_channels:
-        raise ConfigError(f"{where}.head_channels: must divide every level's width "
-                          f"(channels {net.channels} x ch_mult {net.ch_mult})")
+        raise ConfigError(
+            f"{where}.head_channels: must divide every level's width "
+            f"(channels {net.channels} x ch_mult {net.ch_mult})"
+        )
     if not 0 <= net.dropout < 1:
         raise ConfigError(f"{where}.dropout: expected a value in [0, 1), got {net.dropout}")
 
@@ -64,12 +75,15 @@ def build_net(cfg: NetConfig, where="model.net"):
     _validate(cfg, where)
     if cfg.arch == "mlp":
         from bcmcore.nets.mlp import MLP
+
         return MLP(cfg)
     if cfg.arch == "ncsnpp":
         from bcmcore.nets.ncsnpp import NCSNpp
+
         return NCSNpp(cfg)
     if cfg.arch == "adm":
         from bcmcore.nets.adm import ADM
+
         return ADM(cfg)
     raise ConfigError(f"{where}.arch: expected mlp, ncsnpp or adm, got {cfg.arch!r}")
 
@@ -77,13 +91,17 @@ def build_net(cfg: NetConfig, where="model.net"):
 def build_model(cfg: ModelConfig):
     """The preconditioned model for cfg.kind (docs/interfaces.md)."""
     from bcmcore.nets.precond import ConsistencyModel, EDMDenoiser
+
     if cfg.kind in ("cm", "edm", "bcm") and cfg.net.two_time != (cfg.kind == "bcm"):
-        raise ConfigError(f"model.net.two_time: must be {cfg.kind == 'bcm'} for model.kind {cfg.kind!r}")
+        raise ConfigError(
+            f"model.net.two_time: must be {cfg.kind == 'bcm'} for model.kind {cfg.kind!r}"
+        )
     if cfg.kind in ("cm", "bcm"):
         return ConsistencyModel(cfg)
     if cfg.kind == "edm":
         return EDMDenoiser(cfg)
     if cfg.kind == "igct":
         from bcmcore.nets.igct import IGCTModel
+
         return IGCTModel(cfg)
     raise ConfigError(f"model.kind: expected cm, bcm, edm or igct, got {cfg.kind!r}")

@@ -7,6 +7,7 @@ One module, `TimeEmbedding`, covers all three ways of conditioning on (t, u):
 `project` initialised with W_align = [I | 0] and MLP_u = copy of MLP_t reproduces `single` exactly
 (see `bcmcore.nets.finetune.bcm_from_cm`).
 """
+
 import math
 
 import torch
@@ -35,7 +36,9 @@ class PositionalFeatures(nn.Module):
 
     def forward(self, c):
         half = self.dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=c.device, dtype=torch.float32) / half)
+        freqs = torch.exp(
+            -math.log(10000.0) * torch.arange(half, device=c.device, dtype=torch.float32) / half
+        )
         a = self.scale * c.float()[:, None] * freqs[None]
         return torch.cat([a.cos(), a.sin()], dim=1)
 
@@ -59,8 +62,12 @@ class TimeEmbedding(nn.Module):
         if mode not in ("single", "concat", "project"):
             raise ValueError(f"unknown two-time embedding mode {mode!r}")
         self.mode = mode
-        self.feat = features(kind, feat_dim, fourier_scale)  # one fixed feature map shared by t and u
-        if mode == "concat":  # BCM from scratch: concatenated features, both dense layers twice as wide
+        self.feat = features(
+            kind, feat_dim, fourier_scale
+        )  # one fixed feature map shared by t and u
+        if (
+            mode == "concat"
+        ):  # BCM from scratch: concatenated features, both dense layers twice as wide
             self.mlp_t = mlp2(2 * feat_dim, 2 * emb_dim)
             self.out_dim = 2 * emb_dim
         else:
@@ -77,7 +84,9 @@ class TimeEmbedding(nn.Module):
     def forward(self, c_t, c_u=None):
         if self.mode == "single":
             if c_u is not None:
-                raise ValueError("this network embeds one time only; build it with two_time=True to pass c_u")
+                raise ValueError(
+                    "this network embeds one time only; build it with two_time=True to pass c_u"
+                )
             return self.mlp_t(self.feat(c_t))
         if c_u is None:
             raise ValueError("this two-time network needs c_u = c_noise(u)")
@@ -98,7 +107,9 @@ def guidance_features(w, dim=256):
     """VDM/LCM guidance embedding of w_code = w - 1 (paper convention w = 1: none): sin first (iGCT spec §2.2)."""
     half = dim // 2
     s = 1000.0 * (w.float() - 1.0)
-    f = torch.exp(-torch.arange(half, device=w.device, dtype=torch.float32) * math.log(1e4) / (half - 1))
+    f = torch.exp(
+        -torch.arange(half, device=w.device, dtype=torch.float32) * math.log(1e4) / (half - 1)
+    )
     a = s[:, None] * f[None]
     return torch.cat([a.sin(), a.cos()], dim=1)
 
@@ -125,7 +136,9 @@ class CondEmbedding(nn.Module):
             raise ValueError("class labels given to an unconditional network (num_classes = 0)")
         if self.w_proj is not None:
             if w is None:
-                raise ValueError("this guided network needs w (paper convention, w = 1: no guidance)")
+                raise ValueError(
+                    "this guided network needs w (paper convention, w = 1: no guidance)"
+                )
             w = torch.as_tensor(w, dtype=torch.float32, device=device).expand(batch)
             e = self.w_proj(guidance_features(w, self.w_feat_dim))
             out = e if out is None else out + e

@@ -4,6 +4,7 @@ The fine-tune path always uses the `project` two-time embedding (untied u-MLP + 
 projection), for every arch. BCM's from-scratch NCSN++ widens the embedding MLP instead (`concat`),
 but a widened MLP cannot be initialised to reproduce the CM net exactly, the projection can.
 """
+
 import copy
 import dataclasses
 
@@ -27,7 +28,9 @@ def _init_from(new, net):
 
 def _bcm_cfg(cfg: NetConfig):
     if cfg.two_time:
-        raise ValueError("bcm_from_cm expects a single-time (CM) network; this one already embeds u")
+        raise ValueError(
+            "bcm_from_cm expects a single-time (CM) network; this one already embeds u"
+        )
     return dataclasses.replace(cfg, two_time=True, two_time_embed="project")
 
 

@@ -8,6 +8,7 @@ in both modes, the one whose boundary condition the paper states, so that sampli
     `x` term (c_skip = 0), which breaks that boundary and is not the map the reconstruction loss trained.
 Guidance w is in the paper convention (w = 1: no guidance) here and in the raw net's interface (docs/interfaces.md).
 """
+
 import dataclasses
 
 import torch
@@ -23,7 +24,9 @@ def _per_sample(v, x, name):
     if v.ndim == 0:
         v = v.expand(x.shape[0])
     if v.shape != (x.shape[0],):
-        raise ValueError(f"{name} must be a float or a [B] tensor, got shape {tuple(v.shape)} for batch {x.shape[0]}")
+        raise ValueError(
+            f"{name} must be a float or a [B] tensor, got shape {tuple(v.shape)} for batch {x.shape[0]}"
+        )
     return v
 
 
@@ -32,19 +35,25 @@ def check_w(w):
     wt = torch.as_tensor(w, dtype=torch.float64)
     if not torch.isfinite(wt).all() or (wt < 1).any():
         bad = wt[~torch.isfinite(wt) | (wt < 1)].flatten()[0].item()
-        raise UserError(f"guidance weight w must be a finite number >= 1 (w = 1 means no guidance), got {bad}")
+        raise UserError(
+            f"guidance weight w must be a finite number >= 1 (w = 1 means no guidance), got {bad}"
+        )
     return w
 
 
 def check_labels(y, num_classes, what="class label"):
     """Class indices must lie in [0, num_classes)."""
     if y is None:
-        raise UserError(f"this model is class-conditional: a {what} in 0..{num_classes - 1} is required")
+        raise UserError(
+            f"this model is class-conditional: a {what} in 0..{num_classes - 1} is required"
+        )
     y = torch.as_tensor(y)
     if y.is_floating_point() or ((y < 0) | (y >= num_classes)).any():
         bad = y[(y < 0) | (y >= num_classes)].flatten()
-        raise UserError(f"{what} must be an integer in 0..{num_classes - 1}, got "
-                        f"{bad[0].item() if bad.numel() else y.dtype}")
+        raise UserError(
+            f"{what} must be an integer in 0..{num_classes - 1}, got "
+            f"{bad[0].item() if bad.numel() else y.dtype}"
+        )
     return y.long()
 
 
@@ -56,11 +65,18 @@ class IGCTModel(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         from bcmcore.nets import build_net  # lazy: bcmcore.nets builds this class for kind "igct"
+
         self.cfg = cfg
-        self.sigma_min, self.sigma_max, self.sigma_data = cfg.sigma_min, cfg.sigma_max, cfg.sigma_data
+        self.sigma_min, self.sigma_max, self.sigma_data = (
+            cfg.sigma_min,
+            cfg.sigma_max,
+            cfg.sigma_data,
+        )
         self.num_classes = int(getattr(cfg.net, "num_classes", 0) or 0)
         if self.num_classes < 1:
-            raise UserError("model.net.num_classes: iGCT is class-conditional, expected >= 1 classes")
+            raise UserError(
+                "model.net.num_classes: iGCT is class-conditional, expected >= 1 classes"
+            )
         self.noiser_net = build_net(dataclasses.replace(cfg.net, guidance=False))
         self.denoiser_net = build_net(dataclasses.replace(cfg.net, guidance=True))
 
@@ -70,13 +86,22 @@ class IGCTModel(nn.Module):
 
     def _out(self, net, x, t, c_skip, c_out, **cond):
         c_skip, c_out = (param.append_dims(c, x.ndim) for c in (c_skip, c_out))
-        F = net(param.append_dims(param.c_in(t, self.sigma_data), x.ndim) * x, param.c_noise(t), **cond)
+        F = net(
+            param.append_dims(param.c_in(t, self.sigma_data), x.ndim) * x, param.c_noise(t), **cond
+        )
         return (c_skip * x + c_out * F.float()).to(x.dtype)
 
     def denoiser(self, x, t, y, w=1.0):
         """D(x, t, c, w) = c_skip(t) x + c_out(t) F(c_in x, c_noise, c, w), with D(x, sigma_min) = x (spec §2.3)."""
         t, w = _per_sample(t, x, "t"), _per_sample(w, x, "w")
-        return self._out(self.denoiser_net, x, t, *param.cm_scalings(t, self.sigma_min, self.sigma_data), y=y, w=w)
+        return self._out(
+            self.denoiser_net,
+            x,
+            t,
+            *param.cm_scalings(t, self.sigma_min, self.sigma_data),
+            y=y,
+            w=w,
+        )
 
     def noiser(self, x, t, y):
         """N(x, t, c) = x + (T - t) F(c_in x, c_noise, c), with N(x, T) = x (spec §2.3, §4.3)."""
@@ -86,4 +111,3 @@ class IGCTModel(nn.Module):
     def forward(self, x, t, y, w=1.0):
         """The generator direction (what `model(x, t, ...)` means for samplers): D(x, t, c, w)."""
         return self.denoiser(x, t, y, w)
-

@@ -1,4 +1,5 @@
 """Network files: a plain dict loaded with weights_only=True (docs/interfaces.md, nets)."""
+
 from pathlib import Path
 
 import torch
@@ -18,30 +19,50 @@ def save_network(path, model, step, config):
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):  # DDP / torch.compile wrappers
         model = getattr(model, "module", None) or model._orig_mod
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_torch_save({"format": FORMAT, "kind": model.cfg.kind, "model": to_dict(model.cfg),
-                       "state_dict": state, "step": int(step), "config": config}, path)
+    atomic_torch_save(
+        {
+            "format": FORMAT,
+            "kind": model.cfg.kind,
+            "model": to_dict(model.cfg),
+            "state_dict": state,
+            "step": int(step),
+            "config": config,
+        },
+        path,
+    )
 
 
 def load_network(path, device="cpu"):
     """-> (model.eval(), meta) with meta = {"step", "config", "kind", "model_config", "path"}."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: network file not found (expected a network-*.pt written by `bcm train`)")
+        raise UserError(
+            f"{path}: network file not found (expected a network-*.pt written by `bcm train`)"
+        )
     try:
         d = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # truncated zip, not a torch file, pickled classes, ...
-        raise UserError(f"{path}: not a readable network file (truncated or wrong format: "
-                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise UserError(
+            f"{path}: not a readable network file (truncated or wrong format: "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         got = d.get("format") if isinstance(d, dict) else type(d).__name__
-        raise UserError(f"{path}: not a {FORMAT} network file (format: {got!r}); "
-                        "training-state files are not networks, use network-snapshot-*.pt or network-final.pt")
+        raise UserError(
+            f"{path}: not a {FORMAT} network file (format: {got!r}); "
+            "training-state files are not networks, use network-snapshot-*.pt or network-final.pt"
+        )
     try:
         cfg = from_dict(ModelConfig, d["model"], "model")
         model = build_model(cfg).to(device)
         model.load_state_dict(d["state_dict"])
     except (ConfigError, KeyError, RuntimeError) as e:
         raise UserError(f"{path}: network file does not match its model config ({e})") from None
-    meta = {"step": d.get("step"), "config": d.get("config"), "kind": cfg.kind, "model_config": cfg,
-            "path": str(path)}
+    meta = {
+        "step": d.get("step"),
+        "config": d.get("config"),
+        "kind": cfg.kind,
+        "model_config": cfg,
+        "path": str(path),
+    }
     return model.eval(), meta

@@ -6,6 +6,7 @@ One ResBlock and one Attention class serve both nets; the differences are option
   ADM (Dhariwal & Nichol 2021 with iCT/BCM changes): box resampling (avg-pool / nearest), identity skip when
     widths match, GroupNorm(32, eps 1e-5) in fp32, no AdaGN, 64-channel heads with q/k/v RMS-normalised (spec §6).
 """
+
 import math
 
 import torch
@@ -36,6 +37,7 @@ def norm(c, style):
 
 # ----------------------------------------------------------------------------------------------
 # Resampling (score-SDE upfirdn2d semantics with the separable FIR kernel [1,3,3,1])
+
 
 def _fir_kernel(x, gain):
     k = torch.tensor([1.0, 3.0, 3.0, 1.0], device=x.device, dtype=x.dtype)
@@ -79,6 +81,7 @@ class FIRConvDown(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
+
 
 class ResBlock(nn.Module):
     """norm-act-[resample]-conv, + Dense(act(emb)), norm-act-dropout-conv; skip; optional /sqrt(2)."""
@@ -128,9 +131,14 @@ class Attention(nn.Module):
         B, C, H, W = x.shape
         qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)
         q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # [B, heads, HW, d]
-        if not self.ncsnpp:  # BCM/iCT repro: x / (1e-4 + ||x|| / sqrt(d)) on q, k and v (spec §6 (ii))
-            q, k, v = (a / (1e-4 + a.float().norm(dim=-1, keepdim=True).to(a.dtype) / math.sqrt(a.shape[-1]))
-                       for a in (q, k, v))
+        if (
+            not self.ncsnpp
+        ):  # BCM/iCT repro: x / (1e-4 + ||x|| / sqrt(d)) on q, k and v (spec §6 (ii))
+            q, k, v = (
+                a
+                / (1e-4 + a.float().norm(dim=-1, keepdim=True).to(a.dtype) / math.sqrt(a.shape[-1]))
+                for a in (q, k, v)
+            )
         h = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
         h = self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
         return (x + h) / math.sqrt(2) if self.ncsnpp else x + h

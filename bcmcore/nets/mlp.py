@@ -1,5 +1,5 @@
 """Small residual MLP for 1-D / 2-D toy data, with the same conditioning interface as the image nets."""
-import torch
+
 from torch import nn
 
 from bcmcore.nets.embedding import CondEmbedding, TimeEmbedding
@@ -27,11 +27,15 @@ class MLP(nn.Module):
         super().__init__()
         self.cfg = cfg
         width, emb_dim = cfg.channels, cfg.emb_mult * cfg.channels
-        self.time_embed = TimeEmbedding(cfg.embedding_kind, width, emb_dim, cfg.time_embed, cfg.fourier_scale)
+        self.time_embed = TimeEmbedding(
+            cfg.embedding_kind, width, emb_dim, cfg.time_embed, cfg.fourier_scale
+        )
         emb_dim = self.time_embed.out_dim
         self.cond = CondEmbedding(cfg.num_classes, cfg.guidance, emb_dim)
         self.inp = nn.Linear(cfg.data_channels, width)
-        self.blocks = nn.ModuleList(MLPBlock(width, emb_dim, cfg.dropout) for _ in range(cfg.num_blocks))
+        self.blocks = nn.ModuleList(
+            MLPBlock(width, emb_dim, cfg.dropout) for _ in range(cfg.num_blocks)
+        )
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(width, cfg.data_channels))
 
     def forward(self, x, c_t, c_u=None, y=None, w=None):

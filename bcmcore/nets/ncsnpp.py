@@ -5,6 +5,7 @@ progressive = none, attention at attn_res (after every down-path block, once per
 Fourier embedding of c_noise(t) = 0.25 ln t. Deep variant: num_blocks 8.
 BCM from scratch embeds (t, u) by concatenated Fourier features and doubled dense layers (BCM C.1).
 """
+
 import math
 
 import torch
@@ -25,8 +26,9 @@ class NCSNpp(nn.Module):
         self.cfg = cfg
         nf, levels = cfg.channels, len(cfg.ch_mult)
         # 2nf Fourier features (W has nf entries) -> Dense(4nf) -> SiLU -> Dense(4nf)
-        self.time_embed = TimeEmbedding(cfg.embedding_kind, 2 * nf, cfg.emb_mult * nf, cfg.time_embed,
-                                        cfg.fourier_scale)
+        self.time_embed = TimeEmbedding(
+            cfg.embedding_kind, 2 * nf, cfg.emb_mult * nf, cfg.time_embed, cfg.fourier_scale
+        )
         emb = self.time_embed.out_dim
         self.cond = CondEmbedding(cfg.num_classes, cfg.guidance, emb)
 
@@ -79,7 +81,9 @@ class NCSNpp(nn.Module):
             if layer[0].down:
                 pyramid = self.pyramid[i_pyr](pyramid)
                 i_pyr += 1
-                h = pyramid = (pyramid + h) / math.sqrt(2)  # progressive_input residual, skip_rescale
+                h = pyramid = (pyramid + h) / math.sqrt(
+                    2
+                )  # progressive_input residual, skip_rescale
             for attn in layer[1:]:
                 h = attn(h)
             hs.append(h)

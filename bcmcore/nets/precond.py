@@ -3,6 +3,7 @@
 Scalings and the final combination c_skip x + c_out F run in float32 even under autocast:
 |c_skip|, |c_out| reach ~23 / ~79 on long inverse jumps (spec §9.12).
 """
+
 import torch
 from torch import nn
 
@@ -20,7 +21,9 @@ def _combine(c_skip, x, c_out, F):
     """c_skip x + c_out F in fp32 (or fp64 if x is), outside autocast."""
     with torch.autocast(device_type=x.device.type, enabled=False):
         dt = torch.promote_types(x.dtype, torch.float32)
-        return param.append_dims(c_skip, x.ndim).to(dt) * x.to(dt) + param.append_dims(c_out, x.ndim).to(dt) * F.to(dt)
+        return param.append_dims(c_skip, x.ndim).to(dt) * x.to(dt) + param.append_dims(
+            c_out, x.ndim
+        ).to(dt) * F.to(dt)
 
 
 class ConsistencyModel(nn.Module):
@@ -33,15 +36,22 @@ class ConsistencyModel(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         from bcmcore.nets.config import build_net
+
         self.cfg, self.kind = cfg, cfg.kind
-        self.sigma_min, self.sigma_max, self.sigma_data = cfg.sigma_min, cfg.sigma_max, cfg.sigma_data
+        self.sigma_min, self.sigma_max, self.sigma_data = (
+            cfg.sigma_min,
+            cfg.sigma_max,
+            cfg.sigma_data,
+        )
         self.net = build_net(cfg.net)
 
     def forward(self, x, t, u=None, y=None):
         t = _per_sample(t, x)
         if self.kind == "cm":
             if u is not None and not bool((_per_sample(u, x) == self.sigma_min).all()):
-                raise ValueError("a CM model maps only to u = sigma_min; use a BCM model for other u")
+                raise ValueError(
+                    "a CM model maps only to u = sigma_min; use a BCM model for other u"
+                )
             c_skip, c_out = param.cm_scalings(t, self.sigma_min, self.sigma_data)  # CM App. C
             c_u = None
         else:
@@ -61,8 +71,13 @@ class EDMDenoiser(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         from bcmcore.nets.config import build_net
+
         self.cfg, self.kind = cfg, cfg.kind
-        self.sigma_min, self.sigma_max, self.sigma_data = cfg.sigma_min, cfg.sigma_max, cfg.sigma_data
+        self.sigma_min, self.sigma_max, self.sigma_data = (
+            cfg.sigma_min,
+            cfg.sigma_max,
+            cfg.sigma_data,
+        )
         self.net = build_net(cfg.net)
 
     def forward(self, x, sigma, y=None):

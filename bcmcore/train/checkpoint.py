@@ -4,6 +4,7 @@ Plain tensors and types only (loaded with weights_only=True), written atomically
 so the newest file under its final name is always complete; the last K are kept. Network files
 (`network-snapshot-<step>.pt`, `network-final.pt`) are written by `bcmcore.nets.save_network`.
 """
+
 import re
 from pathlib import Path
 
@@ -40,9 +41,15 @@ def latest_state(run_dir):
 
 def save_state(run_dir, *, step, model, ema, optimizer, start_sample, config, keep_last):
     """Write training-state-<step>.pt atomically, then delete all but the newest `keep_last` states."""
-    state = {"format": FORMAT, "step": int(step), "net": model.state_dict(), "ema": ema.state_dict(),
-             "optimizer": optimizer.state_dict(), "data": {"start_sample": int(start_sample)},
-             "config": config}
+    state = {
+        "format": FORMAT,
+        "step": int(step),
+        "net": model.state_dict(),
+        "ema": ema.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "data": {"start_sample": int(start_sample)},
+        "config": config,
+    }
     path = state_path(run_dir, step)
     atomic_torch_save(state, path)
     for _, old in find_states(run_dir)[:-keep_last]:
@@ -58,8 +65,10 @@ def load_state(path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, not a torch file, pickled classes...
-        raise UserError(f"{path}: cannot read training state ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                        f"the file is truncated or corrupt: delete it to resume from the previous state") from None
+        raise UserError(
+            f"{path}: cannot read training state ({type(e).__name__}: {str(e).splitlines()[0]}); "
+            f"the file is truncated or corrupt: delete it to resume from the previous state"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path}: not a bcm training state (expected format {FORMAT!r})")
     return state

@@ -1,9 +1,9 @@
 """TrainConfig (the run config's `train` section) and the resolved run config {model, loss, data, train}."""
+
 import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from bcmcore.config import ConfigError, from_dict, load_json, to_dict
 
@@ -11,37 +11,46 @@ from bcmcore.config import ConfigError, from_dict, load_json, to_dict
 @dataclass(frozen=True)
 class TrainConfig:
     """One training stage. Progress is counted in optimizer steps; schedules are functions of the step."""
-    total_steps: int = 1000                 # optimizer steps of the whole stage (iCT curriculum uses it)
-    batch: int = 128                        # global batch per step (all processes, all accumulation rounds)
-    batch_gpu: Optional[int] = None         # per-process batch per accumulation round; None = batch / world
-    lr: float = 1e-4                        # RAdam learning rate (iCT / BCM)
+
+    total_steps: int = 1000  # optimizer steps of the whole stage (iCT curriculum uses it)
+    batch: int = 128  # global batch per step (all processes, all accumulation rounds)
+    batch_gpu: int | None = (
+        None  # per-process batch per accumulation round; None = batch / world
+    )
+    lr: float = 1e-4  # RAdam learning rate (iCT / BCM)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.0
-    warmup_steps: int = 0                   # linear lr warm-up; 0 = constant lr (iCT / BCM released code)
-    ema_rate: float = 0.99993               # evaluation EMA per step (iCT CIFAR-10); never the teacher
-    grad_clip: Optional[float] = None       # max global gradient norm; None = no clipping
-    bf16: bool = False                      # bf16 autocast, CUDA only (ignored on CPU)
-    seed: int = 0                           # init, data order and every noise draw derive from it
-    init: Optional[str] = None              # network file to start from (BCM fine-tuning: iCT network-final.pt)
-    status_every: int = 100                 # steps between status lines / stats.jsonl rows
-    checkpoint_every: int = 1000            # steps between training-state files
-    snapshot_every: int = 0                 # steps between network-snapshot files; 0 = none
-    keep_last: int = 2                      # training-state files kept (older ones are deleted)
+    warmup_steps: int = 0  # linear lr warm-up; 0 = constant lr (iCT / BCM released code)
+    ema_rate: float = 0.99993  # evaluation EMA per step (iCT CIFAR-10); never the teacher
+    grad_clip: float | None = None  # max global gradient norm; None = no clipping
+    bf16: bool = False  # bf16 autocast, CUDA only (ignored on CPU)
+    seed: int = 0  # init, data order and every noise draw derive from it
+    init: str | None = None  # network file to start from (BCM fine-tuning: iCT network-final.pt)
+    status_every: int = 100  # steps between status lines / stats.jsonl rows
+    checkpoint_every: int = 1000  # steps between training-state files
+    snapshot_every: int = 0  # steps between network-snapshot files; 0 = none
+    keep_last: int = 2  # training-state files kept (older ones are deleted)
 
     def __post_init__(self):
         positive = ("total_steps", "batch", "status_every", "checkpoint_every", "keep_last")
         for key in positive:
             if getattr(self, key) < 1:
-                raise ConfigError(f"train.{key}: expected a positive integer, got {getattr(self, key)}")
+                raise ConfigError(
+                    f"train.{key}: expected a positive integer, got {getattr(self, key)}"
+                )
         if self.batch_gpu is not None and self.batch_gpu < 1:
-            raise ConfigError(f"train.batch_gpu: expected a positive integer or null, got {self.batch_gpu}")
+            raise ConfigError(
+                f"train.batch_gpu: expected a positive integer or null, got {self.batch_gpu}"
+            )
         if not 0 <= self.ema_rate < 1:
             raise ConfigError(f"train.ema_rate: expected a value in [0, 1), got {self.ema_rate}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr: expected a positive number, got {self.lr}")
         if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ConfigError(f"train.grad_clip: expected a positive number or null, got {self.grad_clip}")
+            raise ConfigError(
+                f"train.grad_clip: expected a positive number or null, got {self.grad_clip}"
+            )
         if self.warmup_steps < 0 or self.snapshot_every < 0:
             raise ConfigError("train.warmup_steps / train.snapshot_every: expected >= 0")
 
@@ -54,13 +63,17 @@ class TrainConfig:
     def split_batch(self, world_size):
         """(batch_gpu, rounds): rounds = batch / (batch_gpu * world) accumulation rounds per step."""
         if self.batch % world_size:
-            raise ConfigError(f"train.batch: {self.batch} is not divisible by the number of processes "
-                              f"({world_size})")
+            raise ConfigError(
+                f"train.batch: {self.batch} is not divisible by the number of processes "
+                f"({world_size})"
+            )
         per_rank = self.batch // world_size
         batch_gpu = min(self.batch_gpu or per_rank, per_rank)
         if per_rank % batch_gpu:
-            raise ConfigError(f"train.batch_gpu: batch {self.batch} must be divisible by batch_gpu x processes "
-                              f"({batch_gpu} x {world_size})")
+            raise ConfigError(
+                f"train.batch_gpu: batch {self.batch} must be divisible by batch_gpu x processes "
+                f"({batch_gpu} x {world_size})"
+            )
         return batch_gpu, per_rank // batch_gpu
 
 
@@ -74,34 +87,46 @@ def round_seed(seed, step, chunk):
 @dataclass(frozen=True)
 class RunConfig:
     """The resolved run config (docs/interfaces.md): parsed sections plus the plain dict they came from."""
-    model: object        # nets.ModelConfig
-    loss: dict           # {"kind", ...}: parsed by losses.build_loss
-    data: object         # data.DataConfig
+
+    model: object  # nets.ModelConfig
+    loss: dict  # {"kind", ...}: parsed by losses.build_loss
+    data: object  # data.DataConfig
     train: TrainConfig
-    path: Optional[str] = None
+    path: str | None = None
 
     def as_dict(self):
         """Normalised plain dict (defaults filled in): stored in every checkpoint and network file."""
-        return {"model": to_dict(self.model), "loss": dict(self.loss), "data": to_dict(self.data),
-                "train": to_dict(self.train)}
+        return {
+            "model": to_dict(self.model),
+            "loss": dict(self.loss),
+            "data": to_dict(self.data),
+            "train": to_dict(self.train),
+        }
 
 
 def parse_run_config(d, where="config.json"):
     from bcmcore.data import DataConfig
     from bcmcore.nets import ModelConfig
+
     if not isinstance(d, dict):
         raise ConfigError(f"{where}: expected a mapping with keys model, loss, data, train")
     unknown = sorted(set(d) - {"model", "loss", "data", "train"})
     if unknown:
-        raise ConfigError(f"{where}: unknown section '{unknown[0]}' (known: data, loss, model, train)")
+        raise ConfigError(
+            f"{where}: unknown section '{unknown[0]}' (known: data, loss, model, train)"
+        )
     for key in ("model", "loss", "data"):
         if key not in d:
             raise ConfigError(f"{where}: missing section '{key}'")
     if not isinstance(d["loss"], dict):
         raise ConfigError(f"{where}: loss: expected a mapping with a 'kind' key, got {d['loss']!r}")
-    return RunConfig(model=from_dict(ModelConfig, d["model"], "model"), loss=dict(d["loss"]),
-                     data=from_dict(DataConfig, d["data"], "data"),
-                     train=from_dict(TrainConfig, d.get("train", {}), "train"), path=where)
+    return RunConfig(
+        model=from_dict(ModelConfig, d["model"], "model"),
+        loss=dict(d["loss"]),
+        data=from_dict(DataConfig, d["data"], "data"),
+        train=from_dict(TrainConfig, d.get("train", {}), "train"),
+        path=where,
+    )
 
 
 def load_run_config(run_dir):

@@ -2,6 +2,7 @@
 
 Used only for evaluation and network files; the consistency teacher is stopgrad(theta), never this EMA.
 """
+
 import copy
 
 import torch

@@ -4,6 +4,7 @@ Resume is automatic and bitwise: noise is reseeded per (seed, step, chunk) (trai
 lr are functions of the step, the data position is step * batch, and the newest complete training state holds
 the weights, EMA and optimizer. Rerunning the same command continues where the last state left off.
 """
+
 import json
 import math
 import resource
@@ -44,17 +45,22 @@ class RunLog:
 def init_from_network(model, path):
     """Start weights from a network file; a CM network into a BCM model goes through bcm_from_cm ([I|0] init)."""
     from bcmcore.nets import bcm_from_cm, load_network
+
     if not Path(path).is_file():
-        raise ConfigError(f"train.init: {path} not found (expected a network file, e.g. the iCT run's "
-                          f"network-final.pt)")
+        raise ConfigError(
+            f"train.init: {path} not found (expected a network file, e.g. the iCT run's "
+            f"network-final.pt)"
+        )
     src, _ = load_network(path)
     if getattr(model, "kind", None) == "bcm" and getattr(src, "kind", None) == "cm":
         src = bcm_from_cm(src)  # BCM §3.2: identity-zero fine-tuning init
     try:
         model.load_state_dict(src.state_dict())
     except RuntimeError as e:
-        raise ConfigError(f"train.init: {path} does not fit model config ({str(e).splitlines()[0]}); BCM "
-                          f"fine-tuning needs model.net.two_time_embed: project") from None
+        raise ConfigError(
+            f"train.init: {path} does not fit model config ({str(e).splitlines()[0]}); BCM "
+            f"fine-tuning needs model.net.two_time_embed: project"
+        ) from None
 
 
 def _peak_mem_gb(device):
@@ -91,8 +97,10 @@ def training_loop(run_dir, device=None):
         dist.barrier()  # every rank has read the old state before rank 0 moves it
         if dist.is_main():
             moved = checkpoint.supersede(run_dir)
-            log(f"{resume.name} was written with a different config.json: moved the old run to {moved.name}/, "
-                f"starting over")
+            log(
+                f"{resume.name} was written with a different config.json: moved the old run to {moved.name}/, "
+                f"starting over"
+            )
         dist.barrier()
         resume = state = None
     if state is None and t.init:
@@ -119,15 +127,25 @@ def training_loop(run_dir, device=None):
 
     params = stepper.params
     n_params = sum(p.numel() for p in params)
-    log(f"run {run_dir}: {cfg.model.kind} model ({n_params / 1e6:.3f} M params), loss {cfg.loss['kind']}, "
+    log(
+        f"run {run_dir}: {cfg.model.kind} model ({n_params / 1e6:.3f} M params), loss {cfg.loss['kind']}, "
         f"{world} process(es) on {device.type}, batch {t.batch} = {batch_gpu} x {rounds} rounds x {world}, "
-        f"steps {step}->{t.total_steps}")
+        f"steps {step}->{t.total_steps}"
+    )
     loader = make_loader(cfg.data, batch_gpu, rank, world, t.seed, step * t.batch, device=device)
 
     def save(step):
         if dist.is_main():
-            checkpoint.save_state(run_dir, step=step, model=model, ema=ema.model, optimizer=optimizer,
-                                  start_sample=step * t.batch, config=config, keep_last=t.keep_last)
+            checkpoint.save_state(
+                run_dir,
+                step=step,
+                model=model,
+                ema=ema.model,
+                optimizer=optimizer,
+                start_sample=step * t.batch,
+                config=config,
+                keep_last=t.keep_last,
+            )
         dist.barrier()
 
     sums, n_sum, tick, t_start = {}, 0, time.time(), time.time()
@@ -136,9 +154,11 @@ def training_loop(run_dir, device=None):
         bad = [k for k, v in values.items() if not math.isfinite(v)]
         if bad:
             detail = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-            raise NonFiniteLoss(f"step {step}: non-finite {'/'.join(bad)} ({detail}); stopped before the update; "
-                                f"last good state: {checkpoint.latest_state(run_dir) or 'none'}. "
-                                f"Lower train.lr or set train.grad_clip")
+            raise NonFiniteLoss(
+                f"step {step}: non-finite {'/'.join(bad)} ({detail}); stopped before the update; "
+                f"last good state: {checkpoint.latest_state(run_dir) or 'none'}. "
+                f"Lower train.lr or set train.grad_clip"
+            )
         stepper.update()
         step += 1
         for k, v in values.items():
@@ -147,14 +167,21 @@ def training_loop(run_dir, device=None):
 
         if step % t.status_every == 0 or step == t.total_steps:
             now = time.time()
-            row = {"step": step, "kimg": step * t.batch / 1e3, "lr": t.lr_at(step - 1),
-                   **{k: v / n_sum for k, v in sums.items()},
-                   "sec_per_kimg": (now - tick) / (n_sum * t.batch / 1e3), "mem_gb": _peak_mem_gb(device),
-                   "time_s": now - t_start}
+            row = {
+                "step": step,
+                "kimg": step * t.batch / 1e3,
+                "lr": t.lr_at(step - 1),
+                **{k: v / n_sum for k, v in sums.items()},
+                "sec_per_kimg": (now - tick) / (n_sum * t.batch / 1e3),
+                "mem_gb": _peak_mem_gb(device),
+                "time_s": now - t_start,
+            }
             log.stats(row)
             losses = "  ".join(f"{k} {row[k]:.4g}" for k in sorted(sums))
-            log(f"step {step}/{t.total_steps}  kimg {row['kimg']:.1f}  {losses}  "
-                f"sec/kimg {row['sec_per_kimg']:.3g}  mem {row['mem_gb']:.2f} GB")
+            log(
+                f"step {step}/{t.total_steps}  kimg {row['kimg']:.1f}  {losses}  "
+                f"sec/kimg {row['sec_per_kimg']:.3g}  mem {row['mem_gb']:.2f} GB"
+            )
             sums, n_sum, tick = {}, 0, time.time()
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)

@@ -6,6 +6,7 @@ not on how chunks are spread over processes. Gradients are averaged over process
 losses call the model several times (BCT: 4 passes, one through functional_call with detached parameters),
 which DDP's per-forward hooks do not follow.
 """
+
 import torch
 
 from bcmcore import dist
@@ -42,12 +43,20 @@ class Stepper:
 
     def __init__(self, model, loss_fn, train_cfg, device, conditional=True):
         t = self.t = train_cfg
-        self.model, self.loss_fn, self.device, self.conditional = model, loss_fn, device, conditional
+        self.model, self.loss_fn, self.device, self.conditional = (
+            model,
+            loss_fn,
+            device,
+            conditional,
+        )
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.RAdam(self.params, lr=t.lr, betas=t.betas, eps=t.eps,
-                                           weight_decay=t.weight_decay)
+        self.optimizer = torch.optim.RAdam(
+            self.params, lr=t.lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay
+        )
         self.ema = EMA(model, t.ema_rate)  # BCM fine-tuning: the EMA starts at the initial weights
-        self.autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=t.bf16 and device.type == "cuda")
+        self.autocast = dict(
+            device_type=device.type, dtype=torch.bfloat16, enabled=t.bf16 and device.type == "cuda"
+        )
 
     def backward(self, batches, step):
         """Gradients of the global-batch mean loss for `step`; returns the loss terms averaged over all
@@ -59,11 +68,17 @@ class Stepper:
         self.optimizer.zero_grad(set_to_none=True)
         terms = {}
         for r in range(rounds):
-            batch = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v)
-                     for k, v in next(batches).items()}
+            batch = {
+                k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v)
+                for k, v in next(batches).items()
+            }
             if not self.conditional:
-                batch["y"] = None  # labelled data (gmm2d components, CIFAR classes) for an unconditional model
-            torch.manual_seed(round_seed(t.seed, step, r * world + rank))  # seeds CPU and every CUDA device
+                batch["y"] = (
+                    None  # labelled data (gmm2d components, CIFAR classes) for an unconditional model
+                )
+            torch.manual_seed(
+                round_seed(t.seed, step, r * world + rank)
+            )  # seeds CPU and every CUDA device
             with torch.autocast(**self.autocast):
                 out = self.loss_fn(self.model, batch, step, t.total_steps)
             (out["loss"] / rounds).backward()

@@ -3,6 +3,7 @@
 Paths: results/<ds>/shards (data), results/<ds>/runs/<exp> (training), results/<ds>/eval/<exp> (sweeps),
 results/<ds>/grids/<exp> (PNG grids), results/<ds>/*_table.csv + plots/ (the dataset's tables).
 """
+
 import copy
 import json
 import shlex
@@ -36,14 +37,18 @@ def check_config():
     try:
         validate(config, str(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"))
     except WorkflowError as e:
-        cause = e.__context__  # the jsonschema ValidationError: its path and message are what users need
+        cause = (
+            e.__context__
+        )  # the jsonschema ValidationError: its path and message are what users need
         if cause is None or not hasattr(cause, "absolute_path"):
             raise
         where = ".".join(str(p) for p in cause.absolute_path) or "(top level)"
         stop(f"config error at '{where}': {cause.message}")
     if "site" not in config:
-        stop("no launcher site set: run with --profile cluster/local (this machine) or --profile cluster/slurm "
-             "(a Slurm login node), or pass --config site=DIR (a directory with launcher.yaml)")
+        stop(
+            "no launcher site set: run with --profile cluster/local (this machine) or --profile cluster/slurm "
+            "(a Slurm login node), or pass --config site=DIR (a directory with launcher.yaml)"
+        )
     if not enabled_datasets():
         stop("no dataset is enabled under 'datasets' (set datasets.<name>.enabled: true)")
     for ds in enabled_datasets():
@@ -73,6 +78,7 @@ def check_raw_files(ds):
 
 # ---------------------------------------------------------------------------------------------- launching
 
+
 def site_file(name):
     """A file of the launcher site (relative paths: from the working directory, else from the workflow)."""
     site = Path(config["site"])
@@ -83,7 +89,8 @@ def site_file(name):
 
 def launcher_settings(ds, stage):
     """Per-stage job size: the site's stages.yaml, then datasets.<ds>.launch.<stage>. Checked against the
-    launcher file by bcmcore.launch itself (unknown executor, bad keys -> stop here, before any job)."""
+    launcher file by bcmcore.launch itself (unknown executor, bad keys -> stop here, before any job).
+    """
     from bcmcore.config import UserError
     from bcmcore.launch import load_launcher
 
@@ -92,8 +99,12 @@ def launcher_settings(ds, stage):
         stages = yaml.safe_load(site_file("stages.yaml").read_text()) or {}
         unknown = sorted(set(stages) - set(STAGES))
         if unknown:
-            stop(f"{site_file('stages.yaml')}: unknown stage '{unknown[0]}' (known: {', '.join(STAGES)})")
-    settings = merged(stages.get(stage) or {}, config["datasets"][ds].get("launch", {}).get(stage, {}))
+            stop(
+                f"{site_file('stages.yaml')}: unknown stage '{unknown[0]}' (known: {', '.join(STAGES)})"
+            )
+    settings = merged(
+        stages.get(stage) or {}, config["datasets"][ds].get("launch", {}).get(stage, {})
+    )
     try:
         load_launcher(site_file("launcher.yaml"), **settings)
     except UserError as e:
@@ -117,10 +128,13 @@ def launch(ds, stage, job_dir):
     """The `bcm launch ... --` prefix running one stage as one job. Rules pass it as a resource: the job's
     size never triggers a rerun (the global batch, and so the result, does not depend on it)."""
     site = shlex.quote(str(site_file("launcher.yaml")))
-    return f"bcm launch --launcher {site} --job-dir {job_dir}{flags(launcher_settings(ds, stage))} --"
+    return (
+        f"bcm launch --launcher {site} --job-dir {job_dir}{flags(launcher_settings(ds, stage))} --"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- run configs
+
 
 def run_dir(ds, exp):
     return f"results/{ds}/runs/{exp}"
@@ -139,10 +153,12 @@ def run_config(ds, exp):
     d = config["datasets"][ds]
     e = d["experiments"][exp]
     defaults = d.get("defaults", {})
-    cfg = {"model": merged(defaults.get("model", {}), e["model"]),
-           "loss": copy.deepcopy(e["loss"]),
-           "data": merged(merged(d["data"], e.get("data", {})), {"shards": shards(ds)}),
-           "train": merged(defaults.get("train", {}), e.get("train", {}))}
+    cfg = {
+        "model": merged(defaults.get("model", {}), e["model"]),
+        "loss": copy.deepcopy(e["loss"]),
+        "data": merged(merged(d["data"], e.get("data", {})), {"shards": shards(ds)}),
+        "train": merged(defaults.get("train", {}), e.get("train", {})),
+    }
     if e.get("init_from"):
         cfg["train"]["init"] = network(ds, e["init_from"])
     return cfg
@@ -156,8 +172,10 @@ def check_run_config(ds, exp):
 
     e = config["datasets"][ds]["experiments"][exp]
     if e.get("init_from") and e["init_from"] not in experiments(ds):
-        stop(f"datasets.{ds}.experiments.{exp}.init_from: '{e['init_from']}' is not an enabled experiment "
-             f"(enabled: {', '.join(experiments(ds))})")
+        stop(
+            f"datasets.{ds}.experiments.{exp}.init_from: '{e['init_from']}' is not an enabled experiment "
+            f"(enabled: {', '.join(experiments(ds))})"
+        )
     where = f"datasets.{ds}.experiments.{exp}"
     try:
         cfg = parse_run_config(run_config(ds, exp), where=where)
@@ -174,13 +192,16 @@ def init_network(wildcards):
 
 # ---------------------------------------------------------------------------------------------- evaluation
 
+
 def eval_spec(ds, exp):
     """The `bcm eval` spec of one experiment: the dataset's sweep settings + this model's samplers / inversions
     / guidance (bcmcore/metrics/spec.py)."""
     d = config["datasets"][ds]
     e = d["experiments"][exp]
     model = {"name": exp, "network": network(ds, exp), "kind": run_config(ds, exp)["model"]["kind"]}
-    return merged(d.get("eval", {}), {"dataset": shards(ds), "models": [merged(model, e.get("eval", {}))]})
+    return merged(
+        d.get("eval", {}), {"dataset": shards(ds), "models": [merged(model, e.get("eval", {}))]}
+    )
 
 
 def check_eval_spec(ds, exp):
@@ -195,7 +216,9 @@ def check_eval_spec(ds, exp):
         try:
             load_spec(path)
         except UserError as e:
-            stop(f"datasets.{ds} eval / experiments.{exp}.eval: {str(e).replace(str(path) + ': ', '')}")
+            stop(
+                f"datasets.{ds} eval / experiments.{exp}.eval: {str(e).replace(str(path) + ': ', '')}"
+            )
 
 
 def check_recipes(ds, exp):
@@ -204,7 +227,9 @@ def check_recipes(ds, exp):
     from bcmcore.sampling import get_recipe
 
     e = config["datasets"][ds]["experiments"][exp]
-    for where, options in [("grid", e.get("grid", {}))] + [(f"apps.{t}", o) for t, o in e.get("apps", {}).items()]:
+    for where, options in [("grid", e.get("grid", {}))] + [
+        (f"apps.{t}", o) for t, o in e.get("apps", {}).items()
+    ]:
         if options.get("recipe"):
             try:
                 get_recipe(options["recipe"])
@@ -214,12 +239,16 @@ def check_recipes(ds, exp):
 
 def evaluated(ds):
     """Experiments with an evaluation sweep."""
-    return [exp for exp in experiments(ds) if config["datasets"][ds]["experiments"][exp].get("eval")]
+    return [
+        exp for exp in experiments(ds) if config["datasets"][ds]["experiments"][exp].get("eval")
+    ]
 
 
 def dataset_outputs(ds):
     """What `all` asks for: tables and plots, one sample grid per model, the application grids."""
-    outs = [f"results/{ds}/{t}_table.csv" for t in ("fid", "mse", "guidance")] + [f"results/{ds}/plots"]
+    outs = [f"results/{ds}/{t}_table.csv" for t in ("fid", "mse", "guidance")] + [
+        f"results/{ds}/plots"
+    ]
     for exp in experiments(ds):
         e = config["datasets"][ds]["experiments"][exp]
         outs.append(f"results/{ds}/grids/{exp}/samples.png")

@@ -4,17 +4,17 @@
 rule prep:
     output:
         "results/{ds}/shards/manifest.json",
-    params:
-        prep=lambda w: config["datasets"][w.ds]["prep"],  # rerun trigger: the converter and its flags
-        args=lambda w: flags(config["datasets"][w.ds]["prep"].get("args")),
-    resources:
-        launches=1,
-        launch=lambda w: launch(w.ds, "prep", f"results/{w.ds}/jobs/prep"),
+    log:
+        "results/{ds}/logs/prep.log",
     localrule: True
     conda:
         "../../environment.yml"
-    log:
-        "results/{ds}/logs/prep.log",
+    resources:
+        launches=1,
+        launch=lambda w: launch(w.ds, "prep", f"results/{w.ds}/jobs/prep"),
+    params:
+        prep=lambda w: config["datasets"][w.ds]["prep"],  # rerun trigger: the converter and its flags
+        args=lambda w: flags(config["datasets"][w.ds]["prep"].get("args")),
     shell:
         "{resources.launch} prep {params.prep[format]} --out results/{wildcards.ds}/shards{params.args}"
         " 2>&1 | tee {log}"

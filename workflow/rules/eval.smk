@@ -6,14 +6,14 @@
 rule eval_spec:
     output:
         "results/{ds}/eval/{exp}/spec.json",
-    params:
-        spec=lambda w: eval_spec(w.ds, w.exp),  # rerun trigger: this model's sweep settings
-        text=lambda w: json_text(eval_spec(w.ds, w.exp)),
+    log:
+        "results/{ds}/logs/spec-{exp}.log",
     localrule: True
     conda:
         "../../environment.yml"
-    log:
-        "results/{ds}/logs/spec-{exp}.log",
+    params:
+        spec=lambda w: eval_spec(w.ds, w.exp),  # rerun trigger: this model's sweep settings
+        text=lambda w: json_text(eval_spec(w.ds, w.exp)),
     shell:
         "printf '%s\\n' {params.text} > {output} 2> {log}"
 
@@ -25,14 +25,14 @@ rule evaluate:
         shards="results/{ds}/shards/manifest.json",
     output:
         **{t: f"results/{{ds}}/eval/{{exp}}/{t}_table.csv" for t in ("fid", "mse", "guidance")},
-    resources:
-        launches=1,
-        launch=lambda w: launch(w.ds, "eval", f"results/{w.ds}/eval/{w.exp}/jobs"),
+    log:
+        "results/{ds}/logs/eval-{exp}.log",
     localrule: True
     conda:
         "../../environment.yml"
-    log:
-        "results/{ds}/logs/eval-{exp}.log",
+    resources:
+        launches=1,
+        launch=lambda w: launch(w.ds, "eval", f"results/{w.ds}/eval/{w.exp}/jobs"),
     shell:
         "{resources.launch} eval --spec {input.spec} --out results/{wildcards.ds}/eval/{wildcards.exp}"
         " 2>&1 | tee {log}"
@@ -48,17 +48,17 @@ rule sample_grid:
             category="Sample grids",
             labels={"dataset": "{ds}", "model": "{exp}"},
         ),
-    params:
-        options=lambda w: config["datasets"][w.ds]["experiments"][w.exp].get("grid", {}),
-        flags=lambda w: flags(config["datasets"][w.ds]["experiments"][w.exp].get("grid")),
-    resources:
-        launches=1,
-        launch=lambda w: launch(w.ds, "sample", f"results/{w.ds}/grids/{w.exp}/jobs"),
+    log:
+        "results/{ds}/logs/grid-{exp}.log",
     localrule: True
     conda:
         "../../environment.yml"
-    log:
-        "results/{ds}/logs/grid-{exp}.log",
+    resources:
+        launches=1,
+        launch=lambda w: launch(w.ds, "sample", f"results/{w.ds}/grids/{w.exp}/jobs"),
+    params:
+        options=lambda w: config["datasets"][w.ds]["experiments"][w.exp].get("grid", {}),
+        flags=lambda w: flags(config["datasets"][w.ds]["experiments"][w.exp].get("grid")),
     shell:
         "{resources.launch} sample --network {input.network} --out results/{wildcards.ds}/grids/{wildcards.exp}"
         "{params.flags} 2>&1 | tee {log}"
@@ -75,19 +75,19 @@ rule app_grid:
             category="Applications",
             labels={"dataset": "{ds}", "model": "{exp}", "task": "{task}"},
         ),
-    params:
-        options=lambda w: config["datasets"][w.ds]["experiments"][w.exp]["apps"][w.task],
-        flags=lambda w: flags(config["datasets"][w.ds]["experiments"][w.exp]["apps"][w.task]),
+    log:
+        "results/{ds}/logs/edit-{exp}-{task}.log",
     wildcard_constraints:
         task="interpolate|inpaint|inpaint-refine|cm-inpaint|jpeg|class",
-    resources:
-        launches=1,
-        launch=lambda w: launch(w.ds, "sample", f"results/{w.ds}/grids/{w.exp}/jobs"),
     localrule: True
     conda:
         "../../environment.yml"
-    log:
-        "results/{ds}/logs/edit-{exp}-{task}.log",
+    resources:
+        launches=1,
+        launch=lambda w: launch(w.ds, "sample", f"results/{w.ds}/grids/{w.exp}/jobs"),
+    params:
+        options=lambda w: config["datasets"][w.ds]["experiments"][w.exp]["apps"][w.task],
+        flags=lambda w: flags(config["datasets"][w.ds]["experiments"][w.exp]["apps"][w.task]),
     shell:
         "{resources.launch} edit {wildcards.task} --network {input.network} --data results/{wildcards.ds}/shards"
         " --out results/{wildcards.ds}/grids/{wildcards.exp}{params.flags} 2>&1 | tee {log}"

@@ -6,12 +6,20 @@ rule tables:
     input:
         fid=lambda w: expand("results/{ds}/eval/{exp}/fid_table.csv", ds=w.ds, exp=evaluated(w.ds)),
         mse=lambda w: expand("results/{ds}/eval/{exp}/mse_table.csv", ds=w.ds, exp=evaluated(w.ds)),
-        guidance=lambda w: expand("results/{ds}/eval/{exp}/guidance_table.csv", ds=w.ds, exp=evaluated(w.ds)),
+        guidance=lambda w: expand(
+            "results/{ds}/eval/{exp}/guidance_table.csv", ds=w.ds, exp=evaluated(w.ds)
+        ),
     output:
-        fid=report("results/{ds}/fid_table.csv", caption="../report/fid_table.rst", category="Tables"),
-        mse=report("results/{ds}/mse_table.csv", caption="../report/mse_table.rst", category="Tables"),
+        fid=report(
+            "results/{ds}/fid_table.csv", caption="../report/fid_table.rst", category="Tables"
+        ),
+        mse=report(
+            "results/{ds}/mse_table.csv", caption="../report/mse_table.rst", category="Tables"
+        ),
         guidance=report(
-            "results/{ds}/guidance_table.csv", caption="../report/guidance_table.rst", category="Tables"
+            "results/{ds}/guidance_table.csv",
+            caption="../report/guidance_table.rst",
+            category="Tables",
         ),
         plots=report(
             directory("results/{ds}/plots"),
@@ -19,9 +27,9 @@ rule tables:
             caption="../report/plots.rst",
             category="Plots",
         ),
-    conda:
-        "../../environment.yml"
     log:
         "results/{ds}/logs/tables.log",
+    conda:
+        "../../environment.yml"
     script:
         "../scripts/tables.py"

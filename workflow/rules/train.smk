@@ -6,14 +6,14 @@
 rule run_config:
     output:
         "results/{ds}/runs/{exp}/config.json",
-    params:
-        run=lambda w: run_config(w.ds, w.exp),  # rerun trigger: exactly the settings this stage depends on
-        text=lambda w: json_text(run_config(w.ds, w.exp)),
+    log:
+        "results/{ds}/logs/config-{exp}.log",
     localrule: True
     conda:
         "../../environment.yml"
-    log:
-        "results/{ds}/logs/config-{exp}.log",
+    params:
+        run=lambda w: run_config(w.ds, w.exp),  # rerun trigger: exactly the settings this stage depends on
+        text=lambda w: json_text(run_config(w.ds, w.exp)),
     shell:
         "printf '%s\\n' {params.text} > {output} 2> {log}"
 
@@ -25,13 +25,13 @@ rule train:
         init=init_network,
     output:
         "results/{ds}/runs/{exp}/network-final.pt",
-    resources:
-        launches=1,
-        launch=lambda w: launch(w.ds, "train", f"results/{w.ds}/runs/{w.exp}/jobs"),
+    log:
+        "results/{ds}/logs/train-{exp}.log",
     localrule: True
     conda:
         "../../environment.yml"
-    log:
-        "results/{ds}/logs/train-{exp}.log",
+    resources:
+        launches=1,
+        launch=lambda w: launch(w.ds, "train", f"results/{w.ds}/runs/{w.exp}/jobs"),
     shell:
         "{resources.launch} train --run-dir results/{wildcards.ds}/runs/{wildcards.exp} 2>&1 | tee {log}"

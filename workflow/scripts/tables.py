@@ -1,4 +1,5 @@
 """Merge every model's sweep tables of one dataset into results/<ds>/{fid,mse,guidance}_table.csv + plots/."""
+
 import contextlib
 import json
 from pathlib import Path
@@ -20,7 +21,10 @@ def typed(row):
 
 def main(sm):
     out = Path(sm.output.fid).parent
-    rows = {name: [typed(r) for path in sm.input[name] for r in report.read_csv(path)] for name in report.COLUMNS}
+    rows = {
+        name: [typed(r) for path in sm.input[name] for r in report.read_csv(path)]
+        for name in report.COLUMNS
+    }
     info = {"models": {}}
     for path in sm.input.fid:
         run = Path(path).parent
