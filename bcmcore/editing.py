@@ -76,7 +76,13 @@ def slerp(x1, x2, alpha):
 
 @torch.no_grad()
 def interpolate(model, x1, x2, times, alphas, rng1, rng2, y1=None, y2=None):
-    """App. C.3.1: invert x1, x2 (Alg. 5) with *different* initial noises, slerp, decode 1 step. -> [A, B, ...]."""
+    """App. C.3.1: invert x1, x2 (Alg. 5) with different initial noises, slerp, decode 1 step.
+
+    Returns [A, B, ...]. Each image is inverted with its own label; a class-conditional decode takes
+    the nearer endpoint's label, y1 for alpha < 1/2 and y2 for alpha >= 1/2, so alpha = 0 and
+    alpha = 1 reproduce each image's own reconstruction. (BCM interpolates only unconditional
+    models; this rule is ours.)
+    """
     check_kind(model, ("bcm",), "interpolate")
     times = check_times(model, times, "inversion times", "increasing")
     alphas = [float(a) for a in alphas]
@@ -92,9 +98,11 @@ def interpolate(model, x1, x2, times, alphas, rng1, rng2, y1=None, y2=None):
         )
     z1, n1 = invert(model, x1, times, rng1, y1)
     z2, n2 = invert(model, x2, times, rng2, y2)
-    net = Calls(model, y1)
-    out = torch.stack([net.f(slerp(z1, z2, a), times[-1], model.sigma_min) for a in alphas])
-    return out, n1 + n2 + net.n
+    nets = Calls(model, y1), Calls(model, y2)
+    out = torch.stack(
+        [nets[a >= 0.5].f(slerp(z1, z2, a), times[-1], model.sigma_min) for a in alphas]
+    )
+    return out, n1 + n2 + nets[0].n + nets[1].n
 
 
 @torch.no_grad()

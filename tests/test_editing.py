@@ -104,6 +104,43 @@ def test_interpolation_endpoints_reconstruct_each_image():
     torch.testing.assert_close(out[2], phi(x2 + 0.07 * z2, 0.07, EPS))
 
 
+class ClassGaussFlow(torch.nn.Module):
+    """Exact flow map of class-conditional Gaussians: class k ~ N(mu_k, s^2 I), mu_k = MU[k].
+
+    Phi(x, t -> u | k) = mu_k + (x - mu_k) sqrt(s^2 + u^2) / sqrt(s^2 + t^2): every call uses y.
+    """
+
+    kind, sigma_min, sigma_max, s, MU = "bcm", EPS, T, 0.3, (-0.6, 0.7)
+
+    def forward(self, x, t, u=None, y=None):
+        mu = torch.tensor(self.MU, dtype=x.dtype)[y].reshape(-1, *[1] * (x.ndim - 1))
+        a = torch.sqrt((self.s**2 + u**2) / (self.s**2 + t**2)).to(x.dtype)
+        return mu + (x - mu) * a.reshape(mu.shape)
+
+
+def test_class_conditional_interpolation_decodes_each_endpoint_with_its_own_label():
+    """alpha = 0 / 1 give the reconstructions of x1 / x2 under their own labels y1 / y2 (a bug
+    decoded every alpha with y1, so alpha = 1 was decode(z2, y1)); in between, the nearer label."""
+    x1, x2, times = images(2, 1), images(2, 2), [0.07, 15.0, T]
+    y1, y2 = torch.tensor([0, 1]), torch.tensor([1, 0])
+    model, r1, r2 = ClassGaussFlow(), S.SeededRNG([1, 2]), S.SeededRNG([3, 4])
+    alphas = [0.0, 0.25, 0.5, 1.0]
+    out, nfe = E.interpolate(model, x1, x2, times, alphas, r1, r2, y1, y2)
+    assert nfe == 2 * 2 + len(alphas)
+
+    def rec(x, y, seeds):
+        latent, _ = E.invert(model, x, times, S.SeededRNG(seeds), y)
+        return E.reconstruct(model, latent, T, y)[0], latent
+
+    (rec1, z1), (rec2, z2) = rec(x1, y1, [1, 2]), rec(x2, y2, [3, 4])
+    torch.testing.assert_close(out[0], rec1)
+    torch.testing.assert_close(out[-1], rec2)
+    assert not torch.allclose(rec2, model(z2, torch.full((2,), T), torch.full((2,), EPS), y1))
+    for i, a, y in ((1, 0.25, y1), (2, 0.5, y2)):
+        ref = model(E.slerp(z1, z2, a), torch.full((2,), T), torch.full((2,), EPS), y)
+        torch.testing.assert_close(out[i], ref)
+
+
 # ---------------------------------------------------------------------------------------------- inpainting
 def test_bcm_inpainting_keeps_known_pixels_and_refills_noise_at_each_level():
     x, seeds = images(3), [7, 8, 9]
