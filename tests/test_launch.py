@@ -121,6 +121,7 @@ def test_launcher_file_errors(tmp_path):
         load_launcher(None, executor="local", nodes=2)
 
 
+@pytest.mark.slurm  # submitit's SlurmExecutor needs `srun` on PATH even to write the script
 def test_slurm_executor_settings_reach_sbatch(tmp_path):
     site = tmp_path / "slurm.yaml"
     site.write_text(

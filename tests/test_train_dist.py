@@ -9,7 +9,8 @@ from test_train import (
     final_state,
     make_run,
     run_and_kill,
-    run_to_end,  # noqa: F401
+    run_to_end,
+    shards,  # noqa: F401 (a fixture)
     )
 
 from bcmcore.train import training_loop
