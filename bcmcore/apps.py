@@ -1,4 +1,5 @@
-"""`bcm sample | invert | edit`: generation, inversion and the editing applications from a network file.
+"""`bcm sample | invert | edit`: generation, inversion and the editing applications from a network
+file.
 
 Each rank takes every world_size-th item (seed or image), runs it in batches with a progress bar and
 writes its part; rank 0 merges the parts in item order into one .npz and a PNG grid (atomic writes).
@@ -39,7 +40,8 @@ def parse_ids(text, flag):
     return ids
 
 
-# ---------------------------------------------------------------------------------------------- plumbing
+# ----------------------------------------------------------------------------------------------
+# plumbing
 def _common(prog):
     p = argparse.ArgumentParser(prog=prog)
     p.add_argument("--network", required=True, help="network-*.pt written by `bcm train`")
@@ -70,7 +72,8 @@ def _save_npz(path, arrays):
 
 
 def _run_sharded(n, batch, fn, out, name):
-    """fn(positions) -> dict of per-item arrays; this rank runs positions rank::world. Rank 0 gets the merge."""
+    """fn(positions) -> dict of per-item arrays; this rank runs positions rank::world. Rank 0 gets
+    the merge."""
     r, ws = dist.rank(), dist.world_size()
     mine = np.arange(r, n, ws)
     parts = [
@@ -129,7 +132,8 @@ def _labels(model, spec, seeds, positions, device):
     return torch.as_tensor([ids[p % len(ids)] for p in positions], device=device)
 
 
-# ---------------------------------------------------------------------------------------------- bcm sample
+# ---------------------------------------------------------------------------------------------- bcm
+# sample
 def _recipe(args, model):
     if args.recipe:
         if args.sampler or args.steps or args.zigzag:
@@ -233,7 +237,8 @@ def sample_main(argv):
     return 0
 
 
-# ---------------------------------------------------------------------------------------------- inputs
+# ----------------------------------------------------------------------------------------------
+# inputs
 def _input_args(p):
     p.add_argument("--data", help="shard directory (results/<ds>/shards) to read images from")
     p.add_argument("--split", default="test")
@@ -298,7 +303,8 @@ def _times(args, model, flag="--steps"):
     return sampling.parse_times(args.steps, flag), []
 
 
-# ---------------------------------------------------------------------------------------------- bcm invert
+# ---------------------------------------------------------------------------------------------- bcm
+# invert
 def invert_main(argv):
     p = _common("bcm invert")
     _input_args(p)
@@ -383,13 +389,15 @@ def _cols(n):
 
 
 def _pairs_grid(*columns_and_n):
-    """Interleave image arrays column-wise: orig_i, result_i, ... (rows of the PNG hold several pairs)."""
+    """Interleave image arrays column-wise: orig_i, result_i, ... (rows of the PNG hold several
+    pairs)."""
     *cols, n = columns_and_n
     n = min(n, len(cols[0]))
     return np.stack([c[:n] for c in cols], 1).reshape(-1, *cols[0].shape[1:])
 
 
-# ---------------------------------------------------------------------------------------------- bcm edit
+# ---------------------------------------------------------------------------------------------- bcm
+# edit
 TASKS = ("interpolate", "inpaint", "inpaint-refine", "cm-inpaint", "jpeg", "class")
 
 
@@ -443,7 +451,8 @@ def edit_main(argv):
         )
         if not targets or min(targets) < 0 or max(targets) >= num:
             raise UserError(
-                f"--target-class: expected 'all' or class ids in 0..{num - 1}, got {args.target_class!r}"
+                f"--target-class: expected 'all' or class ids in 0..{num - 1}, got "
+                f"{args.target_class!r}"
             )
     else:
         times, gen = _times(args, model)

@@ -1,8 +1,9 @@
 """`bcm bench train | ddp | data`: how fast one training step is, and how it scales over processes.
 
-train  img/s and sec/step of the real training step (train/step.py: loss passes, backward, RAdam, EMA) for a
-       named config, with and without bf16 autocast / torch.compile / channels_last where they apply; MFU on
-       CUDA (FLOPs counted by torch.utils.flop_counter, bf16 dense peak of the GPU as denominator).
+train  img/s and sec/step of the real training step (train/step.py: loss passes, backward, RAdam,
+       EMA) for a named config, with and without bf16 autocast / torch.compile / channels_last where
+       they apply; MFU on CUDA (FLOPs counted by torch.utils.flop_counter, bf16 dense peak of the
+       GPU as denominator).
 ddp    2 gloo CPU processes vs 1, same per-process batch: step-time and per-sample-time ratios.
 data   the data loader's own benchmark (bcmcore.data).
 """
@@ -137,7 +138,8 @@ def step_flops(stepper, batches):
 
 
 def bench_train(name, device, batch=None, steps=10, warmup=3, variants=None):
-    """Rows {config, variant, batch, sec_per_step, img_per_s, mfu} for the variants that apply here."""
+    """Rows {config, variant, batch, sec_per_step, img_per_s, mfu} for the variants that apply
+    here."""
     if name not in CONFIGS:
         raise UserError(f"--config: unknown config {name!r} (known: {', '.join(CONFIGS)})")
     image = len(CONFIGS[name]["shape"]) == 3
@@ -195,8 +197,8 @@ def _ddp_worker(rank, world, port, name, batch, steps, warmup, out):
 
 
 def bench_ddp(name="tiny", batch=None, steps=20, warmup=3, world=2):
-    """CPU: per-process batch b on `world` gloo processes vs one process; ideal step-time ratio 1.0 (given
-    enough cores), ideal per-sample-time ratio 1/world."""
+    """CPU: per-process batch b on `world` gloo processes vs one process; ideal step-time ratio 1.0
+    (given enough cores), ideal per-sample-time ratio 1/world."""
     import socket
     import tempfile
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 
 class UserError(ValueError):
-    """Bad input from the user (a file, a key, a flag): `bcm` prints the message alone and exits 2."""
+    """Bad input from the user (a file, a key, a flag): `bcm` prints the message alone and exits
+    2."""
 
 
 class ConfigError(UserError):
@@ -77,7 +78,8 @@ def _check(value, tp, where):
 
 
 def from_dict(cls, data, where=""):
-    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError naming the key."""
+    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError naming
+    the key."""
     if isinstance(data, cls):
         return data
     if not isinstance(data, dict):

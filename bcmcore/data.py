@@ -1,14 +1,17 @@
-"""WebDataset shards -> training batches: seeded global shuffle, split by rank and worker, exact resume.
+"""WebDataset shards -> training batches: seeded global shuffle, split by rank and worker, exact
+resume.
 
-On disk (written by `data_prep`): `<split>-%06d.tar` holding, per sample, `<key>.png` (uint8 image) or
-`<key>.npy` (float32 vector) and `<key>.cls` (class label as text, -1 = unlabelled), key = `%08d` index within
-the split; a sidecar `<split>-%06d.idx` (int64 byte offsets where each sample starts, plus the end) and
-`manifest.json`. The tars are plain WebDataset tars; the sidecar only adds random access.
+On disk (written by `data_prep`): `<split>-%06d.tar` holding, per sample, `<key>.png` (uint8 image)
+or `<key>.npy` (float32 vector) and `<key>.cls` (class label as text, -1 = unlabelled), key = `%08d`
+index within the split; a sidecar `<split>-%06d.idx` (int64 byte offsets where each sample starts,
+plus the end) and `manifest.json`. The tars are plain WebDataset tars; the sidecar only adds random
+access.
 
-Random access instead of a shuffle buffer: the global stream position p (samples consumed by all ranks) maps to
-sample perm_e[p mod N] of a seeded permutation per epoch e = p // N, so the shuffle is an exact uniform
-permutation, ranks and workers just take disjoint positions, resume is arithmetic (nothing is read or decoded
-to skip), and iGCT's uniform source item (igct.md §4.1) is one more random read.
+Random access instead of a shuffle buffer: the global stream position p (samples consumed by all
+ranks) maps to sample perm_e[p mod N] of a seeded permutation per epoch e = p // N, so the shuffle
+is an exact uniform permutation, ranks and workers just take disjoint positions, resume is
+arithmetic (nothing is read or decoded to skip), and iGCT's uniform source item (docs/methods.md
+§7.1) is one more random read.
 """
 
 import io
@@ -44,7 +47,8 @@ class DataConfig:
     pin_memory: bool = True  # only when make_loader is given a CUDA device
 
 
-# ---------------------------------------------------------------------------------------------- manifest
+# ----------------------------------------------------------------------------------------------
+# manifest
 
 
 def read_manifest(shard_dir):
@@ -71,11 +75,13 @@ def _split_info(man, split, shard_dir):
     return man["splits"][split]
 
 
-# ---------------------------------------------------------------------------------------------- tar reading
+# ---------------------------------------------------------------------------------------------- tar
+# reading
 
 
 def _parse_members(chunk, path, key):
-    """Split one sample's tar bytes into {ext: payload}; checks header checksums and member names."""
+    """Split one sample's tar bytes into {ext: payload}; checks header checksums and member
+    names."""
     out, pos = {}, 0
     while pos + 512 <= len(chunk):
         hdr = chunk[pos : pos + 512]
@@ -86,7 +92,8 @@ def _parse_members(chunk, path, key):
             stored = size = -1
         if stored != sum(hdr[:148]) + 256 + sum(hdr[156:]) or size < 0:
             raise UserError(
-                f"{path}: corrupt tar header at byte {pos} of sample {key} (shard damaged: rewrite it)"
+                f"{path}: corrupt tar header at byte {pos} of sample {key} (shard damaged: rewrite "
+                "it)"
             )
         name = hdr[:100].split(b"\0", 1)[0].decode()
         stem, _, ext = name.partition(".")
@@ -113,7 +120,8 @@ def decode(members):
 
 
 class ShardReader:
-    """Random access to the samples of one split: read(i) -> (x, y). Opens files lazily in each process."""
+    """Random access to the samples of one split: read(i) -> (x, y). Opens files lazily in each
+    process."""
 
     def __init__(self, shard_dir, split, verify_sha256=False):
         shard_dir = Path(shard_dir)
@@ -183,9 +191,9 @@ class ShardReader:
 
 
 def iter_split(shard_dir, split, chunk=50_000, num_workers=None):
-    """The split in key order as chunks (x uint8 [n, C, H, W] or float32 [n, d], y long [n]) of `chunk` items:
-    memory stays bounded on ImageNet-size splits. Decoded by `num_workers` DataLoader processes (default: up
-    to 8 CPU cores when the split is large)."""
+    """The split in key order as chunks (x uint8 [n, C, H, W] or float32 [n, d], y long [n]) of
+    `chunk` items: memory stays bounded on ImageNet-size splits. Decoded by `num_workers` DataLoader
+    processes (default: up to 8 CPU cores when the split is large)."""
     from tqdm import tqdm
 
     reader = ShardReader(shard_dir, split)
@@ -219,8 +227,8 @@ def iter_split(shard_dir, split, chunk=50_000, num_workers=None):
 
 
 def load_split(shard_dir, split, num_workers=None, limit=None):
-    """The whole split (or its first `limit` items) in memory: (x uint8 [N, C, H, W] or float32 [N, d],
-    y long [N]), in key order."""
+    """The whole split (or its first `limit` items) in memory: (x uint8 [N, C, H, W] or float32 [N,
+    d], y long [N]), in key order."""
     parts, n = [], 0
     for x, y in iter_split(
         shard_dir, split, 2**62 if limit is None else max(1, limit), num_workers
@@ -238,11 +246,13 @@ def load_labels(shard_dir, split):
     return torch.tensor([int(reader.members(i)["cls"]) for i in range(reader.n)], dtype=torch.long)
 
 
-# ---------------------------------------------------------------------------------------------- the stream
+# ---------------------------------------------------------------------------------------------- the
+# stream
 
 
 def _hash(seed, pos, salt):
-    """splitmix64 of (seed, position, salt): counter-based randomness, independent of batching and workers."""
+    """splitmix64 of (seed, position, salt): counter-based randomness, independent of batching and
+    workers."""
     with np.errstate(over="ignore"):
         z = (
             np.uint64(seed & (2**64 - 1)) * np.uint64(0x9E3779B97F4A7C15)
@@ -287,12 +297,14 @@ class Stream:
         return (_hash(self.seed, pos, salt) & np.uint64(1)).astype(bool)
 
     def source(self, pos):
-        # iGCT paired sampler (igct.md §4.1): j uniform over the split, independent of the target i.
+        # iGCT paired sampler (docs/methods.md §7.1): j uniform over the split, independent of the
+        # target i.
         return (_hash(self.seed, pos, _SALT_SRC) % np.uint64(self.n)).astype(np.int64)
 
 
 class _MemorySource:
-    """The decoded split as numpy arrays (numpy's gather and mirrored copy are far cheaper than torch's on uint8)."""
+    """The decoded split as numpy arrays (numpy's gather and mirrored copy are far cheaper than
+    torch's on uint8)."""
 
     def __init__(self, x, y):
         self.x, self.y = x.numpy(), y.numpy()
@@ -324,7 +336,8 @@ class _ShardSource:
 
 
 class _BatchDataset(torch.utils.data.Dataset):
-    """dataset[list of stream positions] -> one batch dict (uint8 images; floats made in the main process)."""
+    """dataset[list of stream positions] -> one batch dict (uint8 images; floats made in the main
+    process)."""
 
     def __init__(self, source, stream):
         self.source, self.stream = source, stream
@@ -344,7 +357,8 @@ class _BatchDataset(torch.utils.data.Dataset):
 
 
 class _Positions(torch.utils.data.Sampler):
-    """Global batch k covers positions start + k*B*W + [0, B*W); rank r takes its slice r*B + [0, B)."""
+    """Global batch k covers positions start + k*B*W + [0, B*W); rank r takes its slice r*B + [0,
+    B)."""
 
     def __init__(self, start, batch, rank, world_size):
         self.start, self.batch, self.rank, self.world_size = start, batch, rank, world_size
@@ -357,18 +371,20 @@ class _Positions(torch.utils.data.Sampler):
 
 
 def _to_float(x):
-    # In place after one conversion: fresh tensors per op cost more than the arithmetic on big batches.
+    # In place after one conversion: fresh tensors per op cost more than the arithmetic on big
+    # batches.
     return x.to(torch.float32).div_(127.5).sub_(1) if x.dtype == torch.uint8 else x.float()
 
 
 def make_loader(cfg, batch_per_rank, rank=0, world_size=1, seed=0, start_sample=0, device=None):
     """Infinite iterator of {"x": float [-1,1] NCHW or [B,d], "y": long [B] (, "x_src")}.
 
-    With `device` (e.g. cuda), batches arrive there: pinned uint8 is copied (4x fewer bytes than float32)
-    and converted on the device.
+    With `device` (e.g. cuda), batches arrive there: pinned uint8 is copied (4x fewer bytes than
+    float32) and converted on the device.
 
-    `start_sample` = global samples consumed so far; the batches that follow equal those of an uninterrupted
-    stream with the same seed, world size and per-rank batch, whatever `num_workers` is.
+    `start_sample` = global samples consumed so far; the batches that follow equal those of an
+    uninterrupted stream with the same seed, world size and per-rank batch, whatever `num_workers`
+    is.
     """
     for key, value, low in (
         ("data.num_workers", cfg.num_workers, 0),

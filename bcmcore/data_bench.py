@@ -1,9 +1,11 @@
-"""`bcm bench data`: decoded images/s of the shard loader vs an in-memory tensor dataset, side by side.
+"""`bcm bench data`: decoded images/s of the shard loader vs an in-memory tensor dataset, side by
+side.
 
-Synthetic smooth RGB images (PNG-compressible like photos) are written as real shards at each resolution;
-every row reads the same number of batches after a warm-up that absorbs worker start-up. The reference is
-the usual TensorDataset + DataLoader over decoded uint8 tensors with the same number of workers; the
-loader's own in-memory mode (one batched gather, no workers) is printed as the absolute ceiling.
+Synthetic smooth RGB images (PNG-compressible like photos) are written as real shards at each
+resolution; every row reads the same number of batches after a warm-up that absorbs worker start-up.
+The reference is the usual TensorDataset + DataLoader over decoded uint8 tensors with the same
+number of workers; the loader's own in-memory mode (one batched gather, no workers) is printed as
+the absolute ceiling.
 """
 
 import argparse
@@ -34,7 +36,8 @@ def _rate(it, batch, batches, warmup=2):
 
 
 def _tensor_loader(x, y, batch, workers, seed):
-    """The usual upper bound: TensorDataset + shuffling DataLoader over uint8 tensors, floats in the main process."""
+    """The usual upper bound: TensorDataset + shuffling DataLoader over uint8 tensors, floats in the
+    main process."""
     from bcmcore.data import _to_float
 
     ds = torch.utils.data.TensorDataset(x, y)
@@ -83,7 +86,8 @@ def benchmark(argv=None):
                 a.batches,
             )
             print(
-                f"  {res}x{res} in-memory batched gather (make_loader in_memory=True): {gather:.0f} img/s"
+                f"  {res}x{res} in-memory batched gather (make_loader in_memory=True): "
+                f"{gather:.0f} img/s"
             )
             for w in workers:
                 cfg = DataConfig(shards=str(out), xflip=True, in_memory=False, num_workers=w)
@@ -91,14 +95,16 @@ def benchmark(argv=None):
                 mem = _rate(_tensor_loader(xt, yt, a.batch, w, 0), a.batch, a.batches)
                 rows.append((res, w, shard, mem))
                 print(
-                    f"  {res}x{res} workers={w}: shards {shard:9.0f} img/s   in-memory {mem:9.0f} img/s",
+                    f"  {res}x{res} workers={w}: shards {shard:9.0f} img/s   in-memory {mem:9.0f} "
+                    "img/s",
                     flush=True,
                 )
     print(f"\n{'res':>5} {'workers':>7} {'shards img/s':>13} {'in-memory img/s':>16} {'ratio':>6}")
     for res, w, shard, mem in rows:
         print(f"{res:>5} {w:>7} {shard:>13.0f} {mem:>16.0f} {shard / mem:>6.2f}")
     print(
-        f"(batch {a.batch}, {a.batches} timed batches, {a.n} images, torch threads {torch.get_num_threads()})"
+        f"(batch {a.batch}, {a.batches} timed batches, {a.n} images, torch threads "
+        f"{torch.get_num_threads()})"
     )
     return 0
 

@@ -1,8 +1,9 @@
-"""torch.distributed from the environment: torchrun, submitit (via launch.py's export), or plain Slurm.
+"""torch.distributed from the environment: torchrun, submitit (via launch.py's export), or plain
+Slurm.
 
 One process per GPU. The CUDA device comes from LOCAL_RANK and is used only when CUDA really works
-(a Slurm node may set CUDA_VISIBLE_DEVICES without having a usable GPU). Backend: nccl on GPU, gloo on CPU.
-Rank 0 writes files; every rank computes.
+(a Slurm node may set CUDA_VISIBLE_DEVICES without having a usable GPU). Backend: nccl on GPU, gloo
+on CPU. Rank 0 writes files; every rank computes.
 """
 
 import datetime
@@ -17,7 +18,8 @@ _STATE = {"rank": 0, "world_size": 1, "local_rank": 0, "device": None, "owned": 
 
 
 def _slurm_env():
-    """RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from a multi-task `srun` step (no torchrun, no submitit)."""
+    """RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from a multi-task `srun` step (no torchrun, no
+    submitit)."""
     ntasks = int(os.environ.get("SLURM_NTASKS", "1"))
     if "SLURM_PROCID" not in os.environ or ntasks <= 1 or "SLURM_STEP_ID" not in os.environ:
         return
@@ -69,7 +71,8 @@ def init(device=None, timeout_min=30):
         for key in ("MASTER_ADDR", "MASTER_PORT"):
             if key not in os.environ:
                 raise RuntimeError(
-                    f"WORLD_SIZE={ws} but {key} is not set (launch with torchrun, srun or bcm launch)"
+                    f"WORLD_SIZE={ws} but {key} is not set (launch with torchrun, srun or bcm "
+                    "launch)"
                 )
         dist.init_process_group(
             "nccl" if use_cuda else "gloo",
@@ -115,7 +118,8 @@ def print0(*args, **kwargs):
 
 
 def all_reduce_mean_(tensors):
-    """Average a list of same-dtype-grouped tensors over ranks in place: one flat bucket per dtype."""
+    """Average a list of same-dtype-grouped tensors over ranks in place: one flat bucket per
+    dtype."""
     ws = world_size()
     if ws == 1 or not tensors:
         return

@@ -1,4 +1,5 @@
-"""Applications of bidirectional consistency: inversion, interpolation, inpainting, JPEG restoration.
+"""Applications of bidirectional consistency: inversion, interpolation, inpainting, JPEG
+restoration.
 
 BCM Alg. 5-7 and App. B/C.3, CM Alg. 4 (zero-shot inpainting) and EDM ODE inversion as baselines.
 Every routine validates its inputs before the first network call and returns (result, nfe).
@@ -47,7 +48,8 @@ def _invert_steps(net, x, times):
 
 @torch.no_grad()
 def invert(model, x, times, rng, y=None):
-    """BCM Alg. 5: x_{t0} = x + t0 z (small initial noise, t0 > eps), then f(x, t_{i-1}, t_i) up to t_M <= T."""
+    """BCM Alg. 5: x_{t0} = x + t0 z (small initial noise, t0 > eps), then f(x, t_{i-1}, t_i) up to
+    t_M <= T."""
     check_kind(model, ("bcm",), "invert")
     times = check_times(model, times, "inversion times", "increasing")
     net = Calls(model, y)
@@ -56,7 +58,8 @@ def invert(model, x, times, rng, y=None):
 
 @torch.no_grad()
 def reconstruct(model, latent, t, y=None, gen_times=None):
-    """Decode an inverted latent at level t: 1-step f(latent, t, eps), or ancestral along gen_times from t."""
+    """Decode an inverted latent at level t: 1-step f(latent, t, eps), or ancestral along gen_times
+    from t."""
     times = list(gen_times) if gen_times else [t, model.sigma_min]
     if abs(times[0] - t) > 1e-9 * max(1.0, t):
         raise UserError(
@@ -66,7 +69,8 @@ def reconstruct(model, latent, t, y=None, gen_times=None):
 
 
 def slerp(x1, x2, alpha):
-    """Spherical interpolation (BCM Eq. 16), per sample: theta = angle between the flattened x1 and x2."""
+    """Spherical interpolation (BCM Eq. 16), per sample: theta = angle between the flattened x1 and
+    x2."""
     a, b = x1.flatten(1).double(), x2.flatten(1).double()
     cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
     theta = torch.arccos(cos.clamp(-1, 1))[:, None]
@@ -107,7 +111,8 @@ def interpolate(model, x1, x2, times, alphas, rng1, rng2, y1=None, y2=None):
 
 @torch.no_grad()
 def heun_invert(model, x, times, y=None, w=1.0):
-    """EDM ODE inversion (deterministic Heun, EDM Alg. 1 run with increasing times from ~0 = sigma_min)."""
+    """EDM ODE inversion (deterministic Heun, EDM Alg. 1 run with increasing times from ~0 =
+    sigma_min)."""
     check_kind(model, ("edm",), "heun_invert")
     times = check_times(model, times, "heun inversion times", "increasing")
     check_guidance(y, w, "heun_invert")
@@ -146,7 +151,8 @@ def _check_inpaint(model, x_known, mask, times, gen_times, routine):
 
 @torch.no_grad()
 def inpaint(model, x_known, mask, times, gen_times, rng, y=None):
-    """BCM Alg. 6: invert with the missing region re-filled by noise at each level, then generate."""
+    """BCM Alg. 6: invert with the missing region re-filled by noise at each level, then
+    generate."""
     mask, times, gen_times = _check_inpaint(model, x_known, mask, times, gen_times, "inpaint")
     net = Calls(model, y)
     x = _bcm_inpaint(net, x_known, mask, times, gen_times, rng)
@@ -164,7 +170,8 @@ def _cm_refine(net, model, x_known, x, mask, taus, rng, clamp):
 
 @torch.no_grad()
 def inpaint_refine(model, x_known, mask, times, gen_times, refine_times, rng, y=None, clamp=False):
-    """BCM Alg. 7: Alg. 6, then CM-Alg.-4-style refinement at the decreasing noise levels refine_times."""
+    """BCM Alg. 7: Alg. 6, then CM-Alg.-4-style refinement at the decreasing noise levels
+    refine_times."""
     mask, times, gen_times = _check_inpaint(
         model, x_known, mask, times, gen_times, "inpaint_refine"
     )
@@ -179,7 +186,8 @@ def inpaint_refine(model, x_known, mask, times, gen_times, refine_times, rng, y=
 
 @torch.no_grad()
 def cm_inpaint(model, x_known, mask, times, rng, y=None, fill=0.0, clamp=False):
-    """CM Alg. 4 (zero-shot): x = f(y + tau_1 z, tau_1), paste; then re-noise sqrt(tau^2 - eps^2), f, paste."""
+    """CM Alg. 4 (zero-shot): x = f(y + tau_1 z, tau_1), paste; then re-noise sqrt(tau^2 - eps^2),
+    f, paste."""
     check_kind(model, ("cm", "bcm"), "cm_inpaint")
     mask = _check_mask(mask, x_known, "cm_inpaint")
     times = check_times(model, times, "cm_inpaint times", "decreasing", min_len=1)
@@ -193,7 +201,8 @@ def cm_inpaint(model, x_known, mask, times, rng, y=None, fill=0.0, clamp=False):
 
 
 def random_box_mask(shape, frac=0.5, device="cpu"):
-    """[1, 1, H, W] mask (1 = missing) hiding the centre square covering `frac` of the side length."""
+    """[1, 1, H, W] mask (1 = missing) hiding the centre square covering `frac` of the side
+    length."""
     H, W = shape[-2:]
     h, w = max(1, round(H * frac)), max(1, round(W * frac))
     m = torch.zeros(1, 1, H, W, device=device)
@@ -222,7 +231,8 @@ def from_uint8(a, device="cpu"):
 
 
 def jpeg_compress(x, quality=20):
-    """JPEG round trip with PIL at `quality` (the authors' hook used 20); [-1, 1] NCHW in and out."""
+    """JPEG round trip with PIL at `quality` (the authors' hook used 20); [-1, 1] NCHW in and
+    out."""
     from PIL import Image
 
     if not 1 <= int(quality) <= 100:
@@ -240,23 +250,27 @@ def jpeg_compress(x, quality=20):
 
 @torch.no_grad()
 def jpeg_restore(model, x_jpeg, times, rng, y=None):
-    """Invert the compressed image k = len(times)-1 steps to an intermediate level (Alg. 5), decode 1 step."""
+    """Invert the compressed image k = len(times)-1 steps to an intermediate level (Alg. 5), decode
+    1 step."""
     latent, n_inv = invert(model, x_jpeg, times, rng, y)
     x, n_gen = reconstruct(model, latent, float(times[-1]), y)
     return x, n_inv + n_gen
 
 
 def mse_per_item(a, b, vector=False):
-    """Per-item MSE per dimension: raw values for vectors; [0, 1]-scaled uint8-quantised for images."""
+    """Per-item MSE per dimension: raw values for vectors; [0, 1]-scaled uint8-quantised for
+    images."""
     if vector:
         return ((a.double() - b.double()) ** 2).flatten(1).mean(1)
     return mse_uint8(a, b)  # [0, 1]-scaled, uint8-quantised, per dimension (BCM §7)
 
 
 def mse_uint8(a, b):
-    """Per-image per-dimension MSE on [0, 1]-scaled uint8-quantised images (BCM inversion / restoration MSE).
+    """Per-image per-dimension MSE on [0, 1]-scaled uint8-quantised images (BCM inversion /
+    restoration MSE).
 
-    For restoration compare against the *clean* image, not the JPEG (the authors' corrected bug, App. B.1.2).
+    For restoration compare against the *clean* image, not the JPEG (the authors' corrected bug,
+    App. B.1.2).
     """
     qa, qb = (torch.as_tensor(to_uint8(v)).double() / 255 for v in (a, b))
     return ((qa - qb) ** 2).flatten(1).mean(1)

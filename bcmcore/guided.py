@@ -1,7 +1,9 @@
-"""Guided generation, inversion and class editing: iGCT (1-2 NFE) and the CFG-EDM baseline (iGCT spec §6).
+"""Guided generation, inversion and class editing: iGCT (1-2 NFE) and the CFG-EDM baseline
+(docs/methods.md §9-10).
 
-Every routine checks its inputs before the first network call and returns (result, nfe). w is in the paper
-convention (w = 1: no guidance). Noise comes from per-sample seeds, so sample i depends on seed i only.
+Every routine checks its inputs before the first network call and returns (result, nfe). w is in the
+paper convention (w = 1: no guidance). Noise comes from per-sample seeds, so sample i depends on
+seed i only.
 """
 
 import torch
@@ -10,7 +12,7 @@ from bcmcore import editing, sampling
 from bcmcore.config import UserError
 from bcmcore.nets.igct import check_labels, check_w
 
-T_MID = 0.821  # ECT's CIFAR-10 intermediate level for 2-step sampling (spec §6)
+T_MID = 0.821  # ECT's CIFAR-10 intermediate level for 2-step sampling (docs/methods.md §9)
 
 
 def _labels(model, y, n, device, what="class label"):
@@ -39,7 +41,8 @@ def _require(model, kinds, routine):
 def igct_generate(
     model, seeds, y, w=1.0, shape=None, steps=1, t_mid=T_MID, device="cpu", clamp=True
 ):
-    """x = clip(D(T z, T, c, w)); steps=2 adds x <- clip(D(x + t_mid z', t_mid, c, w)) (spec §6). NFE = steps.
+    """x = clip(D(T z, T, c, w)); steps=2 adds x <- clip(D(x + t_mid z', t_mid, c, w))
+    (docs/methods.md §9). NFE = steps.
 
     clamp=False for toy data that is not in [-1, 1]; shape defaults to the model's data shape.
     """
@@ -63,14 +66,16 @@ def igct_generate(
 
 @torch.no_grad()
 def igct_invert(model, x, y):
-    """1-step inversion through the noiser: z_lat = N(x, sigma_min, c) (spec §6; latent scale ~ T)."""
+    """1-step inversion through the noiser: z_lat = N(x, sigma_min, c) (docs/methods.md §9-10;
+    latent scale ~ T)."""
     _require(model, ("igct",), "igct_invert")
     return model.noiser(x, model.sigma_min, _labels(model, y, x.shape[0], x.device)), 1
 
 
 @torch.no_grad()
 def igct_edit(model, x, y_src, y_tar, w=1.0, clamp=True):
-    """Class editing x_edit = clip(D(N(x, sigma_min, c_src), T, c_tar, w)): 2 NFE (spec §6). y_tar = y_src: recon."""
+    """Class editing x_edit = clip(D(N(x, sigma_min, c_src), T, c_tar, w)): 2 NFE (docs/methods.md
+    §9-10). y_tar = y_src: recon."""
     _require(model, ("igct",), "igct_edit")
     check_w(w)
     y_src = _labels(model, y_src, x.shape[0], x.device, "source class")
@@ -82,7 +87,8 @@ def igct_edit(model, x, y_src, y_tar, w=1.0, clamp=True):
 
 @torch.no_grad()
 def edm_invert(model, x, y, steps=18):
-    """EDM ODE inversion: Heun from sigma_min up to T with the source class, no CFG (spec §6 baselines)."""
+    """EDM ODE inversion: Heun from sigma_min up to T with the source class, no CFG (docs/methods.md
+    §10)."""
     _require(model, ("edm",), "edm_invert")
     y = _labels(model, y, x.shape[0], x.device, "source class")
     return editing.heun_invert(
@@ -92,7 +98,8 @@ def edm_invert(model, x, y, steps=18):
 
 @torch.no_grad()
 def edm_edit(model, x, y_src, y_tar, w=1.0, steps=18, clamp=True):
-    """EDM class editing: invert with c_src (ODE), then Heun-CFG sample from that latent with c_tar and w."""
+    """EDM class editing: invert with c_src (ODE), then Heun-CFG sample from that latent with c_tar
+    and w."""
     _require(model, ("edm",), "edm_edit")
     check_w(w)
     y_tar = _labels(model, y_tar, x.shape[0], x.device, "target class")
@@ -104,7 +111,8 @@ def edm_edit(model, x, y_src, y_tar, w=1.0, steps=18, clamp=True):
 
 
 def edit(model, x, y_src, y_tar, w=1.0, steps=18, clamp=True):
-    """Class editing for either family: iGCT (noiser + guided denoiser) or EDM (ODE inversion + CFG)."""
+    """Class editing for either family: iGCT (noiser + guided denoiser) or EDM (ODE inversion +
+    CFG)."""
     _require(model, ("igct", "edm"), "class editing")
     if model.kind == "igct":
         return igct_edit(model, x, y_src, y_tar, w, clamp)
@@ -121,12 +129,14 @@ def _data_shape(model):
 
 
 # ----------------------------------------------------------------------------------------------
-# Class-editing success rate (demo digits): how often the edited image is classified as the target class
+# Class-editing success rate (demo digits): how often the edited image is classified as the target
+# class
 
 
 @torch.no_grad()
 def edit_hits(model, classify, x, y_src, w, steps=18):
-    """([B] count of targets (all c != c_src) whose edit of x_i `classify` labels as that target, NFE per edit)."""
+    """([B] count of targets (all c != c_src) whose edit of x_i `classify` labels as that target,
+    NFE per edit)."""
     num = getattr(model, "num_classes", None) or model.cfg.net.num_classes
     y_src = check_labels(y_src, num, "source class").to(x.device)
     hits = torch.zeros(x.shape[0], dtype=torch.long)
@@ -138,7 +148,8 @@ def edit_hits(model, classify, x, y_src, w, steps=18):
 
 
 def edit_success_rate(model, classify, x, y_src, ws, steps=18, batch=256):
-    """{w: fraction of (image, target) pairs whose edit `classify` labels as the target}, over all targets != source."""
+    """{w: fraction of (image, target) pairs whose edit `classify` labels as the target}, over all
+    targets != source."""
     num = getattr(model, "num_classes", None) or model.cfg.net.num_classes
     y_src = check_labels(y_src, num, "source class").to(x.device)
     return {
@@ -156,7 +167,8 @@ def edit_success_rate(model, classify, x, y_src, ws, steps=18, batch=256):
 
 
 def edit_rate_main(argv=None):
-    """`python -m bcmcore.guided --network FILE --shards DIR --out CSV`: editing success rate per w (demo digits)."""
+    """`python -m bcmcore.guided --network FILE --shards DIR --out CSV`: editing success rate per w
+    (demo digits)."""
     import argparse
 
     from bcmcore.data import load_split

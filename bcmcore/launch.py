@@ -1,14 +1,17 @@
-"""`bcm launch`: run any `bcm` command as one (multi-task, multi-node) job through submitit, and wait for it.
+"""`bcm launch`: run any `bcm` command as one (multi-task, multi-node) job through submitit, and
+wait for it.
 
-The executor comes from a launcher YAML file (site settings live in cluster/, never in the science config):
-  slurm  AutoExecutor on Slurm: nodes x tasks_per_node tasks (one per GPU), requeued on preemption/timeout
-  local  LocalExecutor: tasks_per_node processes on this machine (CPU DDP with gloo), same requeue logic
-  debug  in this process (one task; for tests and breakpoints)
-Each task exports the torch.distributed variables (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK) and runs
-`bcm <command>`; `bcmcore.dist.init` picks them up. On preemption or timeout the task's checkpoint() only
-resubmits the same command: the training loop's own checkpoints carry the state, and a rerun resumes.
-A Slurm job's id is kept in the job folder until the job ends: if the waiting process dies (login session
-closed), the same `bcm launch` waits for that job again instead of submitting a second one.
+The executor comes from a launcher YAML file (site settings live in cluster/, never in the science
+config):
+  slurm  AutoExecutor on Slurm: nodes x tasks_per_node tasks (one per GPU), requeued on
+  preemption/timeout local  LocalExecutor: tasks_per_node processes on this machine (CPU DDP with
+  gloo), same requeue logic debug  in this process (one task; for tests and breakpoints)
+Each task exports the torch.distributed variables (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK)
+and runs `bcm <command>`; `bcmcore.dist.init` picks them up. On preemption or timeout the task's
+checkpoint() only resubmits the same command: the training loop's own checkpoints carry the state,
+and a rerun resumes. A Slurm job's id is kept in the job folder until the job ends: if the waiting
+process dies (login session closed), the same `bcm launch` waits for that job again instead of
+submitting a second one.
 """
 
 import argparse
@@ -75,7 +78,8 @@ class LauncherConfig:
 
 
 def load_launcher(path=None, **overrides):
-    """LauncherConfig from a YAML file (None: defaults) plus CLI overrides (None values are ignored)."""
+    """LauncherConfig from a YAML file (None: defaults) plus CLI overrides (None values are
+    ignored)."""
     import yaml
 
     data = {}
@@ -143,8 +147,8 @@ def make_executor(cfg: LauncherConfig, folder, name="bcm"):
 
 
 class BcmTask(submitit.helpers.Checkpointable):
-    """One task of a launched job: `bcm <argv>` in this process. checkpoint() (inherited) resubmits the same
-    command and nothing else; resume is the training loop's job."""
+    """One task of a launched job: `bcm <argv>` in this process. checkpoint() (inherited) resubmits
+    the same command and nothing else; resume is the training loop's job."""
 
     def __call__(self, argv):
         env = submitit.JobEnvironment()
@@ -155,7 +159,8 @@ class BcmTask(submitit.helpers.Checkpointable):
         try:
             return main(list(argv))
         except Exception:  # (never SystemExit: submitit's requeue on preemption exits through it)
-            # The debug executor would open pdb on a crash: only useful at a terminal, a hang in a workflow.
+            # The debug executor would open pdb on a crash: only useful at a terminal, a hang in a
+            # workflow.
             if "SUBMITIT_DEBUG_JOB_ID" not in os.environ or sys.stdin.isatty():
                 raise
             traceback.print_exc()
@@ -168,8 +173,9 @@ class BcmTask(submitit.helpers.Checkpointable):
 def submit(argv, cfg: LauncherConfig, folder, name=None):
     """Submit `bcm <argv>` as one job; returns the submitit Job."""
     ex = make_executor(cfg, folder, name or f"bcm-{argv[0]}")
-    # A shell's background job (nohup snakemake ... &) starts with SIGINT ignored, and children inherit that.
-    # submitit's local controller would then survive cancel() (a SIGINT): no deadline or Ctrl-C could stop it.
+    # A shell's background job (nohup snakemake ... &) starts with SIGINT ignored, and children
+    # inherit that. submitit's local controller would then survive cancel() (a SIGINT): no deadline
+    # or Ctrl-C could stop it.
     if (
         signal.getsignal(signal.SIGINT) == signal.SIG_IGN
         and threading.current_thread() is threading.main_thread()
@@ -198,9 +204,9 @@ def _forget(folder, job):
 
 
 def find_running(folder, argv, cfg):
-    """The Slurm job that an earlier `bcm launch` of this same command submitted and never saw end (its
-    Snakemake died with the login session), if Slurm still queues or runs it: wait for that job instead of
-    submitting a second one that would train into the same run directory."""
+    """The Slurm job that an earlier `bcm launch` of this same command submitted and never saw end
+    (its Snakemake died with the login session), if Slurm still queues or runs it: wait for that job
+    instead of submitting a second one that would train into the same run directory."""
     path = Path(folder) / ACTIVE
     if cfg.executor != "slurm" or not path.is_file():
         return None, None
@@ -236,8 +242,9 @@ class _Tail:
 
 
 def wait(job, deadline_s=None, poll_s=1.0, stream=True):
-    """Block until the job ends, streaming task 0's stdout/stderr. Returns the exit code: the largest of the
-    tasks' `bcm` exit codes, 1 if a task raised or vanished, 124 past the deadline (the job is cancelled)."""
+    """Block until the job ends, streaming task 0's stdout/stderr. Returns the exit code: the
+    largest of the tasks' `bcm` exit codes, 1 if a task raised or vanished, 124 past the deadline
+    (the job is cancelled)."""
     if isinstance(job, submitit.local.debug.DebugJob):
         return _outcome(job)  # runs here, now, printing directly
     paths = job.task(0).paths if job.num_tasks > 1 else job.paths
@@ -346,7 +353,8 @@ def main(argv=None):
     job, state = find_running(folder, command, cfg)
     if job is not None:
         print(
-            f"bcm launch: slurm job {job.job_id} of this command, submitted by an earlier bcm launch, is "
+            f"bcm launch: slurm job {job.job_id} of this command, submitted by an earlier bcm "
+            "launch, is "
             f"{state}: waiting for it instead of submitting another",
             file=sys.stderr,
             flush=True,
@@ -356,7 +364,8 @@ def main(argv=None):
         if cfg.executor == "slurm":
             _remember(folder, job, command, cfg.num_tasks)
         print(
-            f"bcm launch: {cfg.executor} job {job.job_id} ({cfg.num_tasks} task(s)): bcm {' '.join(command)}; "
+            f"bcm launch: {cfg.executor} job {job.job_id} ({cfg.num_tasks} task(s)): bcm "
+            f"{' '.join(command)}; "
             f"logs in {folder}",
             file=sys.stderr,
             flush=True,
@@ -369,5 +378,5 @@ def main(argv=None):
         job.cancel(check=False)
         print(f"bcm launch: interrupted; job {job.job_id} cancelled", file=sys.stderr, flush=True)
         return 130
-    finally:  # the job has ended or is cancelled (a SIGKILL never gets here: the record stays for the rerun)
+    finally:  # the job has ended or is cancelled (a SIGKILL never gets here: the record stays)
         _forget(folder, job)

@@ -2,7 +2,8 @@
 
 Time = noise level (EDM/VE): x_t = x + t z. "Time 0" is sigma_min (BCM footnote 2).
 Everything here is pure arithmetic on tensors; scalings are always evaluated in float32 or wider,
-even under autocast, because |c_skip|, |c_out| reach ~23 / ~79 on long inverse jumps (spec §9.12).
+even under autocast, because |c_skip|, |c_out| reach ~23 / ~79 on long inverse jumps
+(docs/methods.md §2).
 """
 
 import math
@@ -23,11 +24,12 @@ def _f32(t):
 
 
 # ----------------------------------------------------------------------------------------------
-# Discretisation and curriculum (iCT §3, spec §2.2)
+# Discretisation and curriculum (iCT §3, docs/methods.md §3)
 
 
 def karras_grid(n_points, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO, dtype=torch.float64):
-    """Increasing Karras grid with n_points points: grid[0] = sigma_min, grid[-1] = sigma_max (EDM Eq. 5)."""
+    """Increasing Karras grid with n_points points: grid[0] = sigma_min, grid[-1] = sigma_max (EDM
+    Eq. 5)."""
     if n_points < 2:
         raise ValueError(f"karras_grid needs at least 2 points, got {n_points}")
     i = torch.arange(n_points, dtype=torch.float64) / (n_points - 1)
@@ -65,7 +67,8 @@ def phased_num_points(step, phases):
 
 
 def ect_r(t, stage, q=2.0, k=8.0, b=1.0):
-    """ECT's continuous partner level r(t) = max(0, t (1 - q^-s (1 + k sigmoid(-b t)))) (iGCT spec §3)."""
+    """ECT's continuous partner level r(t) = max(0, t (1 - q^-s (1 + k sigmoid(-b t))))
+    (docs/methods.md §3)."""
     t = _f32(t)
     return torch.clamp(t * (1 - q ** (-stage) * (1 + k * torch.sigmoid(-b * t))), min=0.0)
 
@@ -94,7 +97,8 @@ def cm_scalings(t, sigma_min=SIGMA_MIN, sigma_data=SIGMA_DATA):
 
 
 def bcm_scalings(t, u, sigma_data=SIGMA_DATA):
-    """BCM Eq. 5: c_skip = (sd^2 + t u)/(sd^2 + t^2), c_out = sd (t - u)/sqrt(sd^2 + t^2), signed."""
+    """BCM Eq. 5: c_skip = (sd^2 + t u)/(sd^2 + t^2), c_out = sd (t - u)/sqrt(sd^2 + t^2),
+    signed."""
     t, u = _f32(t), _f32(u)
     c_skip = (sigma_data**2 + t * u) / (sigma_data**2 + t**2)
     c_out = sigma_data * (t - u) / torch.sqrt(sigma_data**2 + t**2)
@@ -110,13 +114,15 @@ def edm_scalings(sigma, sigma_data=SIGMA_DATA):
 
 
 def igct_noiser_scalings(t, sigma_max=SIGMA_MAX):
-    """iGCT noiser N(x, t) = x + (T - t) F: boundary N(x, T) = x (iGCT spec §2.3; train-mode rule)."""
+    """iGCT noiser N(x, t) = x + (T - t) F: boundary N(x, T) = x (docs/methods.md §2.4; train-mode
+    rule)."""
     t = _f32(t)
     return torch.ones_like(t), sigma_max - t
 
 
 def pseudo_huber(a, b, c):
-    """Pseudo-Huber metric sqrt(||a - b||^2 + c^2) - c per sample (iCT §3.3); c = 0.00054 sqrt(D)."""
+    """Pseudo-Huber metric sqrt(||a - b||^2 + c^2) - c per sample (iCT §3.3); c = 0.00054
+    sqrt(D)."""
     diff = (a - b).flatten(1).float()
     return torch.sqrt((diff**2).sum(1) + c**2) - c
 

@@ -1,9 +1,9 @@
 """Generation with consistency models and the EDM baseline; per-sample seeds; time-step recipes.
 
-Every step is one network call x <- f(x, t_from, t_to) (BCM §3.3). Every routine checks its schedule and
-the model kind before the first network call, counts its network calls and returns (result, nfe).
-Randomness comes only from a per-sample generator stream (`SeededRNG`), so sample i depends on seed i alone,
-not on the batch size or on how seeds are split across GPUs.
+Every step is one network call x <- f(x, t_from, t_to) (BCM §3.3). Every routine checks its schedule
+and the model kind before the first network call, counts its network calls and returns (result,
+nfe). Randomness comes only from a per-sample generator stream (`SeededRNG`), so sample i depends on
+seed i alone, not on the batch size or on how seeds are split across GPUs.
 """
 
 import math
@@ -39,7 +39,8 @@ class SeededRNG:
 
 
 def seeded_randn(seeds, shape, device="cpu"):
-    """[len(seeds), *shape] normal draws, row i from a generator seeded with seeds[i] (shape: one sample)."""
+    """[len(seeds), *shape] normal draws, row i from a generator seeded with seeds[i] (shape: one
+    sample)."""
     return SeededRNG(seeds, device).randn(shape)
 
 
@@ -47,7 +48,8 @@ LABEL_SALT = 0x1ABE1  # per-seed label stream, independent of the noise stream o
 
 
 def seeded_labels(seeds, num_classes, device="cpu"):
-    """[B] uniform class labels, label i from its own seed (salted so it is independent of the noise)."""
+    """[B] uniform class labels, label i from its own seed (salted so it is independent of the
+    noise)."""
     ys = [np.random.default_rng([LABEL_SALT, int(s)]).integers(num_classes) for s in seeds]
     return torch.as_tensor(np.asarray(ys, np.int64), device=device)
 
@@ -70,7 +72,8 @@ def check_kind(model, kinds, routine):
 
 
 def check_times(model, times, name, direction, min_len=2, allow_final_zero=False):
-    """times: floats, strictly monotone in `direction` ('decreasing'|'increasing'), within [sigma_min, sigma_max]."""
+    """times: floats, strictly monotone in `direction` ('decreasing'|'increasing'), within
+    [sigma_min, sigma_max]."""
     times = [float(t) for t in times]
     lo, hi = model.sigma_min, model.sigma_max
     if len(times) < min_len:
@@ -90,7 +93,8 @@ def check_times(model, times, name, direction, min_len=2, allow_final_zero=False
 
 
 def check_pairs(model, pairs, name):
-    """Zigzag rounds (eps_i, t_i): the small injected noise eps_i is amplified up to t_i > eps_i (Eq. 11)."""
+    """Zigzag rounds (eps_i, t_i): the small injected noise eps_i is amplified up to t_i > eps_i
+    (Eq. 11)."""
     pairs = [tuple(float(v) for v in p) for p in pairs]
     for p in pairs:
         if len(p) != 2:
@@ -104,7 +108,8 @@ def check_pairs(model, pairs, name):
 
 
 class Calls:
-    """Calls the model with [B] time tensors and label y; `n` counts network evaluations (the NFE)."""
+    """Calls the model with [B] time tensors and label y; `n` counts network evaluations (the
+    NFE)."""
 
     def __init__(self, model, y=None):
         self.model, self.y, self.n = model, y, 0
@@ -114,7 +119,8 @@ class Calls:
         return torch.full((x.shape[0],), float(t), dtype=dt, device=x.device)
 
     def f(self, x, t, u=None):
-        """Consistency function f(x, t, u); u None = sigma_min (a CM model only takes u = sigma_min)."""
+        """Consistency function f(x, t, u); u None = sigma_min (a CM model only takes u =
+        sigma_min)."""
         if self.model.kind == "cm" and u is not None and abs(u - self.model.sigma_min) > 1e-12:
             raise UserError(f"a CM model maps only to u = sigma_min, asked for u = {u:g}")
         self.n += 1
@@ -123,7 +129,8 @@ class Calls:
         return self.model(x, self._t(x, t), self._t(x, u), y=self.y)
 
     def D(self, x, sigma, w=1.0):
-        """EDM denoiser with classifier-free guidance D_w = D_null + w (D_c - D_null) (paper convention)."""
+        """EDM denoiser with classifier-free guidance D_w = D_null + w (D_c - D_null) (paper
+        convention)."""
         s = self._t(x, sigma)
         self.n += 1
         d_c = self.model(x, s, self.y)
@@ -148,7 +155,8 @@ def onestep(model, x_T, y=None):
 
 @torch.no_grad()
 def ancestral(model, x, times, y=None):
-    """BCM Alg. 2: x <- f(x, t_{i-1}, t_i) down a decreasing schedule starting at x's level times[0]."""
+    """BCM Alg. 2: x <- f(x, t_{i-1}, t_i) down a decreasing schedule starting at x's level
+    times[0]."""
     times = check_times(model, times, "ancestral times", "decreasing")
     # a CM can only map to sigma_min, i.e. run the single interval T -> eps
     check_kind(model, ("cm", "bcm") if times[1:] == [model.sigma_min] else ("bcm",), "ancestral")
@@ -170,7 +178,8 @@ def _zigzag_rounds(net, x, pairs, rng, sigma_min):
 
 @torch.no_grad()
 def combined(model, x_T, times, pairs, rng, y=None):
-    """BCM Alg. 4: ancestral T = times[0] > ... > times[-1] = eps, then zigzag rounds (eps_i, t_i)."""
+    """BCM Alg. 4: ancestral T = times[0] > ... > times[-1] = eps, then zigzag rounds (eps_i,
+    t_i)."""
     check_kind(model, ("bcm",), "combined")
     times = check_times(model, times, "combined times", "decreasing")
     if abs(times[-1] - model.sigma_min) > 1e-9:
@@ -186,14 +195,16 @@ def combined(model, x_T, times, pairs, rng, y=None):
 
 @torch.no_grad()
 def zigzag(model, x_T, pairs, rng, y=None):
-    """BCM Alg. 3: x = f(x_T, T, eps), then x <- f(f(x + eps_i z, eps_i, t_i), t_i, eps) per round."""
+    """BCM Alg. 3: x = f(x_T, T, eps), then x <- f(f(x + eps_i z, eps_i, t_i), t_i, eps) per
+    round."""
     check_kind(model, ("bcm",), "zigzag")
     return combined(model, x_T, [model.sigma_max, model.sigma_min], pairs, rng, y)
 
 
 @torch.no_grad()
 def cm_multistep(model, x_T, times, rng, y=None, clamp=False):
-    """CM Alg. 1: x = f(x_T, T); for tau: x <- f(x + sqrt(tau^2 - eps^2) z, tau). clamp: official CM code."""
+    """CM Alg. 1: x = f(x_T, T); for tau: x <- f(x + sqrt(tau^2 - eps^2) z, tau). clamp: official CM
+    code."""
     check_kind(model, ("cm", "bcm"), "cm_multistep")
     times = check_times(model, times, "multistep times", "decreasing", min_len=1)
     net, eps = Calls(model, y), model.sigma_min
@@ -211,7 +222,8 @@ def cm_multistep(model, x_T, times, rng, y=None, clamp=False):
 
 
 def heun_ode(net, x, times, w=1.0):
-    """Heun steps of dx/dt = (x - D_w(x, t)) / t along `times` (either direction); a final 0 is an Euler step."""
+    """Heun steps of dx/dt = (x - D_w(x, t)) / t along `times` (either direction); a final 0 is an
+    Euler step."""
     for t_cur, t_next in zip(times, times[1:]):
         d = (x - net.D(x, t_cur, w)) / t_cur  # EDM Alg. 1, line 4
         x_next = x + (t_next - t_cur) * d  # Euler step, line 5
@@ -231,7 +243,8 @@ def check_guidance(y, w, routine):
 
 @torch.no_grad()
 def heun(model, x_T, times, y=None, w=1.0):
-    """EDM Alg. 1 (deterministic): decreasing times from x_T's level; a trailing 0 ends with an Euler step."""
+    """EDM Alg. 1 (deterministic): decreasing times from x_T's level; a trailing 0 ends with an
+    Euler step."""
     check_kind(model, ("edm",), "heun")
     times = check_times(model, times, "heun times", "decreasing", allow_final_zero=True)
     check_guidance(y, w, "heun")
@@ -250,14 +263,16 @@ def karras_times(n_points, sigma_min=param.SIGMA_MIN, sigma_max=param.SIGMA_MAX,
 
 
 def karras_index_times(indices, n_points, sigma_min=param.SIGMA_MIN, sigma_max=param.SIGMA_MAX):
-    """CM code's time points given as indices into a decreasing Karras grid of n_points (e.g. '0,22,39' of 40)."""
+    """CM code's time points given as indices into a decreasing Karras grid of n_points (e.g.
+    '0,22,39' of 40)."""
     grid = karras_times(n_points, sigma_min, sigma_max)
     return [grid[i] for i in indices]
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """A named schedule. sampler: onestep|ancestral|zigzag|combined|multistep|heun|invert|inpaint|cm_inpaint."""
+    """A named schedule. sampler:
+    onestep|ancestral|zigzag|combined|multistep|heun|invert|inpaint|cm_inpaint."""
 
     sampler: str
     times: tuple = ()  # ancestral / multistep / heun / inversion times (both ends included)
@@ -268,20 +283,22 @@ class Recipe:
 
 EPS, T = param.SIGMA_MIN, param.SIGMA_MAX
 RECIPES = {
-    # ImageNet-64 BCM / BCM-deep (spec §5.1, from the authors' sampling script)
+    # ImageNet-64 BCM / BCM-deep (docs/methods.md §11, from the authors' sampling script)
     "imagenet64-nfe1": Recipe("onestep", (T, EPS)),
     "imagenet64-nfe2": Recipe("ancestral", (T, 2.4, EPS)),
     "imagenet64-nfe3": Recipe("zigzag", (T, EPS), ((0.1, 1.2),)),
     "imagenet64-nfe4": Recipe("combined", (T, 3.0, EPS), ((0.12, 0.4),)),
     "imagenet64-invert-nfe1": Recipe("invert", (0.07, T)),
     "imagenet64-invert-nfe2": Recipe("invert", (0.07, 15.0, T)),
-    # iCT ImageNet-64 2-step of the authors' script; CM-paper multistep index schedules (spec §5). In the CM
-    # code the last index (= eps) only ends the loop (noise sqrt(eps^2 - eps^2) = 0), so "0,22,39" is 2 NFE.
+    # iCT ImageNet-64 2-step of the authors' script; CM-paper multistep index schedules
+    # (docs/methods.md §11). In the CM code the last index (= eps) only ends the loop (noise
+    # sqrt(eps^2 - eps^2) = 0), so "0,22,39" is 2 NFE.
     "imagenet64-ict-nfe2": Recipe("multistep", (T, 0.7)),
     "cd-imagenet64-nfe2": Recipe("multistep", tuple(karras_index_times((0, 22), 40))),
     "ct-imagenet64-nfe2": Recipe("multistep", tuple(karras_index_times((0, 106), 201))),
     "ct-lsun256-nfe2": Recipe("multistep", tuple(karras_index_times((0, 67), 151))),
-    # CM zero-shot inpainting baselines: every point of an n-point Karras grid (CIFAR 18, FFHQ 24, LSUN 40)
+    # CM zero-shot inpainting baselines: every point of an n-point Karras grid (CIFAR 18, FFHQ 24,
+    # LSUN 40)
     "cm-inpaint-18": Recipe("cm_inpaint", tuple(karras_times(18))),
     "cm-inpaint-24": Recipe("cm_inpaint", tuple(karras_times(24))),
     "cm-inpaint-40": Recipe("cm_inpaint", tuple(karras_times(40))),
@@ -337,7 +354,8 @@ def data_shape(model):
 
 
 def generate(model, recipe, z, rng, y=None, w=1.0, clamp=False):
-    """Sample from unit noise z [B, ...] with a Recipe; x_T = times[0] z (T for all but custom starts)."""
+    """Sample from unit noise z [B, ...] with a Recipe; x_T = times[0] z (T for all but custom
+    starts)."""
     s, times = recipe.sampler, list(recipe.times) or [model.sigma_max, model.sigma_min]
     if s != "heun" and w != 1.0:
         raise UserError(

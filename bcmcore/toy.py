@@ -1,8 +1,8 @@
 """Isotropic Gaussian mixtures: exact denoiser, score and PF-ODE flow map (ground truth for tests).
 
-Under x_t = x + t z the marginal of a mixture sum_k pi_k N(mu_k, s_k^2 I) is sum_k pi_k N(mu_k, (s_k^2 + t^2) I),
-so the ideal denoiser D(x, t) = E[x_0 | x_t] is closed-form and the PF ODE dx/dt = (x - D(x, t)) / t
-(EDM Eq. 3 with sigma(t) = t) can be solved to any accuracy with scipy.
+Under x_t = x + t z the marginal of a mixture sum_k pi_k N(mu_k, s_k^2 I) is sum_k pi_k N(mu_k,
+(s_k^2 + t^2) I), so the ideal denoiser D(x, t) = E[x_0 | x_t] is closed-form and the PF ODE dx/dt =
+(x - D(x, t)) / t (EDM Eq. 3 with sigma(t) = t) can be solved to any accuracy with scipy.
 """
 
 from dataclasses import dataclass

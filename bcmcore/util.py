@@ -38,7 +38,8 @@ def atomic_path(path):
 
 
 def atomic_torch_save(obj, path):
-    """torch.save to a temp name, fsync, rename: a killed writer never leaves a truncated checkpoint."""
+    """torch.save to a temp name, fsync, rename: a killed writer never leaves a truncated
+    checkpoint."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 

@@ -1,1 +1,2 @@
-"""Converters from raw dataset formats to WebDataset shards (`python -m data_prep --help`, `bcm prep`)."""
+"""Converters from raw dataset formats to WebDataset shards (`python -m data_prep --help`, `bcm
+prep`)."""

@@ -1,6 +1,8 @@
-"""`python -m data_prep <format> --out DIR [options]` (also `bcm prep ...`): raw dataset -> WebDataset shards.
+"""`python -m data_prep <format> --out DIR [options]` (also `bcm prep ...`): raw dataset ->
+WebDataset shards.
 
-Formats: cifar10, imagenet-npz, imagenet-folder, ffhq, lsun-bedroom, folder, digits (the offline demo), gmm2d.
+Formats: cifar10, imagenet-npz, imagenet-folder, ffhq, lsun-bedroom, folder, digits (the offline
+demo), gmm2d.
 """
 
 import argparse

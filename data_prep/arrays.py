@@ -1,4 +1,5 @@
-"""Array-shaped sources: CIFAR-10 python tarball, downsampled-ImageNet npz, sklearn digits, 2-D GMM toy data.
+"""Array-shaped sources: CIFAR-10 python tarball, downsampled-ImageNet npz, sklearn digits, 2-D GMM
+toy data.
 
 Each `*_splits(...)` returns (splits, meta, totals) for `writer.write_dataset`.
 """
@@ -108,7 +109,8 @@ def _npz_parts(src):
     src = Path(src)
     if not src.is_dir():
         raise UserError(
-            f"{src}: expected a directory holding Imagenet64_train_part*.npz and Imagenet64_val_data.npz"
+            f"{src}: expected a directory holding Imagenet64_train_part*.npz and "
+            "Imagenet64_val_data.npz"
         )
     parts = sorted(
         src.glob("Imagenet*_train_part*.npz"),
@@ -148,7 +150,8 @@ def _npz_load(path, key, resolution=None):
 
 
 class _NpzPart:
-    """Lazily loaded part file: the writer asks for one shard at a time, the data array is read once."""
+    """Lazily loaded part file: the writer asks for one shard at a time, the data array is read
+    once."""
 
     def __init__(self, path, resolution, labels, shard_size):
         self.path, self.resolution, self.labels, self.shard_size = (
@@ -188,10 +191,11 @@ def imagenet_npz_splits(src, resolution, shard_size):
 
 
 def digits_upscaled(resolution=16):
-    """sklearn's 8x8 digits (0..16) as uint8 [N, R, R, 1]: scaled by 255/16, then bilinear upscaling.
+    """sklearn's 8x8 digits (0..16) as uint8 [N, R, R, 1]: scaled by 255/16, then bilinear
+    upscaling.
 
-    Bilinear (not nearest): smooth strokes like a real downsampled image, no 2x2 block edges for a small
-    model to spend capacity on; every 8x8 value is still recoverable from the 16x16 image.
+    Bilinear (not nearest): smooth strokes like a real downsampled image, no 2x2 block edges for a
+    small model to spend capacity on; every 8x8 value is still recoverable from the 16x16 image.
     """
     from PIL import Image
     from sklearn.datasets import load_digits

@@ -1,8 +1,9 @@
 """Image-file sources: ILSVRC-style class folders (ImageNet) and flat folders (FFHQ, LSUN Bedroom).
 
-Every image gets ADM's centre crop (BCM §8 / guided-diffusion preprocessing): halve with a BOX filter while
-the short side is >= 2x the target, BICUBIC-resize so the short side equals the target, crop the centre.
-LSUN's LMDB export is not read (it needs the `lmdb` C extension): export it to a folder of images first.
+Every image gets ADM's centre crop (BCM §8 / guided-diffusion preprocessing): halve with a BOX
+filter while the short side is >= 2x the target, BICUBIC-resize so the short side equals the target,
+crop the centre. LSUN's LMDB export is not read (it needs the `lmdb` C extension): export it to a
+folder of images first.
 """
 
 from pathlib import Path
@@ -59,7 +60,8 @@ class FileChunk:
 
 
 def list_images(folder):
-    """Image files under `folder`, recursively, sorted by relative path (a stable, documented order)."""
+    """Image files under `folder`, recursively, sorted by relative path (a stable, documented
+    order)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: image folder not found")
@@ -80,7 +82,8 @@ def _file_chunks(files, labels, resolution, shard_size, channels=3):
 
 
 def imagenet_folder_splits(src, resolution, shard_size):
-    """`src/train/<wnid>/*.JPEG` (+ optional `src/val/<wnid>/*`): label = index of the wnid in sorted order."""
+    """`src/train/<wnid>/*.JPEG` (+ optional `src/val/<wnid>/*`): label = index of the wnid in
+    sorted order."""
     src = Path(src)
     train_dir = src / "train"
     if not train_dir.is_dir():
@@ -118,7 +121,8 @@ def imagenet_folder_splits(src, resolution, shard_size):
 
 
 def folder_splits(src, resolution, shard_size, test_count=0, dataset="folder"):
-    """Unlabelled flat folder: sorted files, the last `test_count` form the test split (FFHQ: 1,000 of 70,000)."""
+    """Unlabelled flat folder: sorted files, the last `test_count` form the test split (FFHQ: 1,000
+    of 70,000)."""
     files = list_images(src)
     if not 0 <= test_count < len(files):
         raise UserError(

@@ -1,10 +1,11 @@
-"""The common shard writer: chunks of samples -> deterministic WebDataset tars + index + manifest (last).
+"""The common shard writer: chunks of samples -> deterministic WebDataset tars + index + manifest
+(last).
 
-Determinism: members are written in key order with fixed headers (USTAR, mtime 0, uid/gid 0, empty owner
-names, mode 0444) and PNGs with fixed encoder settings, so the same input gives byte-identical shards
-whatever the number of processes. Atomicity: the old manifest is removed first, each shard is written to a
-temporary name and renamed, and the manifest is written last, so a crash never leaves a manifest that
-points at half-written shards.
+Determinism: members are written in key order with fixed headers (USTAR, mtime 0, uid/gid 0, empty
+owner names, mode 0444) and PNGs with fixed encoder settings, so the same input gives byte-identical
+shards whatever the number of processes. Atomicity: the old manifest is removed first, each shard is
+written to a temporary name and renamed, and the manifest is written last, so a crash never leaves a
+manifest that points at half-written shards.
 """
 
 import collections
@@ -28,7 +29,8 @@ SHARD_RE = re.compile(r"^[A-Za-z0-9_]+-\d{6}\.(tar|idx)$")
 
 
 class ArrayChunk:
-    """Samples already in memory: uint8 images [n, H, W, C] (or [n, H, W]) or float vectors [n, d]."""
+    """Samples already in memory: uint8 images [n, H, W, C] (or [n, H, W]) or float vectors [n,
+    d]."""
 
     def __init__(self, x, y):
         self.x, self.y = x, np.asarray(y, np.int64)
@@ -47,7 +49,8 @@ def chunks(x, y, shard_size):
 
 
 def encode(x, y):
-    """One sample -> [(ext, bytes)]: PNG for uint8 images (HWC or HW), .npy for float vectors; .cls last."""
+    """One sample -> [(ext, bytes)]: PNG for uint8 images (HWC or HW), .npy for float vectors; .cls
+    last."""
     x = np.asarray(x)
     buf = io.BytesIO()
     if x.dtype == np.uint8:
@@ -62,7 +65,8 @@ def encode(x, y):
 
 
 def write_tar(path, first_key, x, y):
-    """Write samples to a tar at `path`; returns the int64 byte offset where each sample starts (+ end)."""
+    """Write samples to a tar at `path`; returns the int64 byte offset where each sample starts (+
+    end)."""
     offsets = []
     with (
         open(path, "wb") as f,
@@ -81,7 +85,8 @@ def write_tar(path, first_key, x, y):
 
 
 def _write_shard(task):
-    """Pool worker: load one chunk, write `<split>-%06d.tar` + `.idx` atomically, return its manifest entry."""
+    """Pool worker: load one chunk, write `<split>-%06d.tar` + `.idx` atomically, return its
+    manifest entry."""
     out, split, index, first_key, chunk = task
     x, y = chunk.load()
     name = f"{split}-{index:06d}"
@@ -101,7 +106,8 @@ def _write_shard(task):
 
 
 def _bounded_map(fn, tasks, workers, depth):
-    """Ordered map with at most `depth` tasks in flight (sources are loaded lazily: bounded memory)."""
+    """Ordered map with at most `depth` tasks in flight (sources are loaded lazily: bounded
+    memory)."""
     if workers <= 1:
         yield from map(fn, tasks)
         return
@@ -132,9 +138,10 @@ def _prepare_dir(out):
 def write_dataset(out, splits, meta, workers=None, totals=None):
     """Write every split's chunks as shards, then `manifest.json` (atomically, last).
 
-    splits: {split: iterable of chunks (`.count`, `.load() -> (x, y)`)}, each chunk becomes one shard;
-    meta: dataset-level manifest fields (dataset, kind, resolution, channels/dim, num_classes, class_names,
-    source, options, ...); totals: optional {split: sample count} for the progress bar.
+    splits: {split: iterable of chunks (`.count`, `.load() -> (x, y)`)}, each chunk becomes one
+    shard;
+    meta: dataset-level manifest fields (dataset, kind, resolution, channels/dim, num_classes,
+    class_names, source, options, ...); totals: optional {split: sample count} for the progress bar.
     """
     out = _prepare_dir(out)
     workers = workers or os.cpu_count() or 1

@@ -10,7 +10,8 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation (badly so on a shared CPU)."""
+    """Tiny tensors: a second intra-op thread only adds synchronisation (badly so on a shared
+    CPU)."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -28,7 +29,8 @@ def slurm_is_up():
 
 
 def pytest_collection_modifyitems(config, items):
-    # Under CI (or SLURM_REQUIRED=1) a missing Slurm is a failure, never a skip: the tests then run and fail.
+    # Under CI (or SLURM_REQUIRED=1) a missing Slurm is a failure, never a skip: the tests then run
+    # and fail.
     required = os.environ.get("CI") == "true" or os.environ.get("SLURM_REQUIRED") == "1"
     up = None
     for item in items:

@@ -1,4 +1,5 @@
-"""bcmcore.data: exact resume at 1 and 2 ranks with workers, epoch coverage, flips, pairs, damaged shards."""
+"""bcmcore.data: exact resume at 1 and 2 ranks with workers, epoch coverage, flips, pairs, damaged
+shards."""
 
 import itertools
 import json

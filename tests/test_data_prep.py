@@ -1,4 +1,5 @@
-"""data_prep: every format round-trips through real shards and the loader; deterministic; bad input is one error."""
+"""data_prep: every format round-trips through real shards and the loader; deterministic; bad input
+is one error."""
 
 import io
 import pickle
@@ -36,11 +37,13 @@ def no_temp_files(d):
     return not list(d.glob(".tmp-*")) if d.exists() else True
 
 
-# ------------------------------------------------------------------------------------------ CIFAR-10
+# ------------------------------------------------------------------------------------------
+# CIFAR-10
 
 
 def write_cifar(path, rng, per_batch=3, n_test=2):
-    """A tarball in the official cifar-10-python layout: python pickles with bytes keys, planar rows."""
+    """A tarball in the official cifar-10-python layout: python pickles with bytes keys, planar
+    rows."""
     batches = {}
     with tarfile.open(path, "w:gz") as tar:
 
@@ -139,7 +142,8 @@ def test_conversion_is_deterministic(tmp_path):
     assert read_manifest(tmp_path / "a")["splits"] == read_manifest(tmp_path / "b")["splits"]
 
 
-# ------------------------------------------------------------------------------------------ ImageNet npz
+# ------------------------------------------------------------------------------------------
+# ImageNet npz
 
 
 def write_npz(path, n, res, rng, labels=None, keys=("data", "labels")):
@@ -190,7 +194,8 @@ def test_imagenet_npz_roundtrip(tmp_path):
     )
 
 
-# ------------------------------------------------------------------------------------------ image folders
+# ------------------------------------------------------------------------------------------ image
+# folders
 
 
 def test_imagenet_jpeg_folder_roundtrip(tmp_path):
@@ -261,7 +266,8 @@ def test_flat_folder_split_rule_and_adm_crop(tmp_path):
     assert y.tolist() == [-1] * 3 and yt.tolist() == [-1] * 2
 
 
-# ------------------------------------------------------------------------------------------ demo sets
+# ------------------------------------------------------------------------------------------ demo
+# sets
 
 
 def test_digits_roundtrip(tmp_path):
@@ -335,7 +341,8 @@ def test_bcm_prep_dispatch(tmp_path):
     assert list(read_manifest(tmp_path / "s")["splits"]) == ["train"]
 
 
-# ------------------------------------------------------------------------------------------ bad input
+# ------------------------------------------------------------------------------------------ bad
+# input
 
 
 def test_missing_source_file(tmp_path, capsys):
@@ -427,7 +434,8 @@ def test_bad_image_midway_leaves_no_manifest(tmp_path):
                 "2",
             ]
         )
-    # The earlier complete manifest is gone (the directory is now incomplete) and no temp file remains.
+    # The earlier complete manifest is gone (the directory is now incomplete) and no temp file
+    # remains.
     assert not (tmp_path / "s" / "manifest.json").exists() and no_temp_files(tmp_path / "s")
     with pytest.raises(UserError, match="manifest not found"):
         load_split(tmp_path / "s", "train")

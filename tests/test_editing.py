@@ -1,4 +1,5 @@
-"""Inversion, interpolation, inpainting, JPEG restoration and ODE inversion against exact flow maps."""
+"""Inversion, interpolation, inpainting, JPEG restoration and ODE inversion against exact flow
+maps."""
 
 import math
 
@@ -33,7 +34,8 @@ def draws(seeds, shape, k, dtype=torch.float64):
     return [rng.randn(shape, dtype=dtype) for _ in range(k)]
 
 
-# ---------------------------------------------------------------------------------------------- inversion
+# ----------------------------------------------------------------------------------------------
+# inversion
 def test_inversion_and_reconstruction_are_the_exact_flow_of_the_noised_input():
     x, seeds, times = gmm_data(), range(16), [0.07, 15.0, T]
     model = ExactFlowMap(DEMO_GMM)
@@ -45,8 +47,8 @@ def test_inversion_and_reconstruction_are_the_exact_flow_of_the_noised_input():
     rec, nfe = E.reconstruct(model, latent, T)
     assert nfe == 1
     torch.testing.assert_close(rec, flow(x_t0, 0.07, EPS), rtol=0, atol=1e-5)
-    # the only loss is the initial perturbation t0 z0 carried by the flow: the error is of its size and
-    # shrinks with t0 (t0 = eps: f(x + eps z, eps, eps) = x + eps z exactly)
+    # the only loss is the initial perturbation t0 z0 carried by the flow: the error is of its size
+    # and shrinks with t0 (t0 = eps: f(x + eps z, eps, eps) = x + eps z exactly)
     err, bound = (rec - x).norm(dim=1), 0.07 * z0.norm(dim=1)
     assert err.mean() < bound.mean() and bool((err < 2 * bound).all()), (err, bound)
     latent, _ = E.invert(model, x, [EPS, T], S.SeededRNG(seeds))
@@ -75,7 +77,8 @@ def test_heun_ode_inversion_round_trip_approaches_the_flow_map():
     assert (rec - x).abs().max() < 2e-3
 
 
-# ---------------------------------------------------------------------------------------------- interpolation
+# ----------------------------------------------------------------------------------------------
+# interpolation
 def test_slerp_identities():
     g = torch.Generator().manual_seed(0)
     a, b = (
@@ -141,7 +144,8 @@ def test_class_conditional_interpolation_decodes_each_endpoint_with_its_own_labe
         torch.testing.assert_close(out[i], ref)
 
 
-# ---------------------------------------------------------------------------------------------- inpainting
+# ----------------------------------------------------------------------------------------------
+# inpainting
 def test_bcm_inpainting_keeps_known_pixels_and_refills_noise_at_each_level():
     x, seeds = images(3), [7, 8, 9]
     mask = E.random_box_mask(x.shape).double()
@@ -151,7 +155,8 @@ def test_bcm_inpainting_keeps_known_pixels_and_refills_noise_at_each_level():
     assert nfe == model.calls == 2 + 2
     keep = mask.expand_as(x) == 0
     assert torch.equal(out[keep], x[keep])
-    # pixels are independent under N(0, s^2 I), so the missing region is the last refill t_M z_M decoded to eps
+    # pixels are independent under N(0, s^2 I), so the missing region is the last refill t_M z_M
+    # decoded to eps
     z_last = draws(seeds, (3, 16, 16), len(times))[-1]
     torch.testing.assert_close(out[~keep], phi(2.0 * z_last, 2.0, EPS)[~keep])
 
@@ -183,7 +188,8 @@ def test_inpainting_with_refinement_keeps_known_pixels():
     assert torch.equal(out[keep], x[keep]) and out.abs().max() <= 1
 
 
-# ---------------------------------------------------------------------------------------------- JPEG
+# ----------------------------------------------------------------------------------------------
+# JPEG
 def test_jpeg_restoration_inverts_then_decodes_and_is_scored_against_the_clean_image():
     x, seeds = images(2), [3, 4]
     xj = E.jpeg_compress(x, quality=10)
@@ -201,7 +207,8 @@ def test_uint8_round_trip():
     assert np.array_equal(E.to_uint8(E.from_uint8(a)), a)
 
 
-# ---------------------------------------------------------------------------------------------- bad input
+# ---------------------------------------------------------------------------------------------- bad
+# input
 X = images(2)
 BAD = {
     "inversion times decreasing": (

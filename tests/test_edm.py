@@ -1,4 +1,5 @@
-"""EDM loss (EDM Eq. 2 / Table 1) with label dropout, and the exact-CFG 1-D toy of iGCT Fig. 3 (spec §7)."""
+"""EDM loss (EDM Eq. 2 / Table 1) with label dropout, and the exact-CFG 1-D toy of iGCT Fig. 3
+(docs/methods.md §14)."""
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ S = 0.5  # data width of the toy classes at -2 (class 0) and +2 (class 1)
 
 
 class ExactToyDenoiser(torch.nn.Module):
-    """Analytic EDM denoiser of the two-class 1-D toy: D_c = (t^2 mu_c + s^2 x)/(s^2 + t^2), D_null = mixture."""
+    """Analytic EDM denoiser of the two-class 1-D toy: D_c = (t^2 mu_c + s^2 x)/(s^2 + t^2), D_null
+    = mixture."""
 
     kind, sigma_min, sigma_max, sigma_data, num_classes = "edm", 0.002, 80.0, 2.0, 2
 
@@ -42,7 +44,8 @@ def cfg_samples(model, w, n, steps):
 
 
 def test_exact_cfg_overshoots_the_class_mode():
-    # iGCT Fig. 3 / spec §7: exact CFG drifts the +2 mode outward; measured mean/std (spec: 3.46 / 0.22 at w = 13)
+    # iGCT Fig. 3 / docs/methods.md §14: exact CFG drifts the +2 mode outward; measured mean/std
+    # (reference: 3.46 / 0.22 at w = 13)
     model = ExactToyDenoiser()
     expect = {1.0: (1.99, 0.50), 4.0: (2.65, 0.28), 7.0: (2.99, 0.25), 13.0: (3.46, 0.22)}
     for w, (mean, std) in expect.items():
@@ -52,8 +55,9 @@ def test_exact_cfg_overshoots_the_class_mode():
 
 
 def test_edm_edit_is_the_exact_affine_transport():
-    # For Gaussian classes the conditional PF-ODE is affine: x_t = mu + (x - mu) sqrt(s^2 + t^2)/s. Editing class 1
-    # -> class 0 at w = 1 (ODE inversion to T, ODE sampling back) is then exact in closed form; same class: x back.
+    # For Gaussian classes the conditional PF-ODE is affine: x_t = mu + (x - mu) sqrt(s^2 + t^2)/s.
+    # Editing class 1 -> class 0 at w = 1 (ODE inversion to T, ODE sampling back) is then exact in
+    # closed form; same class: x back.
     model = ExactToyDenoiser()
     x = 2 + S * torch.randn(64, 1, dtype=torch.float64)
     gain = (S**2 + 80.0**2) ** 0.5 / S
@@ -72,7 +76,8 @@ def test_edm_edit_is_the_exact_affine_transport():
 
 
 class Recorder(torch.nn.Module):
-    """Returns its noisy input and records sigma and y: the EDM loss is then weight(sigma) ||sigma n||^2."""
+    """Returns its noisy input and records sigma and y: the EDM loss is then weight(sigma) ||sigma
+    n||^2."""
 
     sigma_data = 0.5
 
@@ -114,7 +119,8 @@ def test_edm_bad_input():
 
 
 def test_edit_success_rate_counts_target_class_hits():
-    # exact toy: every edit 1 -> 0 and 0 -> 1 lands on the target side (classify = sign), at w = 1 and with CFG
+    # exact toy: every edit 1 -> 0 and 0 -> 1 lands on the target side (classify = sign), at w = 1
+    # and with CFG
     model = ExactToyDenoiser()
     y = torch.tensor([0, 1] * 8)
     x = (4.0 * y - 2.0)[:, None].double() + S * torch.randn(16, 1, dtype=torch.float64)

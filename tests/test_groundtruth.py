@@ -1,11 +1,13 @@
 """Ground truth: BCT / iCT on a 2-D Gaussian mixture whose PF-ODE flow map is known exactly.
 
-The MLP BCM is trained with BCT on DEMO_GMM samples; 1-step generation f(x_T, T, eps) and 1-step inversion
-f(x_t0, t0, T) are compared with the exact flow map Phi (toy.GaussianMixture.flow) on fresh points. Error =
-relative RMS: sqrt(mean |pred - Phi|^2) / sqrt(mean |Phi - mean(Phi)|^2) for generation (1 = predicting the mixture
-mean) and / sqrt(mean |Phi|^2) for inversion (1 = predicting 0; the identity map scores ~1 as |x| << T).
-Reference points printed and asserted against: the trivial baselines above and the Euler solver of the PF ODE
-dx/dt = (x - D(x, t))/t with the *exact* denoiser at 1 and 2 steps (Karras grid, middle point ~2.5).
+The MLP BCM is trained with BCT on DEMO_GMM samples; 1-step generation f(x_T, T, eps) and 1-step
+inversion f(x_t0, t0, T) are compared with the exact flow map Phi (toy.GaussianMixture.flow) on
+fresh points. Error =
+relative RMS: sqrt(mean |pred - Phi|^2) / sqrt(mean |Phi - mean(Phi)|^2) for generation (1 =
+predicting the mixture mean) and / sqrt(mean |Phi|^2) for inversion (1 = predicting 0; the identity
+map scores ~1 as |x| << T). Reference points printed and asserted against: the trivial baselines
+above and the Euler solver of the PF ODE dx/dt = (x - D(x, t))/t with the *exact* denoiser at 1 and
+2 steps (Karras grid, middle point ~2.5).
 """
 
 import copy
@@ -22,16 +24,18 @@ from bcmcore.toy import DEMO_GMM
 
 pytestmark = pytest.mark.slow
 EPS, T, T0 = 0.002, 80.0, 0.5  # inversion starts at x + T0 z (BCM Alg. 5's small initial noise)
-# Budget: ~2.5 CPU minutes for both trainings on one thread (width-64 residual MLP, batch 256, 3000 steps,
-# iCT curriculum 10 -> 160 intervals). sigma_data = 1: the mixture's per-coordinate std is ~0.93 / 1.02.
+# Budget: ~2.5 CPU minutes for both trainings on one thread (width-64 residual MLP, batch 256, 3000
+# steps, iCT curriculum 10 -> 160 intervals). sigma_data = 1: the mixture's per-coordinate std is
+# ~0.93 / 1.02.
 NET = dict(arch="mlp", data_channels=2, channels=64, emb_mult=2, num_blocks=3)
 STEPS, BATCH, LR, EMA, S1, SIGMA_DATA = 3000, 256, 1e-3, 0.999, 160, 1.0
-# Bounds. Measured with this budget (seeds 0/1, two P_mean): BCT generation 0.29-0.37, iCT generation 0.33,
-# BCT inversion from T0 = 0.5: 0.36-0.46. References: mixture mean 1.00, exact-score Euler 1 step 0.99 / 2 steps 0.69
-# (generation); identity 0.99, Euler 1 step 0.66 / 2 steps 0.37 (inversion). GEN_BOUND sits below the 2-step
-# exact-score solver by a margin of ~0.2; INV_BOUND below the 1-step exact-score solver. 1-step inversion to T
-# is the weakest-trained map of BCT (pairs with u near T carry ~1% of the lognormal mass, and their soft-term
-# gradient is contracted by f(., T, eps) ~ s/T), so it does not beat 2 exact Euler steps at this budget.
+# Bounds. Measured with this budget (seeds 0/1, two P_mean): BCT generation 0.29-0.37, iCT
+# generation 0.33, BCT inversion from T0 = 0.5: 0.36-0.46. References: mixture mean 1.00,
+# exact-score Euler 1 step 0.99 / 2 steps 0.69 (generation); identity 0.99, Euler 1 step 0.66 / 2
+# steps 0.37 (inversion). GEN_BOUND sits below the 2-step exact-score solver by a margin of ~0.2;
+# INV_BOUND below the 1-step exact-score solver. 1-step inversion to T is the weakest-trained map of
+# BCT (pairs with u near T carry ~1% of the lognormal mass, and their soft-term gradient is
+# contracted by f(., T, eps) ~ s/T), so it does not beat 2 exact Euler steps at this budget.
 GEN_BOUND, INV_BOUND = 0.5, 0.55
 
 
@@ -41,7 +45,8 @@ def _one_thread(one_thread):  # conftest.one_thread: tiny tensors run faster on 
 
 
 def train(kind, loss_kind, seed=0):
-    """A minimal RAdam loop with an evaluation EMA (the real loop is bcmcore.train); returns the EMA model."""
+    """A minimal RAdam loop with an evaluation EMA (the real loop is bcmcore.train); returns the EMA
+    model."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     mc = ModelConfig(kind=kind, net=NetConfig(**NET, two_time=kind == "bcm"), sigma_data=SIGMA_DATA)
@@ -72,7 +77,8 @@ def rel_rms(pred, exact, centre):
 
 
 def euler(x, ts):
-    """Euler steps of the PF ODE with the exact denoiser (EDM Alg. 1 without the Heun correction)."""
+    """Euler steps of the PF ODE with the exact denoiser (EDM Alg. 1 without the Heun
+    correction)."""
     for a, b in zip(ts[:-1], ts[1:]):
         x = x + (b - a) * (x - DEMO_GMM.denoise(x, a)) / a
     return x

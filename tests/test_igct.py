@@ -1,4 +1,4 @@
-"""iGCT unit identities (spec §4, §11), model boundaries, loss wiring, and bad input."""
+"""iGCT unit identities (docs/methods.md §7), model boundaries, loss wiring, and bad input."""
 
 import numpy as np
 import pytest
@@ -51,7 +51,8 @@ def _pairs(n=64, dim=3):
 
 
 def test_w1_guided_target_is_conditional_ct_target():
-    # spec §4.2 step 5: w = 1 gives exactly (x_tar + t z*, x_tar + r z*), whatever image was noised
+    # docs/methods.md §7.2: w = 1 gives exactly (x_tar + t z*, x_tar + r z*), whatever image was
+    # noised
     x_tar, x_src, eps, t, r = _pairs()
     x_t = x_src + t[:, None] * eps
     z_star = (x_t - x_tar) / t[:, None]
@@ -66,7 +67,8 @@ def test_w1_guided_target_is_conditional_ct_target():
 
 def test_euler_step_sign_against_exact_flow_and_cfg():
     x_tar, x_src, eps, t, r = _pairs(n=8, dim=1)
-    # the conditional PF-ODE of a point mass at x_tar is linear in t: one Euler step is its exact flow map
+    # the conditional PF-ODE of a point mass at x_tar is linear in t: one Euler step is its exact
+    # flow map
     x_t = x_src + t[:, None] * eps
     for i in range(len(t)):
         point = GaussianMixture(((float(x_tar[i, 0]),),), (0.0,), (1.0,))
@@ -80,7 +82,8 @@ def test_euler_step_sign_against_exact_flow_and_cfg():
             torch.ones(1, dtype=torch.float64),
         )
         np.testing.assert_allclose(got.numpy(), exact, rtol=1e-7, atol=1e-7)
-    # w > 1 is one Euler step of the CFG ODE with D_w = x_src + w (x_tar - x_src): moves towards x_tar
+    # w > 1 is one Euler step of the CFG ODE with D_w = x_src + w (x_tar - x_src): moves towards
+    # x_tar
     w = torch.full_like(t, 7.0)
     got = guided_euler_target(x_t, x_src, x_tar, t, r, w)
     d_w = x_src + w[:, None] * (x_tar - x_src)
@@ -151,7 +154,8 @@ def test_loss_terms_and_recon_cadence():
 
 
 class ZeroProbe(torch.nn.Module):
-    """Outputs zeros: L_gct then reads off the regression target itself (a probe, not a stand-in model)."""
+    """Outputs zeros: L_gct then reads off the regression target itself (a probe, not a stand-in
+    model)."""
 
     sigma_min, sigma_max, sigma_data = 0.002, 80.0, 0.5
 
@@ -164,7 +168,8 @@ class ZeroProbe(torch.nn.Module):
 
 @pytest.mark.parametrize("p_max", [0.0, 1.0])
 def test_stage0_target_is_the_clean_image_that_was_noised(p_max):
-    # stage 0: r = 0, target = y_img: x_src for guided samples (t = 12 inside the window), x_tar otherwise
+    # stage 0: r = 0, target = y_img: x_src for guided samples (t = 12 inside the window), x_tar
+    # otherwise
     cfg, _ = tiny_igct()
     loss = build_loss(
         {
@@ -199,7 +204,8 @@ class RecordingProbe(ZeroProbe):
 
 
 def test_inverse_loss_swaps_levels_input_small_target_large():
-    # spec §4.3: online noiser pass at the SMALLER level max(r, t_min) with grad, stop-grad target at t
+    # docs/methods.md §7.3: online noiser pass at the SMALLER level max(r, t_min) with grad,
+    # stop-grad target at t
     cfg, _ = tiny_igct()
     loss = build_loss({"kind": "igct", "stage_steps": 1, "recon_every": 1000}, cfg)
     probe = RecordingProbe()

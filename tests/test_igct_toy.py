@@ -1,10 +1,13 @@
-"""iGCT Fig. 3 in 1-D (spec §7): a trained iGCT MLP keeps the class mode under strong guidance; a CFG-EDM MLP
-trained on the same data overshoots, like exact CFG (tests/test_edm.py: mean 3.46 at w = 13).
+"""iGCT Fig. 3 in 1-D (docs/methods.md §14): a trained iGCT MLP keeps the class mode under strong
+guidance; a CFG-EDM MLP trained on the same data overshoots, like exact CFG (tests/test_edm.py: mean
+3.46 at w = 13).
 
-Data: class 0 ~ N(-2, s^2), class 1 ~ N(+2, s^2), s = 0.5. Both models: residual MLP (width 32, 2 blocks),
-RAdam lr 2e-3 decayed linearly to 0, batch 256, seeded; budget 2000 steps each (iGCT: 5 ECT stages), about
-100 s for the file on an idle 2-core CPU. Toy scale: sigma_data = 2 (data std ~ 2.06), so the image settings are
-scaled by 4: lognormal P_mean + ln 4, guidance window [44, 57.2] (spec §7 leaves the toy's settings open).
+Data: class 0 ~ N(-2, s^2), class 1 ~ N(+2, s^2), s = 0.5. Both models: residual MLP (width 32, 2
+blocks), RAdam lr 2e-3 decayed linearly to 0, batch 256, seeded; budget 2000 steps each (iGCT: 5 ECT
+stages), about 100 s for the file on an idle 2-core CPU. Toy scale: sigma_data = 2 (data std ~
+2.06), so the image settings are
+scaled by 4: lognormal P_mean + ln 4, guidance window [44, 57.2] (docs/methods.md §14 leaves the
+toy's settings open).
 """
 
 import numpy as np
@@ -90,7 +93,8 @@ def test_igct_keeps_the_class_mode_under_guidance():
         assert nfe == 1
         assert abs(mode(x) - 2) < S, (w, mode(x))  # mode within +-s of +2
         assert np.mean(np.abs(x - 2) < 4 * S) > 0.97, (w, np.mean(np.abs(x - 2) < 4 * S))
-    # class editing: invert with the source class, regenerate with the other class; lands on the other side
+    # class editing: invert with the source class, regenerate with the other class; lands on the
+    # other side
     gen = torch.Generator().manual_seed(7)
     x, y = toy_batch(500, gen)
     x_edit, nfe = guided.igct_edit(model, x, y, 1 - y, 4.0, clamp=False)

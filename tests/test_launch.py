@@ -1,7 +1,8 @@
-"""`bcm launch` through submitit: local (2 gloo tasks) and debug executors, failures, deadline, requeue.
+"""`bcm launch` through submitit: local (2 gloo tasks) and debug executors, failures, deadline,
+requeue.
 
-The slurm executor runs against the live dev cluster in the WORKFLOW engineer's tests/test_slurm*.py; here
-its sbatch script is checked without submitting.
+The slurm executor runs against the live dev cluster in the WORKFLOW engineer's
+tests/test_slurm*.py; here its sbatch script is checked without submitting.
 """
 
 import json
@@ -21,7 +22,8 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
 def bcm_launch(*args, timeout=600, sigint_ignored=False):
-    """`bcm launch` in a subprocess; sigint_ignored: started as a shell's background job (nohup ... &) is."""
+    """`bcm launch` in a subprocess; sigint_ignored: started as a shell's background job (nohup ...
+    &) is."""
     ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
     return subprocess.run(
         [sys.executable, "-m", "bcmcore", "launch", *map(str, args)],
@@ -161,8 +163,9 @@ def test_slurm_executor_settings_reach_sbatch(tmp_path):
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("sigint_ignored", [False, True], ids=["foreground", "background-job"])
 def test_deadline_cancels_the_job(tmp_path, shards, sigint_ignored):
-    """Also from a background job, whose SIGINT is ignored and would be inherited by submitit's local controller:
-    its cancel() is a SIGINT, so the controller and the training task would run on, holding our output pipes."""
+    """Also from a background job, whose SIGINT is ignored and would be inherited by submitit's
+    local controller: its cancel() is a SIGINT, so the controller and the training task would run
+    on, holding our output pipes."""
     run = make_run(tmp_path / "run", shards, total_steps=10**6, status_every=1000)
     t0 = time.time()
     r = bcm_launch(
@@ -184,7 +187,8 @@ def test_deadline_cancels_the_job(tmp_path, shards, sigint_ignored):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_preempted_local_job_requeues_and_resumes(tmp_path, shards):
-    """USR2 (what Slurm sends before preemption/timeout): checkpoint() resubmits, the rerun resumes."""
+    """USR2 (what Slurm sends before preemption/timeout): checkpoint() resubmits, the rerun
+    resumes."""
     run = make_run(tmp_path / "run", shards, total_steps=400, checkpoint_every=5, status_every=50)
     cfg = LauncherConfig(executor="local", time_min=30)
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -196,8 +200,8 @@ def test_preempted_local_job_requeues_and_resumes(tmp_path, shards):
     while not list(run.glob("training-state-*.pt")):
         assert time.time() < deadline and not job.done(), "no checkpoint appeared"
         time.sleep(0.5)
-    # Slurm signals the tasks (USR2) before preemption/timeout; locally the controller only forwards its own
-    # timeout signal, so signal the task process directly.
+    # Slurm signals the tasks (USR2) before preemption/timeout; locally the controller only forwards
+    # its own timeout signal, so signal the task process directly.
     tasks = subprocess.run(
         ["pgrep", "-P", str(job._process.pid)], capture_output=True, text=True
     ).stdout.split()

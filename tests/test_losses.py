@@ -1,5 +1,6 @@
-"""iCT / BCT losses: exact zeros at a ground-truth flow map, a two-copy reference for values and gradients,
-the pass-4 gradient path, synchronised dropout, (t, u) sampling, curriculum and config errors."""
+"""iCT / BCT losses: exact zeros at a ground-truth flow map, a two-copy reference for values and
+gradients, the pass-4 gradient path, synchronised dropout, (t, u) sampling, curriculum and config
+errors."""
 
 import copy
 
@@ -23,11 +24,12 @@ BCM_CFG = ModelConfig(kind="bcm", net=NetConfig(arch="mlp", two_time=True))
 
 
 class PointMassFlow(nn.Module):
-    """Exact PF-ODE flow map of data concentrated at theta: x_t = theta + t z, so f(x, t, u) = theta + (x - theta) u/t.
+    """Exact PF-ODE flow map of data concentrated at theta: x_t = theta + t z, so f(x, t, u) = theta
+    + (x - theta) u/t.
 
-    For this data the one-sample Euler target of CT is exact, hence both BCT terms vanish identically at the
-    true theta. `p` > 0 multiplies (x - theta) by a 0/1 dropout mask (idempotent: masks compose to themselves),
-    so the loss stays zero iff every pass draws the same mask.
+    For this data the one-sample Euler target of CT is exact, hence both BCT terms vanish
+    identically at the true theta. `p` > 0 multiplies (x - theta) by a 0/1 dropout mask (idempotent:
+    masks compose to themselves), so the loss stays zero iff every pass draws the same mask.
     """
 
     kind, sigma_min, sigma_max, sigma_data = "bcm", 0.002, 80.0, 0.5
@@ -48,7 +50,8 @@ class PointMassFlow(nn.Module):
 
 
 class Recorder(nn.Module):
-    """Passes through to `inner` and records every call's inputs and outputs (works under functional_call)."""
+    """Passes through to `inner` and records every call's inputs and outputs (works under
+    functional_call)."""
 
     def __init__(self, inner):
         super().__init__()
@@ -101,7 +104,8 @@ def run(loss, model, x, step=3, total=40, seed=0):
 SHAPES = [(64, 2), (8, 3, 4, 4)]
 
 
-# --- ground truth: exact zeros at a perfectly consistent model ---------------------------------------------
+# --- ground truth: exact zeros at a perfectly consistent model
+# ---------------------------------------------
 @pytest.mark.parametrize("kind", ["ict", "bct"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_loss_vanishes_at_exact_flow_map_and_not_elsewhere(kind, shape):
@@ -116,9 +120,11 @@ def test_loss_vanishes_at_exact_flow_map_and_not_elsewhere(kind, shape):
         assert float(exact["loss_soft"]) < 1e-9 and float(wrong["loss_soft"]) > 1e-2
 
 
-# --- reference: two model copies (student / frozen teacher), weights computed from the recorded times -----
+# --- reference: two model copies (student / frozen teacher), weights computed from the recorded
+# times -----
 def reference_bct(model, calls, x, with_soft):
-    """Eq. 10 rebuilt from the recorded passes with a deep-copied frozen teacher (as the [C] code does)."""
+    """Eq. 10 rebuilt from the recorded passes with a deep-copied frozen teacher (as the [C] code
+    does)."""
     teacher = copy.deepcopy(model).requires_grad_(False)
     c1, c2 = calls[0], calls[1]
     t_next, t_cur = c1["t"].double(), c2["t"].double()
@@ -174,7 +180,8 @@ def test_loss_and_gradient_match_two_copy_reference(which, shape, kind):
     assert torch.allclose(g, grads(model), rtol=1e-4, atol=1e-6)
 
 
-# --- the pass-4 gradient path: a stray detach, or gradients into the teacher, change the gradient ----------
+# --- the pass-4 gradient path: a stray detach, or gradients into the teacher, change the gradient
+# ----------
 class DetachedInputBCT(BCTLoss):
     def teacher_map(self, model, c, u, y):  # the bug: no gradient through C
         return super().teacher_map(model, c.detach(), u, y)
@@ -221,7 +228,8 @@ def test_bcm_from_cm_u_branch_trains_under_bct():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, k
 
 
-# --- synchronised dropout ------------------------------------------------------------------------------------
+# --- synchronised dropout
+# ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["ict", "bct"])
 def test_dropout_masks_identical_in_all_passes(kind):
     theta = torch.randn(2, dtype=torch.float64)
@@ -234,7 +242,8 @@ def test_dropout_masks_identical_in_all_passes(kind):
 
 
 def test_dropout_sync_with_real_mlp_in_small_step_limit():
-    """t_{n+1} -> t_n (10^5 intervals): student and teacher outputs coincide only if their masks do."""
+    """t_{n+1} -> t_n (10^5 intervals): student and teacher outputs coincide only if their masks
+    do."""
     model = mlp_bcm(dropout=0.3).train()
     x = torch.randn(128, 2)
     gaps = {}
@@ -271,7 +280,8 @@ def test_dropout_sync_on_cuda():
     assert out["loss"].item() < 1e-9
 
 
-# --- (t, u) sampling and curriculum --------------------------------------------------------------------------
+# --- (t, u) sampling and curriculum
+# --------------------------------------------------------------------------
 def test_bct_index_sampling_law():
     loss = build_loss({"kind": "bct"}, BCM_CFG)
     grid = param.karras_grid(11)
@@ -332,7 +342,8 @@ def test_huber_c_override_is_used():
     assert big["loss"].item() < 0.1 * small["loss"].item()
 
 
-# --- configuration errors ------------------------------------------------------------------------------------
+# --- configuration errors
+# ------------------------------------------------------------------------------------
 def test_unknown_loss_kind_names_key_and_known_kinds():
     with pytest.raises(ConfigError, match=r"loss\.kind.*'nope'.*bct, edm, ict, igct"):
         build_loss({"kind": "nope"}, BCM_CFG)

@@ -1,4 +1,5 @@
-"""Metrics: Fréchet distance, precision/recall, clean-fid feature conventions, Inception file checks, MSE."""
+"""Metrics: Fréchet distance, precision/recall, clean-fid feature conventions, Inception file
+checks, MSE."""
 
 import numpy as np
 import pytest
@@ -19,7 +20,8 @@ def _random_gaussian_feats(rng, n, d, shift=0.0):
 
 
 def _independent_fid(f1, f2):
-    """FID by an independent route: Tr sqrt(S1 S2) = Tr sqrt(S1^1/2 S2 S1^1/2), symmetric eigh square roots."""
+    """FID by an independent route: Tr sqrt(S1 S2) = Tr sqrt(S1^1/2 S2 S1^1/2), symmetric eigh
+    square roots."""
     mu1, mu2 = f1.mean(0), f2.mean(0)
     s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
     w, v = np.linalg.eigh(s1)
@@ -59,7 +61,8 @@ def test_too_few_samples_for_the_feature_dimension_is_a_clear_error():
         fid.fid_from_feats(rng.standard_normal((30, 64)), rng.standard_normal((100, 64)))
 
 
-# ------------------------------------------------------------------------------------------ precision / recall
+# ------------------------------------------------------------------------------------------
+# precision / recall
 
 
 def test_kth_radius_excludes_the_point_itself():
@@ -77,13 +80,14 @@ def test_precision_recall_known_answers():
     fake = np.concatenate([real[:150], real[150:] + 100.0])
     p, r = prdc.precision_recall(real, fake)
     assert p == 0.5
-    # the copied half of the real points lies inside the generated manifold (the sparser fake set's balls
-    # are wider, so most of the others do too)
+    # the copied half of the real points lies inside the generated manifold (the sparser fake set's
+    # balls are wider, so most of the others do too)
     assert r >= 0.5
 
 
 def test_precision_recall_are_asymmetric_as_defined():
-    """Generated points collapsed onto one real mode: high precision, low recall (and swapped: the reverse)."""
+    """Generated points collapsed onto one real mode: high precision, low recall (and swapped: the
+    reverse)."""
     rng = np.random.default_rng(4)
     real = np.concatenate([rng.standard_normal((200, 2)), rng.standard_normal((200, 2)) + 20])
     fake = rng.standard_normal((400, 2))
@@ -93,7 +97,8 @@ def test_precision_recall_are_asymmetric_as_defined():
     assert 0.4 < p2 < 0.6 and r2 > 0.95
 
 
-# ------------------------------------------------------------------------------------------ Inception file
+# ------------------------------------------------------------------------------------------
+# Inception file
 
 
 def test_missing_inception_file_names_the_file_and_where_to_get_it(tmp_path):
@@ -114,7 +119,8 @@ def test_wrong_inception_file_is_rejected_by_size_and_hash(tmp_path):
         features.build_extractor(FeaturesConfig(kind="inception"), tmp_path)
 
 
-# ------------------------------------------------------------------------------------------ clean-fid conventions
+# ------------------------------------------------------------------------------------------
+# clean-fid conventions
 
 
 class _TinyNet(torch.nn.Module):
@@ -132,7 +138,8 @@ class _TinyNet(torch.nn.Module):
 @pytest.mark.parametrize("mode", ["clean", "legacy_tensorflow"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_features_match_clean_fid_folder_pipeline(tmp_path, mode, channels):
-    """Our in-memory path gives clean-fid's own features (PNG folder, its resizer, RGB conversion, batching)."""
+    """Our in-memory path gives clean-fid's own features (PNG folder, its resizer, RGB conversion,
+    batching)."""
     from cleanfid import fid as cfid
     from cleanfid.resize import build_resizer
     from PIL import Image
@@ -159,12 +166,14 @@ def test_features_match_clean_fid_folder_pipeline(tmp_path, mode, channels):
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
-# ------------------------------------------------------------------------------------------ reconstruction MSE
+# ------------------------------------------------------------------------------------------
+# reconstruction MSE
 
 
 def test_inversion_mse_of_the_exact_flow_map():
-    """Exact flow map: inversion to T and 1-step decoding return x exactly without the initial noise; with it,
-    they return the PF-ODE image of x + t0 z at sigma_min (BCM Alg. 5: the round trip through T is the identity)."""
+    """Exact flow map: inversion to T and 1-step decoding return x exactly without the initial
+    noise; with it, they return the PF-ODE image of x + t0 z at sigma_min (BCM Alg. 5: the round
+    trip through T is the identity)."""
     model = ExactFlowMap(DEMO_GMM)
     x = torch.as_tensor(DEMO_GMM.sample(48, np.random.default_rng(6))[0], dtype=torch.float64)
     seeds = list(range(100, 148))
@@ -190,7 +199,8 @@ def test_image_mse_is_on_quantised_unit_range():
     assert mse_per_item(a, a + 1e-4).max() == 0  # below one quantisation step
 
 
-# ------------------------------------------------------------------------------------------ Inception plumbing
+# ------------------------------------------------------------------------------------------
+# Inception plumbing
 
 
 class _FakeLayers(torch.nn.Module):
@@ -199,7 +209,8 @@ class _FakeLayers(torch.nn.Module):
 
 
 class _FakeInception(torch.nn.Module):
-    """A TorchScript file with the interface of NVIDIA's Inception (layers, return_features): plumbing only."""
+    """A TorchScript file with the interface of NVIDIA's Inception (layers, return_features):
+    plumbing only."""
 
     def __init__(self):
         super().__init__()
@@ -228,7 +239,8 @@ def test_inception_extractor_is_built_from_the_staged_file_without_downloading(
     imgs = np.random.default_rng(7).integers(0, 256, (3, 1, 16, 16), dtype=np.uint8)
     f = ex.features(imgs, progress=False)
     assert f.shape == (3, 2048)
-    # grey -> RGB, 0..255 -> (x - 128) / 128 inside InceptionV3W: channel means are equal and match the image
+    # grey -> RGB, 0..255 -> (x - 128) / 128 inside InceptionV3W: channel means are equal and match
+    # the image
     expect = (imgs.reshape(3, -1).mean(1) - 128) / 128
     np.testing.assert_allclose(f[:, 0], f[:, 1], rtol=1e-6)
     np.testing.assert_allclose(f[:, 0], expect, atol=0.02)

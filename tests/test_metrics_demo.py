@@ -1,4 +1,5 @@
-"""Demo digits: the demo classifier (features + judge), demo-set FIDs, reference caching, full `bcm eval` sweep."""
+"""Demo digits: the demo classifier (features + judge), demo-set FIDs, reference caching, full `bcm
+eval` sweep."""
 
 import json
 
@@ -17,7 +18,8 @@ from bcmcore.nets import ModelConfig, NetConfig, build_model, save_network
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    """Real demo shards (data_prep digits) and the demo classifier trained on them (once per module)."""
+    """Real demo shards (data_prep digits) and the demo classifier trained on them (once per
+    module)."""
     from data_prep.__main__ import main as prep
 
     out = tmp_path_factory.mktemp("digits") / "shards"
@@ -61,8 +63,9 @@ def test_demo_fids_order_real_halves_below_blur_below_noise(digits):
 
 
 def test_reference_stats_in_chunks_equal_the_whole_split_at_once(digits, tmp_path):
-    """ImageNet does not fit in memory: the split streams in chunks (a chunk size that splits shards and
-    blocks unevenly here), and the statistics and the precision/recall subset come out as from one array."""
+    """ImageNet does not fit in memory: the split streams in chunks (a chunk size that splits shards
+    and blocks unevenly here), and the statistics and the precision/recall subset come out as from
+    one array."""
     from bcmcore.data import iter_split, load_labels
 
     x, y = load_split(digits, "train")
@@ -124,7 +127,8 @@ def test_reference_stats_are_cached_and_keyed_by_extractor(digits):
     assert len(calls) == 2
 
 
-# ------------------------------------------------------------------------------------------ end to end
+# ------------------------------------------------------------------------------------------ end to
+# end
 
 
 def _tiny(kind, num_classes=0):
@@ -204,7 +208,8 @@ def test_bcm_eval_digits_end_to_end_writes_tables_plots_and_grids(
 ):
     from bcmcore import sampling
 
-    # a short Heun schedule keeps the CFG baseline cheap on the CPU (4 Heun steps + 1 Euler step: 9 NFE, 18 with CFG)
+    # a short Heun schedule keeps the CFG baseline cheap on the CPU (4 Heun steps + 1 Euler step: 9
+    # NFE, 18 with CFG)
     monkeypatch.setitem(
         sampling.RECIPES,
         "demo-heun",
@@ -256,7 +261,8 @@ def test_bcm_eval_digits_end_to_end_writes_tables_plots_and_grids(
         ("cfg-edm", "1", "9"),
         ("cfg-edm", "3", "18"),
     ]
-    # class editing: 6 test images x 9 other classes per w; iGCT edits take 2 NFE, EDM ODE inversion + CFG Heun
+    # class editing: 6 test images x 9 other classes per w; iGCT edits take 2 NFE, EDM ODE inversion
+    # + CFG Heun
     assert [(r["edits"], r["edit_nfe"]) for r in guid] == [("54", "2")] * 2 + [
         ("54", "17"),
         ("54", "26"),

@@ -1,5 +1,6 @@
-"""The evaluation sweep on 2-D toy data: exact flow map -> FID ~ 0, `bcm eval` end to end on tiny saved
-networks (raw features), spec and checkpoint errors, and a 2-rank gloo run equal to the 1-process run."""
+"""The evaluation sweep on 2-D toy data: exact flow map -> FID ~ 0, `bcm eval` end to end on tiny
+saved networks (raw features), spec and checkpoint errors, and a 2-rank gloo run equal to the
+1-process run."""
 
 import json
 import os
@@ -98,7 +99,8 @@ def _spec_file(tmp_path, gmm, networks, **over):
 
 
 def test_exact_flow_map_samples_score_like_the_data(gmm):
-    """Ground truth for the sampling -> features -> FID path: exact PF-ODE samples have FID ~ sampling noise."""
+    """Ground truth for the sampling -> features -> FID path: exact PF-ODE samples have FID ~
+    sampling noise."""
     from bcmcore import sampling
     from bcmcore.metrics.sweep import Evaluator
 
@@ -292,7 +294,8 @@ def test_too_few_samples_for_the_features_is_a_clear_error(tmp_path, gmm, networ
         )
 
 
-# ------------------------------------------------------------------------------------------ distributed
+# ------------------------------------------------------------------------------------------
+# distributed
 
 
 def _free_port():
@@ -321,7 +324,8 @@ def _rank_main(rank, world, port, spec, out):
 
 @pytest.mark.slow
 def test_two_gloo_ranks_give_the_single_process_numbers(tmp_path, gmm, networks):
-    """Seeds are split across ranks and features all-gathered in seed order: the tables are identical."""
+    """Seeds are split across ranks and features all-gathered in seed order: the tables are
+    identical."""
     import torch.multiprocessing as mp
 
     spec = str(

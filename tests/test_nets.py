@@ -1,4 +1,5 @@
-"""Networks and preconditioning: boundary conditions, identity-zero fine-tuning init, embeddings, file I/O."""
+"""Networks and preconditioning: boundary conditions, identity-zero fine-tuning init, embeddings,
+file I/O."""
 
 import dataclasses
 import math
@@ -68,7 +69,8 @@ def log_uniform(b, seed=1):
 
 @torch.no_grad()
 def randomise(module, seed=0):
-    """Random non-zero weights everywhere (zero-initialised output layers would make comparisons vacuous)."""
+    """Random non-zero weights everywhere (zero-initialised output layers would make comparisons
+    vacuous)."""
     g = torch.Generator().manual_seed(seed)
     for p in module.parameters():
         p.copy_(torch.randn(p.shape, generator=g) * 0.2)
@@ -80,7 +82,8 @@ def model(kind, arch="mlp", **net):
     return randomise(build_model(ModelConfig(kind=kind, net=cfg))).eval()
 
 
-# ---------------------------------------------------------------------------------------------- boundary
+# ----------------------------------------------------------------------------------------------
+# boundary
 
 
 @pytest.mark.parametrize("arch", ["mlp", "ncsnpp"])
@@ -107,7 +110,8 @@ def test_cm_boundary_and_u_restriction():
 
 
 def test_combination_in_fp32_under_autocast():
-    """Long inverse jump (|c_out| ~ 79): the result is c_skip x + c_out F evaluated in fp32, F from autocast."""
+    """Long inverse jump (|c_out| ~ 79): the result is c_skip x + c_out F evaluated in fp32, F from
+    autocast."""
     m = model("bcm", "ncsnpp")
     x = x_for(m.cfg.net)
     t, u = torch.full((4,), 0.07), torch.full((4,), T)
@@ -122,7 +126,8 @@ def test_combination_in_fp32_under_autocast():
 
 
 def test_c_out_sign_in_model():
-    """f(x, t, u) - c_skip x = c_out F changes sign with (t - u): negative c_out when inverting (u > t)."""
+    """f(x, t, u) - c_skip x = c_out F changes sign with (t - u): negative c_out when inverting (u >
+    t)."""
     m = model("bcm")
     x, t = x_for(m.cfg.net), torch.full((4,), 1.0)
     F = m.net(param.c_in(t)[:, None] * x, param.c_noise(t), param.c_noise(torch.full((4,), 2.0)))
@@ -141,7 +146,8 @@ def test_edm_denoiser_matches_table1():
     torch.testing.assert_close(m(x, s), c_skip[:, None] * x + c_out[:, None] * F)
 
 
-# ---------------------------------------------------------------------------------------------- fine-tuning init
+# ----------------------------------------------------------------------------------------------
+# fine-tuning init
 
 
 @pytest.mark.parametrize("arch", ["mlp", "ncsnpp", "adm"])
@@ -168,7 +174,8 @@ def test_bcm_from_cm_reproduces_cm_for_every_u(arch):
         for u in (EPS, 0.3, 5.0, T):
             F_bcm = bcm.net(x, c_t, param.c_noise(torch.full((4,), u)), y=y)
             assert (F_bcm - F_cm).abs().max().item() <= 1e-6
-        # preconditioned output at u = sigma_min: equal up to the O(eps) c_skip difference (BCM App. D)
+        # preconditioned output at u = sigma_min: equal up to the O(eps) c_skip difference (BCM App.
+        # D)
         f_cm, f_bcm = cm(x, t, y=y), bcm(x, t, EPS, y=y)
         dc = (param.bcm_scalings(t, EPS)[0] - param.cm_scalings(t)[0]).abs()
         assert bool((dc <= 0.6 * EPS).all())
@@ -208,7 +215,8 @@ def test_gradients_reach_the_u_branch(embed):
     if embed == "project":
         d = te.align.out_features
         assert te.align.weight.grad[:, d:].abs().sum() > 0  # u columns of [I | 0] get a gradient
-        # at [I | 0] dL/de_u = 0: mlp_u only learns once the u columns move; one SGD step shows it does
+        # at [I | 0] dL/de_u = 0: mlp_u only learns once the u columns move; one SGD step shows it
+        # does
         torch.optim.SGD(m.parameters(), lr=0.1).step()
         m.zero_grad()
         m(x, t, u).square().mean().backward()
@@ -220,7 +228,8 @@ def test_gradients_reach_the_u_branch(embed):
         assert not torch.allclose(m.eval()(x, t, 0.5), m(x, t, 5.0))
 
 
-# ---------------------------------------------------------------------------------------------- embeddings, layers
+# ----------------------------------------------------------------------------------------------
+# embeddings, layers
 
 
 def test_adm_positional_embedding_is_250_ln_t():
@@ -235,7 +244,7 @@ def test_guidance_features_and_null_label():
     e = guidance_features(torch.tensor([1.0]))
     assert torch.equal(
         e, torch.cat([torch.zeros(1, 128), torch.ones(1, 128)], 1)
-    )  # w = 1 (iGCT spec §2.2)
+    )  # w = 1 (docs/methods.md §12.4)
     m = randomise(build_net(dataclasses.replace(TINY["mlp"], guidance=True))).eval()
     x, c = x_for(m.cfg), param.c_noise(log_uniform(4))
     null = torch.full((4,), -1)
@@ -249,7 +258,8 @@ def test_guidance_features_and_null_label():
 
 
 def test_cosine_attention_is_scale_invariant():
-    """ADM's q/k/v RMS normalisation (spec §6 (ii)) makes attention invariant to scaling q, k, v."""
+    """ADM's q/k/v RMS normalisation (docs/methods.md §12.2) makes attention invariant to scaling q,
+    k, v."""
     from bcmcore.nets.layers import Attention
 
     x = torch.randn(2, 32, 4, 4, generator=torch.Generator().manual_seed(0))
@@ -264,7 +274,8 @@ def test_cosine_attention_is_scale_invariant():
 
 
 def _upfirdn2d_ref(x, up, down, pad0, pad1, gain):
-    """Direct definition of upfirdn2d with the [1,3,3,1] kernel: zero-insert, pad, 2-D convolution, decimate."""
+    """Direct definition of upfirdn2d with the [1,3,3,1] kernel: zero-insert, pad, 2-D convolution,
+    decimate."""
     import numpy as np
     from scipy.signal import convolve2d
 
@@ -325,7 +336,8 @@ def test_image_nets_shapes_and_two_time_modes(arch):
             net(x, c)
 
 
-# ---------------------------------------------------------------------------------------------- config, I/O
+# ----------------------------------------------------------------------------------------------
+# config, I/O
 
 
 def test_config_validation():
@@ -378,7 +390,8 @@ def test_bad_network_files_raise_one_clear_error(tmp_path):
         load_network(tmp_path / "missing.pt")
 
 
-# ---------------------------------------------------------------------------------------------- parameter counts
+# ----------------------------------------------------------------------------------------------
+# parameter counts
 
 
 def _count(cfg):
@@ -386,7 +399,8 @@ def _count(cfg):
 
 
 def test_ncsnpp_cifar10_parameter_counts():
-    """Spec §6: NCSN++ CIFAR-10 CM 56.4M, BCM (concat, widened MLP) 61.9M (built for real on CPU)."""
+    """docs/methods.md §12: NCSN++ CIFAR-10 CM 56.4M, BCM (concat, widened MLP) 61.9M (built for
+    real on CPU)."""
     cfg = NetConfig(arch="ncsnpp", dropout=0.3)
     assert round(_count(cfg) / 1e6, 1) == 56.4
     assert round(_count(dataclasses.replace(cfg, two_time=True)) / 1e6, 1) == 61.9
@@ -397,7 +411,8 @@ def test_ncsnpp_cifar10_parameter_counts():
 
 
 def test_adm_imagenet64_parameter_counts():
-    """Spec §6: ADM no-32 iCT 278.0M, BCM (+u-MLP, W_align) 279.9M; with 32x32 attention 282.2M (meta device)."""
+    """docs/methods.md §12: ADM no-32 iCT 278.0M, BCM (+u-MLP, W_align) 279.9M; with 32x32 attention
+    282.2M (meta device)."""
     cfg = NetConfig(
         arch="adm",
         resolution=64,

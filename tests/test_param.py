@@ -1,4 +1,5 @@
-"""Ground-truth tests of bcmcore.param: grids, curriculum, noise-level weights and every parameterisation."""
+"""Ground-truth tests of bcmcore.param: grids, curriculum, noise-level weights and every
+parameterisation."""
 
 import math
 
@@ -18,7 +19,8 @@ def rand_t(n=4096, seed=0):
     return torch.cat([t, torch.tensor([EPS, param.SIGMA_MAX])])
 
 
-# ---------------------------------------------------------------------------------------------- grids
+# ----------------------------------------------------------------------------------------------
+# grids
 
 
 @pytest.mark.parametrize("n", [2, 11, 1281])
@@ -46,7 +48,8 @@ def test_lognormal_interval_mass_matches_scipy():
     assert g[k] <= math.exp(-1.1) * 1.6 and g[k + 1] >= math.exp(-1.1) / 1.6
 
 
-# ---------------------------------------------------------------------------------------------- curricula
+# ----------------------------------------------------------------------------------------------
+# curricula
 
 
 def test_ict_curriculum_eight_equal_stages():
@@ -60,7 +63,8 @@ def test_ict_curriculum_eight_equal_stages():
 
 
 def test_phased_curriculum_bcm_finetune():
-    phases = [(210_000, 320), (16_000, 640), (8_000, 1280)]  # BCM ImageNet-64 fine-tuning (spec §4)
+    # BCM ImageNet-64 fine-tuning (docs/methods.md §6)
+    phases = [(210_000, 320), (16_000, 640), (8_000, 1280)]
     assert param.phased_num_points(0, phases) == 321
     assert param.phased_num_points(209_999, phases) == 321
     assert param.phased_num_points(210_000, phases) == 641
@@ -81,7 +85,8 @@ def test_phased_curriculum_bcm_finetune():
     assert param.phased_num_points(150_000, lsun) == 41
 
 
-# ---------------------------------------------------------------------------------------------- scalings
+# ----------------------------------------------------------------------------------------------
+# scalings
 
 
 def test_cm_boundary_exact():
@@ -105,7 +110,7 @@ def test_bcm_c_out_sign_and_magnitude():
     c_skip, c_out = param.bcm_scalings(torch.tensor(0.07), torch.tensor(80.0))
     assert (
         abs(c_skip.item() - 23.0) < 0.1 and abs(c_out.item() + 79.2) < 0.1
-    )  # spec §1 long inverse jump
+    )  # docs/methods.md §2 long inverse jump
 
 
 def test_bcm_scalings_solve_the_unit_variance_derivation():
@@ -140,7 +145,8 @@ def test_edm_scalings_and_c_in():
     s = rand_t().double()
     c_skip, c_out = param.edm_scalings(s)
     torch.testing.assert_close(c_skip * (s**2 + SD**2), torch.full_like(s, SD**2))
-    # unit-variance target of EDM Table 1: c_out^2 = c_skip s^2 (since (1-c_skip)^2 sd^2 + c_skip^2 s^2 = c_out^2)
+    # unit-variance target of EDM Table 1: c_out^2 = c_skip s^2 (since (1-c_skip)^2 sd^2 + c_skip^2
+    # s^2 = c_out^2)
     torch.testing.assert_close(c_out**2, (1 - c_skip) ** 2 * SD**2 + c_skip**2 * s**2)
     torch.testing.assert_close(param.c_in(s) ** 2 * (s**2 + SD**2), torch.ones_like(s))
 

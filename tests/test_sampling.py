@@ -1,4 +1,5 @@
-"""Samplers against exact flow maps: the 2-D Gaussian mixture (scipy) and a Gaussian (closed form, cheap)."""
+"""Samplers against exact flow maps: the 2-D Gaussian mixture (scipy) and a Gaussian (closed form,
+cheap)."""
 
 import math
 
@@ -12,9 +13,11 @@ from bcmcore.toy import DEMO_GMM, ExactFlowMap, GaussianMixture
 EPS, T = 0.002, 80.0
 
 
-# ---------------------------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------------------------
+# helpers
 class GaussFlow(torch.nn.Module):
-    """Exact flow map of data ~ N(0, s^2 I): Phi(x, t -> u) = x sqrt(s^2 + u^2) / sqrt(s^2 + t^2). Cheap."""
+    """Exact flow map of data ~ N(0, s^2 I): Phi(x, t -> u) = x sqrt(s^2 + u^2) / sqrt(s^2 + t^2).
+    Cheap."""
 
     kind, sigma_min, sigma_max, s = "bcm", EPS, T, 0.5
 
@@ -38,7 +41,8 @@ class GaussDenoiser(torch.nn.Module):
 
 
 class GMMDenoiser(torch.nn.Module):
-    """Exact denoiser of a Gaussian mixture (kind edm); label y = k selects component k, -1 the mixture."""
+    """Exact denoiser of a Gaussian mixture (kind edm); label y = k selects component k, -1 the
+    mixture."""
 
     kind, sigma_min, sigma_max = "edm", EPS, T
 
@@ -94,7 +98,8 @@ def flow(x, t, u):
     return torch.as_tensor(DEMO_GMM.flow(x.numpy(), t, u))
 
 
-# ---------------------------------------------------------------------------------------------- seeds
+# ----------------------------------------------------------------------------------------------
+# seeds
 def test_seeded_randn_rows_depend_only_on_their_seed():
     z = S.seeded_randn([3, 5, 7], (2, 4), "cpu")
     assert z.shape == (3, 2, 4)
@@ -108,7 +113,8 @@ def test_seeded_randn_rows_depend_only_on_their_seed():
     assert not torch.equal(z[0], z[1])
 
 
-# ---------------------------------------------------------------------------------------------- ground truth (GMM)
+# ----------------------------------------------------------------------------------------------
+# ground truth (GMM)
 def test_onestep_is_the_exact_flow_map():
     _, z = gmm_points()
     x, nfe = S.onestep(ExactFlowMap(DEMO_GMM), T * z)
@@ -201,7 +207,8 @@ def test_heun_passes_labels_and_guidance_follows_the_paper_convention():
     assert net.n == net.model.calls == 2
 
 
-# ---------------------------------------------------------------------------------------------- seeds / batching
+# ----------------------------------------------------------------------------------------------
+# seeds / batching
 SAMPLERS = {
     "onestep": lambda m, z, r: S.onestep(m, T * z),
     "ancestral": lambda m, z, r: S.ancestral(m, T * z, [T, 2.4, EPS]),
@@ -282,7 +289,8 @@ def test_parse_flags():
         S.parse_times("80,x")
 
 
-# ---------------------------------------------------------------------------------------------- bad input
+# ---------------------------------------------------------------------------------------------- bad
+# input
 BAD = {
     "ancestral not decreasing": (
         "bcm",

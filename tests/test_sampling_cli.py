@@ -1,4 +1,5 @@
-"""`bcm sample | invert | edit` on tiny saved networks: files written, NFE recorded, ranks and batches agree."""
+"""`bcm sample | invert | edit` on tiny saved networks: files written, NFE recorded, ranks and
+batches agree."""
 
 import json
 import os
@@ -99,7 +100,8 @@ def test_bcm_sample_explicit_steps_and_labels(nets, tmp_path):
 
 @pytest.mark.slow  # two fresh Python processes importing torch: ~40 s on the shared 2-core box
 def test_bcm_sample_on_two_ranks_equals_one_rank(nets, tmp_path):
-    """Real torch.distributed (gloo): each rank takes every 2nd seed; rank 0 merges in seed order."""
+    """Real torch.distributed (gloo): each rank takes every 2nd seed; rank 0 merges in seed
+    order."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -1,8 +1,10 @@
-"""The workflow on the live dev Slurm cluster (cluster/dev: two emulated nodes, fake GPUs, accounting).
+"""The workflow on the live dev Slurm cluster (cluster/dev: two emulated nodes, fake GPUs,
+accounting).
 
-`snakemake --profile cluster/slurm` on a shrunk demo: heavy stages are submitted by `bcm launch` (submitit) as
-one job each, training as a 2-node job (one task per node, gloo); the light `tables` rule goes through the
-Snakemake Slurm executor plugin. Every wait has a deadline and snakemake runs under `timeout -k`.
+`snakemake --profile cluster/slurm` on a shrunk demo: heavy stages are submitted by `bcm launch`
+(submitit) as one job each, training as a 2-node job (one task per node, gloo); the light `tables`
+rule goes through the Snakemake Slurm executor plugin. Every wait has a deadline and snakemake runs
+under `timeout -k`.
 """
 
 import os
@@ -53,7 +55,8 @@ def tiny_config(path, total_steps=6, **train):
 
 
 def site(cwd, train_nodes=2):
-    """A launcher site for the dev cluster: training on `train_nodes` nodes x 1 fake GPU (1 task each)."""
+    """A launcher site for the dev cluster: training on `train_nodes` nodes x 1 fake GPU (1 task
+    each)."""
     d = cwd / "site"
     d.mkdir(exist_ok=True)
     (d / "launcher.yaml").write_text(
@@ -68,7 +71,8 @@ def site(cwd, train_nodes=2):
 
 
 def run_snakemake(cwd, target, timeout=420, config=None, *extra):
-    """Snakemake in its own session (a process group the tests can kill whole, like a closed login shell)."""
+    """Snakemake in its own session (a process group the tests can kill whole, like a closed login
+    shell)."""
     (config or tiny_config)(cwd / "tiny.yaml")
     cmd = [
         "timeout",
@@ -113,8 +117,8 @@ def job_ids(job_dir):
 
 
 def sacct(job_id, fields, since):
-    """Slurm's accounting rows of one job (every incarnation: -D), only those since `since` (the dev cluster
-    restarts job ids from 1 while its database keeps earlier runs)."""
+    """Slurm's accounting rows of one job (every incarnation: -D), only those since `since` (the dev
+    cluster restarts job ids from 1 while its database keeps earlier runs)."""
     out = subprocess.run(
         ["sacct", "-j", str(job_id), "-X", "-n", "-P", "-D", "-S", since, "-o", fields],
         capture_output=True,
@@ -158,8 +162,9 @@ def squeue_state(job):
 
 
 def test_requeued_training_resumes_bitwise(tmp_path):
-    """Two identical stages run side by side; Slurm requeues one right after its first checkpoint (its tasks
-    get SIGKILL KillWait = 5 s later). Both finish, and their final networks are bitwise equal."""
+    """Two identical stages run side by side; Slurm requeues one right after its first checkpoint
+    (its tasks get SIGKILL KillWait = 5 s later). Both finish, and their final networks are bitwise
+    equal."""
     since = now()
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
@@ -200,8 +205,9 @@ def test_requeued_training_resumes_bitwise(tmp_path):
 
 
 def test_rerun_after_the_login_session_died_waits_for_the_running_job(tmp_path):
-    """SIGKILL to Snakemake and its `bcm launch` while training runs on Slurm: the job runs on. Rerunning the
-    same command (after `--unlock`) waits for that job; it must not submit a second one into the same run dir."""
+    """SIGKILL to Snakemake and its `bcm launch` while training runs on Slurm: the job runs on.
+    Rerunning the same command (after `--unlock`) waits for that job; it must not submit a second
+    one into the same run dir."""
     since = now()
     config = lambda p: tiny_config(p, total_steps=400, checkpoint_every=5)
     target, jobs = f"{RUN}/network-final.pt", tmp_path / RUN / "jobs"
@@ -230,8 +236,8 @@ def test_rerun_after_the_login_session_died_waits_for_the_running_job(tmp_path):
 
 
 def test_broken_config_fails_fast_with_the_jobs_error(tmp_path):
-    """A batch that 2 processes cannot split is only detectable inside the job: the rule must fail within
-    a bounded time and the job's error must reach the user."""
+    """A batch that 2 processes cannot split is only detectable inside the job: the rule must fail
+    within a bounded time and the job's error must reach the user."""
     start = time.time()
     rc, out = finish(
         run_snakemake(

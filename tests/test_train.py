@@ -1,4 +1,5 @@
-"""The training loop on CPU: bitwise resume after SIGKILL, accumulation, fine-tuning init, bad input.
+"""The training loop on CPU: bitwise resume after SIGKILL, accumulation, fine-tuning init, bad
+input.
 
 Helpers here (gmm2d shards, tiny run configs, subprocess runs) are shared by test_train_dist.py and
 test_launch.py.
@@ -95,7 +96,8 @@ def free_port():
 
 
 def train_procs(run_dir, world=1, device_args=()):
-    """Start `python -m bcmcore train` as `world` gloo processes (torchrun-style env). Rank 0's stdout piped."""
+    """Start `python -m bcmcore train` as `world` gloo processes (torchrun-style env). Rank 0's
+    stdout piped."""
     port = free_port()
     procs = []
     for rank in range(world):
@@ -178,7 +180,8 @@ def final_state(run_dir):
 
 @pytest.mark.timeout(600)
 def test_resume_after_sigkill_is_bitwise_world1(tmp_path, shards):
-    # killed after step 4 or later: the first state (step 3) is complete by then, so there is a state to resume
+    # killed after step 4 or later: the first state (step 3) is complete by then, so there is a
+    # state to resume
     steps, kill = 12, random.Random().randint(4, 10)
     ref = make_run(tmp_path / "ref", shards, total_steps=steps, checkpoint_every=3)
     run = make_run(tmp_path / "run", shards, total_steps=steps, checkpoint_every=3)
@@ -205,7 +208,8 @@ def test_rerun_after_completion_does_nothing(tmp_path, shards):
     assert "nothing to do" in (run / "log.txt").read_text()
 
 
-# ------------------------------------------------------------------------------------------ accumulation
+# ------------------------------------------------------------------------------------------
+# accumulation
 
 
 @dataclass(frozen=True)
@@ -316,7 +320,8 @@ def test_lr_schedule_and_batch_split():
         TrainConfig(batch=64, batch_gpu=12).split_batch(2)
 
 
-# ------------------------------------------------------------------------------------------ fine-tuning
+# ------------------------------------------------------------------------------------------
+# fine-tuning
 
 
 def test_bcm_finetune_starts_from_the_cm_network(tmp_path, shards):
@@ -341,7 +346,8 @@ def test_bcm_finetune_starts_from_the_cm_network(tmp_path, shards):
     assert (ft / "network-final.pt").is_file()
 
 
-# ------------------------------------------------------------------------------------------ bad input
+# ------------------------------------------------------------------------------------------ bad
+# input
 
 
 def test_unknown_loss_kind(tmp_path, shards):
@@ -383,8 +389,8 @@ def test_truncated_training_state(tmp_path, shards):
 
 
 def test_changed_config_starts_over_and_keeps_the_old_run(tmp_path, shards):
-    """The workflow reruns a stage when its settings change: the old states must not be resumed (that would
-    return the old network), and must not be lost either."""
+    """The workflow reruns a stage when its settings change: the old states must not be resumed
+    (that would return the old network), and must not be lost either."""
     run = make_run(tmp_path / "run", shards, total_steps=2)
     training_loop(run)
     old_final = (run / "network-final.pt").read_bytes()

@@ -1,4 +1,5 @@
-"""`bcm bench train`: the real training step is timed and reported (figures are in the TRAIN report)."""
+"""`bcm bench train`: the real training step is timed and reported (figures are in the TRAIN
+report)."""
 
 import json
 

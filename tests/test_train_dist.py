@@ -1,4 +1,5 @@
-"""Data-parallel training with real torch.distributed (gloo, 2 CPU processes): equivalence and bitwise resume."""
+"""Data-parallel training with real torch.distributed (gloo, 2 CPU processes): equivalence and
+bitwise resume."""
 
 import random
 
@@ -11,18 +12,19 @@ from test_train import (
     run_and_kill,
     run_to_end,
     shards,  # noqa: F401 (a fixture)
-    )
+)
 
 from bcmcore.train import training_loop
 
 
 @pytest.mark.timeout(600)
 def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, shards):
-    """BCT loss, batch 16: 2 ranks x 8 samples == 1 process x 2 accumulation rounds of 8 (float tolerance).
+    """BCT loss, batch 16: 2 ranks x 8 samples == 1 process x 2 accumulation rounds of 8 (float
+    tolerance).
 
-    Chunk c = round * world + rank sees the same data positions and the same noise seed in both layouts, so
-    only the gradient averaging differs: a missing or wrong all-reduce (sum instead of mean, a rank left out)
-    breaks the equality.
+    Chunk c = round * world + rank sees the same data positions and the same noise seed in both
+    layouts, so only the gradient averaging differs: a missing or wrong all-reduce (sum instead of
+    mean, a rank left out) breaks the equality.
     """
     one = make_run(tmp_path / "one", shards, total_steps=5, batch_gpu=8)
     two = make_run(tmp_path / "two", shards, total_steps=5, batch_gpu=8)
@@ -41,7 +43,8 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, sh
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_resume_after_sigkill_is_bitwise_world2(tmp_path, shards):
-    # killed after step 4 or later: the first state (step 3) is complete by then, so there is a state to resume
+    # killed after step 4 or later: the first state (step 3) is complete by then, so there is a
+    # state to resume
     steps, kill = 10, random.Random().randint(4, 8)
     ref = make_run(tmp_path / "ref", shards, total_steps=steps, checkpoint_every=3)
     run = make_run(tmp_path / "run", shards, total_steps=steps, checkpoint_every=3)
@@ -55,7 +58,8 @@ def test_resume_after_sigkill_is_bitwise_world2(tmp_path, shards):
 
 
 def test_plain_slurm_task_variables_become_torch_distributed_ones(monkeypatch):
-    """`srun python -m bcmcore train ...` (no torchrun, no submitit): rank/world/master from SLURM_*."""
+    """`srun python -m bcmcore train ...` (no torchrun, no submitit): rank/world/master from
+    SLURM_*."""
     from bcmcore import dist
 
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):

@@ -1,6 +1,7 @@
 """The Snakemake workflow, checked through Snakemake itself (lint, dry runs, its own rerun summary).
 
-Every call runs the real `snakemake` on the real Snakefile in a temporary working directory; nothing here
+Every call runs the real `snakemake` on the real Snakefile in a temporary working directory; nothing
+here
 trains: the DAG, the rerun bookkeeping and the start-up checks are what is under test.
 """
 
@@ -25,7 +26,8 @@ DEMO_EXPERIMENTS = ("ict", "bcm_ft", "bcm_scratch", "igct", "edm")
 
 
 def snakemake(cwd, *args, profile="cluster/local", timeout=300):
-    """Run snakemake on the project's Snakefile from `cwd`; returns the CompletedProcess (stdout+stderr)."""
+    """Run snakemake on the project's Snakefile from `cwd`; returns the CompletedProcess
+    (stdout+stderr)."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     cmd = [
         "timeout",
@@ -75,7 +77,8 @@ def write_yaml(path, data):
 
 
 def stage_raw_files(cwd, preset):
-    """Empty stand-ins for a preset's raw files (a dry run checks that they exist, never reads them)."""
+    """Empty stand-ins for a preset's raw files (a dry run checks that they exist, never reads
+    them)."""
     cfg = yaml.safe_load((ROOT / f"workflow/config/{preset}.yaml").read_text())
     for ds in cfg["datasets"].values():
         for raw in ds.get("raw", []):
@@ -163,9 +166,9 @@ def test_preset_dag_of_fid_table(tmp_path, preset):
 
 
 def test_changing_one_stage_reruns_it_and_its_dependants_only(tmp_path):
-    """Run the rules that write the settings (run configs, sweep specs) for real, so Snakemake records their
-    params; mark the heavy outputs done with --touch; change one setting; read Snakemake's own plan from
-    --summary."""
+    """Run the rules that write the settings (run configs, sweep specs) for real, so Snakemake
+    records their params; mark the heavy outputs done with --touch; change one setting; read
+    Snakemake's own plan from --summary."""
     res = snakemake(tmp_path, "--until", "run_config", "eval_spec")
     assert res.returncode == 0, res.stdout[-3000:]
     summary = snakemake(tmp_path, "--summary")
@@ -218,7 +221,8 @@ def test_changing_one_stage_reruns_it_and_its_dependants_only(tmp_path):
         "bcm_ft",
     }
     assert f"{d}/runs/bcm_ft/config.json" not in plan  # its own settings did not change
-    # a sweep setting reruns that sweep only, never the training (the override must differ from the demo's)
+    # a sweep setting reruns that sweep only, never the training (the override must differ from the
+    # demo's)
     demo = yaml.safe_load((ROOT / "workflow/config/config.yaml").read_text())
     assert demo["datasets"]["digits"]["experiments"]["edm"]["eval"]["guidance"]["ws"] != [1.0, 5.0]
     sweep = write_yaml(
@@ -287,8 +291,8 @@ def test_unknown_executor_stops_before_any_job(tmp_path):
 
 
 def test_job_sizes_come_from_the_site_then_the_dataset(tmp_path):
-    """stages.yaml sizes each stage's job; datasets.<ds>.launch.<stage> overrides it; neither is a rerun
-    trigger (they travel as resources, not params)."""
+    """stages.yaml sizes each stage's job; datasets.<ds>.launch.<stage> overrides it; neither is a
+    rerun trigger (they travel as resources, not params)."""
     site = tmp_path / "site"
     site.mkdir()
     write_yaml(

@@ -1,7 +1,9 @@
-"""The whole DAG, for real, on a further-shrunk demo (cluster/local profile: local processes via bcm launch).
+"""The whole DAG, for real, on a further-shrunk demo (cluster/local profile: local processes via bcm
+launch).
 
-Every method trains for a few steps, every sweep, grid and application runs, and the dataset's tables and
-plots come out; then a second invocation finds nothing to do, and `--report` gathers the results.
+Every method trains for a few steps, every sweep, grid and application runs, and the dataset's
+tables and plots come out; then a second invocation finds nothing to do, and `--report` gathers the
+results.
 """
 
 import csv
@@ -108,7 +110,8 @@ def test_whole_dag_on_a_shrunk_demo(tmp_path):
         ("igct", 1.0),
         ("igct", 2.0),
     ]
-    # class editing: 3 (igct) and 8 (edm: the demo's 30, capped by inversion_count) digits x 9 other classes
+    # class editing: 3 (igct) and 8 (edm: the demo's 30, capped by inversion_count) digits x 9 other
+    # classes
     assert sorted((r["model"], int(r["edits"])) for r in guidance) == [
         ("edm", 72),
         ("igct", 27),

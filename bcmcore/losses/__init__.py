@@ -1,8 +1,9 @@
 """Training objectives, one file per method; `build_loss` maps the config's `loss.kind` to a class.
 
 A loss class has a frozen `Config` dataclass (the `loss` section minus `kind`), is constructed as
-`cls(cfg, model_cfg)` (model_cfg: `nets.ModelConfig`, read for kind / sigma_min / sigma_max / sigma_data) and is
-called as `loss(model, batch, step, total_steps) -> {"loss": scalar to backprop, <term>: detached scalars}`.
+`cls(cfg, model_cfg)` (model_cfg: `nets.ModelConfig`, read for kind / sigma_min / sigma_max /
+sigma_data) and is called as `loss(model, batch, step, total_steps) -> {"loss": scalar to backprop,
+<term>: detached scalars}`.
 Kinds: ict, bct (here), igct, edm (imported on first use: they pull in the guided networks).
 """
 
@@ -34,7 +35,8 @@ def known_kinds():
 
 
 def get_loss_class(kind):
-    """The class registered for `kind`; unknown kinds -> ConfigError naming `loss.kind` and the known kinds."""
+    """The class registered for `kind`; unknown kinds -> ConfigError naming `loss.kind` and the
+    known kinds."""
     if kind not in LOSSES and kind in _LAZY:
         importlib.import_module(_LAZY[kind])  # registers itself via @register
     if kind not in LOSSES:
@@ -43,7 +45,8 @@ def get_loss_class(kind):
 
 
 def build_loss(loss_dict, model_cfg):
-    """Loss object from the run config's `loss` section ({"kind": ..., **options}) and the model config."""
+    """Loss object from the run config's `loss` section ({"kind": ..., **options}) and the model
+    config."""
     if not isinstance(loss_dict, dict):
         raise ConfigError(f"loss: expected a mapping with a 'kind' key, got {loss_dict!r}")
     if "kind" not in loss_dict:

@@ -3,10 +3,11 @@
 L_BCT = E[ lambda(t_n) d(A, B) + lambda'(t_{n+1}, u) d(E, B) ] with
   A = f_theta(x_{t_{n+1}}, t_{n+1}, eps)         student (CT term, Eq. 6)
   B = f_sg(theta)(x_{t_n}, t_n, eps)            teacher, the shared target of both terms
-  C = f_theta(x_{t_{n+1}}, t_{n+1}, u)          student jump to u (u > t: inversion, u < t: denoising)
-  E = f_sg(theta)(C, u, eps)                    frozen weights, but the gradient flows through its input C
-lambda(t_n) = 1/(t_{n+1} - t_n), lambda'(t, u) = 1/|t - u| (soft trajectory term, Eq. 9 tied to Eq. 6).
-All four passes share one dropout seed.
+  C = f_theta(x_{t_{n+1}}, t_{n+1}, u)          student jump to u (u > t: inversion, u < t:
+  denoising) E = f_sg(theta)(C, u, eps)                    frozen weights, but the gradient flows
+  through its input C
+lambda(t_n) = 1/(t_{n+1} - t_n), lambda'(t, u) = 1/|t - u| (soft trajectory term, Eq. 9 tied to Eq.
+6). All four passes share one dropout seed.
 """
 
 import torch
@@ -20,7 +21,8 @@ from bcmcore.losses.ict import ICTLoss, draw_seed, same_dropout
 
 @register("bct")
 class BCTLoss(ICTLoss):
-    """BCT from scratch or BCM fine-tuning (same objective; choose the curriculum kind "ict" or "phases")."""
+    """BCT from scratch or BCM fine-tuning (same objective; choose the curriculum kind "ict" or
+    "phases")."""
 
     Config = ICTLoss.Config
     model_kinds = ("bcm",)
@@ -33,10 +35,11 @@ class BCTLoss(ICTLoss):
             )
 
     def sample_indices(self, grid, batch_size):
-        """(n, m) per example, vectorised (spec §3.1).
+        """(n, m) per example, vectorised (docs/methods.md §5).
 
-        n ~ interval mass with the top interval excluded (t_{n+1} < T); m ~ the same unnormalised masses put
-        on each interval's lower point (so u ranges over grid[0 .. N-2], never T), with m != n+1 (u != t).
+        n ~ interval mass with the top interval excluded (t_{n+1} < T); m ~ the same unnormalised
+        masses put on each interval's lower point (so u ranges over grid[0 .. N-2], never T), with m
+        != n+1 (u != t).
         """
         mass = self.interval_mass(grid)  # [N-1], mass[i] ~ (grid[i], grid[i+1])
         n = torch.multinomial(mass[:-1], batch_size, replacement=True)
@@ -46,7 +49,8 @@ class BCTLoss(ICTLoss):
         return n, m
 
     def teacher_map(self, model, c, u, y):
-        """E = f(C, u, eps) with parameters detached but *not* under no_grad: d/dC flows, d/dtheta does not."""
+        """E = f(C, u, eps) with parameters detached but *not* under no_grad: d/dC flows, d/dtheta
+        does not."""
         frozen = {k: v.detach() for k, v in model.named_parameters()}
         return functional_call(
             model, frozen, (c, u), {"y": y}, strict=False

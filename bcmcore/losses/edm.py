@@ -1,4 +1,5 @@
-"""EDM denoising loss with label dropout: the classifier-free-guidance baseline of iGCT (EDM Eq. 2 / Table 1)."""
+"""EDM denoising loss with label dropout: the classifier-free-guidance baseline of iGCT (EDM Eq. 2 /
+Table 1)."""
 
 from dataclasses import dataclass
 
@@ -26,7 +27,8 @@ class EDMConfig:
 
 
 def drop_labels(y, p):
-    """Replace each label by the null class -1 with probability p (None stays None: unconditional model)."""
+    """Replace each label by the null class -1 with probability p (None stays None: unconditional
+    model)."""
     if y is None or p == 0:
         return y
     return torch.where(torch.rand(y.shape, device=y.device) < p, torch.full_like(y, -1), y)

@@ -1,9 +1,9 @@
 """Improved consistency training (Song & Dhariwal 2024), in the BCM Eq. 6 form.
 
 L_CT = E[ lambda(t_n) d( f_theta(x + t_{n+1} z, t_{n+1}), f_{sg(theta)}(x + t_n z, t_n) ) ],
-lambda(t_n) = 1/(t_{n+1} - t_n), d = pseudo-Huber with c = 0.00054 sqrt(D), n ~ discretised lognormal on the
-Karras grid of the curriculum's current size, and a teacher that is the *online* weights under stop-gradient
-(no EMA teacher). Student and teacher passes see the same dropout masks.
+lambda(t_n) = 1/(t_{n+1} - t_n), d = pseudo-Huber with c = 0.00054 sqrt(D), n ~ discretised
+lognormal on the Karras grid of the curriculum's current size, and a teacher that is the *online*
+weights under stop-gradient (no EMA teacher). Student and teacher passes see the same dropout masks.
 """
 
 import contextlib
@@ -20,7 +20,8 @@ from bcmcore.losses import register
 
 @dataclass(frozen=True)
 class Curriculum:
-    """Grid size N(k): iCT's doubling schedule (s0, s1 intervals), or constant phases (BCM fine-tuning, LSUN)."""
+    """Grid size N(k): iCT's doubling schedule (s0, s1 intervals), or constant phases (BCM
+    fine-tuning, LSUN)."""
 
     kind: Literal["ict", "phases"] = "ict"
     s0: int = 10  # initial number of intervals (iCT)
@@ -61,10 +62,11 @@ def draw_seed():
 
 @contextlib.contextmanager
 def same_dropout(seed, device, enabled=True):
-    """Run a forward pass with the RNG of `device` (and the CPU) seeded by `seed`; restore the streams after.
+    """Run a forward pass with the RNG of `device` (and the CPU) seeded by `seed`; restore the
+    streams after.
 
-    Every pass run under the same seed draws identical dropout masks (iCT's synchronised dropout), and the
-    global noise stream is left exactly as it was, whatever the network draws inside.
+    Every pass run under the same seed draws identical dropout masks (iCT's synchronised dropout),
+    and the global noise stream is left exactly as it was, whatever the network draws inside.
     """
     if not enabled:
         yield
@@ -86,7 +88,8 @@ def same_dropout(seed, device, enabled=True):
 
 @register("ict")
 class ICTLoss:
-    """iCT objective (BCM Eq. 6); works for kind "cm" and "bcm" models (target time u = sigma_min)."""
+    """iCT objective (BCM Eq. 6); works for kind "cm" and "bcm" models (target time u =
+    sigma_min)."""
 
     @dataclass(frozen=True)
     class Config:
@@ -107,7 +110,8 @@ class ICTLoss:
         self.cfg = cfg
         self.sigma_min, self.sigma_max = float(model_cfg.sigma_min), float(model_cfg.sigma_max)
 
-    # -- shared pieces (BCT reuses them) ---------------------------------------------------------------
+    # -- shared pieces (BCT reuses them)
+    # ---------------------------------------------------------------
     def grid(self, step, total_steps):
         """Karras grid (float64, CPU) with the curriculum's current number of points."""
         n_points = self.cfg.curriculum.num_points(step, total_steps)
@@ -121,7 +125,8 @@ class ICTLoss:
         return self.cfg.huber_c if self.cfg.huber_c is not None else param.huber_c(x[0].numel())
 
     def ct_pair(self, model, x, y, t_next, t_cur, z, seed):
-        """Student A = f(x + t_{n+1} z, t_{n+1}) and teacher B = f_sg(x + t_n z, t_n), same z, same masks."""
+        """Student A = f(x + t_{n+1} z, t_{n+1}) and teacher B = f_sg(x + t_n z, t_n), same z, same
+        masks."""
         sync = self.cfg.sync_dropout
         with same_dropout(seed, x.device, sync):
             a = model(x + param.append_dims(t_next, x.ndim) * z, t_next, y=y)
@@ -132,7 +137,8 @@ class ICTLoss:
             b = model(x + param.append_dims(t_cur, x.ndim) * z, t_cur, y=y)
         return a, b.detach()
 
-    # -- the objective -----------------------------------------------------------------------------------
+    # -- the objective
+    # -----------------------------------------------------------------------------------
     def __call__(self, model, batch, step, total_steps):
         x, y = batch["x"], batch.get("y")
         grid = self.grid(step, total_steps)

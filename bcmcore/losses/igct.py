@@ -1,6 +1,7 @@
-"""invertible Guided Consistency Training loss (iGCT spec §3-§4): guided CT + inverse CT + reconstruction.
+"""invertible Guided Consistency Training loss (docs/methods.md §3, §7): guided CT + inverse CT +
+reconstruction.
 
-One call returns all three terms, so a DDP wrapper would see one forward (spec §11, last point).
+One call returns all three terms, so a DDP wrapper would see one forward (docs/methods.md §7.4).
 Guidance weights w follow the paper convention (w = 1: no guidance) throughout.
 """
 
@@ -17,7 +18,7 @@ from bcmcore.losses.ict import draw_seed, same_dropout
 
 @dataclass(frozen=True)
 class IGCTConfig:
-    P_mean: float = -1.1  # lognormal t, generation branch (spec §3)
+    P_mean: float = -1.1  # lognormal t, generation branch (docs/methods.md §3)
     P_std: float = 2.0
     inv_P_mean: float = -1.1  # lognormal t, inversion branch
     inv_P_std: float = 2.0
@@ -29,13 +30,14 @@ class IGCTConfig:
     )
     n_stages: int = 9  # CIFAR-10: 360 k iterations = stages 0..8
     huber_c: float = 0.03  # absolute pseudo-Huber c over the pixel sum (0.06 on ImageNet64)
-    w_min: float = 1.0  # w ~ U[w_min, w_max], paper convention (spec §4.2)
+    w_min: float = 1.0  # w ~ U[w_min, w_max], paper convention (docs/methods.md §7.2)
     w_max: float = 15.0
     guide_t_lo: float = 11.0  # guidance probability p(t) = p_max clip((t-lo)/(hi-lo), 0, 1)^gamma
     guide_t_hi: float = 14.3
     guide_gamma: float = 2.0
     guide_p_max: float = 0.9
-    recon_every: int = 10  # reconstruction loss on steps with step % recon_every == 0 (spec §4.4)
+    # reconstruction loss on steps with step % recon_every == 0 (docs/methods.md §7.4)
+    recon_every: int = 10
     lambda_rec: float = 2e-5
     lambda_rec_schedule: tuple[
         tuple[int, float], ...
@@ -59,17 +61,19 @@ class IGCTConfig:
             if not ok:
                 raise ConfigError(
                     f"loss.{key}: invalid value {getattr(self, key)!r} "
-                    "(need P_std, huber_c > 0; q > 1; 1 <= w_min <= w_max; guide_t_lo < guide_t_hi; "
+                    "(need P_std, huber_c > 0; q > 1; 1 <= w_min <= w_max; guide_t_lo < "
+                    "guide_t_hi; "
                     "0 <= guide_p_max <= 1; recon_every, n_stages, stage_steps >= 1)"
                 )
 
 
 def guided_euler_target(x_t, y_img, x_tar, t, r, w):
-    """One Euler step of the guided PF-ODE from t to r (spec §4.2 step 4-5, Fig. 5).
+    """One Euler step of the guided PF-ODE from t to r (docs/methods.md §7.2, Fig. 5).
 
-    z = (x_t - y_img)/t (noise of the image actually noised: the unconditional estimate when y_img = x_src),
-    z* = (x_t - x_tar)/t (conditional estimate for c_tar), eps_w = z + w (z* - z), x_r = x_t + (r - t) eps_w.
-    With y_img = x_tar, or w = 1, this is the conditional CT pair x_r = x_tar + r z*.
+    z = (x_t - y_img)/t (noise of the image actually noised: the unconditional estimate when y_img =
+    x_src), z* = (x_t - x_tar)/t (conditional estimate for c_tar), eps_w = z + w (z* - z), x_r = x_t
+    + (r - t) eps_w. With y_img = x_tar, or w = 1, this is the conditional CT pair x_r = x_tar + r
+    z*.
     """
     t, r, w = (param.append_dims(v, x_t.ndim) for v in (t, r, w))
     z, z_star = (x_t - y_img) / t, (x_t - x_tar) / t
@@ -77,13 +81,15 @@ def guided_euler_target(x_t, y_img, x_tar, t, r, w):
 
 
 def guidance_prob(t, cfg):
-    """p(t) = p_max clip((t - t_lo)/(t_hi - t_lo), 0, 1)^gamma: guidance only in the high-noise window (spec §4.2)."""
+    """p(t) = p_max clip((t - t_lo)/(t_hi - t_lo), 0, 1)^gamma: guidance only in the high-noise
+    window (docs/methods.md §7.2)."""
     ramp = ((t - cfg.guide_t_lo) / (cfg.guide_t_hi - cfg.guide_t_lo)).clamp(0, 1)
     return cfg.guide_p_max * ramp**cfg.guide_gamma
 
 
 def shared_dropout(fn_online, fn_target, device):
-    """Online pass and stop-grad target pass (online weights) with the same dropout masks (ECT trick, spec §4.2)."""
+    """Online pass and stop-grad target pass (online weights) with the same dropout masks (ECT
+    trick, docs/methods.md §7.2)."""
     seed = draw_seed()
     with same_dropout(seed, device):
         online = fn_online()
@@ -93,7 +99,8 @@ def shared_dropout(fn_online, fn_target, device):
 
 
 def reconstruction_loss(model, x_tar, y, c):
-    """L_rec = d(D(N(x~, t_min, c), T, c, w=1), x~), x~ = x_tar + t_min eps; gradients into BOTH nets (spec §4.4)."""
+    """L_rec = d(D(N(x~, t_min, c), T, c, w=1), x~), x~ = x_tar + t_min eps; gradients into BOTH
+    nets (docs/methods.md §7.4)."""
     x_noisy = x_tar + model.sigma_min * torch.randn_like(x_tar)
     z_lat = model.noiser(x_noisy, model.sigma_min, y)
     return param.pseudo_huber(model.denoiser(z_lat, model.sigma_max, y, 1.0), x_noisy, c)
@@ -112,7 +119,7 @@ class IGCTLoss:
         self.cfg = cfg
 
     def stage(self, step, total_steps):
-        """ECT stage s = step // stage length (Delta t halves every stage; spec §3)."""
+        """ECT stage s = step // stage length (Delta t halves every stage; docs/methods.md §3)."""
         n = self.cfg.stage_steps or max(1, math.ceil(total_steps / self.cfg.n_stages))
         return step // n
 
@@ -124,12 +131,14 @@ class IGCTLoss:
         return lam
 
     def _t_r(self, n, P_mean, P_std, stage, model, device):
-        """t ~ lognormal clamped to [t_min, T] (t < t_min is meaningless under the boundary rule); r = r_s(t) < t."""
+        """t ~ lognormal clamped to [t_min, T] (t < t_min is meaningless under the boundary rule); r
+        = r_s(t) < t."""
         t = torch.exp(P_mean + P_std * torch.randn(n, device=device)).clamp(
             model.sigma_min, model.sigma_max
         )
         r = param.ect_r(t, stage, self.cfg.q, self.cfg.k, self.cfg.b)
-        # r below sigma_min: the boundary condition makes the target the clean image itself, as for ECT's r = 0
+        # r below sigma_min: the boundary condition makes the target the clean image itself, as for
+        # ECT's r = 0
         return t, torch.where(r >= model.sigma_min, r, torch.zeros_like(r))
 
     def __call__(self, model, batch, step, total_steps):
@@ -145,7 +154,8 @@ class IGCTLoss:
             )
         n, dev, stage = x_tar.shape[0], x_tar.device, self.stage(step, total_steps)
 
-        # Inverse consistency (noiser), swapped levels: input at r' = max(r, t_min), target at t (spec §4.3).
+        # Inverse consistency (noiser), swapped levels: input at r' = max(r, t_min), target at t
+        # (docs/methods.md §7.3).
         t, r = self._t_r(n, cfg.inv_P_mean, cfg.inv_P_std, stage, model, dev)
         t_in = r.clamp_min(model.sigma_min)
         eps = torch.randn_like(x_tar)  # shared by both levels
@@ -157,7 +167,8 @@ class IGCTLoss:
             model.sigma_data / model.sigma_max * (t - t_in) * param.pseudo_huber(online, target, c)
         )
 
-        # Guided consistency (denoiser): source x_src noised w.p. p(t), target by the guided Euler step (§4.2).
+        # Guided consistency (denoiser): source x_src noised w.p. p(t), target by the guided Euler
+        # step (§4.2).
         t, r = self._t_r(n, cfg.P_mean, cfg.P_std, stage, model, dev)
         w = cfg.w_min + (cfg.w_max - cfg.w_min) * torch.rand(n, device=dev)
         guided = torch.rand(n, device=dev) < guidance_prob(t, cfg)
@@ -169,8 +180,9 @@ class IGCTLoss:
             lambda: model.denoiser(x_r, r.clamp_min(model.sigma_min), y, w),
             dev,
         )
-        # (the target pass at r = 0 is evaluated at sigma_min only to keep one batch shape, then replaced)
-        # r = 0 (stage 0, small t later): no ODE step to take, the target is the clean image that was noised.
+        # (the target pass at r = 0 is evaluated at sigma_min only to keep one batch shape, then
+        # replaced) r = 0 (stage 0, small t later): no ODE step to take, the target is the clean
+        # image that was noised.
         target = torch.where(param.append_dims(r > 0, x_tar.ndim), target, y_img)
         l_gct = param.pseudo_huber(online, target, c) / (t - r)  # ECT weight 1/(t - r)
 
@@ -181,7 +193,7 @@ class IGCTLoss:
             "stage": torch.tensor(float(stage)),
             "guided_frac": guided.float().mean(),
         }
-        if step % cfg.recon_every == 0:  # spec §4.4: every k-th step only
+        if step % cfg.recon_every == 0:  # docs/methods.md §7.4: every k-th step only
             l_rec = reconstruction_loss(model, x_tar, y, c)
             total = total + self.lambda_rec(step) * l_rec
             out["rec"] = l_rec.mean().detach()

@@ -1,16 +1,19 @@
-"""Evaluation: FID through clean-fid, improved precision/recall, reconstruction MSE, sweeps and reports.
+"""Evaluation: FID through clean-fid, improved precision/recall, reconstruction MSE, sweeps and
+reports.
 
 Public API (docs/interfaces.md, metrics):
   fid.frechet_distance / fid_from_feats / feature_stats / reference_stats
   prdc.precision_recall(real, fake, k=3)
-  features.inception_extractor(path, mode) / demo_extractor(shard_dir) / build_extractor(cfg, shard_dir)
-  demo_classifier.load_demo_classifier(shard_dir) -> model with .classify(x), .features(x), .test_accuracy
-  spec.load_spec(path); sweep.run(spec, out_dir); cli.main(argv)  (`bcm eval`)
+  features.inception_extractor(path, mode) / demo_extractor(shard_dir) / build_extractor(cfg,
+  shard_dir) demo_classifier.load_demo_classifier(shard_dir) -> model with .classify(x),
+  .features(x), .test_accuracy spec.load_spec(path); sweep.run(spec, out_dir); cli.main(argv)  (`bcm
+  eval`)
 """
 
 import importlib
 
-# Lazy exports: `bcm sample` imports metrics.report for grids and must not pay for clean-fid/torchvision.
+# Lazy exports: `bcm sample` imports metrics.report for grids and must not pay for
+# clean-fid/torchvision.
 _EXPORTS = {
     "load_demo_classifier": "demo_classifier",
     "fid_from_feats": "fid",

@@ -1,4 +1,5 @@
-"""`bcm eval --spec FILE --out DIR`: run an evaluation sweep (distributed when launched on several ranks)."""
+"""`bcm eval --spec FILE --out DIR`: run an evaluation sweep (distributed when launched on several
+ranks)."""
 
 import argparse
 

@@ -1,9 +1,10 @@
 """The demo set's feature extractor and judge: a small CNN trained on the demo training split.
 
-No Inception file exists offline for the demo digits, so, as MNIST-style FIDs do, the penultimate layer of a
-classifier trained on the same data provides the features. Training is seeded and runs on the CPU in seconds;
-the result is cached beside the shards (`demo-classifier.pt`, plain tensors, loaded with weights_only).
-The iGCT editing tests use `classify` to check that edited digits land in the target class.
+No Inception file exists offline for the demo digits, so, as MNIST-style FIDs do, the penultimate
+layer of a classifier trained on the same data provides the features. Training is seeded and runs on
+the CPU in seconds; the result is cached beside the shards (`demo-classifier.pt`, plain tensors,
+loaded with weights_only). The iGCT editing tests use `classify` to check that edited digits land in
+the target class.
 """
 
 import hashlib
@@ -22,10 +23,11 @@ FEATURE_DIM = 64
 
 
 class DemoClassifier(nn.Module):
-    """conv 3x3 (x3, two stride-2) -> 4x4 pool -> 64-d features -> ReLU -> classes. Input: images in [-1, 1].
+    """conv 3x3 (x3, two stride-2) -> 4x4 pool -> 64-d features -> ReLU -> classes. Input: images in
+    [-1, 1].
 
-    The features are taken before the last ReLU, so no dimension is constant (a dead unit would make the
-    feature covariance singular).
+    The features are taken before the last ReLU, so no dimension is constant (a dead unit would make
+    the feature covariance singular).
     """
 
     def __init__(self, in_channels, num_classes, feature_dim=FEATURE_DIM):
@@ -66,13 +68,15 @@ def _to_float(x_uint8):
 
 
 def _shift(x, gen, max_shift=1):
-    """Random translation by up to `max_shift` pixels (zero = black background): cheap, seeded augmentation."""
+    """Random translation by up to `max_shift` pixels (zero = black background): cheap, seeded
+    augmentation."""
     dx, dy = (torch.randint(-max_shift, max_shift + 1, (2,), generator=gen)).tolist()
     return torch.roll(x, (dy, dx), dims=(2, 3))
 
 
 def train_demo_classifier(x, y, epochs=10, batch_size=64, lr=2e-3, seed=0):
-    """Deterministic training on uint8 images [N, C, H, W] and labels [N] (CPU, ~10 s on one thread)."""
+    """Deterministic training on uint8 images [N, C, H, W] and labels [N] (CPU, ~10 s on one
+    thread)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(
         1
@@ -146,7 +150,8 @@ def _load(path, device):
 def load_demo_classifier(shard_dir, device="cpu", path=None, train_if_missing=True):
     """The demo classifier for a shard dir; trained (rank 0, deterministic) and cached on first use.
 
-    `path` defaults to `<shard_dir>/demo-classifier.pt`. Attributes: `test_accuracy`, `digest` (cache key).
+    `path` defaults to `<shard_dir>/demo-classifier.pt`. Attributes: `test_accuracy`, `digest`
+    (cache key).
     """
     from bcmcore import dist
     from bcmcore.data import load_split, read_manifest

@@ -1,8 +1,10 @@
-"""Feature extractors for FID / precision-recall, fed with uint8 images exactly as clean-fid feeds them.
+"""Feature extractors for FID / precision-recall, fed with uint8 images exactly as clean-fid feeds
+them.
 
-* `inception`: clean-fid's TorchScript Inception-v3 (pool3, 2048-d), built from a file the user stages
-  (nothing downloads). Mode `clean` resizes each image to 299x299 with clean-fid's PIL-bicubic float resizer;
-  `legacy_tensorflow` hands the raw image to the network, which resizes inside (the papers' CIFAR-10 numbers).
+* `inception`: clean-fid's TorchScript Inception-v3 (pool3, 2048-d), built from a file the user
+  stages (nothing downloads). Mode `clean` resizes each image to 299x299 with clean-fid's
+  PIL-bicubic float resizer; `legacy_tensorflow` hands the raw image to the network, which resizes
+  inside (the papers' CIFAR-10 numbers).
 * `demo`: the small digits classifier of `demo_classifier.py` (penultimate layer), no resize.
 Both go through `FeatureExtractor.features(images_uint8)`; the FID code after that is shared.
 """
@@ -46,7 +48,8 @@ def inception_file(path):
 class FeatureExtractor:
     """uint8 images [N, C, H, W] -> float64 features [N, dim], batched, with a progress bar.
 
-    `key` names the extractor in cache files (mode + model), so statistics of different extractors never mix.
+    `key` names the extractor in cache files (mode + model), so statistics of different extractors
+    never mix.
     """
 
     def __init__(self, model, key, dim, resize=None, rgb=True, to_input=None, device="cpu"):
@@ -95,7 +98,8 @@ class FeatureExtractor:
 
 
 def inception_extractor(path, mode="clean", device="cpu"):
-    """clean-fid's InceptionV3W built from the staged file (download=False), with the mode's resizer."""
+    """clean-fid's InceptionV3W built from the staged file (download=False), with the mode's
+    resizer."""
     from cleanfid.inception_torchscript import InceptionV3W
     from cleanfid.resize import build_resizer
 
@@ -112,7 +116,8 @@ def inception_extractor(path, mode="clean", device="cpu"):
 
 
 def demo_extractor(shard_dir, device="cpu"):
-    """Penultimate-layer features of the demo digits classifier (trained and cached on first use)."""
+    """Penultimate-layer features of the demo digits classifier (trained and cached on first
+    use)."""
     from bcmcore.metrics.demo_classifier import load_demo_classifier
 
     clf = load_demo_classifier(shard_dir, device=device)

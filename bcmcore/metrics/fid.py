@@ -1,8 +1,9 @@
 """Fréchet distance between feature sets (Heusel et al. 2017), computed by clean-fid's own code.
 
-FID = |mu_1 - mu_2|^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^{1/2}) on Gaussian fits of the features; clean-fid's
-`frechet_distance` (scipy sqrtm, the stabilised Sutherland version) does the matrix part, so our numbers are
-clean-fid's numbers. Reference statistics of a dataset are cached next to its shards.
+FID = |mu_1 - mu_2|^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^{1/2}) on Gaussian fits of the features;
+clean-fid's `frechet_distance` (scipy sqrtm, the stabilised Sutherland version) does the matrix
+part, so our numbers are clean-fid's numbers. Reference statistics of a dataset are cached next to
+its shards.
 """
 
 import hashlib
@@ -18,7 +19,8 @@ REF_FORMAT = "bcm-fid-ref/1"
 
 
 def check_count(n, dim, what):
-    """A covariance of `dim` features needs more than `dim` samples, or the Gaussian fit is singular."""
+    """A covariance of `dim` features needs more than `dim` samples, or the Gaussian fit is
+    singular."""
     if n <= dim:
         raise UserError(
             f"{what}: {n} samples but the features have {dim} dimensions; FID and precision/recall "
@@ -34,8 +36,9 @@ def feature_stats(feats, what="features"):
 
 
 class Moments:
-    """Running mean and unbiased covariance of features added in chunks (shifted by the first chunk's mean,
-    so float64 sums stay exact enough); equals `feature_stats` of the concatenation."""
+    """Running mean and unbiased covariance of features added in chunks (shifted by the first
+    chunk's mean, so float64 sums stay exact enough); equals `feature_stats` of the
+    concatenation."""
 
     def __init__(self):
         self.n, self.shift, self.s1, self.s2 = 0, None, None, None
@@ -66,8 +69,9 @@ def fid_from_feats(feats1, feats2):
     return frechet_distance(*feature_stats(feats1, "set 1"), *feature_stats(feats2, "set 2"))
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Reference statistics: computed once per (shard dir, split, extractor), cached atomically beside the shards.
+# --------------------------------------------------------------------------------------------------
+# Reference statistics: computed once per (shard dir, split, extractor), cached atomically beside
+# the shards.
 
 
 def reference_path(shard_dir, split, extractor_key):
@@ -106,9 +110,9 @@ def load_reference(path, expect_meta):
 def reference_stats(shard_dir, split, extractor, feats_fn, pr_count=50_000, seed=0, chunk=50_000):
     """mu/sigma of the whole split and a seeded subset of `pr_count` features for precision/recall.
 
-    `feats_fn(images_uint8) -> features [n, D]` computes features (distributed over ranks by the caller), one
-    chunk of `chunk` images at a time, so memory stays bounded on ImageNet; every rank calls this and gets the
-    same statistics; only rank 0 writes the cache.
+    `feats_fn(images_uint8) -> features [n, D]` computes features (distributed over ranks by the
+    caller), one chunk of `chunk` images at a time, so memory stays bounded on ImageNet; every rank
+    calls this and gets the same statistics; only rank 0 writes the cache.
     """
     from bcmcore import dist
     from bcmcore.data import ShardReader, iter_split

@@ -1,8 +1,9 @@
 """Improved precision and recall (Kynkäänniemi et al. 2019, Eq. 1-2) on feature vectors.
 
-The manifold of a set is the union of balls around its points, each with the radius of the point's k-th
-nearest neighbour within the set (k = 3). Precision = share of generated points inside the real manifold;
-recall = share of real points inside the generated manifold. Distances in chunks, on any device.
+The manifold of a set is the union of balls around its points, each with the radius of the point's
+k-th nearest neighbour within the set (k = 3). Precision = share of generated points inside the real
+manifold; recall = share of real points inside the generated manifold. Distances in chunks, on any
+device.
 """
 
 import numpy as np
@@ -18,7 +19,8 @@ def _sq_dists(a, b):
 
 
 def kth_radii(feats, k=3, chunk=4096):
-    """Squared distance of every point to its k-th nearest neighbour in the same set, itself excluded."""
+    """Squared distance of every point to its k-th nearest neighbour in the same set, itself
+    excluded."""
     out = []
     for i in range(0, len(feats), chunk):
         d = _sq_dists(feats[i : i + chunk], feats)
@@ -28,7 +30,8 @@ def kth_radii(feats, k=3, chunk=4096):
 
 
 def _coverage(query, support, radii, chunk):
-    """Share of `query` points within radius of at least one `support` point (Eq. 1's f(phi, Phi))."""
+    """Share of `query` points within radius of at least one `support` point (Eq. 1's f(phi,
+    Phi))."""
     inside = 0
     for i in range(0, len(query), chunk):
         d = _sq_dists(query[i : i + chunk], support)
@@ -38,7 +41,8 @@ def _coverage(query, support, radii, chunk):
 
 @torch.no_grad()
 def precision_recall(real, fake, k=3, chunk=4096, device="cpu"):
-    """(precision, recall) of generated features `fake` [M, D] against real features `real` [N, D]."""
+    """(precision, recall) of generated features `fake` [M, D] against real features `real` [N,
+    D]."""
     real = torch.as_tensor(np.asarray(real), dtype=torch.float64, device=device)
     fake = torch.as_tensor(np.asarray(fake), dtype=torch.float64, device=device)
     if real.shape[1] != fake.shape[1]:

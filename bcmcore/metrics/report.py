@@ -1,4 +1,5 @@
-"""Tables (CSV), plots (matplotlib, Agg) and sample grids of an evaluation sweep; every file written atomically.
+"""Tables (CSV), plots (matplotlib, Agg) and sample grids of an evaluation sweep; every file written
+atomically.
 
 Numbers come only from the rows the sweep measured.
 """
@@ -160,7 +161,8 @@ def plot_mse_vs_nfe(path, rows):
 
 
 def plot_guidance(path, rows):
-    """FID, precision, recall (and the class-edit success rate, where measured) against w, a line per model."""
+    """FID, precision, recall (and the class-edit success rate, where measured) against w, a line
+    per model."""
     plt = _plt()
     edits = any(r.get("edit_rate") not in (None, "") for r in rows)
     keys = ("fid", "precision", "recall") + (("edit_rate",) if edits else ())
@@ -180,7 +182,8 @@ def plot_guidance(path, rows):
 
 
 def write_all(out, rows, info):
-    """fid_table.csv, mse_table.csv, guidance_table.csv, plots/*.png and eval_info.json under `out`."""
+    """fid_table.csv, mse_table.csv, guidance_table.csv, plots/*.png and eval_info.json under
+    `out`."""
     out = Path(out)
     for name, cols in COLUMNS.items():
         write_csv(out / f"{name}_table.csv", rows[name], cols)

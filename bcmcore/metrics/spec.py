@@ -1,8 +1,10 @@
-"""The evaluation sweep spec (`bcm eval --spec FILE`): YAML or JSON, validated into frozen dataclasses.
+"""The evaluation sweep spec (`bcm eval --spec FILE`): YAML or JSON, validated into frozen
+dataclasses.
 
-Example (demo digits; CIFAR-10 would use features {kind: inception, mode: legacy_tensorflow, inception_path: ...}):
+Example (demo digits; CIFAR-10 would use features {kind: inception, mode: legacy_tensorflow,
+inception_path: ...}):
 
-    dataset: results/demo/shards        # shard dir (manifest.json); reference split for FID/PR below
+    dataset: results/demo/shards        # shard dir (manifest.json); reference split for FID/PR
     ref_split: train
     features: {kind: demo}
     num_samples: 1000                    # seeds seed .. seed+num_samples-1
@@ -10,7 +12,7 @@ Example (demo digits; CIFAR-10 would use features {kind: inception, mode: legacy
       - name: bcm
         network: results/demo/runs/bcm/network-final.pt
         kind: bcm
-        samplers: [{recipe: demo-nfe1}, {recipe: demo-nfe2}, {recipe: demo-nfe3}, {recipe: demo-nfe4}]
+        samplers: [{recipe: demo-nfe1}, {recipe: demo-nfe2}, {recipe: demo-nfe4}]
         inversions: [{times: [0.07, 80]}, {times: [0.07, 2.0, 80]}]
       - {name: igct, network: ..., kind: igct, guidance: {ws: [1, 3, 5], edits: 100}}
       - {name: cfg-edm, network: ..., kind: edm, guidance: {ws: [1, 3, 5], recipe: edm-18}}
@@ -38,7 +40,8 @@ class FeaturesConfig:
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """One generation setting: a named `sampling.RECIPES` entry, or sampler + times/pairs explicitly."""
+    """One generation setting: a named `sampling.RECIPES` entry, or sampler + times/pairs
+    explicitly."""
 
     recipe: str = ""
     sampler: str = ""  # onestep|ancestral|zigzag|combined|multistep|heun|igct

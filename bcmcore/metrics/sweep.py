@@ -1,6 +1,6 @@
-"""Run an evaluation sweep: samples per (model, sampler, NFE, w) -> FID / precision / recall; inversion and
-JPEG restoration -> MSE. Every rank takes its share of seeds (seed i -> sample i, whatever the split);
-features are all-gathered in seed order, rank 0 scores and writes.
+"""Run an evaluation sweep: samples per (model, sampler, NFE, w) -> FID / precision / recall;
+inversion and JPEG restoration -> MSE. Every rank takes its share of seeds (seed i -> sample i,
+whatever the split); features are all-gathered in seed order, rank 0 scores and writes.
 """
 
 import math
@@ -27,7 +27,8 @@ class _ZeroNoise:
 
 
 def gather_rows(local, local_idx, total):
-    """All-gather per-rank rows [n_r, D] with their global indices -> [total, D] in index order (every rank)."""
+    """All-gather per-rank rows [n_r, D] with their global indices -> [total, D] in index order
+    (every rank)."""
     local = np.asarray(local, np.float32)
     local = local if local.ndim == 2 else local.reshape(len(local_idx), -1)
     if dist.world_size() == 1:
@@ -81,7 +82,8 @@ class Evaluator:
         )
         if any(m.samplers or m.guidance for m in spec.models):  # fail before sampling, not after
             fidlib.check_count(spec.num_samples, self._dim(), "spec num_samples")
-        # the precision/recall subset of the reference is seeded independently of the sample seeds (cache reuse)
+        # the precision/recall subset of the reference is seeded independently of the sample seeds
+        # (cache reuse)
         self.ref = fidlib.reference_stats(
             spec.dataset, spec.ref_split, self._key(), self.features_all, spec.pr_real
         )
@@ -107,7 +109,8 @@ class Evaluator:
         return gather_rows(self.features_local(x[idx]), idx, len(x)).astype(np.float64)
 
     def score(self, feats):
-        """FID against the reference statistics, precision/recall against the reference feature subset."""
+        """FID against the reference statistics, precision/recall against the reference feature
+        subset."""
         mu, sigma = fidlib.feature_stats(feats, "generated samples")
         fid = fidlib.frechet_distance(mu, sigma, self.ref["mu"], self.ref["sigma"])
         p, r = prdc.precision_recall(
@@ -115,9 +118,11 @@ class Evaluator:
         )
         return fid, p, r
 
-    # ---------------------------------------------------------------------------------- labels and output
+    # ---------------------------------------------------------------------------------- labels and
+    # output
     def labels(self, model, idx):
-        """Class labels of seeds `idx` (None for unconditional models): per-seed draws, batch-independent."""
+        """Class labels of seeds `idx` (None for unconditional models): per-seed draws,
+        batch-independent."""
         num = _num_classes(model)
         if not num:
             return None
@@ -154,7 +159,8 @@ class Evaluator:
     # ---------------------------------------------------------------------------------- generation
     @torch.no_grad()
     def generate(self, model, fn, desc="samples", grid_path=None):
-        """Run fn(z_rng, y, idx) -> (x, nfe) over this rank's seeds; -> (features of all seeds, nfe, seconds)."""
+        """Run fn(z_rng, y, idx) -> (x, nfe) over this rank's seeds; -> (features of all seeds, nfe,
+        seconds)."""
         feats, nfe, first, t0 = [], None, None, time.time()
         for idx in self.batches(desc):
             rng = sampling.SeededRNG(self.seeds[idx], self.device)
@@ -176,7 +182,8 @@ class Evaluator:
 
 
 def _agree(nfe):
-    """Every rank ran the same schedule; ranks without seeds report -1 and take the others' value."""
+    """Every rank ran the same schedule; ranks without seeds report -1 and take the others'
+    value."""
     if dist.world_size() == 1:
         return nfe
     t = torch.tensor([-1 if nfe is None else nfe], dtype=torch.float64)
@@ -195,7 +202,8 @@ def _num_classes(model):
     return int(getattr(getattr(cfg, "net", None), "num_classes", 0) or 0)
 
 
-# -------------------------------------------------------------------------------------------------- the sweep
+# --------------------------------------------------------------------------------------------------
+# the sweep
 
 
 def load_model(m, device, shape=None):
@@ -263,7 +271,8 @@ def _guided_fn(ev, model, g, w):
 
 
 def reconstruct_batch(model, inv, x, y, rng, clamp=True):
-    """Invert and decode one batch per an InversionSpec -> (reconstruction, inversion NFE, total NFE)."""
+    """Invert and decode one batch per an InversionSpec -> (reconstruction, inversion NFE, total
+    NFE)."""
     if model.kind == "bcm":  # BCM Alg. 5, then decode 1 step (or along gen_times)
         latent, n_inv = editing.invert(
             model, x, inv.times, rng if inv.initial_noise else _ZeroNoise(), y
@@ -274,7 +283,7 @@ def reconstruct_batch(model, inv, x, y, rng, clamp=True):
         return x_hat, n_inv, n_inv + n_gen
     if (
         model.kind == "igct"
-    ):  # noiser, then denoiser at T with the source class and w = 1 (iGCT spec §6)
+    ):  # noiser, then denoiser at T with the source class and w = 1 (docs/methods.md §9-10)
         x_hat, n = guided.igct_edit(model, x, y, y, 1.0, clamp=clamp)
         return x_hat, 1, n
     if model.kind == "edm":  # EDM ODE inversion and regeneration with deterministic Heun
@@ -286,7 +295,8 @@ def reconstruct_batch(model, inv, x, y, rng, clamp=True):
 
 @torch.no_grad()
 def item_sweep(ev, model, x_all, y_all, fn, desc):
-    """Mean over the inversion split of fn(x, y, rng) -> (per-item values [B], nfe_inv, nfe), ranks sharing items."""
+    """Mean over the inversion split of fn(x, y, rng) -> (per-item values [B], nfe_inv, nfe), ranks
+    sharing items."""
     mine = np.arange(ev.rank, len(x_all), ev.world)
     vals, nfes = [], None
     for i in tqdm(
@@ -310,7 +320,8 @@ def item_sweep(ev, model, x_all, y_all, fn, desc):
 
 
 def mse_sweep(ev, model, x_all, y_all, fn, desc):
-    """Mean per-image MSE of fn(x, y, rng) -> (x_hat, nfe_inv, nfe, reference) over the inversion split."""
+    """Mean per-image MSE of fn(x, y, rng) -> (x_hat, nfe_inv, nfe, reference) over the inversion
+    split."""
 
     def per_item(x, y, rng):
         x_hat, n_inv, n, ref = fn(x, y, rng)
@@ -320,9 +331,11 @@ def mse_sweep(ev, model, x_all, y_all, fn, desc):
 
 
 def edit_rate_sweep(ev, model, x_all, y_all, w, steps):
-    """Class-editing success rate at w: the share of (image, other class) edits the demo classifier calls the target.
+    """Class-editing success rate at w: the share of (image, other class) edits the demo classifier
+    calls the target.
 
-    -> (rate, nfe, nfe): iGCT edits take 2 NFE; EDM's ODE inversion + CFG regeneration over `steps` Karras points."""
+    -> (rate, nfe, nfe): iGCT edits take 2 NFE; EDM's ODE inversion + CFG regeneration over `steps`
+    Karras points."""
     from bcmcore.metrics.demo_classifier import load_demo_classifier
 
     classify = load_demo_classifier(ev.spec.dataset, ev.device).classify
@@ -336,7 +349,8 @@ def edit_rate_sweep(ev, model, x_all, y_all, w, steps):
 
 
 def run(spec, out_dir, device=None, progress=True):
-    """The whole sweep; rank 0 writes the tables, plots and grids under out_dir. Returns the rows."""
+    """The whole sweep; rank 0 writes the tables, plots and grids under out_dir. Returns the
+    rows."""
     from bcmcore.data import load_split
 
     ev = Evaluator(spec, device, progress)

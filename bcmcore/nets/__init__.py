@@ -1,4 +1,5 @@
-"""Networks and preconditioning: MLP (toy), NCSN++ (CIFAR-10), ADM (ImageNet-64); CM / BCM / EDM wrappers.
+"""Networks and preconditioning: MLP (toy), NCSN++ (CIFAR-10), ADM (ImageNet-64); CM / BCM / EDM
+wrappers.
 
 Contracts: docs/interfaces.md, section nets. iGCT's two-net model lives in nets/igct.py.
 """

@@ -1,9 +1,11 @@
-"""ADM U-Net (Dhariwal & Nichol 2021) for ImageNet-64 with the iCT / BCM changes (spec §6, §1.1).
+"""ADM U-Net (Dhariwal & Nichol 2021) for ImageNet-64 with the iCT / BCM changes (docs/methods.md
+§12.2-12.3).
 
-No AdaGN (the embedding is added, not scale-shift), attention only at attn_res (BCM: 16 and 8, none at 32),
-cosine-normalised q/k/v, up/down by residual blocks, dropout only at resolutions <= dropout_max_res,
-positional embedding of 1000 c_noise = 250 ln t, class embedding added after the time MLP(s).
-BCM fine-tuned variant: two_time_embed "project" (untied u-MLP + bias-free W_align 2*768 -> 768).
+No AdaGN (the embedding is added, not scale-shift), attention only at attn_res (BCM: 16 and 8, none
+at 32), cosine-normalised q/k/v, up/down by residual blocks, dropout only at resolutions <=
+dropout_max_res, positional embedding of 1000 c_noise = 250 ln t, class embedding added after the
+time MLP(s). BCM fine-tuned variant: two_time_embed "project" (untied u-MLP + bias-free W_align
+2*768 -> 768).
 """
 
 import torch

@@ -9,7 +9,8 @@ from bcmcore.config import ConfigError
 
 @dataclass(frozen=True)
 class NetConfig:
-    """Raw network F(x_in, c_t, c_u=None, y=None, w=None). Defaults: NCSN++ CIFAR-10 widths (spec §6)."""
+    """Raw network F(x_in, c_t, c_u=None, y=None, w=None). Defaults: NCSN++ CIFAR-10 widths
+    (docs/methods.md §12)."""
 
     arch: Literal["mlp", "ncsnpp", "adm"] = "mlp"
     data_channels: int = 3  # image channels C, or the dimension d of toy vectors (mlp)
@@ -45,7 +46,8 @@ class NetConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Preconditioned model: kind cm/bcm -> ConsistencyModel, edm -> EDMDenoiser, igct -> IGCTModel."""
+    """Preconditioned model: kind cm/bcm -> ConsistencyModel, edm -> EDMDenoiser, igct ->
+    IGCTModel."""
 
     kind: Literal["cm", "bcm", "edm", "igct"] = "cm"
     net: NetConfig = field(default_factory=NetConfig)

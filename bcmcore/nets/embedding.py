@@ -2,8 +2,10 @@
 
 One module, `TimeEmbedding`, covers all three ways of conditioning on (t, u):
   single  : emb = MLP_t(feat(c_t))                                       (CM / iCT)
-  concat  : emb = MLP_tu([feat(c_t), feat(c_u)]), MLP widened 2x         (BCM from scratch, BCM C.1 NCSN++)
-  project : emb = W_align [MLP_t(feat(c_t)), MLP_u(feat(c_u))], no bias   (BCM fine-tuning, BCM §3.2 / C.1)
+  concat  : emb = MLP_tu([feat(c_t), feat(c_u)]), MLP widened 2x         (BCM from scratch, BCM C.1
+  NCSN++)
+  project : emb = W_align [MLP_t(feat(c_t)), MLP_u(feat(c_u))], no bias   (BCM fine-tuning, BCM §3.2
+  / C.1)
 `project` initialised with W_align = [I | 0] and MLP_u = copy of MLP_t reproduces `single` exactly
 (see `bcmcore.nets.finetune.bcm_from_cm`).
 """
@@ -15,11 +17,13 @@ from torch import nn
 
 
 class FourierFeatures(nn.Module):
-    """Fixed Gaussian Fourier features [sin(2 pi W c), cos(2 pi W c)], W ~ N(0, s^2) (NCSN++; iCT uses s = 0.02)."""
+    """Fixed Gaussian Fourier features [sin(2 pi W c), cos(2 pi W c)], W ~ N(0, s^2) (NCSN++; iCT
+    uses s = 0.02)."""
 
     def __init__(self, dim, scale):
         super().__init__()
-        # a buffer, not a parameter: fixed (not trained) but saved, so a reloaded net embeds identically
+        # a buffer, not a parameter: fixed (not trained) but saved, so a reloaded net embeds
+        # identically
         self.register_buffer("W", torch.randn(dim // 2) * scale)
 
     def forward(self, c):
@@ -28,7 +32,8 @@ class FourierFeatures(nn.Module):
 
 
 class PositionalFeatures(nn.Module):
-    """ADM sinusoidal embedding [cos | sin] of 1000 c (= 250 ln t), freqs exp(-ln(1e4) k / (dim/2)) (spec §1.1)."""
+    """ADM sinusoidal embedding [cos | sin] of 1000 c (= 250 ln t), freqs exp(-ln(1e4) k / (dim/2))
+    (docs/methods.md §12.3)."""
 
     def __init__(self, dim, scale=1000.0):
         super().__init__()
@@ -73,7 +78,8 @@ class TimeEmbedding(nn.Module):
         else:
             self.mlp_t = mlp2(feat_dim, emb_dim)
             self.out_dim = emb_dim
-        if mode == "project":  # BCM fine-tuning: untied u-MLP + bias-free W_align (spec §4)
+        # BCM fine-tuning: untied u-MLP + bias-free W_align (docs/methods.md §6)
+        if mode == "project":
             self.mlp_u = mlp2(feat_dim, emb_dim)
             self.align = nn.Linear(2 * emb_dim, emb_dim, bias=False)
 
@@ -97,14 +103,16 @@ class TimeEmbedding(nn.Module):
 
     @torch.no_grad()
     def init_identity_zero(self):
-        """W_align = [I | 0]: columns of e_t get the identity, those of e_u zeros (spec §4 step 3, §9.9)."""
+        """W_align = [I | 0]: columns of e_t get the identity, those of e_u zeros (docs/methods.md
+        §6)."""
         d = self.align.out_features
         self.align.weight.zero_()
         self.align.weight[:, :d].copy_(torch.eye(d))
 
 
 def guidance_features(w, dim=256):
-    """VDM/LCM guidance embedding of w_code = w - 1 (paper convention w = 1: none): sin first (iGCT spec §2.2)."""
+    """VDM/LCM guidance embedding of w_code = w - 1 (paper convention w = 1: none): sin first
+    (docs/methods.md §12.4)."""
     half = dim // 2
     s = 1000.0 * (w.float() - 1.0)
     f = torch.exp(
@@ -115,7 +123,8 @@ def guidance_features(w, dim=256):
 
 
 class CondEmbedding(nn.Module):
-    """Class embedding (label -1 = null class -> zero vector, for CFG) plus optional guidance-w embedding."""
+    """Class embedding (label -1 = null class -> zero vector, for CFG) plus optional guidance-w
+    embedding."""
 
     def __init__(self, num_classes, guidance, dim, w_feat_dim=256):
         super().__init__()
@@ -125,7 +134,8 @@ class CondEmbedding(nn.Module):
         self.w_feat_dim = w_feat_dim
 
     def forward(self, y, w, batch, device):
-        """Returns the vector to add to the time embedding, or None when the net is unconditional."""
+        """Returns the vector to add to the time embedding, or None when the net is
+        unconditional."""
         out = None
         if self.label is not None:
             if y is None:

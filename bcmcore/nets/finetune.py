@@ -1,4 +1,5 @@
-"""Identity-zero initialisation of a BCM network from a trained CM network (BCM §3.2, C.1; spec §4).
+"""Identity-zero initialisation of a BCM network from a trained CM network (BCM §3.2, C.1;
+docs/methods.md §6).
 
 The fine-tune path always uses the `project` two-time embedding (untied u-MLP + bias-free [I | 0]
 projection), for every arch. BCM's from-scratch NCSN++ widens the embedding MLP instead (`concat`),
@@ -15,7 +16,8 @@ from bcmcore.nets.precond import ConsistencyModel
 
 
 def _init_from(new, net):
-    """Load a freshly built `project` two-time net `new` from the single-time net `net`, in place."""
+    """Load a freshly built `project` two-time net `new` from the single-time net `net`, in
+    place."""
     missing, unexpected = new.load_state_dict(net.state_dict(), strict=False)  # every shared weight
     assert not unexpected, unexpected
     assert all(k.startswith(("time_embed.mlp_u.", "time_embed.align.")) for k in missing), missing
@@ -35,7 +37,8 @@ def _bcm_cfg(cfg: NetConfig):
 
 
 def bcm_from_cm(cm):
-    """CM raw net -> BCM raw net, or CM ConsistencyModel -> BCM ConsistencyModel (same device/dtype).
+    """CM raw net -> BCM raw net, or CM ConsistencyModel -> BCM ConsistencyModel (same
+    device/dtype).
 
     At init the BCM net ignores u: F_bcm(x, c_t, c_u) == F_cm(x, c_t) bitwise for every u.
     """

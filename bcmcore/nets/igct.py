@@ -1,12 +1,17 @@
-"""iGCT model: a noiser N(x, t, c) and a guided denoiser D(x, t, c, w), two nets of one architecture (iGCT spec §2).
+"""iGCT model: a noiser N(x, t, c) and a guided denoiser D(x, t, c, w), two nets of one architecture
+(docs/methods.md §2.4).
 
-Parameterisations (spec §2.3, §10.3-10.4). The authors switch rules between train and eval mode; we use ONE rule
-in both modes, the one whose boundary condition the paper states, so that sampling runs the trained function:
-  * denoiser: CM boundary rule, D(x, sigma_min) = x (Song et al. 2023 App. C; `param.cm_scalings`). The authors'
-    train-mode EDM rule differs from it only by the sigma_min = 0.002 shift of c_skip / c_out.
-  * noiser: N = x + (T - t) F, boundary N(x, T) = x (`param.igct_noiser_scalings`). The authors' eval rule drops the
-    `x` term (c_skip = 0), which breaks that boundary and is not the map the reconstruction loss trained.
-Guidance w is in the paper convention (w = 1: no guidance) here and in the raw net's interface (docs/interfaces.md).
+Parameterisations (docs/methods.md §2.4). The authors switch rules between train and eval mode; we
+use ONE rule in both modes, the one whose boundary condition the paper states, so that sampling runs
+the trained function:
+  * denoiser: CM boundary rule, D(x, sigma_min) = x (Song et al. 2023 App. C; `param.cm_scalings`).
+    The authors' train-mode EDM rule differs from it only by the sigma_min = 0.002 shift of c_skip /
+    c_out.
+  * noiser: N = x + (T - t) F, boundary N(x, T) = x (`param.igct_noiser_scalings`). The authors'
+    eval rule drops the `x` term (c_skip = 0), which breaks that boundary and is not the map the
+    reconstruction loss trained.
+Guidance w is in the paper convention (w = 1: no guidance) here and in the raw net's interface
+(docs/interfaces.md).
 """
 
 import dataclasses
@@ -25,7 +30,8 @@ def _per_sample(v, x, name):
         v = v.expand(x.shape[0])
     if v.shape != (x.shape[0],):
         raise ValueError(
-            f"{name} must be a float or a [B] tensor, got shape {tuple(v.shape)} for batch {x.shape[0]}"
+            f"{name} must be a float or a [B] tensor, got shape {tuple(v.shape)} for batch "
+            f"{x.shape[0]}"
         )
     return v
 
@@ -58,7 +64,8 @@ def check_labels(y, num_classes, what="class label"):
 
 
 class IGCTModel(nn.Module):
-    """Holds `noiser_net` (no w input) and `denoiser_net` (built with guidance=True); spec §2.1, Fig. 4."""
+    """Holds `noiser_net` (no w input) and `denoiser_net` (built with guidance=True);
+    docs/methods.md §2.4, Fig. 4."""
 
     kind = "igct"
 
@@ -92,7 +99,8 @@ class IGCTModel(nn.Module):
         return (c_skip * x + c_out * F.float()).to(x.dtype)
 
     def denoiser(self, x, t, y, w=1.0):
-        """D(x, t, c, w) = c_skip(t) x + c_out(t) F(c_in x, c_noise, c, w), with D(x, sigma_min) = x (spec §2.3)."""
+        """D(x, t, c, w) = c_skip(t) x + c_out(t) F(c_in x, c_noise, c, w), with D(x, sigma_min) = x
+        (docs/methods.md §2.4)."""
         t, w = _per_sample(t, x, "t"), _per_sample(w, x, "w")
         return self._out(
             self.denoiser_net,
@@ -104,7 +112,8 @@ class IGCTModel(nn.Module):
         )
 
     def noiser(self, x, t, y):
-        """N(x, t, c) = x + (T - t) F(c_in x, c_noise, c), with N(x, T) = x (spec §2.3, §4.3)."""
+        """N(x, t, c) = x + (T - t) F(c_in x, c_noise, c), with N(x, T) = x (docs/methods.md §2.4,
+        §7.3)."""
         t = _per_sample(t, x, "t")
         return self._out(self.noiser_net, x, t, *param.igct_noiser_scalings(t, self.sigma_max), y=y)
 

@@ -12,9 +12,11 @@ FORMAT = "bcm-network/1"
 
 
 def save_network(path, model, step, config):
-    """Write {"format", "kind", "model", "state_dict", "step", "config"} atomically (temp name, fsync, rename).
+    """Write {"format", "kind", "model", "state_dict", "step", "config"} atomically (temp name,
+    fsync, rename).
 
-    `model` is the preconditioned module (pass the EMA copy); `config` the resolved run config (plain dict).
+    `model` is the preconditioned module (pass the EMA copy); `config` the resolved run config
+    (plain dict).
     """
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):  # DDP / torch.compile wrappers
         model = getattr(model, "module", None) or model._orig_mod

@@ -1,10 +1,11 @@
 """U-Net building blocks shared by NCSN++ and ADM: FIR / box resampling, residual block, attention.
 
 One ResBlock and one Attention class serve both nets; the differences are options:
-  NCSN++ (Song et al. 2021, BigGAN blocks): FIR [1,3,3,1] resampling, 1x1 skip on resampling, skip_rescale,
-    GroupNorm(min(C/4, 32), eps 1e-6), single-head attention over C channels.
-  ADM (Dhariwal & Nichol 2021 with iCT/BCM changes): box resampling (avg-pool / nearest), identity skip when
-    widths match, GroupNorm(32, eps 1e-5) in fp32, no AdaGN, 64-channel heads with q/k/v RMS-normalised (spec §6).
+  NCSN++ (Song et al. 2021, BigGAN blocks): FIR [1,3,3,1] resampling, 1x1 skip on resampling,
+    skip_rescale, GroupNorm(min(C/4, 32), eps 1e-6), single-head attention over C channels.
+  ADM (Dhariwal & Nichol 2021 with iCT/BCM changes): box resampling (avg-pool / nearest), identity
+    skip when widths match, GroupNorm(32, eps 1e-5) in fp32, no AdaGN, 64-channel heads with q/k/v
+    RMS-normalised (docs/methods.md §12.2).
 """
 
 import math
@@ -15,7 +16,8 @@ from torch import nn
 
 
 def conv(c_in, c_out, k=3, zero=False):
-    """Conv2d with Xavier-uniform (fan_avg) weights and zero bias; zero=True for NCSN++ init_scale 0 / ADM zero_module."""
+    """Conv2d with Xavier-uniform (fan_avg) weights and zero bias; zero=True for NCSN++ init_scale 0
+    / ADM zero_module."""
     m = nn.Conv2d(c_in, c_out, k, padding=k // 2)
     nn.init.zeros_(m.weight) if zero else nn.init.xavier_uniform_(m.weight)
     nn.init.zeros_(m.bias)
@@ -68,7 +70,8 @@ def box_up(x):
 
 
 class FIRConvDown(nn.Module):
-    """Strided 3x3 conv after FIR filtering (score-SDE conv_downsample_2d): NCSN++'s residual input pyramid."""
+    """Strided 3x3 conv after FIR filtering (score-SDE conv_downsample_2d): NCSN++'s residual input
+    pyramid."""
 
     def __init__(self, c_in, c_out):
         super().__init__()
@@ -84,7 +87,8 @@ class FIRConvDown(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """norm-act-[resample]-conv, + Dense(act(emb)), norm-act-dropout-conv; skip; optional /sqrt(2)."""
+    """norm-act-[resample]-conv, + Dense(act(emb)), norm-act-dropout-conv; skip; optional
+    /sqrt(2)."""
 
     def __init__(self, c_in, c_out, emb_dim, dropout, style, up=False, down=False):
         super().__init__()
@@ -117,7 +121,8 @@ class ResBlock(nn.Module):
 
 
 class Attention(nn.Module):
-    """Self-attention over pixels: NCSN++ one head, skip_rescale; ADM 64-ch heads with cosine (RMS) q/k/v."""
+    """Self-attention over pixels: NCSN++ one head, skip_rescale; ADM 64-ch heads with cosine (RMS)
+    q/k/v."""
 
     def __init__(self, c, style, head_channels=None):
         super().__init__()
@@ -133,7 +138,7 @@ class Attention(nn.Module):
         q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # [B, heads, HW, d]
         if (
             not self.ncsnpp
-        ):  # BCM/iCT repro: x / (1e-4 + ||x|| / sqrt(d)) on q, k and v (spec §6 (ii))
+        ):  # BCM/iCT repro: x / (1e-4 + ||x|| / sqrt(d)) on q, k and v (docs/methods.md §12.2)
             q, k, v = (
                 a
                 / (1e-4 + a.float().norm(dim=-1, keepdim=True).to(a.dtype) / math.sqrt(a.shape[-1]))

@@ -1,4 +1,5 @@
-"""Small residual MLP for 1-D / 2-D toy data, with the same conditioning interface as the image nets."""
+"""Small residual MLP for 1-D / 2-D toy data, with the same conditioning interface as the image
+nets."""
 
 from torch import nn
 
@@ -6,7 +7,8 @@ from bcmcore.nets.embedding import CondEmbedding, TimeEmbedding
 
 
 class MLPBlock(nn.Module):
-    """h + Linear(Dropout(SiLU(Linear(SiLU(h)) + Dense(SiLU(emb))))): an ADM-style resblock without convs."""
+    """h + Linear(Dropout(SiLU(Linear(SiLU(h)) + Dense(SiLU(emb))))): an ADM-style resblock without
+    convs."""
 
     def __init__(self, width, emb_dim, dropout):
         super().__init__()

@@ -1,9 +1,9 @@
-"""NCSN++ (Song et al. 2021) as configured for CIFAR-10 by CM / iCT / BCM (spec §6).
+"""NCSN++ (Song et al. 2021) as configured for CIFAR-10 by CM / iCT / BCM (docs/methods.md §12).
 
-BigGAN residual blocks with FIR [1,3,3,1] up/down, skip_rescale, progressive_input = residual (combine sum),
-progressive = none, attention at attn_res (after every down-path block, once per up-path level),
-Fourier embedding of c_noise(t) = 0.25 ln t. Deep variant: num_blocks 8.
-BCM from scratch embeds (t, u) by concatenated Fourier features and doubled dense layers (BCM C.1).
+BigGAN residual blocks with FIR [1,3,3,1] up/down, skip_rescale, progressive_input = residual
+(combine sum), progressive = none, attention at attn_res (after every down-path block, once per
+up-path level), Fourier embedding of c_noise(t) = 0.25 ln t. Deep variant: num_blocks 8. BCM from
+scratch embeds (t, u) by concatenated Fourier features and doubled dense layers (BCM C.1).
 """
 
 import math

@@ -1,7 +1,7 @@
 """Preconditioning wrappers: consistency models (CM / BCM) and the EDM denoiser.
 
 Scalings and the final combination c_skip x + c_out F run in float32 even under autocast:
-|c_skip|, |c_out| reach ~23 / ~79 on long inverse jumps (spec §9.12).
+|c_skip|, |c_out| reach ~23 / ~79 on long inverse jumps (docs/methods.md §2).
 """
 
 import torch
@@ -30,7 +30,8 @@ class ConsistencyModel(nn.Module):
     """f(x, t, u) = c_skip(t,u) x + c_out(t,u) F(c_in(t) x, c_noise(t), c_noise(u), y).
 
     kind "cm": Song et al. 2023 scalings (f(x, sigma_min) = x), u must be sigma_min.
-    kind "bcm": BCM Eq. 5, f(x, t, t) = x for every t; u = None means sigma_min ("time 0", BCM fn. 2).
+    kind "bcm": BCM Eq. 5, f(x, t, t) = x for every t; u = None means sigma_min ("time 0", BCM fn.
+    2).
     """
 
     def __init__(self, cfg):
@@ -57,7 +58,8 @@ class ConsistencyModel(nn.Module):
         else:
             u = _per_sample(self.sigma_min if u is None else u, x)
             c_skip, c_out = param.bcm_scalings(t, u, self.sigma_data)  # BCM Eq. 5
-            # c_skip(t, t) = 1 and c_out(t, t) = 0 exactly, so f(x, t, t) = x bit for bit (BCM Eq. 45)
+            # c_skip(t, t) = 1 and c_out(t, t) = 0 exactly, so f(x, t, t) = x bit for bit (BCM Eq.
+            # 45)
             c_skip = torch.where(t == u, torch.ones_like(c_skip), c_skip)
             c_u = param.c_noise(u)
         x_in = param.append_dims(param.c_in(t, self.sigma_data), x.ndim) * x

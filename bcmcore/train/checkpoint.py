@@ -1,8 +1,8 @@
 """Training-state files: `training-state-<step>.pt` (everything needed to resume, bit for bit).
 
-Plain tensors and types only (loaded with weights_only=True), written atomically (temp name, fsync, rename),
-so the newest file under its final name is always complete; the last K are kept. Network files
-(`network-snapshot-<step>.pt`, `network-final.pt`) are written by `bcmcore.nets.save_network`.
+Plain tensors and types only (loaded with weights_only=True), written atomically (temp name, fsync,
+rename), so the newest file under its final name is always complete; the last K are kept. Network
+files (`network-snapshot-<step>.pt`, `network-final.pt`) are written by `bcmcore.nets.save_network`.
 """
 
 import re
@@ -26,7 +26,8 @@ def snapshot_path(run_dir, step):
 
 
 def find_states(run_dir):
-    """[(step, path)] of complete training states, oldest first (temp files `.tmp-*` never match)."""
+    """[(step, path)] of complete training states, oldest first (temp files `.tmp-*` never
+    match)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
@@ -40,7 +41,8 @@ def latest_state(run_dir):
 
 
 def save_state(run_dir, *, step, model, ema, optimizer, start_sample, config, keep_last):
-    """Write training-state-<step>.pt atomically, then delete all but the newest `keep_last` states."""
+    """Write training-state-<step>.pt atomically, then delete all but the newest `keep_last`
+    states."""
     state = {
         "format": FORMAT,
         "step": int(step),
@@ -77,8 +79,9 @@ def load_state(path):
 def supersede(run_dir):
     """Move the states, snapshots and final network of an earlier config into `superseded-<k>/`.
 
-    The workflow reruns a stage when its settings change; resuming the old checkpoints would silently
-    return the old network (or mix two recipes), so a changed config starts over and keeps the old files.
+    The workflow reruns a stage when its settings change; resuming the old checkpoints would
+    silently return the old network (or mix two recipes), so a changed config starts over and keeps
+    the old files.
     """
     run_dir = Path(run_dir)
     k = 1

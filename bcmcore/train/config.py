@@ -1,4 +1,5 @@
-"""TrainConfig (the run config's `train` section) and the resolved run config {model, loss, data, train}."""
+"""TrainConfig (the run config's `train` section) and the resolved run config {model, loss, data,
+train}."""
 
 import dataclasses
 import hashlib
@@ -10,13 +11,12 @@ from bcmcore.config import ConfigError, from_dict, load_json, to_dict
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training stage. Progress is counted in optimizer steps; schedules are functions of the step."""
+    """One training stage. Progress is counted in optimizer steps; schedules are functions of the
+    step."""
 
     total_steps: int = 1000  # optimizer steps of the whole stage (iCT curriculum uses it)
     batch: int = 128  # global batch per step (all processes, all accumulation rounds)
-    batch_gpu: int | None = (
-        None  # per-process batch per accumulation round; None = batch / world
-    )
+    batch_gpu: int | None = None  # per-process batch per accumulation round; None = batch / world
     lr: float = 1e-4  # RAdam learning rate (iCT / BCM)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -55,13 +55,15 @@ class TrainConfig:
             raise ConfigError("train.warmup_steps / train.snapshot_every: expected >= 0")
 
     def lr_at(self, step):
-        """Constant lr with optional linear warm-up; a pure function of the step, so resume needs no state."""
+        """Constant lr with optional linear warm-up; a pure function of the step, so resume needs no
+        state."""
         if self.warmup_steps:
             return self.lr * min(1.0, (step + 1) / self.warmup_steps)
         return self.lr
 
     def split_batch(self, world_size):
-        """(batch_gpu, rounds): rounds = batch / (batch_gpu * world) accumulation rounds per step."""
+        """(batch_gpu, rounds): rounds = batch / (batch_gpu * world) accumulation rounds per
+        step."""
         if self.batch % world_size:
             raise ConfigError(
                 f"train.batch: {self.batch} is not divisible by the number of processes "
@@ -78,15 +80,16 @@ class TrainConfig:
 
 
 def round_seed(seed, step, chunk):
-    """Seed of one (step, global chunk) pair: chunk = round * world + rank, so a chunk's noise does not
-    depend on how chunks are spread over processes and accumulation rounds."""
+    """Seed of one (step, global chunk) pair: chunk = round * world + rank, so a chunk's noise does
+    not depend on how chunks are spread over processes and accumulation rounds."""
     digest = hashlib.sha256(f"bcm/{seed}/{step}/{chunk}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The resolved run config (docs/interfaces.md): parsed sections plus the plain dict they came from."""
+    """The resolved run config (docs/interfaces.md): parsed sections plus the plain dict they came
+    from."""
 
     model: object  # nets.ModelConfig
     loss: dict  # {"kind", ...}: parsed by losses.build_loss
@@ -95,7 +98,8 @@ class RunConfig:
     path: str | None = None
 
     def as_dict(self):
-        """Normalised plain dict (defaults filled in): stored in every checkpoint and network file."""
+        """Normalised plain dict (defaults filled in): stored in every checkpoint and network
+        file."""
         return {
             "model": to_dict(self.model),
             "loss": dict(self.loss),

@@ -1,6 +1,7 @@
 """Evaluation EMA of the weights (iCT/BCM: 0.99993 CIFAR-10, 0.99997 ImageNet-64).
 
-Used only for evaluation and network files; the consistency teacher is stopgrad(theta), never this EMA.
+Used only for evaluation and network files; the consistency teacher is stopgrad(theta), never this
+EMA.
 """
 
 import copy
@@ -9,7 +10,8 @@ import torch
 
 
 class EMA:
-    """theta_ema <- rate * theta_ema + (1 - rate) * theta after every optimizer step (buffers copied)."""
+    """theta_ema <- rate * theta_ema + (1 - rate) * theta after every optimizer step (buffers
+    copied)."""
 
     def __init__(self, model, rate):
         self.rate = float(rate)

@@ -1,8 +1,9 @@
 """The one training loop: iCT, BCT (from scratch or fine-tuned from iCT), iGCT and the EDM baseline.
 
-Resume is automatic and bitwise: noise is reseeded per (seed, step, chunk) (train/step.py), the curriculum and
-lr are functions of the step, the data position is step * batch, and the newest complete training state holds
-the weights, EMA and optimizer. Rerunning the same command continues where the last state left off.
+Resume is automatic and bitwise: noise is reseeded per (seed, step, chunk) (train/step.py), the
+curriculum and lr are functions of the step, the data position is step * batch, and the newest
+complete training state holds the weights, EMA and optimizer. Rerunning the same command continues
+where the last state left off.
 """
 
 import json
@@ -21,7 +22,8 @@ from bcmcore.train.step import Stepper
 
 
 class NonFiniteLoss(UserError):
-    """The loss became NaN/Inf: the run stops before the bad update; the last checkpoint is intact."""
+    """The loss became NaN/Inf: the run stops before the bad update; the last checkpoint is
+    intact."""
 
 
 class RunLog:
@@ -43,7 +45,8 @@ class RunLog:
 
 
 def init_from_network(model, path):
-    """Start weights from a network file; a CM network into a BCM model goes through bcm_from_cm ([I|0] init)."""
+    """Start weights from a network file; a CM network into a BCM model goes through bcm_from_cm
+    ([I|0] init)."""
     from bcmcore.nets import bcm_from_cm, load_network
 
     if not Path(path).is_file():
@@ -72,7 +75,8 @@ def _peak_mem_gb(device):
 def training_loop(run_dir, device=None):
     """Train the stage described by RUN_DIR/config.json, resuming from the newest training state.
 
-    Writes training-state-*.pt, network-snapshot-*.pt, log.txt, stats.jsonl and finally network-final.pt.
+    Writes training-state-*.pt, network-snapshot-*.pt, log.txt, stats.jsonl and finally
+    network-final.pt.
     device: None (CUDA if available) or "cpu". Returns the path of network-final.pt.
     """
     from bcmcore.data import make_loader
@@ -98,7 +102,8 @@ def training_loop(run_dir, device=None):
         if dist.is_main():
             moved = checkpoint.supersede(run_dir)
             log(
-                f"{resume.name} was written with a different config.json: moved the old run to {moved.name}/, "
+                f"{resume.name} was written with a different config.json: moved the old run to "
+                f"{moved.name}/, "
                 f"starting over"
             )
         dist.barrier()
@@ -128,8 +133,10 @@ def training_loop(run_dir, device=None):
     params = stepper.params
     n_params = sum(p.numel() for p in params)
     log(
-        f"run {run_dir}: {cfg.model.kind} model ({n_params / 1e6:.3f} M params), loss {cfg.loss['kind']}, "
-        f"{world} process(es) on {device.type}, batch {t.batch} = {batch_gpu} x {rounds} rounds x {world}, "
+        f"run {run_dir}: {cfg.model.kind} model ({n_params / 1e6:.3f} M params), loss "
+        f"{cfg.loss['kind']}, "
+        f"{world} process(es) on {device.type}, batch {t.batch} = {batch_gpu} x {rounds} rounds x "
+        f"{world}, "
         f"steps {step}->{t.total_steps}"
     )
     loader = make_loader(cfg.data, batch_gpu, rank, world, t.seed, step * t.batch, device=device)

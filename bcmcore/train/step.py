@@ -1,10 +1,10 @@
 """One optimizer step of the training loop (also timed by `bcm bench train`).
 
-Accumulation rounds of `batch_gpu` samples; before each round the global torch RNG (CPU and CUDA) is reseeded
-from (seed, step, chunk = round * world + rank), so a step's noise depends on nothing saved and a chunk's noise
-not on how chunks are spread over processes. Gradients are averaged over processes by hand after backward: the
-losses call the model several times (BCT: 4 passes, one through functional_call with detached parameters),
-which DDP's per-forward hooks do not follow.
+Accumulation rounds of `batch_gpu` samples; before each round the global torch RNG (CPU and CUDA) is
+reseeded from (seed, step, chunk = round * world + rank), so a step's noise depends on nothing saved
+and a chunk's noise not on how chunks are spread over processes. Gradients are averaged over
+processes by hand after backward: the losses call the model several times (BCT: 4 passes, one
+through functional_call with detached parameters), which DDP's per-forward hooks do not follow.
 """
 
 import torch
@@ -15,8 +15,8 @@ from bcmcore.train.ema import EMA
 
 
 def sync_grads(params):
-    """Average gradients over processes: one flat all-reduce per dtype. A parameter unused on some rank
-    (grad None) gets zeros there, so every rank reduces the same list."""
+    """Average gradients over processes: one flat all-reduce per dtype. A parameter unused on some
+    rank (grad None) gets zeros there, so every rank reduces the same list."""
     if dist.world_size() == 1:
         return
     has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
@@ -39,7 +39,8 @@ def reduce_terms(terms):
 
 
 class Stepper:
-    """model + loss + RAdam + evaluation EMA; `backward(batches, step)` then `update()` make one step."""
+    """model + loss + RAdam + evaluation EMA; `backward(batches, step)` then `update()` make one
+    step."""
 
     def __init__(self, model, loss_fn, train_cfg, device, conditional=True):
         t = self.t = train_cfg
@@ -59,8 +60,9 @@ class Stepper:
         )
 
     def backward(self, batches, step):
-        """Gradients of the global-batch mean loss for `step`; returns the loss terms averaged over all
-        rounds and processes. `batches`: an iterator yielding one per-round batch dict per call."""
+        """Gradients of the global-batch mean loss for `step`; returns the loss terms averaged over
+        all rounds and processes. `batches`: an iterator yielding one per-round batch dict per
+        call."""
         t, rank, world = self.t, dist.rank(), dist.world_size()
         rounds = t.split_batch(world)[1]
         for group in self.optimizer.param_groups:
@@ -73,12 +75,10 @@ class Stepper:
                 for k, v in next(batches).items()
             }
             if not self.conditional:
-                batch["y"] = (
-                    None  # labelled data (gmm2d components, CIFAR classes) for an unconditional model
-                )
-            torch.manual_seed(
-                round_seed(t.seed, step, r * world + rank)
-            )  # seeds CPU and every CUDA device
+                # labelled data (gmm2d components, CIFAR classes) for an unconditional model
+                batch["y"] = None
+            # seeds CPU and every CUDA device
+            torch.manual_seed(round_seed(t.seed, step, r * world + rank))
             with torch.autocast(**self.autocast):
                 out = self.loss_fn(self.model, batch, step, t.total_steps)
             (out["loss"] / rounds).backward()

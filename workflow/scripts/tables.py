@@ -1,4 +1,5 @@
-"""Merge every model's sweep tables of one dataset into results/<ds>/{fid,mse,guidance}_table.csv + plots/."""
+"""Merge every model's sweep tables of one dataset into results/<ds>/{fid,mse,guidance}_table.csv +
+plots/."""
 
 import contextlib
 import json
