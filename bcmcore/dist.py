@@ -1,9 +1,16 @@
-"""torch.distributed from the environment: torchrun, submitit (via launch.py's export), or plain
-Slurm.
+"""torch.distributed from the environment (torchrun, submitit via launch.py's export, or plain
+Slurm), and every collective the project makes: nothing outside this module calls torch.distributed.
 
 One process per GPU. The CUDA device comes from LOCAL_RANK and is used only when CUDA really works
-(a Slurm node may set CUDA_VISIBLE_DEVICES without having a usable GPU). Backend: nccl on GPU, gloo
-on CPU. Rank 0 writes files; every rank computes.
+(a Slurm node may set CUDA_VISIBLE_DEVICES without a usable GPU). Backend: nccl on GPU, gloo on CPU.
+Rank 0 writes files; every rank computes.
+
+The device rule lives here and only here: a collective runs on `comm_device()`, the rank's GPU under
+nccl (whose backend takes CUDA tensors only) and the CPU under gloo. Each helper moves its tensors
+there and the results back, so callers hand over tensors wherever they live (CPU scalars, CUDA
+gradients). One nccl group rather than "cpu:gloo,cuda:nccl": the few scalars per step cost one tiny
+copy, while a second (gloo) rendezvous over the cluster network is one more thing to misconfigure
+(interface choice, firewalls) for no speed gain.
 """
 
 import datetime
@@ -18,8 +25,7 @@ _STATE = {"rank": 0, "world_size": 1, "local_rank": 0, "device": None, "owned": 
 
 
 def _slurm_env():
-    """RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from a multi-task `srun` step (no torchrun, no
-    submitit)."""
+    """RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* from a multi-task `srun` step (no torchrun/submitit)."""
     ntasks = int(os.environ.get("SLURM_NTASKS", "1"))
     if "SLURM_PROCID" not in os.environ or ntasks <= 1 or "SLURM_STEP_ID" not in os.environ:
         return
@@ -71,8 +77,8 @@ def init(device=None, timeout_min=30):
         for key in ("MASTER_ADDR", "MASTER_PORT"):
             if key not in os.environ:
                 raise RuntimeError(
-                    f"WORLD_SIZE={ws} but {key} is not set (launch with torchrun, srun or bcm "
-                    "launch)"
+                    f"WORLD_SIZE={ws} but {key} is not set "
+                    "(launch with torchrun, srun or bcm launch)"
                 )
         dist.init_process_group(
             "nccl" if use_cuda else "gloo",
@@ -80,6 +86,7 @@ def init(device=None, timeout_min=30):
             rank=r,
             world_size=ws,
             timeout=datetime.timedelta(minutes=timeout_min),
+            device_id=dev if use_cuda else None,  # binds the nccl group to this rank's GPU
         )
         _STATE["owned"] = True
     _STATE.update(rank=r, world_size=ws, local_rank=lr, device=dev)
@@ -107,7 +114,9 @@ def is_main():
 
 def barrier():
     if dist.is_initialized():
-        dist.barrier()
+        # nccl: name the device, or the barrier guesses it from the rank
+        kwargs = {"device_ids": [comm_device().index]} if dist.get_backend() == "nccl" else {}
+        dist.barrier(**kwargs)
 
 
 def print0(*args, **kwargs):
@@ -117,21 +126,98 @@ def print0(*args, **kwargs):
         print(*args, **kwargs, file=file, flush=True)
 
 
-def all_reduce_mean_(tensors):
-    """Average a list of same-dtype-grouped tensors over ranks in place: one flat bucket per
-    dtype."""
-    ws = world_size()
-    if ws == 1 or not tensors:
-        return
+# ----------------------------------------------------------------------------------- collectives
+
+
+def comm_device():
+    """The device every collective runs on: the current GPU under nccl, the CPU otherwise."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _active():
+    """Collectives run whenever a group exists (also a 1-rank one: the nccl test uses one)."""
+    return dist.is_initialized()
+
+
+def _buckets(tensors):
+    """Tensors grouped by dtype: one flat buffer per dtype on the communication device."""
     by_dtype = {}
     for t in tensors:
         by_dtype.setdefault(t.dtype, []).append(t)
+    dev = comm_device()
     for group in by_dtype.values():
-        flat = torch.cat([t.reshape(-1) for t in group])
+        yield group, torch.cat([t.detach().reshape(-1).to(dev) for t in group])
+
+
+def _unflatten_(group, flat):
+    offset = 0
+    for t in group:
+        n = t.numel()
+        t.copy_(flat[offset : offset + n].view_as(t))  # back to t's own device, dtype and layout
+        offset += n
+
+
+def all_reduce_mean_(tensors):
+    """Average tensors over ranks in place (any devices): one flat all-reduce per dtype."""
+    if not _active() or not tensors:
+        return
+    for group, flat in _buckets(tensors):
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat /= ws
-        offset = 0
-        for t in group:
-            n = t.numel()
-            t.copy_(flat[offset : offset + n].view_as(t))
-            offset += n
+        _unflatten_(
+            group, flat.div_(world_size()) if flat.is_floating_point() else flat // world_size()
+        )
+
+
+def all_reduce_max_(tensors):
+    """Element-wise maximum over ranks, in place (any devices)."""
+    if not _active() or not tensors:
+        return
+    for group, flat in _buckets(tensors):
+        dist.all_reduce(flat, op=dist.ReduceOp.MAX)
+        _unflatten_(group, flat)
+
+
+def max_int(value):
+    """The largest of one integer per rank (every rank gets it)."""
+    t = torch.tensor([int(value)], dtype=torch.int64)
+    all_reduce_max_([t])
+    return int(t.item())
+
+
+def broadcast_(tensors, src=0):
+    """Rank `src`'s values into every rank's tensors, in place: one flat broadcast per dtype."""
+    if not _active() or not tensors:
+        return
+    for group, flat in _buckets(tensors):
+        dist.broadcast(flat, src=src)
+        _unflatten_(group, flat)
+
+
+def broadcast_state_(module, src=0):
+    """Every parameter and buffer of `module` set to rank `src`'s (identical initial weights)."""
+    broadcast_(list(module.state_dict().values()), src)
+
+
+def gather_rows(rows, index, total):
+    """All-gather per-rank rows [n_r, D] (any split, unequal counts allowed) with their global row
+    indices -> a [total, D] float64 array in index order, on every rank. Indices travel as float64
+    (exact below 2**53)."""
+    import numpy as np
+
+    rows = np.asarray(rows, np.float64).reshape(len(index), -1)
+    out = np.empty((total, rows.shape[1]), np.float64)
+    if not _active():
+        out[np.asarray(index, np.int64)] = rows
+        return out
+    n_max = max_int(len(rows))
+    buf = torch.full((n_max, rows.shape[1] + 1), -1.0, dtype=torch.float64, device=comm_device())
+    buf[: len(rows), 0] = torch.as_tensor(np.asarray(index, np.float64), device=buf.device)
+    buf[: len(rows), 1:] = torch.as_tensor(rows, device=buf.device)
+    parts = [torch.empty_like(buf) for _ in range(world_size())]
+    dist.all_gather(parts, buf)
+    got = torch.cat(parts).cpu().numpy()
+    got = got[got[:, 0] >= 0]
+    out[got[:, 0].astype(np.int64)] = got[:, 1:]
+    return out

@@ -3,7 +3,6 @@ inversion and JPEG restoration -> MSE. Every rank takes its share of seeds (seed
 whatever the split); features are all-gathered in seed order, rank 0 scores and writes.
 """
 
-import math
 import time
 from pathlib import Path
 
@@ -27,30 +26,9 @@ class _ZeroNoise:
 
 
 def gather_rows(local, local_idx, total):
-    """All-gather per-rank rows [n_r, D] with their global indices -> [total, D] in index order
-    (every rank)."""
-    local = np.asarray(local, np.float32)
-    local = local if local.ndim == 2 else local.reshape(len(local_idx), -1)
-    if dist.world_size() == 1:
-        out = np.empty((total, local.shape[1]), np.float32)
-        out[np.asarray(local_idx)] = local
-        return out
-    dev = (
-        torch.device("cuda", torch.cuda.current_device())
-        if torch.distributed.get_backend() == "nccl"
-        else torch.device("cpu")
-    )
-    n_max = math.ceil(total / dist.world_size())
-    buf = torch.full((n_max, local.shape[1] + 1), -1.0, dtype=torch.float64, device=dev)
-    buf[: len(local), 0] = torch.as_tensor(np.asarray(local_idx), dtype=torch.float64)
-    buf[: len(local), 1:] = torch.as_tensor(local, dtype=torch.float64)
-    parts = [torch.empty_like(buf) for _ in range(dist.world_size())]
-    torch.distributed.all_gather(parts, buf)
-    rows = torch.cat(parts).cpu().numpy()
-    rows = rows[rows[:, 0] >= 0]
-    out = np.empty((total, local.shape[1]), np.float32)
-    out[rows[:, 0].astype(np.int64)] = rows[:, 1:]
-    return out
+    """All-gather per-rank rows [n_r, D] with global indices -> [total, D] float32, in order."""
+    local = np.asarray(local, np.float32)  # the same rounding in one process and in many
+    return dist.gather_rows(local.reshape(len(local_idx), -1), local_idx, total).astype(np.float32)
 
 
 class Evaluator:
@@ -186,11 +164,7 @@ def _agree(nfe):
     value."""
     if dist.world_size() == 1:
         return nfe
-    t = torch.tensor([-1 if nfe is None else nfe], dtype=torch.float64)
-    if torch.distributed.get_backend() == "nccl":
-        t = t.cuda()
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return int(t.item())
+    return dist.max_int(-1 if nfe is None else nfe)
 
 
 class _RawKey:

@@ -112,8 +112,7 @@ def training_loop(run_dir, device=None):
         init_from_network(model, t.init)
     model.to(device).train()
     if world > 1:
-        for v in model.state_dict().values():
-            torch.distributed.broadcast(v, src=0)
+        dist.broadcast_state_(model)
     stepper = Stepper(model, loss_fn, t, device, conditional=cfg.model.net.num_classes > 0)
     ema, optimizer = stepper.ema, stepper.optimizer
     step = 0

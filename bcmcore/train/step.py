@@ -20,7 +20,7 @@ def sync_grads(params):
     if dist.world_size() == 1:
         return
     has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
-    torch.distributed.all_reduce(has, op=torch.distributed.ReduceOp.MAX)
+    dist.all_reduce_max_([has])
     grads = []
     for p, h in zip(params, has.tolist()):
         if h and p.grad is None:
@@ -33,9 +33,9 @@ def sync_grads(params):
 def reduce_terms(terms):
     """Mean of every logged scalar over processes (same key order everywhere) -> {name: float}."""
     keys = sorted(terms)
-    v = torch.stack([terms[k].detach().float().reshape(()) for k in keys]).cpu()
+    v = torch.stack([torch.as_tensor(terms[k]).detach().float().reshape(()) for k in keys])
     dist.all_reduce_mean_([v])
-    return dict(zip(keys, v.tolist()))
+    return dict(zip(keys, v.tolist()))  # one device-to-host copy for all terms
 
 
 class Stepper:
