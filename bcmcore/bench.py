@@ -74,21 +74,19 @@ PEAK_BF16 = {
 }
 
 
-def _setup(name, batch, device, bf16=False, compile=False, channels_last=False):
+def _setup(name, batch, device, **train_keys):
+    """A Stepper for `name` (a CONFIGS key, or a dict of the same form); train_keys are TrainConfig
+    device keys (bf16, tf32, compile, channels_last, ...), applied as training applies them."""
     from bcmcore.losses import build_loss
     from bcmcore.nets import ModelConfig, build_model
     from bcmcore.train.config import TrainConfig
     from bcmcore.train.step import Stepper
 
-    c = CONFIGS[name]
+    c = CONFIGS[name] if isinstance(name, str) else name
     model_cfg = from_dict(ModelConfig, c["model"], "model")
     torch.manual_seed(0)
     model = build_model(model_cfg).to(device).train()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if compile:
-        model.net = torch.compile(model.net)
-    t = TrainConfig(total_steps=400_000, batch=batch, bf16=bf16)
+    t = TrainConfig(total_steps=400_000, batch=batch, **train_keys)
     stepper = Stepper(
         model,
         build_loss(c["loss"], model_cfg),
@@ -97,13 +95,15 @@ def _setup(name, batch, device, bf16=False, compile=False, channels_last=False):
         conditional=model_cfg.net.num_classes > 0,
     )
     x = torch.rand(batch, *c["shape"], device=device) * 2 - 1
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, max(model_cfg.net.num_classes, 1), (batch,), device=device)
+
+    batch_dict = {"x": x, "y": y}
+    if c["loss"]["kind"] == "igct":  # paired source images
+        batch_dict["x_src"] = torch.rand_like(x) * 2 - 1
 
     def batches():
         while True:
-            yield {"x": x, "y": y}
+            yield batch_dict
 
     return stepper, batches()
 
@@ -137,21 +137,39 @@ def step_flops(stepper, batches):
     return counter.get_total_flops()
 
 
-def bench_train(name, device, batch=None, steps=10, warmup=3, variants=None):
-    """Rows {config, variant, batch, sec_per_step, img_per_s, mfu} for the variants that apply
-    here."""
-    if name not in CONFIGS:
+def variant_keys(variant):
+    """'bf16+compile' -> TrainConfig device keys; tokens fp32 (no autocast), bf16, notf32 (IEEE fp32
+    matmuls), compile, channels_last."""
+    tokens = set(variant.split("+"))
+    unknown = tokens - {"fp32", "bf16", "notf32", "compile", "channels_last"}
+    if unknown:
+        raise UserError(f"--variants: unknown token(s) {', '.join(sorted(unknown))} in {variant!r}")
+    return dict(
+        bf16="bf16" in tokens,
+        tf32="notf32" not in tokens,
+        compile="compile" in tokens,
+        channels_last="channels_last" in tokens,
+    )
+
+
+def bench_train(name, device, batch=None, steps=10, warmup=3, variants=None, config=None):
+    """Rows {config, variant, batch, sec_per_step, img_per_s, peak_gb, mfu} for the variants that
+    apply here. `config`: a dict like a CONFIGS entry, benchmarked under `name` instead."""
+    if config is None and name not in CONFIGS:
         raise UserError(f"--config: unknown config {name!r} (known: {', '.join(CONFIGS)})")
-    image = len(CONFIGS[name]["shape"]) == 3
+    c = config or CONFIGS[name]
+    image = len(c["shape"]) == 3
     cuda = device.type == "cuda"
-    batch = batch or CONFIGS[name]["batch" if cuda else "cpu_batch"]
+    batch = batch or c["batch" if cuda else "cpu_batch"]
     wanted = variants or ["fp32", "bf16", "compile", "bf16+compile", "channels_last"]
-    rows = []
+    rows, flops = [], None  # FLOPs per step do not depend on the variant: counted once, uncompiled
     for v in wanted:
-        opts = dict(bf16="bf16" in v, compile="compile" in v, channels_last="channels_last" in v)
+        opts = variant_keys(v)
         if (opts["bf16"] and not cuda) or (opts["channels_last"] and not image):
             continue  # autocast runs on CUDA only (train.bf16); channels_last is for images
-        stepper, batches = _setup(name, batch, device, **opts)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        stepper, batches = _setup(c, batch, device, **opts)
         sec = time_steps(stepper, batches, steps, warmup, device)
         row = {
             "config": name,
@@ -161,13 +179,17 @@ def bench_train(name, device, batch=None, steps=10, warmup=3, variants=None):
             "sec_per_step": sec,
             "img_per_s": batch / sec,
         }
+        if cuda:
+            row["peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
         peak = next(
             (p for k, p in PEAK_BF16.items() if cuda and k in torch.cuda.get_device_name(device)),
             None,
         )
-        if peak and not opts["compile"]:
-            row["tflops_per_step"] = step_flops(stepper, batches) / 1e12
-            row["mfu"] = row["tflops_per_step"] * 1e12 / sec / peak
+        if peak and flops is None and not opts["compile"]:
+            flops = step_flops(stepper, batches)
+        if peak and flops is not None:
+            row["tflops_per_step"] = flops / 1e12
+            row["mfu"] = flops / sec / peak  # against the dense bf16 peak, whatever the variant
         rows.append(row)
         print(json.dumps(row), flush=True)
         del stepper, batches
@@ -242,7 +264,11 @@ def main(argv=None):
     )
     tr.add_argument("--steps", type=int, default=10)
     tr.add_argument("--warmup", type=int, default=3)
-    tr.add_argument("--variants", help="comma list of fp32,bf16,compile,bf16+compile,channels_last")
+    tr.add_argument(
+        "--variants",
+        help="comma list of variants, each tokens joined by '+': fp32 (TF32 matmuls, the train "
+        "default), bf16, notf32, compile, channels_last; e.g. fp32,fp32+notf32,bf16+compile",
+    )
     tr.add_argument("--device", choices=["cpu", "cuda"], default=None)
     tr.add_argument("--out", help="also write the rows as JSON here")
     dd = sub.add_parser("ddp", help="2-process vs 1-process step time on CPU (gloo)")

@@ -267,3 +267,39 @@ def test_generate_invert_edit_shapes_nfe_and_seeds():
             3.0,
         ).clamp(-1, 1),
     )
+
+
+def _loss_and_grads(loss, model, step, total_steps):
+    """Loss terms and gradients of one iGCT step from a fixed RNG state; denoiser calls counted."""
+    calls = []
+    denoiser = model.denoiser
+    model.denoiser = lambda *a, **k: calls.append(torch.is_grad_enabled()) or denoiser(*a, **k)
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(7)
+    out = loss(model, pair_batch(n=16), step=step, total_steps=total_steps)
+    out["loss"].backward()
+    del model.denoiser
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    return {k: v.detach() for k, v in out.items()}, grads, calls
+
+
+@pytest.mark.parametrize("step", [0, 5])  # step 5 with stage_steps 1: stage 5, r > 0 at large t
+def test_stage0_skips_the_denoiser_target_pass_with_identical_loss_and_gradients(step):
+    """No sample has r > 0 in stage 0: the target pass is skipped; terms and gradients are bitwise
+    those of running it (dropout on, so the RNG stream after the skipped pass must match too)."""
+    cfg, model = tiny_igct(dropout=0.3)
+    model.train()
+    spec = {"kind": "igct", "stage_steps": 1, "recon_every": 1, "P_mean": 1.0}  # with L_rec
+    skip, full = build_loss(spec, cfg), build_loss(spec, cfg)
+    full.skip_idle_target = False
+    out_s, grads_s, calls_s = _loss_and_grads(skip, model, step, 10)
+    out_f, grads_f, calls_f = _loss_and_grads(full, model, step, 10)
+    assert out_s.keys() == out_f.keys() and "rec" in out_s
+    for k in out_s:
+        assert torch.equal(out_s[k], out_f[k]), k
+    assert grads_s.keys() == grads_f.keys() and len(grads_s) > 0
+    for k in grads_s:
+        assert torch.equal(grads_s[k], grads_f[k]), k
+    # the full version runs online + target + reconstruction; the skip drops the no-grad target
+    assert calls_f == [True, False, True]
+    assert calls_s == ([True, True] if step == 0 else calls_f)

@@ -93,6 +93,8 @@ def shared_dropout(fn_online, fn_target, device):
     seed = draw_seed()
     with same_dropout(seed, device):
         online = fn_online()
+    if fn_target is None:  # no target needed: the RNG stream is the same as with the pass
+        return online, None
     with same_dropout(seed, device), torch.no_grad():
         target = fn_target()
     return online, torch.nan_to_num(target.detach())
@@ -109,6 +111,7 @@ def reconstruction_loss(model, x_tar, y, c):
 @register("igct")
 class IGCTLoss:
     Config = IGCTConfig
+    skip_idle_target = True  # False runs the denoiser target pass even when no sample has r > 0
 
     def __init__(self, cfg, model_cfg):
         if model_cfg is not None and model_cfg.kind != "igct":
@@ -175,15 +178,22 @@ class IGCTLoss:
         y_img = torch.where(param.append_dims(guided, x_tar.ndim), x_src, x_tar)
         x_t = y_img + param.append_dims(t, x_tar.ndim) * torch.randn_like(x_tar)
         x_r = guided_euler_target(x_t, y_img, x_tar, t, r, w)
+        # r = 0 (all of stage 0, small t later): no ODE step to take, the target is the clean image
+        # that was noised. The target pass runs for the batch (at sigma_min where r = 0, to keep one
+        # batch shape) only if some sample has r > 0; stage 0 skips it, as the authors do.
+        # (one host sync per step for the test)
+        step_pass = not self.skip_idle_target or bool((r > 0).any())
         online, target = shared_dropout(
             lambda: model.denoiser(x_t, t, y, w),
-            lambda: model.denoiser(x_r, r.clamp_min(model.sigma_min), y, w),
+            (lambda: model.denoiser(x_r, r.clamp_min(model.sigma_min), y, w))
+            if step_pass
+            else None,
             dev,
         )
-        # (the target pass at r = 0 is evaluated at sigma_min only to keep one batch shape, then
-        # replaced) r = 0 (stage 0, small t later): no ODE step to take, the target is the clean
-        # image that was noised.
-        target = torch.where(param.append_dims(r > 0, x_tar.ndim), target, y_img)
+        if target is None:
+            target = y_img
+        else:
+            target = torch.where(param.append_dims(r > 0, x_tar.ndim), target, y_img)
         l_gct = param.pseudo_huber(online, target, c) / (t - r)  # ECT weight 1/(t - r)
 
         total = l_inv + l_gct

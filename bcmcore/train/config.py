@@ -31,6 +31,12 @@ class TrainConfig:
     checkpoint_every: int = 1000  # steps between training-state files
     snapshot_every: int = 0  # steps between network-snapshot files; 0 = none
     keep_last: int = 2  # training-state files kept (older ones are deleted)
+    # Device keys (runtime keys, bcmcore/train/device.py): how the run executes, not what it trains.
+    tf32: bool = True  # TF32 fp32 matmuls/convolutions on CUDA (both reference repos train so)
+    cudnn_benchmark: bool = True  # cuDNN autotuner (off under deterministic)
+    deterministic: bool = False  # deterministic CUDA kernels: bitwise resume on a GPU (slower)
+    channels_last: bool = False  # NHWC weights and batches (convolutional nets; pays on CUDA)
+    compile: bool = False  # torch.compile the networks (the first steps compile)
 
     def __post_init__(self):
         positive = ("total_steps", "batch", "status_every", "checkpoint_every", "keep_last")

@@ -10,6 +10,7 @@ through functional_call with detached parameters), which DDP's per-forward hooks
 import torch
 
 from bcmcore import dist
+from bcmcore.train import device as device_keys
 from bcmcore.train.config import round_seed
 from bcmcore.train.ema import EMA
 
@@ -33,7 +34,10 @@ def sync_grads(params):
 def reduce_terms(terms):
     """Mean of every logged scalar over processes (same key order everywhere) -> {name: float}."""
     keys = sorted(terms)
-    v = torch.stack([torch.as_tensor(terms[k]).detach().float().reshape(()) for k in keys])
+    vals = [torch.as_tensor(terms[k]).detach().float().reshape(()) for k in keys]
+    # terms live on the GPU and the CPU (a loss's stage counter): stack them on one device
+    dev = next((v.device for v in vals if v.device.type != "cpu"), torch.device("cpu"))
+    v = torch.stack([x.to(dev) for x in vals])
     dist.all_reduce_mean_([v])
     return dict(zip(keys, v.tolist()))  # one device-to-host copy for all terms
 
@@ -50,11 +54,21 @@ class Stepper:
             device,
             conditional,
         )
+        device_keys.configure_backends(t, device)
+        self.channels_last = device_keys.uses_channels_last(t, model)
+        if self.channels_last:
+            # weights only: the first convolution turns activations NHWC. The batch stays NCHW, so
+            # the loss's noise (randn_like, drawn in memory order) is the same as without the key.
+            model.to(memory_format=torch.channels_last)  # before the EMA copy and the optimizer
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.RAdam(
             self.params, lr=t.lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay
         )
         self.ema = EMA(model, t.ema_rate)  # BCM fine-tuning: the EMA starts at the initial weights
+        if t.compile:
+            device_keys.compile_model(model)
+        # bf16 autocast covers every pass inside the loss (BCT's functional_call, both iGCT nets);
+        # the preconditioning scalings stay fp32 (elementwise ops are not autocast)
         self.autocast = dict(
             device_type=device.type, dtype=torch.bfloat16, enabled=t.bf16 and device.type == "cuda"
         )

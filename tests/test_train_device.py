@@ -1,0 +1,105 @@
+"""The train device keys (bcmcore/train/device.py): defaults, flags, channels_last, compile."""
+
+import pytest
+import torch
+
+from bcmcore.config import ConfigError, from_dict
+from bcmcore.losses import build_loss
+from bcmcore.nets import ModelConfig, NetConfig, build_model
+from bcmcore.train import TrainConfig
+from bcmcore.train import device as device_keys
+from bcmcore.train.step import Stepper
+
+TINY_NCSNPP = ModelConfig(
+    kind="bcm",
+    net=NetConfig(
+        arch="ncsnpp",
+        channels=16,
+        ch_mult=(1, 2),
+        num_blocks=1,
+        resolution=8,
+        attn_res=(4,),
+        two_time=True,
+    ),
+)
+
+
+def test_defaults_follow_the_reference_repos_and_types_are_checked():
+    t = TrainConfig()
+    assert (t.tf32, t.cudnn_benchmark, t.deterministic, t.channels_last, t.compile) == (
+        True,
+        True,
+        False,
+        False,
+        False,
+    )
+    with pytest.raises(ConfigError, match="train.deterministic"):
+        from_dict(TrainConfig, {"deterministic": "yes"}, "train")
+
+
+def test_configure_backends_sets_and_resets_deterministic_mode():
+    try:
+        device_keys.configure_backends(TrainConfig(deterministic=True), torch.device("cpu"))
+        assert torch.are_deterministic_algorithms_enabled()
+        device_keys.configure_backends(TrainConfig(), torch.device("cpu"))
+        assert not torch.are_deterministic_algorithms_enabled()  # a second job does not inherit
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def _step(channels_last):
+    torch.manual_seed(0)
+    model = build_model(TINY_NCSNPP)
+    t = TrainConfig(total_steps=100, batch=4, channels_last=channels_last)
+    stepper = Stepper(
+        model, build_loss({"kind": "bct"}, TINY_NCSNPP), t, torch.device("cpu"), False
+    )
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    terms = stepper.backward(iter([{"x": x, "y": None}]), step=50)
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    stepper.update()
+    return model, stepper, terms, grads
+
+
+def test_channels_last_changes_layout_not_the_step(one_thread):
+    plain, _, terms_a, grads_a = _step(False)
+    nhwc, stepper, terms_b, grads_b = _step(True)
+    conv = next(m for m in nhwc.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not next(
+        m for m in plain.modules() if isinstance(m, torch.nn.Conv2d)
+    ).weight.is_contiguous(memory_format=torch.channels_last)
+    ema_conv = next(m for m in stepper.ema.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert ema_conv.weight.is_contiguous(memory_format=torch.channels_last)  # EMA copied after
+    assert terms_a.keys() == terms_b.keys()
+    for k in terms_a:
+        assert terms_b[k] == pytest.approx(terms_a[k], rel=1e-5, abs=1e-6), k
+    for k in grads_a:
+        torch.testing.assert_close(grads_b[k], grads_a[k], rtol=1e-4, atol=1e-6)
+    fresh = build_model(TINY_NCSNPP)
+    fresh.load_state_dict(nhwc.state_dict())  # network files load into a plain model
+    assert all(
+        torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), nhwc.state_dict().values())
+    )
+
+
+def test_mlp_ignores_channels_last():
+    cfg = ModelConfig(
+        kind="cm", net=NetConfig(arch="mlp", data_channels=2, channels=8, num_blocks=1)
+    )
+    assert not device_keys.uses_channels_last(TrainConfig(channels_last=True), build_model(cfg))
+    assert device_keys.uses_channels_last(TrainConfig(channels_last=True), build_model(TINY_NCSNPP))
+
+
+def test_compile_keeps_parameter_names_and_outputs(one_thread):
+    torch.manual_seed(0)
+    model = build_model(TINY_NCSNPP).eval()
+    keys = list(model.state_dict())
+    x, t = torch.randn(2, 3, 8, 8), torch.full((2,), 2.0)
+    with torch.no_grad():
+        ref = model(x, t)
+    device_keys.compile_model(model, backend="eager")  # dynamo traces; no C++ toolchain needed
+    assert list(model.state_dict()) == keys  # checkpoints and the EMA see the same names
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t), ref)
+    assert model.net._compiled_call_impl is not None
