@@ -1,14 +1,13 @@
-"""`bcm bench train | ddp | data`: how fast one training step is, and how it scales over processes.
+"""How fast one training step is, and how it scales over processes (`bcm bench train | ddp`).
 
 train  img/s and sec/step of the real training step (train/step.py: loss passes, backward, RAdam,
        EMA) for a named config, with and without bf16 autocast / torch.compile / channels_last where
        they apply; MFU on CUDA (FLOPs counted by torch.utils.flop_counter, bf16 dense peak of the
        GPU as denominator).
 ddp    2 gloo CPU processes vs 1, same per-process batch: step-time and per-sample-time ratios.
-data   the data loader's own benchmark (bcmcore.data).
+data   the data loader's own benchmark: bcmcore.data_bench.
 """
 
-import argparse
 import json
 import os
 import time
@@ -252,52 +251,3 @@ def bench_ddp(name="tiny", batch=None, steps=20, warmup=3, world=2):
     }
     print(json.dumps(row), flush=True)
     return row
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(prog="bcm bench", description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="what", required=True)
-    tr = sub.add_parser("train", help="img/s, sec/step (and MFU on CUDA) of the training step")
-    tr.add_argument("--config", default="tiny", help=f"one of {', '.join(CONFIGS)}")
-    tr.add_argument(
-        "--batch", type=int, help="per-process batch (default: the config's GPU or CPU batch)"
-    )
-    tr.add_argument("--steps", type=int, default=10)
-    tr.add_argument("--warmup", type=int, default=3)
-    tr.add_argument(
-        "--variants",
-        help="comma list of variants, each tokens joined by '+': fp32 (TF32 matmuls, the train "
-        "default), bf16, notf32, compile, channels_last; e.g. fp32,fp32+notf32,bf16+compile",
-    )
-    tr.add_argument("--device", choices=["cpu", "cuda"], default=None)
-    tr.add_argument("--out", help="also write the rows as JSON here")
-    dd = sub.add_parser("ddp", help="2-process vs 1-process step time on CPU (gloo)")
-    dd.add_argument("--config", default="tiny")
-    dd.add_argument("--batch", type=int, help="per-process batch")
-    dd.add_argument("--steps", type=int, default=20)
-    dd.add_argument("--out")
-    sub.add_parser("data", help="data loader throughput (bcmcore.data)", add_help=False)
-    args, rest = ap.parse_known_args(argv)
-    if args.what == "data":
-        from bcmcore import data
-
-        if not hasattr(data, "benchmark"):
-            raise UserError("bcm bench data: bcmcore.data has no benchmark() in this version")
-        return data.benchmark(rest)
-    if rest:
-        ap.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.what == "train":
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        variants = (
-            args.variants.split(",")
-            if args.variants
-            else (None if device.type == "cuda" else ["fp32", "channels_last"])
-        )
-        rows = bench_train(args.config, device, args.batch, args.steps, args.warmup, variants)
-    else:
-        rows = [bench_ddp(args.config, args.batch, args.steps)]
-    if args.out:
-        from bcmcore.util import atomic_write_text
-
-        atomic_write_text(args.out, json.dumps(rows, indent=1) + "\n")
-    return 0

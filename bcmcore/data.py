@@ -54,9 +54,7 @@ class DataConfig:
 def read_manifest(shard_dir):
     path = Path(shard_dir) / "manifest.json"
     if not path.is_file():
-        raise UserError(
-            f"{path}: manifest not found (write the shards with `python -m data_prep ...`)"
-        )
+        raise UserError(f"{path}: manifest not found (write the shards with `bcm prep ...`)")
     try:
         man = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -436,10 +434,3 @@ def _batches(loader, device):
         if device is not None:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         yield {k: (_to_float(v) if k.startswith("x") else v) for k, v in batch.items()}
-
-
-def benchmark(argv=None):
-    """`bcm bench data` (dispatched by bcmcore.bench): see bcmcore.data_bench."""
-    from bcmcore.data_bench import benchmark as run
-
-    return run(argv)

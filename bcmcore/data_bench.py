@@ -8,7 +8,6 @@ number of workers; the loader's own in-memory mode (one batched gather, no worke
 the absolute ceiling.
 """
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -50,25 +49,18 @@ def _tensor_loader(x, y, batch, workers, seed):
             yield {"x": _to_float(xb), "y": yb}
 
 
-def benchmark(argv=None):
+def benchmark(resolutions=(32, 64), workers=(0, 1, 2), n=4096, batch=128, batches=20, dir=None):
+    """Print one row per (resolution, workers): shard loader vs in-memory img/s and their ratio;
+    returns the rows (res, workers, shard img/s, in-memory img/s)."""
     from bcmcore.data import DataConfig, load_split, make_loader
     from data_prep.writer import chunks, write_dataset
 
-    p = argparse.ArgumentParser(prog="bcm bench data", description=__doc__.splitlines()[0])
-    p.add_argument("--res", default="32,64", help="resolutions (default 32,64)")
-    p.add_argument("--workers", default="0,1,2", help="DataLoader worker counts (default 0,1,2)")
-    p.add_argument("--n", type=int, default=4096, help="images per resolution")
-    p.add_argument("--batch", type=int, default=128, help="batch per rank")
-    p.add_argument("--batches", type=int, default=20, help="timed batches per row")
-    p.add_argument("--dir", default=None, help="where to write the shards (default: a temp dir)")
-    a = p.parse_args(argv)
-    workers = [int(w) for w in a.workers.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(a.dir or tmp)
-        for res in (int(r) for r in a.res.split(",")):
+        root = Path(dir or tmp)
+        for res in resolutions:
             out = root / f"bench{res}"
-            x = _images(a.n, res)
+            x = _images(n, res)
             meta = {
                 "dataset": f"bench{res}",
                 "kind": "image",
@@ -76,14 +68,12 @@ def benchmark(argv=None):
                 "channels": 3,
                 "num_classes": 1,
             }
-            write_dataset(out, {"train": chunks(x, np.zeros(a.n, np.int64), 1024)}, meta)
+            write_dataset(out, {"train": chunks(x, np.zeros(n, np.int64), 1024)}, meta)
             xt, yt = load_split(out, "train")
             gather = _rate(
-                make_loader(
-                    DataConfig(shards=str(out), xflip=True, in_memory=True), a.batch, seed=0
-                ),
-                a.batch,
-                a.batches,
+                make_loader(DataConfig(shards=str(out), xflip=True, in_memory=True), batch, seed=0),
+                batch,
+                batches,
             )
             print(
                 f"  {res}x{res} in-memory batched gather (make_loader in_memory=True): "
@@ -91,8 +81,8 @@ def benchmark(argv=None):
             )
             for w in workers:
                 cfg = DataConfig(shards=str(out), xflip=True, in_memory=False, num_workers=w)
-                shard = _rate(make_loader(cfg, a.batch, seed=0), a.batch, a.batches)
-                mem = _rate(_tensor_loader(xt, yt, a.batch, w, 0), a.batch, a.batches)
+                shard = _rate(make_loader(cfg, batch, seed=0), batch, batches)
+                mem = _rate(_tensor_loader(xt, yt, batch, w, 0), batch, batches)
                 rows.append((res, w, shard, mem))
                 print(
                     f"  {res}x{res} workers={w}: shards {shard:9.0f} img/s   in-memory {mem:9.0f} "
@@ -103,11 +93,7 @@ def benchmark(argv=None):
     for res, w, shard, mem in rows:
         print(f"{res:>5} {w:>7} {shard:>13.0f} {mem:>16.0f} {shard / mem:>6.2f}")
     print(
-        f"(batch {a.batch}, {a.batches} timed batches, {a.n} images, torch threads "
+        f"(batch {batch}, {batches} timed batches, {n} images, torch threads "
         f"{torch.get_num_threads()})"
     )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(benchmark())
+    return rows

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from bcmcore.config import UserError
-from bcmcore.sampling import Calls, ancestral, check_guidance, check_kind, check_times, heun_ode
+from bcmcore.nets.facts import check_kind
+from bcmcore.sampling import Calls, ancestral, check_guidance, check_times, heun_ode
 
 
 def _check_mask(mask, x, routine):

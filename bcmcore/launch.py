@@ -14,7 +14,6 @@ process dies (login session closed), the same `bcm launch` waits for that job ag
 submitting a second one.
 """
 
-import argparse
 import json
 import os
 import signal
@@ -75,6 +74,23 @@ class LauncherConfig:
     @property
     def num_tasks(self):
         return self.nodes * (self.tasks_per_node or max(self.gpus_per_node, 1))
+
+
+# The launcher keys a command line or a workflow stage may override: one table, read by the flags
+# of `bcm launch` and by the workflow's per-stage settings (LauncherConfig holds the rest).
+LAUNCH_KEYS = {
+    "executor": str,
+    "nodes": int,
+    "gpus_per_node": int,
+    "tasks_per_node": int,
+    "cpus_per_task": int,
+    "mem_gb": float,
+    "time_min": int,
+    "partition": str,
+    "account": str,
+    "qos": str,
+    "constraint": str,
+}
 
 
 def load_launcher(path=None, **overrides):
@@ -150,14 +166,12 @@ class BcmTask(submitit.helpers.Checkpointable):
     """One task of a launched job: `bcm <argv>` in this process. checkpoint() (inherited) resubmits
     the same command and nothing else; resume is the training loop's job."""
 
-    def __call__(self, argv):
+    def __call__(self, argv, entry):
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        from bcmcore.cli import main
-
         try:
-            return main(list(argv))
+            return entry(list(argv))
         except Exception:  # (never SystemExit: submitit's requeue on preemption exits through it)
             # The debug executor would open pdb on a crash: only useful at a terminal, a hang in a
             # workflow.
@@ -170,8 +184,8 @@ class BcmTask(submitit.helpers.Checkpointable):
             sys.stderr.flush()
 
 
-def submit(argv, cfg: LauncherConfig, folder, name=None):
-    """Submit `bcm <argv>` as one job; returns the submitit Job."""
+def submit(argv, cfg: LauncherConfig, folder, name, entry):
+    """Submit `entry(argv)` as one job (entry = bcmcore.cli.main: `bcm <argv>`); returns the Job."""
     ex = make_executor(cfg, folder, name or f"bcm-{argv[0]}")
     # A shell's background job (nohup snakemake ... &) starts with SIGINT ignored, and children
     # inherit that. submitit's local controller would then survive cancel() (a SIGINT): no deadline
@@ -184,7 +198,7 @@ def submit(argv, cfg: LauncherConfig, folder, name=None):
     with (
         submitit.helpers.clean_env()
     ):  # nested in a Slurm job (Snakemake's): do not inherit its variables
-        return ex.submit(BcmTask(), list(argv))
+        return ex.submit(BcmTask(), list(argv), entry)
 
 
 def _remember(folder, job, argv, num_tasks):
@@ -292,64 +306,18 @@ def _default_job_dir(argv):
     return Path("submitit-logs")
 
 
-def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[argv.index("--") + 1 :] if "--" in argv else []
-    own = argv[: argv.index("--")] if "--" in argv else argv
-    ap = argparse.ArgumentParser(
-        prog="bcm launch",
-        usage="bcm launch [options] -- <bcm command> [args]",
-        description=__doc__.splitlines()[0],
-    )
-    ap.add_argument(
-        "--launcher", help="launcher YAML (executor, nodes, gpus_per_node, partition, ...)"
-    )
-    ap.add_argument(
-        "--job-dir", help="submitit logs (default: RUN_DIR/submitit when the command has --run-dir)"
-    )
-    ap.add_argument(
-        "--deadline-min", type=float, help="cancel the job and exit 124 after this many minutes"
-    )
-    ap.add_argument("--name", help="job name (default: bcm-<command>)")
-    ap.add_argument("--executor", choices=["slurm", "local", "debug"])
-    for flag, tp in (
-        ("nodes", int),
-        ("gpus-per-node", int),
-        ("tasks-per-node", int),
-        ("cpus-per-task", int),
-        ("mem-gb", float),
-        ("time-min", int),
-        ("partition", str),
-        ("account", str),
-        ("qos", str),
-        ("constraint", str),
-    ):
-        ap.add_argument(
-            f"--{flag}", type=tp, help=f"override the launcher file's {flag.replace('-', '_')}"
-        )
-    args = ap.parse_args(own)
+def run(command, entry, launcher=None, job_dir=None, deadline_min=None, name=None, **overrides):
+    """Run `bcm <command>` as one job and wait: the `bcm launch` command without its flags.
+
+    entry: the function a task calls with the command's argv (bcmcore.cli.main); overrides: keys of
+    LAUNCH_KEYS replacing the launcher file's values (None values are ignored). Returns the exit
+    code."""
     if not command:
-        ap.error("missing the bcm command after '--' (e.g. -- train --run-dir DIR)")
+        raise UserError("missing the bcm command after '--' (e.g. -- train --run-dir DIR)")
     if command[0] == "launch":
-        ap.error("the launched command cannot itself be 'launch'")
-    overrides = {
-        k: getattr(args, k)
-        for k in (
-            "executor",
-            "nodes",
-            "gpus_per_node",
-            "tasks_per_node",
-            "cpus_per_task",
-            "mem_gb",
-            "time_min",
-            "partition",
-            "account",
-            "qos",
-            "constraint",
-        )
-    }
-    cfg = load_launcher(args.launcher, **overrides)
-    folder = Path(args.job_dir) if args.job_dir else _default_job_dir(command)
+        raise UserError("the launched command cannot itself be 'launch'")
+    cfg = load_launcher(launcher, **overrides)
+    folder = Path(job_dir) if job_dir else _default_job_dir(command)
     job, state = find_running(folder, command, cfg)
     if job is not None:
         print(
@@ -360,7 +328,7 @@ def main(argv=None):
             flush=True,
         )
     else:
-        job = submit(command, cfg, folder, args.name)
+        job = submit(command, cfg, folder, name, entry)
         if cfg.executor == "slurm":
             _remember(folder, job, command, cfg.num_tasks)
         print(
@@ -373,7 +341,7 @@ def main(argv=None):
     # Snakemake stops a rule with SIGTERM: take the job down with us.
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        return wait(job, None if args.deadline_min is None else args.deadline_min * 60)
+        return wait(job, None if deadline_min is None else deadline_min * 60)
     except KeyboardInterrupt:
         job.cancel(check=False)
         print(f"bcm launch: interrupted; job {job.job_id} cancelled", file=sys.stderr, flush=True)

@@ -14,6 +14,7 @@ import torch
 
 from bcmcore import param
 from bcmcore.config import UserError
+from bcmcore.nets.facts import check_kind
 
 # ----------------------------------------------------------------------------------------------
 # Per-sample randomness
@@ -56,19 +57,6 @@ def seeded_labels(seeds, num_classes, device="cpu"):
 
 # ----------------------------------------------------------------------------------------------
 # Checks (all run before the first network call)
-
-
-def check_kind(model, kinds, routine):
-    kind = getattr(model, "kind", None)
-    if kind not in kinds:
-        raise UserError(
-            f"{routine}: needs a model of kind {' or '.join(kinds)}, got kind {kind!r}"
-            + (
-                " (an iCT/CM model maps only to sigma_min; inversion and u > sigma_min need a BCM)"
-                if kind == "cm"
-                else ""
-            )
-        )
 
 
 def check_times(model, times, name, direction, min_len=2, allow_final_zero=False):
@@ -320,37 +308,6 @@ def get_recipe(name):
     if name not in RECIPES:
         raise UserError(f"--recipe: unknown recipe {name!r} (known: {', '.join(sorted(RECIPES))})")
     return RECIPES[name]
-
-
-def parse_times(text, flag="--steps"):
-    """'80,2.4,0.002' -> [80.0, 2.4, 0.002]."""
-    try:
-        return [float(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
-
-
-def parse_pairs(text, flag="--zigzag"):
-    """'0.1:1.2,0.12:0.4' -> [(0.1, 1.2), (0.12, 0.4)] (zigzag rounds eps_i:t_i)."""
-    try:
-        pairs = [tuple(float(v) for v in p.split(":")) for p in str(text).split(",") if p.strip()]
-    except ValueError:
-        pairs = None
-    if pairs is None or any(len(p) != 2 for p in pairs):
-        raise UserError(
-            f"{flag}: expected comma-separated eps:t pairs such as 0.1:1.2, got {text!r}"
-        )
-    return pairs
-
-
-def data_shape(model):
-    """One sample's shape from the model config: (d,) for the toy MLP, else (C, H, W)."""
-    net = model.cfg.net
-    return (
-        (net.data_channels,)
-        if net.arch == "mlp"
-        else (net.data_channels, net.resolution, net.resolution)
-    )
 
 
 def generate(model, recipe, z, rng, y=None, w=1.0, clamp=False):

@@ -188,10 +188,8 @@ def test_vector_shards_batch_shape(tmp_path):
 def test_benchmark_runs_and_reports_ratio(capsys):
     from bcmcore.data_bench import benchmark
 
-    assert (
-        benchmark(["--res", "8", "--workers", "0,1", "--n", "64", "--batch", "8", "--batches", "2"])
-        == 0
-    )
+    rows = benchmark([8], [0, 1], n=64, batch=8, batches=2)
+    assert [r[:2] for r in rows] == [(8, 0), (8, 1)]
     table = [
         line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("    8 ")
     ]

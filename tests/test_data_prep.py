@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from bcmcore.cli.prep import prep
 from bcmcore.config import UserError
 from bcmcore.data import DataConfig, load_split, make_loader, read_manifest
-from data_prep.__main__ import main as prep
 
 
 def prep1(*argv):

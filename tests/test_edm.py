@@ -8,6 +8,7 @@ import torch
 from bcmcore import guided, sampling
 from bcmcore.config import ConfigError, UserError
 from bcmcore.losses import build_loss
+from bcmcore.metrics.edit_rate import edit_rate_table
 from bcmcore.nets import ModelConfig, NetConfig
 from bcmcore.toy import GaussianMixture
 
@@ -133,6 +134,4 @@ def test_edit_success_rate_counts_target_class_hits():
         guided.edit_success_rate(model, lambda v: (v[:, 0] < 0).long(), x, y, ws=[1.0])[1.0] == 0.0
     )
     with pytest.raises(UserError, match="guidance weight"):
-        guided.edit_rate_main(
-            ["--network", "n.pt", "--shards", "s", "--out", "o.csv", "--w", "0.5"]
-        )
+        edit_rate_table("n.pt", "s", "o.csv", [0.5])

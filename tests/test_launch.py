@@ -15,8 +15,10 @@ import time
 import pytest
 from test_train import TINY_CM, make_run, shards  # noqa: F401
 
+from bcmcore import cli
+from bcmcore.cli.launch import launch as main
 from bcmcore.config import ConfigError, UserError
-from bcmcore.launch import LauncherConfig, load_launcher, main, make_executor, submit, wait
+from bcmcore.launch import LauncherConfig, load_launcher, make_executor, submit, wait
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
@@ -193,7 +195,7 @@ def test_preempted_local_job_requeues_and_resumes(tmp_path, shards):
     cfg = LauncherConfig(executor="local", time_min=30)
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
-        job = submit(["train", "--run-dir", str(run)], cfg, tmp_path / "jobs")
+        job = submit(["train", "--run-dir", str(run)], cfg, tmp_path / "jobs", None, cli.main)
     finally:
         os.environ.pop("OMP_NUM_THREADS")
     deadline = time.time() + 300

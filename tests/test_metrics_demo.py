@@ -20,10 +20,9 @@ from bcmcore.nets import ModelConfig, NetConfig, build_model, save_network
 def digits(tmp_path_factory):
     """Real demo shards (data_prep digits) and the demo classifier trained on them (once per
     module)."""
-    from data_prep.__main__ import main as prep
 
     out = tmp_path_factory.mktemp("digits") / "shards"
-    assert prep(["digits", "--out", str(out), "--workers", "1"]) == 0
+    assert bcm(["prep", "digits", "--out", str(out), "--workers", "1"]) == 0
     demo_classifier.load_demo_classifier(out)
     return out
 

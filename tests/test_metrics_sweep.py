@@ -20,11 +20,23 @@ from bcmcore.toy import DEMO_GMM, ExactFlowMap
 
 @pytest.fixture(scope="module")
 def gmm(tmp_path_factory):
-    from data_prep.__main__ import main as prep
 
     out = tmp_path_factory.mktemp("gmm") / "shards"
     assert (
-        prep(["gmm2d", "--out", str(out), "--workers", "1", "--n-train", "3000", "--n-test", "300"])
+        bcm(
+            [
+                "prep",
+                "gmm2d",
+                "--out",
+                str(out),
+                "--workers",
+                "1",
+                "--n-train",
+                "3000",
+                "--n-test",
+                "300",
+            ]
+        )
         == 0
     )
     return out
@@ -198,7 +210,7 @@ def test_eval_rejects_a_checkpoint_of_the_wrong_kind(tmp_path, gmm, networks):
     with pytest.raises(
         UserError, match=r"edm.pt: a network of kind 'edm', but the spec's model 'x' declares"
     ):
-        from bcmcore.metrics.cli import main
+        from bcmcore.cli.eval import evaluate as main
 
         main(
             ["--spec", str(spec), "--out", str(tmp_path / "o"), "--device", "cpu", "--no-progress"]
@@ -287,7 +299,7 @@ def test_too_few_samples_for_the_features_is_a_clear_error(tmp_path, gmm, networ
     with pytest.raises(
         UserError, match="spec num_samples: 2 samples but the features have 2 dimensions"
     ):
-        from bcmcore.metrics.cli import main
+        from bcmcore.cli.eval import evaluate as main
 
         main(
             ["--spec", str(spec), "--out", str(tmp_path / "o"), "--device", "cpu", "--no-progress"]
@@ -314,7 +326,7 @@ def _rank_main(rank, world, port, spec, out):
     )
     torch.set_num_threads(1)
     from bcmcore import dist
-    from bcmcore.metrics.cli import main
+    from bcmcore.cli.eval import evaluate as main
 
     try:
         main(["--spec", spec, "--out", out, "--device", "cpu", "--no-progress"])

@@ -281,12 +281,14 @@ def test_imagenet_recipes_have_the_spec_nfe_and_times():
 
 
 def test_parse_flags():
-    assert S.parse_times("80, 2.4,0.002") == [80.0, 2.4, 0.002]
-    assert S.parse_pairs("0.1:1.2,0.12:0.4") == [(0.1, 1.2), (0.12, 0.4)]
+    from bcmcore.cli._args import parse_pairs, parse_times
+
+    assert parse_times("80, 2.4,0.002") == [80.0, 2.4, 0.002]
+    assert parse_pairs("0.1:1.2,0.12:0.4") == [(0.1, 1.2), (0.12, 0.4)]
     with pytest.raises(UserError, match="--zigzag"):
-        S.parse_pairs("0.1-1.2")
+        parse_pairs("0.1-1.2")
     with pytest.raises(UserError, match="--steps"):
-        S.parse_times("80,x")
+        parse_times("80,x")
 
 
 # ---------------------------------------------------------------------------------------------- bad

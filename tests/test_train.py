@@ -43,8 +43,8 @@ TINY_CM = {
 
 @pytest.fixture(scope="session")
 def shards(tmp_path_factory):
-    """Real gmm2d WebDataset shards written by `python -m data_prep gmm2d`."""
-    from data_prep.__main__ import main
+    """Real gmm2d WebDataset shards written by `bcm prep gmm2d`."""
+    from bcmcore.cli.prep import prep as main
 
     out = tmp_path_factory.mktemp("gmm2d") / "shards"
     assert (

@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from bcmcore.bench import bench_train, main
+from bcmcore.bench import bench_train
+from bcmcore.cli import main as bcm
 from bcmcore.config import UserError
 
 
@@ -26,8 +27,9 @@ def test_bench_train_reports_throughput(tmp_path, capsys):
         assert r["sec_per_step"] > 0 and r["img_per_s"] == pytest.approx(16 / r["sec_per_step"])
     out = tmp_path / "bench.json"
     assert (
-        main(
+        bcm(
             [
+                "bench",
                 "train",
                 "--config",
                 "tiny",

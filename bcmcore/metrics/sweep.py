@@ -16,6 +16,7 @@ from bcmcore.editing import mse_per_item
 from bcmcore.metrics import fid as fidlib
 from bcmcore.metrics import prdc, report
 from bcmcore.metrics.features import build_extractor
+from bcmcore.nets.facts import data_shape, num_classes
 
 
 class _ZeroNoise:
@@ -101,7 +102,7 @@ class Evaluator:
     def labels(self, model, idx):
         """Class labels of seeds `idx` (None for unconditional models): per-seed draws,
         batch-independent."""
-        num = _num_classes(model)
+        num = num_classes(model)
         if not num:
             return None
         if self.spec.labels == "uniform":  # the same labels as `bcm sample --seeds` draws
@@ -171,11 +172,6 @@ class _RawKey:
     key = "raw"
 
 
-def _num_classes(model):
-    cfg = getattr(model, "cfg", None)
-    return int(getattr(getattr(cfg, "net", None), "num_classes", 0) or 0)
-
-
 # --------------------------------------------------------------------------------------------------
 # the sweep
 
@@ -190,9 +186,9 @@ def load_model(m, device, shape=None):
             f"{m.network}: a network of kind {meta['kind']!r}, but the spec's model {m.name!r} "
             f"declares kind {m.kind!r} (check models[].network / models[].kind)"
         )
-    if shape is not None and tuple(sampling.data_shape(model)) != tuple(shape):
+    if shape is not None and tuple(data_shape(model)) != tuple(shape):
         raise UserError(
-            f"{m.network}: the network makes samples of shape {tuple(sampling.data_shape(model))}, "
+            f"{m.network}: the network makes samples of shape {tuple(data_shape(model))}, "
             f"the dataset has {tuple(shape)} (a network trained on other data?)"
         )
     return model.requires_grad_(False), meta
@@ -282,7 +278,7 @@ def item_sweep(ev, model, x_all, y_all, fn, desc):
         idx = mine[i : i + ev.spec.batch_size]
         x = x_all[idx].to(ev.device)
         x = x.double() if ev.vector else x.float() / 127.5 - 1
-        y = y_all[idx].to(ev.device) if _num_classes(model) else None
+        y = y_all[idx].to(ev.device) if num_classes(model) else None
         rng = sampling.SeededRNG(ev.spec.seed + idx, ev.device)
         v, n_inv, n = fn(x.float(), y, rng)
         vals.append(np.asarray(v, np.float64))
@@ -313,7 +309,7 @@ def edit_rate_sweep(ev, model, x_all, y_all, w, steps):
     from bcmcore.metrics.demo_classifier import load_demo_classifier
 
     classify = load_demo_classifier(ev.spec.dataset, ev.device).classify
-    num = _num_classes(model)
+    num = num_classes(model)
 
     def per_item(x, y, rng):
         hits, nfe = guided.edit_hits(model, classify, x, y, w, steps)
@@ -443,7 +439,7 @@ def run(spec, out_dir, device=None, progress=True):
                     row["edit_rate"], _, row["edit_nfe"] = edit_rate_sweep(
                         ev, model, x_all[:n_img], y_all[:n_img], w, steps
                     )
-                    row["edits"] = n_img * (_num_classes(model) - 1)
+                    row["edits"] = n_img * (num_classes(model) - 1)
                 rows["guidance"].append(row)
                 dist.print0(
                     f"[eval] {m.name} w={w:g}: NFE {nfe} FID {fid:.3f} P {p:.3f} R {r:.3f}"

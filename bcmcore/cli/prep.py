@@ -1,16 +1,16 @@
-"""`python -m data_prep <format> --out DIR [options]` (also `bcm prep ...`): raw dataset ->
-WebDataset shards.
+"""`bcm prep <format> --out DIR [options]`: raw dataset -> WebDataset shards (data_prep's
+converters, bcmcore.shards' writer).
 
 Formats: cifar10, imagenet-npz, imagenet-folder, ffhq, lsun-bedroom, folder, digits (the offline
 demo), gmm2d.
 """
 
-import argparse
-import sys
+from bcmcore.cli._args import parser
+from bcmcore.config import UserError
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__.splitlines()[0])
+    p = parser("bcm prep", "Raw dataset -> WebDataset shards + manifest.json.")
     sub = p.add_subparsers(dest="format", required=True)
 
     def add(name, help, src=None, resolution=None):
@@ -75,8 +75,7 @@ def _parser():
     return p
 
 
-def prepare(args):
-    from bcmcore.config import UserError
+def _splits(args):
     from data_prep import arrays, folders
 
     if args.shard_size < 1:
@@ -101,11 +100,11 @@ def prepare(args):
     return arrays.gmm2d_splits(n, args.n_train, args.n_test, args.seed, args.params)
 
 
-def main(argv=None):
+def prep(argv):
     from data_prep.writer import write_dataset
 
     args = _parser().parse_args(argv)
-    splits, meta, totals = prepare(args)
+    splits, meta, totals = _splits(args)
     meta["options"] = {k: v for k, v in vars(args).items() if k not in ("out", "workers")}
     man = write_dataset(args.out, splits, meta, workers=args.workers, totals=totals)
     counts = ", ".join(f"{s} {v['count']}" for s, v in man["splits"].items())
@@ -113,11 +112,4 @@ def main(argv=None):
     return 0
 
 
-if __name__ == "__main__":
-    from bcmcore.config import UserError
-
-    try:
-        sys.exit(main())
-    except UserError as e:
-        print(f"data_prep: error: {e}", file=sys.stderr)
-        sys.exit(2)
+COMMANDS = {"prep": prep}

@@ -1,12 +1,10 @@
 """`bcm train --run-dir DIR`: train one stage from DIR/config.json, resuming automatically."""
 
-import argparse
-
-from bcmcore import dist
+from bcmcore.cli._args import parser
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(prog="bcm train", description=__doc__)
+def train(argv):
+    ap = parser("bcm train", __doc__)
     ap.add_argument(
         "--run-dir",
         required=True,
@@ -24,6 +22,7 @@ def main(argv=None):
 
         print(json.dumps(load_run_config(args.run_dir).as_dict(), indent=2))
         return 0
+    from bcmcore import dist
     from bcmcore.train.loop import training_loop
 
     try:
@@ -31,3 +30,6 @@ def main(argv=None):
     finally:
         dist.shutdown()
     return 0
+
+
+COMMANDS = {"train": train}

@@ -1,22 +1,15 @@
 """`bcm sample | invert | edit`: generation, inversion and the editing applications from a network
-file.
+file (the sharded runner and the files they write: bcmcore.runner)."""
 
-Each rank takes every world_size-th item (seed or image), runs it in batches with a progress bar and
-writes its part; rank 0 merges the parts in item order into one .npz and a PNG grid (atomic writes).
-Sample i depends only on seed i, so results do not depend on the batch size or the number of GPUs.
-"""
-
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from bcmcore import dist, editing, sampling
+from bcmcore import dist, editing, runner, sampling
+from bcmcore.cli._args import parse_ids, parse_pairs, parse_times, parser
 from bcmcore.config import UserError
-from bcmcore.util import atomic_path, atomic_write_text
+from bcmcore.nets.facts import data_shape, is_vector, num_classes
 
 GEN_SAMPLERS = ("onestep", "ancestral", "zigzag", "combined", "multistep", "heun")
 SECOND_IMAGE_SEED = (
@@ -24,26 +17,8 @@ SECOND_IMAGE_SEED = (
 )
 
 
-def parse_ids(text, flag):
-    """'0-63' or '0,5,7-9' -> [0, ..., 63] / [0, 5, 7, 8, 9]."""
-    ids = []
-    try:
-        for part in str(text).split(","):
-            a, _, b = part.strip().partition("-")
-            ids += list(range(int(a), int(b) + 1)) if b else [int(a)]
-    except ValueError:
-        raise UserError(
-            f"{flag}: expected numbers and ranges such as 0-63 or 0,5,7-9, got {text!r}"
-        ) from None
-    if not ids or min(ids) < 0:
-        raise UserError(f"{flag}: expected non-negative numbers, got {text!r}")
-    return ids
-
-
-# ----------------------------------------------------------------------------------------------
-# plumbing
 def _common(prog):
-    p = argparse.ArgumentParser(prog=prog)
+    p = parser(prog)
     p.add_argument("--network", required=True, help="network-*.pt written by `bcm train`")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--batch", type=int, default=64, help="batch per rank")
@@ -62,62 +37,13 @@ def _setup(args):
     return model.requires_grad_(False), meta, device
 
 
-def _vector(model):
-    return model.cfg.net.arch == "mlp"
-
-
-def _save_npz(path, arrays):
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-
-
-def _run_sharded(n, batch, fn, out, name):
-    """fn(positions) -> dict of per-item arrays; this rank runs positions rank::world. Rank 0 gets
-    the merge."""
-    r, ws = dist.rank(), dist.world_size()
-    mine = np.arange(r, n, ws)
-    parts = [
-        fn(mine[i : i + batch])
-        for i in tqdm(
-            range(0, len(mine), batch), desc=name, unit="batch", disable=not dist.is_main()
-        )
-    ]
-    local = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
-    local["_pos"] = mine
-    if ws > 1:  # per-rank parts on the shared file system, merged by rank 0
-        _save_npz(out / f".part-{name}-{r:05d}.npz", local)
-        dist.barrier()
-        if not dist.is_main():
-            return None
-        files = [out / f".part-{name}-{i:05d}.npz" for i in range(ws)]
-        loaded = [dict(np.load(f)) for f in files]
-        keys = next((list(d) for d in loaded if len(d) > 1), ["_pos"])
-        local = {k: np.concatenate([d[k] for d in loaded if k in d]) for k in keys}
-        for f in files:
-            f.unlink()
-    order = np.argsort(local.pop("_pos"), kind="stable")
-    return {k: v[order] for k, v in local.items()}
-
-
-def _write(out, name, arrays, grid_images, grid_n, ncol=None, info=None):
-    """Rank 0: name.npz (uint8 NHWC images as arr_0, ADM-evaluator style), name.png, name.json."""
-    from bcmcore.metrics.report import save_grid
-
-    _save_npz(out / f"{name}.npz", arrays)
-    if grid_images is not None and grid_images.ndim == 4 and grid_n:
-        save_grid(out / f"{name}.png", grid_images[:grid_n].transpose(0, 3, 1, 2), ncol=ncol)
-    if info is not None:
-        atomic_write_text(out / f"{name}.json", json.dumps(info, indent=2) + "\n")
-    dist.print0(f"wrote {out / name}.npz" + (f" and {name}.png" if grid_images is not None else ""))
-
-
 def _images(model, x):
     """Network output -> what we save: uint8 NHWC for images, float32 vectors for toy data."""
-    return x.detach().float().cpu().numpy() if _vector(model) else editing.to_uint8(x)
+    return x.detach().float().cpu().numpy() if is_vector(model) else editing.to_uint8(x)
 
 
 def _labels(model, spec, seeds, positions, device):
-    num = model.cfg.net.num_classes
+    num = num_classes(model)
     if not num:
         if spec not in (None, "none"):
             raise UserError(f"--class-labels: the network is unconditional, got {spec!r}")
@@ -141,7 +67,7 @@ def _recipe(args, model):
         r = sampling.get_recipe(args.recipe)
     else:
         s = args.sampler or ("heun" if model.kind == "edm" else "onestep")
-        times = sampling.parse_times(args.steps) if args.steps else []
+        times = parse_times(args.steps) if args.steps else []
         if s in ("ancestral", "combined") and times and times[-1] > model.sigma_min:
             times.append(model.sigma_min)  # "--steps 80,2.4" means 80 -> 2.4 -> eps
         if s == "heun" and not times:
@@ -152,7 +78,7 @@ def _recipe(args, model):
             raise UserError(
                 f"--steps: sampler {s} needs time steps, e.g. --steps 80,2.4 (or use --recipe)"
             )
-        pairs = sampling.parse_pairs(args.zigzag) if args.zigzag else []
+        pairs = parse_pairs(args.zigzag) if args.zigzag else []
         if s in ("zigzag", "combined") and not pairs:
             raise UserError(
                 f"--zigzag: sampler {s} needs zigzag rounds eps:t, e.g. --zigzag 0.1:1.2"
@@ -166,7 +92,7 @@ def _recipe(args, model):
     return r
 
 
-def sample_main(argv):
+def sample(argv):
     p = _common("bcm sample")
     p.add_argument("--seeds", default="0-63", help="one sample per seed, e.g. 0-49999")
     p.add_argument("--sampler", choices=GEN_SAMPLERS, help="default onestep (edm: heun)")
@@ -187,13 +113,13 @@ def sample_main(argv):
     seeds = np.asarray(parse_ids(args.seeds, "--seeds"))
     model, meta, device = _setup(args)
     out = Path(args.out)
-    shape = sampling.data_shape(model)
+    shape = data_shape(model)
     if model.kind == "igct":  # iGCT generates through its guided denoiser (bcmcore.guided)
         from bcmcore import guided
 
         recipe = sampling.Recipe("igct", note=f"{args.num_steps} step")
         gen = lambda rng, y, s: guided.igct_generate(
-            model, s, y, args.w, shape, args.num_steps, device=device, clamp=not _vector(model)
+            model, s, y, args.w, shape, args.num_steps, device=device, clamp=not is_vector(model)
         )
     else:
         recipe = _recipe(args, model)
@@ -211,7 +137,7 @@ def sample_main(argv):
             "nfe": np.full(len(pos), nfe),
         }
 
-    res = _run_sharded(len(seeds), args.batch, fn, out, "samples")
+    res = runner.run_sharded(len(seeds), args.batch, fn, out, "samples")
     if res is not None:
         info = {
             "network": str(args.network),
@@ -225,11 +151,11 @@ def sample_main(argv):
             "seeds": args.seeds,
             "count": len(seeds),
         }
-        _write(
+        runner.write_outputs(
             out,
             "samples",
             {"arr_0": res["images"], "arr_1": res["labels"], "seeds": seeds},
-            None if _vector(model) else res["images"],
+            None if is_vector(model) else res["images"],
             args.grid,
             info=info,
         )
@@ -250,33 +176,8 @@ def _input_args(p):
 
 
 def load_inputs(args):
-    """-> (x uint8 [N, C, H, W] or float [N, d], y long [N] or None) for the selected indices."""
-    if bool(args.data) == bool(args.input):
-        raise UserError("give exactly one of --data SHARD_DIR or --input FILE.npz|PNG_DIR")
-    if args.data:
-        from bcmcore.data import load_split
-
-        x, y = load_split(args.data, args.split)
-    else:
-        path = Path(args.input)
-        if path.is_dir():
-            from PIL import Image
-
-            files = sorted(path.glob("*.png"))
-            if not files:
-                raise UserError(f"{path}: no .png files")
-            x = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
-            y = None
-        elif path.suffix == ".npz" and path.is_file():
-            d = np.load(path)
-            key = "images" if "images" in d else "arr_0"
-            if key not in d:
-                raise UserError(f"{path}: expected an array 'images' or 'arr_0' (uint8 NHWC)")
-            x, y = d[key], (d["labels"] if "labels" in d else d["arr_1"] if "arr_1" in d else None)
-        else:
-            raise UserError(f"--input {path}: expected an existing .npz file or a folder of PNGs")
-        x = torch.as_tensor(x).permute(0, 3, 1, 2) if x.ndim == 4 else torch.as_tensor(x)
-        y = None if y is None else torch.as_tensor(y).long()
+    """-> (x, y or None, indices) for the selected --indices of --data or --input."""
+    x, y = runner.load_inputs(args.data, args.split, args.input)
     idx = parse_ids(args.indices, "--indices")
     if max(idx) >= len(x):
         raise UserError(f"--indices: only {len(x)} images available, asked for index {max(idx)}")
@@ -285,12 +186,12 @@ def load_inputs(args):
 
 def _to_model(model, x, device):
     x = x.to(device)
-    return x.float() if _vector(model) else x.float() / 127.5 - 1
+    return x.float() if is_vector(model) else x.float() / 127.5 - 1
 
 
 def _batch_inputs(model, args, x_all, y_all, idx_all, pos, device):
     x = _to_model(model, x_all[pos], device)
-    y = y_all[pos].to(device) if (y_all is not None and model.cfg.net.num_classes) else None
+    y = y_all[pos].to(device) if (y_all is not None and num_classes(model)) else None
     return x, y, sampling.SeededRNG(args.seed + idx_all[pos], device)
 
 
@@ -300,12 +201,12 @@ def _times(args, model, flag="--steps"):
         return list(r.times), list(r.gen_times)
     if not args.steps:
         raise UserError(f"{flag}: give the time steps (e.g. 0.07,15,80) or --recipe")
-    return sampling.parse_times(args.steps, flag), []
+    return parse_times(args.steps, flag), []
 
 
 # ---------------------------------------------------------------------------------------------- bcm
 # invert
-def invert_main(argv):
+def invert(argv):
     p = _common("bcm invert")
     _input_args(p)
     p.add_argument(
@@ -320,7 +221,7 @@ def invert_main(argv):
     out = Path(args.out)
     if model.kind == "bcm":
         times, gen = _times(args, model)
-        gen = sampling.parse_times(args.gen_steps, "--gen-steps") if args.gen_steps else gen
+        gen = parse_times(args.gen_steps, "--gen-steps") if args.gen_steps else gen
     elif model.kind == "edm":
         times = sampling.karras_times(args.num_steps, model.sigma_min, model.sigma_max)[::-1]
     elif model.kind != "igct":
@@ -338,11 +239,11 @@ def invert_main(argv):
             from bcmcore import guided
 
             lat, n_inv = guided.igct_invert(model, x, y)
-            rec, n_gen = guided.igct_edit(model, x, y, y, clamp=not _vector(model))
+            rec, n_gen = guided.igct_edit(model, x, y, y, clamp=not is_vector(model))
             n_gen -= n_inv
         mse = (
             ((rec - x) ** 2).flatten(1).mean(1).cpu()
-            if _vector(model)
+            if is_vector(model)
             else editing.mse_uint8(rec, x)
         )
         return {
@@ -354,7 +255,7 @@ def invert_main(argv):
             "nfe": np.full(len(pos), n_inv + n_gen),
         }
 
-    res = _run_sharded(len(idx_all), args.batch, fn, out, "invert")
+    res = runner.run_sharded(len(idx_all), args.batch, fn, out, "invert")
     if res is not None:
         info = {
             "network": str(args.network),
@@ -364,8 +265,8 @@ def invert_main(argv):
             "mse": float(res["mse"].mean()),
             "images": len(idx_all),
         }
-        grid = None if _vector(model) else _pairs_grid(res["orig"], res["recon"], args.grid)
-        _write(
+        grid = None if is_vector(model) else runner.pairs_grid(res["orig"], res["recon"], args.grid)
+        runner.write_outputs(
             out,
             "invert",
             {
@@ -376,24 +277,12 @@ def invert_main(argv):
             },
             grid,
             len(grid) if grid is not None else 0,
-            ncol=2 * _cols(args.grid),
+            ncol=2 * runner.grid_cols(args.grid),
             info=info,
         )
         dist.print0(f"inversion NFE {info['inversion_nfe']}, reconstruction MSE {info['mse']:.5f}")
     dist.barrier()
     return 0
-
-
-def _cols(n):
-    return max(1, int(np.ceil(np.sqrt(n))))
-
-
-def _pairs_grid(*columns_and_n):
-    """Interleave image arrays column-wise: orig_i, result_i, ... (rows of the PNG hold several
-    pairs)."""
-    *cols, n = columns_and_n
-    n = min(n, len(cols[0]))
-    return np.stack([c[:n] for c in cols], 1).reshape(-1, *cols[0].shape[1:])
 
 
 # ---------------------------------------------------------------------------------------------- bcm
@@ -412,7 +301,7 @@ def _mask(args, x):
     return torch.as_tensor(np.load(path)).to(x.device, x.dtype)
 
 
-def edit_main(argv):
+def edit(argv):
     p = _common("bcm edit")
     p.add_argument("task", choices=TASKS)
     _input_args(p)
@@ -443,7 +332,7 @@ def edit_main(argv):
             raise UserError(
                 "class editing needs --target-class and source labels (from --data or the npz)"
             )
-        num = model.cfg.net.num_classes
+        num = num_classes(model)
         targets = (
             list(range(num))
             if args.target_class == "all"
@@ -457,7 +346,7 @@ def edit_main(argv):
     else:
         times, gen = _times(args, model)
         gen = (
-            sampling.parse_times(args.gen_steps, "--gen-steps")
+            parse_times(args.gen_steps, "--gen-steps")
             if args.gen_steps
             else (gen or [times[-1], model.sigma_min])
         )
@@ -473,18 +362,18 @@ def edit_main(argv):
             x2, y2, _ = _batch_inputs(model, args, x_all, y_all, idx_all, 2 * pos + 1, device)
             r2 = sampling.SeededRNG(args.seed + idx_all[2 * pos + 1] + SECOND_IMAGE_SEED, device)
             res, nfe = editing.interpolate(
-                model, x1, x2, times, sampling.parse_times(args.alphas, "--alphas"), r1, r2, y1, y2
+                model, x1, x2, times, parse_times(args.alphas, "--alphas"), r1, r2, y1, y2
             )
             rows = [_images(model, x1)] + [_images(model, r) for r in res] + [_images(model, x2)]
             return {"result": np.stack(rows, 1), "nfe": np.full(len(pos), nfe)}
         x, y, rng = _batch_inputs(model, args, x_all, y_all, idx_all, pos, device)
         if task in ("inpaint", "inpaint-refine", "cm-inpaint"):
             mask = _mask(args, x)
-            shown = x * (1 - mask) + (-1 if not _vector(model) else 0) * mask
+            shown = x * (1 - mask) + (-1 if not is_vector(model) else 0) * mask
             if task == "inpaint":
                 res, nfe = editing.inpaint(model, x, mask, times, gen, rng, y)
             elif task == "inpaint-refine":
-                refine = sampling.parse_times(args.refine_steps or "", "--refine-steps")
+                refine = parse_times(args.refine_steps or "", "--refine-steps")
                 res, nfe = editing.inpaint_refine(
                     model, x, mask, times, gen, refine, rng, y, args.clamp
                 )
@@ -503,13 +392,13 @@ def edit_main(argv):
             nfe, inputs, results = edits[0][1], [x], [r for r, _ in edits]
         if task != "class":
             inputs, results = [x, shown], [res]
-        mse = sum(editing.mse_per_item(r.cpu(), x.cpu(), _vector(model)) for r in results) / len(
+        mse = sum(editing.mse_per_item(r.cpu(), x.cpu(), is_vector(model)) for r in results) / len(
             results
         )
         rows = [_images(model, v) for v in inputs + results]
         return {"result": np.stack(rows, 1), "mse": mse.numpy(), "nfe": np.full(len(pos), nfe)}
 
-    res = _run_sharded(n, args.batch, fn, out, task)
+    res = runner.run_sharded(n, args.batch, fn, out, task)
     if res is not None:
         info = {
             "network": str(args.network),
@@ -525,10 +414,10 @@ def edit_main(argv):
         per_row = res["result"].shape[1]
         grid = (
             None
-            if _vector(model)
+            if is_vector(model)
             else res["result"][: max(1, args.grid // per_row)].reshape(-1, *res["result"].shape[2:])
         )
-        _write(
+        runner.write_outputs(
             out,
             f"edit-{task}",
             {
@@ -543,3 +432,6 @@ def edit_main(argv):
         )
     dist.barrier()
     return 0
+
+
+COMMANDS = {"sample": sample, "invert": invert, "edit": edit}

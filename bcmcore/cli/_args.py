@@ -1,0 +1,46 @@
+"""Argument helpers shared by the command families: id ranges, time lists, zigzag pairs."""
+
+import argparse
+
+from bcmcore.config import UserError
+
+
+def parser(prog, description=None, **kw):
+    return argparse.ArgumentParser(prog=prog, description=description, **kw)
+
+
+def parse_ids(text, flag):
+    """'0-63' or '0,5,7-9' -> [0, ..., 63] / [0, 5, 7, 8, 9]."""
+    ids = []
+    try:
+        for part in str(text).split(","):
+            a, _, b = part.strip().partition("-")
+            ids += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    except ValueError:
+        raise UserError(
+            f"{flag}: expected numbers and ranges such as 0-63 or 0,5,7-9, got {text!r}"
+        ) from None
+    if not ids or min(ids) < 0:
+        raise UserError(f"{flag}: expected non-negative numbers, got {text!r}")
+    return ids
+
+
+def parse_times(text, flag="--steps"):
+    """'80,2.4,0.002' -> [80.0, 2.4, 0.002]."""
+    try:
+        return [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+
+
+def parse_pairs(text, flag="--zigzag"):
+    """'0.1:1.2,0.12:0.4' -> [(0.1, 1.2), (0.12, 0.4)] (zigzag rounds eps_i:t_i)."""
+    try:
+        pairs = [tuple(float(v) for v in p.split(":")) for p in str(text).split(",") if p.strip()]
+    except ValueError:
+        pairs = None
+    if pairs is None or any(len(p) != 2 for p in pairs):
+        raise UserError(
+            f"{flag}: expected comma-separated eps:t pairs such as 0.1:1.2, got {text!r}"
+        )
+    return pairs
