@@ -81,7 +81,7 @@ def run_snakemake(cwd, target, timeout=420, config=None, *extra):
         str(timeout),
         str(BIN / "snakemake"),
         "-s",
-        str(ROOT / "Snakefile"),
+        str(ROOT / "workflow/Snakefile"),
         "--profile",
         str(ROOT / "cluster/slurm"),
         target,

@@ -36,7 +36,7 @@ def snakemake(cwd, *args, profile="cluster/local", timeout=300):
         str(timeout),
         str(BIN / "snakemake"),
         "-s",
-        str(ROOT / "Snakefile"),
+        str(ROOT / "workflow/Snakefile"),
         "--profile",
         str(ROOT / profile),
         *args,

@@ -69,7 +69,7 @@ def snakemake(cwd, *args, timeout):
         str(timeout),
         str(BIN / "snakemake"),
         "-s",
-        str(ROOT / "Snakefile"),
+        str(ROOT / "workflow/Snakefile"),
         "--profile",
         str(ROOT / "cluster/local"),
         *args,

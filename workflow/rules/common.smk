@@ -14,6 +14,8 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 STAGES = ("prep", "train", "sample", "eval")
+REPO = Path(workflow.basedir).parent  # the Snakefile lives in workflow/
+PRESETS = Path(workflow.basedir) / "config"  # config.yaml (the demo) + one preset per dataset
 
 
 def stop(message):
@@ -35,7 +37,7 @@ def merged(base, override):
 def check_config():
     """Schema (unknown keys stop the workflow), then the site's launcher, then each enabled dataset."""
     try:
-        validate(config, str(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"))
+        validate(config, str(Path(workflow.basedir) / "schemas/config.schema.yaml"))
     except WorkflowError as e:
         cause = (
             e.__context__
@@ -49,9 +51,10 @@ def check_config():
             "no launcher site set: run with --profile cluster/local (this machine) or --profile cluster/slurm "
             "(a Slurm login node), or pass --config site=DIR (a directory with launcher.yaml)"
         )
-    if not enabled_datasets():
+    in_use = datasets_in_use()
+    if not in_use:
         stop("no dataset is enabled under 'datasets' (set datasets.<name>.enabled: true)")
-    for ds in enabled_datasets():
+    for ds in in_use:
         check_raw_files(ds)
         for stage in STAGES:
             launcher_settings(ds, stage)
@@ -63,6 +66,70 @@ def check_config():
 
 def enabled_datasets():
     return [ds for ds, d in config["datasets"].items() if d.get("enabled", True)]
+
+
+def add_known_datasets():
+    """Every dataset a preset (workflow/config/<preset>.yaml) enables becomes known, disabled for `all`:
+    `snakemake results/<ds>/...` builds it with the preset's settings. The config in use (the demo, or the
+    --configfile / --config the user gave) is merged over them, so `--configfile <preset>` enables its own.
+    """
+    known, source = {}, {}
+    for path in sorted(PRESETS.glob("*.yaml")):
+        if path.name == "config.yaml":
+            continue
+        for ds, d in ((yaml.safe_load(path.read_text()) or {}).get("datasets") or {}).items():
+            if not isinstance(d, dict) or not d.get("enabled", True):
+                continue
+            if ds in known:
+                stop(f"dataset '{ds}' is defined by two presets: {source[ds]} and {path}")
+            known[ds], source[ds] = merged(d, {"enabled": False}), path
+    config["datasets"] = merged(known, config.get("datasets") or {})
+
+
+def command_targets():
+    """The targets of this command line. Snakemake reads the Snakefile before it hands the workflow its
+    targets, so they are read here as its own CLI reads them; [] outside the CLI (API use)."""
+    import contextlib
+    import io
+    import sys
+
+    from snakemake.cli import parse_args
+
+    if Path(sys.argv[0]).name not in ("snakemake", "__main__.py"):
+        return []
+    try:
+        quiet = io.StringIO()  # it would announce the profiles a second time
+        with contextlib.redirect_stderr(quiet):
+            return list(parse_args(sys.argv[1:])[1].targets or [])
+    except (Exception, SystemExit):
+        return []
+
+
+def datasets_in_use():
+    """The datasets this command builds: those its targets name (results/<ds>/...; an unknown name stops the
+    workflow), plus the enabled ones unless every target is such a file."""
+    targets = command_targets()
+    out, other = [], not targets  # no target: the default one, `all`
+    for target in targets:
+        path = Path(target)
+        if path.is_absolute():
+            try:
+                path = path.relative_to(Path.cwd())
+            except ValueError:
+                other = True
+                continue
+        parts = path.parts
+        if len(parts) < 2 or parts[0] != "results":
+            other = True
+            continue
+        if parts[1] not in config["datasets"]:
+            stop(
+                f"unknown dataset '{parts[1]}' in target {target} (known: "
+                f"{', '.join(sorted(config['datasets']))}; a new one goes in workflow/config/<name>.yaml)"
+            )
+        if parts[1] not in out:
+            out.append(parts[1])
+    return out + [ds for ds in enabled_datasets() if other and ds not in out]
 
 
 def experiments(ds):
@@ -83,7 +150,7 @@ def site_file(name):
     """A file of the launcher site (relative paths: from the working directory, else from the workflow)."""
     site = Path(config["site"])
     if not site.is_absolute() and not site.exists():
-        site = Path(workflow.basedir) / site
+        site = REPO / site
     return site / name
 
 
@@ -110,6 +177,14 @@ def launcher_settings(ds, stage):
     except UserError as e:
         stop(f"launcher for stage '{stage}' of dataset '{ds}': {e}")
     return settings
+
+
+def launch_slots():
+    """The `launches` of each heavy stage: 1 where the site runs stages on this machine (profiles allow one
+    at a time), 0 where it sends them to a cluster (as many queued at once as the DAG allows)."""
+    from bcmcore.launch import load_launcher
+
+    return 1 if load_launcher(site_file("launcher.yaml")).executor in ("local", "debug") else 0
 
 
 def flags(options):

@@ -10,7 +10,7 @@ rule prep:
     conda:
         "../../environment.yml"
     resources:
-        launches=1,
+        launches=launch_slots(),
         launch=lambda w: launch(w.ds, "prep", f"results/{w.ds}/jobs/prep"),
     params:
         prep=lambda w: config["datasets"][w.ds]["prep"],  # rerun trigger: the converter and its flags

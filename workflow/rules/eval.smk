@@ -31,7 +31,7 @@ rule evaluate:
     conda:
         "../../environment.yml"
     resources:
-        launches=1,
+        launches=launch_slots(),
         launch=lambda w: launch(w.ds, "eval", f"results/{w.ds}/eval/{w.exp}/jobs"),
     shell:
         "{resources.launch} eval --spec {input.spec} --out results/{wildcards.ds}/eval/{wildcards.exp}"
@@ -54,7 +54,7 @@ rule sample_grid:
     conda:
         "../../environment.yml"
     resources:
-        launches=1,
+        launches=launch_slots(),
         launch=lambda w: launch(w.ds, "sample", f"results/{w.ds}/grids/{w.exp}/jobs"),
     params:
         options=lambda w: config["datasets"][w.ds]["experiments"][w.exp].get("grid", {}),
@@ -83,7 +83,7 @@ rule app_grid:
     conda:
         "../../environment.yml"
     resources:
-        launches=1,
+        launches=launch_slots(),
         launch=lambda w: launch(w.ds, "sample", f"results/{w.ds}/grids/{w.exp}/jobs"),
     params:
         options=lambda w: config["datasets"][w.ds]["experiments"][w.exp]["apps"][w.task],

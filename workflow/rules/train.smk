@@ -31,7 +31,7 @@ rule train:
     conda:
         "../../environment.yml"
     resources:
-        launches=1,
+        launches=launch_slots(),
         launch=lambda w: launch(w.ds, "train", f"results/{w.ds}/runs/{w.exp}/jobs"),
     shell:
         "{resources.launch} train --run-dir results/{wildcards.ds}/runs/{wildcards.exp} 2>&1 | tee {log}"

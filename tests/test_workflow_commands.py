@@ -1,0 +1,145 @@
+"""The users' own commands, verbatim, in a fresh copy of the workflow: no -s, profile or configfile.
+
+Snakemake finds workflow/Snakefile from the clone's root and applies workflow/profiles/default/ by
+itself; every dataset of the presets is known by its results/<ds>/ target.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory):
+    """What a user's clone holds of the workflow (the library: this tree, via PYTHONPATH)."""
+    d = tmp_path_factory.mktemp("clone")
+    ignore = shutil.ignore_patterns("__pycache__", ".snakemake", "results")
+    for name in ("workflow", "cluster"):
+        shutil.copytree(ROOT / name, d / name, ignore=ignore)
+    shutil.copy(ROOT / "environment.yml", d)
+    return d
+
+
+def run(cwd, *args, timeout=300):
+    """`snakemake ARGS` exactly as typed in `cwd` (stdout and stderr together)."""
+    path = os.environ.get("PYTHONPATH")
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{path}" if path else str(ROOT),
+    }
+    cmd = ["timeout", "-k", "10", str(timeout), str(BIN / "snakemake"), *args]
+    return subprocess.run(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def job_counts(out):
+    table = out.split("Job stats:")[1].split("total")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def assert_clean_stop(res, cwd, *needles):
+    """Non-zero exit, the workflow's own message, no Python error, nothing run."""
+    out = res.stdout
+    assert res.returncode != 0, out[-3000:]
+    assert "bcm workflow:" in out, out[-3000:]
+    for needle in needles:
+        assert needle in out, f"{needle!r} not in:\n{out[-3000:]}"
+    for bad in ("Traceback", "KeyError", "Exception"):
+        assert bad not in out, f"{bad!r} in:\n{out[-3000:]}"
+    assert not (Path(cwd) / "results").exists()
+
+
+def test_plain_demo_target_plans_the_demo(clone):
+    res = run(clone, "-n", "results/digits/fid_table.csv")
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert "workflow specific profile workflow/profiles/default" in res.stdout
+    assert job_counts(res.stdout) == {
+        "prep": 1,
+        "run_config": 5,
+        "train": 5,
+        "eval_spec": 5,
+        "evaluate": 5,
+        "tables": 1,
+    }
+    # the jobs run on this machine: the local launcher, chosen without any flag
+    res = run(clone, "-n", "-p", "results/digits/runs/ict/network-final.pt")
+    assert "bcm launch --launcher cluster/local/launcher.yaml" in res.stdout, res.stdout[-3000:]
+
+
+@pytest.mark.parametrize(
+    "ds, files",
+    [
+        ("imagenet64", ["data/imagenet64", "image-net.org", "data/inception-2015-12-05.pt"]),
+        ("cifar10", ["data/cifar10/cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/"]),
+    ],
+)
+def test_plain_preset_target_stops_with_the_raw_file_message(clone, ds, files):
+    res = run(clone, "-n", f"results/{ds}/fid_table.csv")
+    assert_clean_stop(res, clone, f"dataset '{ds}': raw files missing", "Put them here", *files)
+
+
+def test_preset_target_plans_once_its_files_are_staged(clone, tmp_path):
+    """Any output under results/<ds>/ builds what it needs, from the preset's settings."""
+    for raw in ("data/cifar10/cifar-10-python.tar.gz", "data/inception-2015-12-05.pt"):
+        (tmp_path / raw).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / raw).touch()
+    snakefile = str(clone / "workflow/Snakefile")
+    res = run(tmp_path, "-s", snakefile, "-n", "results/cifar10/grids/igct/samples.png")
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert job_counts(res.stdout) == {"prep": 1, "run_config": 1, "train": 1, "sample_grid": 1}
+    # `all` still builds the demo only: the presets' datasets are known, not enabled
+    res = run(tmp_path, "-s", snakefile, "-n", "all")
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert "results/digits/fid_table.csv" in res.stdout and "results/cifar10" not in res.stdout
+    # --configfile <preset> still enables its dataset for `all` (and disables the demo)
+    res = run(
+        tmp_path,
+        "-s",
+        snakefile,
+        "-n",
+        "all",
+        "--configfile",
+        str(clone / "workflow/config/cifar10.yaml"),
+    )
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert "results/cifar10/fid_table.csv" in res.stdout and "results/digits" not in res.stdout
+
+
+def test_unknown_dataset_names_the_known_ones(clone):
+    res = run(clone, "-n", "results/nosuch/fid_table.csv")
+    assert_clean_stop(
+        res,
+        clone,
+        "unknown dataset 'nosuch'",
+        "known: cifar10, digits, ffhq64, imagenet64, lsun256",
+    )
+
+
+def test_plain_lint_is_clean(clone):
+    res = run(clone, "--lint")
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert "Lints for" not in res.stdout, res.stdout[-3000:]
+
+
+def test_the_default_profile_leaves_the_slurm_profile_as_it_is(clone):
+    """Snakemake lays workflow/profiles/default over --profile key by key: the Slurm settings must
+    survive it, and stages sent to Slurm must not queue behind one another for the local slot."""
+    res = run(clone, "-n", "--profile", "cluster/slurm", "results/digits/runs/ict/network-final.pt")
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert "Using profiles cluster/slurm and workflow specific profile" in res.stdout
+    assert "cluster/slurm/launcher.yaml" in res.stdout  # site=cluster/slurm, not the default
+    train = res.stdout.split("rule train:")[1].split("\n\n")[0]
+    assert re.search(r"resources: .*launches=0", train), train
+    res = run(clone, "-n", "results/digits/runs/ict/network-final.pt")
+    train = res.stdout.split("rule train:")[1].split("\n\n")[0]
+    assert re.search(r"resources: .*launches=1", train), train
