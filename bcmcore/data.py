@@ -1,11 +1,5 @@
 """WebDataset shards -> training batches: seeded global shuffle, split by rank and worker, exact
-resume.
-
-On disk (written by `data_prep`): `<split>-%06d.tar` holding, per sample, `<key>.png` (uint8 image)
-or `<key>.npy` (float32 vector) and `<key>.cls` (class label as text, -1 = unlabelled), key = `%08d`
-index within the split; a sidecar `<split>-%06d.idx` (int64 byte offsets where each sample starts,
-plus the end) and `manifest.json`. The tars are plain WebDataset tars; the sidecar only adds random
-access.
+resume; and whole splits read back for evaluation. The on-disk format is bcmcore.shards.
 
 Random access instead of a shuffle buffer: the global stream position p (samples consumed by all
 ranks) maps to sample perm_e[p mod N] of a seeded permutation per epoch e = p // N, so the shuffle
@@ -14,21 +8,16 @@ arithmetic (nothing is read or decoded to skip), and iGCT's uniform source item 
 §7.1) is one more random read.
 """
 
-import io
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from bcmcore.config import ConfigError, UserError
-from bcmcore.util import sha256_file
+from bcmcore.shards import ShardReader, read_manifest
 
-FORMAT = "bcm-shards/1"
-KEY = "{:08d}"
 IN_MEMORY_AUTO_BYTES = 64 << 20  # auto in-memory below this decoded split size (digits, toy data)
 _SALT_PERM, _SALT_FLIP, _SALT_SRC, _SALT_SRC_FLIP = 0x5EED, 1, 2, 3
 
@@ -45,147 +34,6 @@ class DataConfig:
     in_memory: bool | None = None  # decode the whole split once; None: auto for small splits
     verify_sha256: bool = False  # hash every shard against the manifest before reading
     pin_memory: bool = True  # only when make_loader is given a CUDA device
-
-
-# ----------------------------------------------------------------------------------------------
-# manifest
-
-
-def read_manifest(shard_dir):
-    path = Path(shard_dir) / "manifest.json"
-    if not path.is_file():
-        raise UserError(f"{path}: manifest not found (write the shards with `bcm prep ...`)")
-    try:
-        man = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(man, dict) or man.get("format") != FORMAT:
-        raise UserError(f"{path}: expected a shard manifest with format '{FORMAT}'")
-    return man
-
-
-def _split_info(man, split, shard_dir):
-    if split not in man["splits"]:
-        raise UserError(
-            f"{Path(shard_dir) / 'manifest.json'}: no split '{split}' "
-            f"(has: {', '.join(sorted(man['splits']))})"
-        )
-    return man["splits"][split]
-
-
-# ---------------------------------------------------------------------------------------------- tar
-# reading
-
-
-def _parse_members(chunk, path, key):
-    """Split one sample's tar bytes into {ext: payload}; checks header checksums and member
-    names."""
-    out, pos = {}, 0
-    while pos + 512 <= len(chunk):
-        hdr = chunk[pos : pos + 512]
-        try:
-            stored = int(hdr[148:156].strip(b"\0 ") or b"-1", 8)
-            size = int(hdr[124:136].strip(b"\0 ") or b"0", 8)
-        except ValueError:
-            stored = size = -1
-        if stored != sum(hdr[:148]) + 256 + sum(hdr[156:]) or size < 0:
-            raise UserError(
-                f"{path}: corrupt tar header at byte {pos} of sample {key} (shard damaged: rewrite "
-                "it)"
-            )
-        name = hdr[:100].split(b"\0", 1)[0].decode()
-        stem, _, ext = name.partition(".")
-        if stem != key or pos + 512 + size > len(chunk):
-            raise UserError(
-                f"{path}: expected members of sample {key}, found '{name}' (shard damaged)"
-            )
-        out[ext] = chunk[pos + 512 : pos + 512 + size]
-        pos += 512 + -(-size // 512) * 512
-    if "cls" not in out or not ({"png", "npy"} & set(out)):
-        raise UserError(f"{path}: sample {key} lacks .png/.npy or .cls (shard damaged)")
-    return out
-
-
-def decode(members):
-    """{ext: bytes} -> (uint8 [H, W, C] image or float32 [d] vector as numpy, int label)."""
-    if "png" in members:
-        with Image.open(io.BytesIO(members["png"]), formats=("PNG",)) as img:
-            a = np.asarray(img)
-        x = a[..., None] if a.ndim == 2 else a
-    else:
-        x = np.load(io.BytesIO(members["npy"]), allow_pickle=False)
-    return x, int(members["cls"])
-
-
-class ShardReader:
-    """Random access to the samples of one split: read(i) -> (x, y). Opens files lazily in each
-    process."""
-
-    def __init__(self, shard_dir, split, verify_sha256=False):
-        shard_dir = Path(shard_dir)
-        man = read_manifest(shard_dir)
-        info = _split_info(man, split, shard_dir)
-        self.paths, self.offsets, counts = [], [], []
-        for s in info["shards"]:
-            path, idx_path = shard_dir / s["name"], shard_dir / s["index"]
-            for p in (path, idx_path):
-                if not p.is_file():
-                    raise UserError(f"{p}: shard file listed in the manifest is missing")
-            if path.stat().st_size != s["bytes"]:
-                raise UserError(
-                    f"{path}: {path.stat().st_size} bytes, manifest says {s['bytes']} "
-                    f"(truncated or replaced: rewrite the shards)"
-                )
-            if verify_sha256 and sha256_file(path) != s["sha256"]:
-                raise UserError(f"{path}: sha256 does not match the manifest (corrupt or replaced)")
-            off = np.fromfile(idx_path, dtype="<i8")
-            if len(off) != s["count"] + 1 or (
-                len(off) and (off[-1] > s["bytes"] or (np.diff(off) <= 0).any())
-            ):
-                raise UserError(
-                    f"{idx_path}: index does not fit {path.name} (expected {s['count'] + 1} "
-                    f"increasing offsets)"
-                )
-            self.paths.append(str(path))
-            self.offsets.append(off)
-            counts.append(s["count"])
-        self.start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self.n = int(self.start[-1])
-        self._fds, self._pid = {}, None
-
-    def __len__(self):
-        return self.n
-
-    def __getstate__(self):
-        return {**self.__dict__, "_fds": {}, "_pid": None}
-
-    def _fd(self, j):
-        if self._pid != os.getpid():  # never share descriptors across a fork
-            self._fds, self._pid = {}, os.getpid()
-        if j not in self._fds:
-            self._fds[j] = os.open(self.paths[j], os.O_RDONLY)
-        return self._fds[j]
-
-    def members(self, i):
-        j = int(np.searchsorted(self.start, i, side="right") - 1)
-        k = i - int(self.start[j])
-        a, b = int(self.offsets[j][k]), int(self.offsets[j][k + 1])
-        chunk = os.pread(self._fd(j), b - a, a)
-        if len(chunk) != b - a:
-            raise UserError(
-                f"{self.paths[j]}: truncated (sample {KEY.format(i)} ends past the file)"
-            )
-        return _parse_members(chunk, self.paths[j], KEY.format(i))
-
-    def read(self, i):
-        members = self.members(i)
-        try:
-            return decode(members)
-        except (RuntimeError, ValueError, OSError) as e:
-            j = int(np.searchsorted(self.start, i, side="right") - 1)
-            raise UserError(
-                f"{self.paths[j]}: sample {KEY.format(i)} does not decode ({e}); shard damaged"
-            ) from None
 
 
 def iter_split(shard_dir, split, chunk=50_000, num_workers=None):

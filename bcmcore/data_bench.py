@@ -53,7 +53,7 @@ def benchmark(resolutions=(32, 64), workers=(0, 1, 2), n=4096, batch=128, batche
     """Print one row per (resolution, workers): shard loader vs in-memory img/s and their ratio;
     returns the rows (res, workers, shard img/s, in-memory img/s)."""
     from bcmcore.data import DataConfig, load_split, make_loader
-    from data_prep.writer import chunks, write_dataset
+    from bcmcore.shards import chunks, write_dataset
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

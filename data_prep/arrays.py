@@ -1,7 +1,7 @@
 """Array-shaped sources: CIFAR-10 python tarball, downsampled-ImageNet npz, sklearn digits, 2-D GMM
 toy data.
 
-Each `*_splits(...)` returns (splits, meta, totals) for `writer.write_dataset`.
+Each `*_splits(...)` returns (splits, meta, totals) for `bcmcore.shards.write_dataset`.
 """
 
 import pickle
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from bcmcore.config import UserError
-from data_prep.writer import chunks
+from bcmcore.shards import chunks
 
 
 def require_file(path, what):

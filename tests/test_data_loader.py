@@ -10,7 +10,7 @@ import torch
 
 from bcmcore.config import UserError
 from bcmcore.data import DataConfig, load_split, make_loader
-from data_prep.writer import chunks, write_dataset
+from bcmcore.shards import chunks, write_dataset
 
 N = 23
 

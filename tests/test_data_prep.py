@@ -12,7 +12,8 @@ from PIL import Image
 
 from bcmcore.cli.prep import prep
 from bcmcore.config import UserError
-from bcmcore.data import DataConfig, load_split, make_loader, read_manifest
+from bcmcore.data import DataConfig, load_split, make_loader
+from bcmcore.shards import read_manifest
 
 
 def prep1(*argv):

@@ -1,5 +1,5 @@
 """`bcm prep <format> --out DIR [options]`: raw dataset -> WebDataset shards (data_prep's
-converters, bcmcore.shards' writer).
+converters, the bcmcore.shards writer).
 
 Formats: cifar10, imagenet-npz, imagenet-folder, ffhq, lsun-bedroom, folder, digits (the offline
 demo), gmm2d.
@@ -101,7 +101,7 @@ def _splits(args):
 
 
 def prep(argv):
-    from data_prep.writer import write_dataset
+    from bcmcore.shards import write_dataset
 
     args = _parser().parse_args(argv)
     splits, meta, totals = _splits(args)

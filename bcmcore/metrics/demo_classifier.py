@@ -154,7 +154,8 @@ def load_demo_classifier(shard_dir, device="cpu", path=None, train_if_missing=Tr
     (cache key).
     """
     from bcmcore import dist
-    from bcmcore.data import load_split, read_manifest
+    from bcmcore.data import load_split
+    from bcmcore.shards import read_manifest
 
     path = Path(path) if path is not None else Path(shard_dir) / FILE
     if not path.is_file():

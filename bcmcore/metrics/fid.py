@@ -115,7 +115,8 @@ def reference_stats(shard_dir, split, extractor, feats_fn, pr_count=50_000, seed
     calls this and gets the same statistics; only rank 0 writes the cache.
     """
     from bcmcore import dist
-    from bcmcore.data import ShardReader, iter_split
+    from bcmcore.data import iter_split
+    from bcmcore.shards import ShardReader
 
     path = reference_path(shard_dir, split, extractor.key)
     meta = {

@@ -36,7 +36,7 @@ class Evaluator:
     """Holds the dataset, the feature extractor and the reference statistics for one sweep."""
 
     def __init__(self, spec, device=None, progress=True):
-        from bcmcore.data import read_manifest
+        from bcmcore.shards import read_manifest
 
         self.spec, self.progress = spec, progress
         self.rank, self.world, _, self.device = dist.init(device)
