@@ -17,6 +17,8 @@ import torch
 from bcmcore.config import UserError, from_dict
 
 # Named configs: model + loss + per-GPU batch (CPU runs use cpu_batch so a 2-core box finishes).
+# Image configs are experiments of the workflow's presets (bcmcore.presets), so the benchmarked net
+# is the one the preset trains; any "<preset>/<experiment>" works too (per-GPU batch 64, CPU 2).
 CONFIGS = {
     "tiny": dict(
         model={
@@ -34,34 +36,31 @@ CONFIGS = {
         batch=4096,
         cpu_batch=512,
     ),
-    "ncsnpp-cifar": dict(
-        model={"kind": "bcm", "net": {"arch": "ncsnpp", "two_time": True}},
-        loss={"kind": "bct"},
-        shape=(3, 32, 32),
-        batch=128,
-        cpu_batch=4,
-    ),
-    "adm-64": dict(
-        model={
-            "kind": "bcm",
-            "net": {
-                "arch": "adm",
-                "resolution": 64,
-                "channels": 192,
-                "ch_mult": [1, 2, 3, 4],
-                "num_blocks": 3,
-                "attn_res": [32, 16, 8],
-                "num_classes": 1000,
-                "two_time": True,
-                "two_time_embed": "project",
-            },
-        },
-        loss={"kind": "bct"},
-        shape=(3, 64, 64),
-        batch=64,
-        cpu_batch=2,
-    ),
+    "ncsnpp-cifar": dict(preset="cifar10/bcm_scratch", batch=128, cpu_batch=4),
+    "adm-64": dict(preset="imagenet64/bcm_ft", batch=64, cpu_batch=2),
 }
+
+
+def bench_config(name):
+    """{model, loss, shape, batch, cpu_batch} of a named config or of "<preset>/<experiment>"."""
+    from bcmcore import presets
+
+    c = dict(CONFIGS.get(name) or {})
+    if not c and name.count("/") == 1:
+        c = dict(preset=name, batch=64, cpu_batch=2)
+    if not c:
+        raise UserError(
+            f"--config: unknown config {name!r} (known: {', '.join(CONFIGS)}, or "
+            f"<preset>/<experiment> with a preset of {', '.join(presets.PRESETS)})"
+        )
+    if "preset" in c:
+        run = presets.run_config(*c["preset"].split("/"))
+        net = run["model"]["net"]
+        c.update(model=run["model"], loss=run["loss"])
+        c["shape"] = (net["data_channels"], net["resolution"], net["resolution"])
+    return c
+
+
 # Dense bf16 tensor-core peak (FLOP/s) by device-name substring; MFU is left out for other devices.
 PEAK_BF16 = {
     "H100": 989e12,
@@ -81,7 +80,7 @@ def _setup(name, batch, device, **train_keys):
     from bcmcore.train.config import TrainConfig
     from bcmcore.train.step import Stepper
 
-    c = CONFIGS[name] if isinstance(name, str) else name
+    c = bench_config(name) if isinstance(name, str) else name
     model_cfg = from_dict(ModelConfig, c["model"], "model")
     torch.manual_seed(0)
     model = build_model(model_cfg).to(device).train()
@@ -154,9 +153,7 @@ def variant_keys(variant):
 def bench_train(name, device, batch=None, steps=10, warmup=3, variants=None, config=None):
     """Rows {config, variant, batch, sec_per_step, img_per_s, peak_gb, mfu} for the variants that
     apply here. `config`: a dict like a CONFIGS entry, benchmarked under `name` instead."""
-    if config is None and name not in CONFIGS:
-        raise UserError(f"--config: unknown config {name!r} (known: {', '.join(CONFIGS)})")
-    c = config or CONFIGS[name]
+    c = config or bench_config(name)
     image = len(c["shape"]) == 3
     cuda = device.type == "cuda"
     batch = batch or c["batch" if cuda else "cpu_batch"]
@@ -225,7 +222,7 @@ def bench_ddp(name="tiny", batch=None, steps=20, warmup=3, world=2):
 
     import torch.multiprocessing as mp
 
-    batch = batch or CONFIGS[name]["cpu_batch"]
+    batch = batch or bench_config(name)["cpu_batch"]
     times = {}
     for w in (1, world):
         with socket.socket() as s:

@@ -336,6 +336,73 @@ def test_image_nets_shapes_and_two_time_modes(arch):
             net(x, c)
 
 
+def test_adagn_is_scale_shift_of_the_normalised_features():
+    """AdaGN (ADM use_scale_shift_norm, EDM adaptive_scale): GN(h) (1 + scale) + shift, with
+    (scale, shift) = the two halves of Dense(act(emb)) in that order; without it emb is added before
+    the norm."""
+    import torch.nn.functional as F
+
+    from bcmcore.nets.layers import ResBlock
+
+    g = torch.Generator().manual_seed(0)
+    x, emb = torch.randn(2, 32, 4, 4, generator=g), torch.randn(2, 24, generator=g)
+    for adagn in (True, False):
+        b = randomise(ResBlock(32, 64, 24, 0.0, "adm", adagn=adagn)).eval()
+        assert b.emb.out_features == (128 if adagn else 64)
+        h = b.conv0(F.silu(b.norm0(x)))
+        e = b.emb(F.silu(emb))[:, :, None, None]
+        if adagn:
+            scale, shift = e[:, :64], e[:, 64:]
+            h = b.norm1(h) * (1 + scale) + shift
+        else:
+            h = b.norm1(h + e)
+        ref = b.skip(x) + b.conv1(F.silu(h))
+        torch.testing.assert_close(b(x, emb), ref)
+
+
+def test_ncsnpp_input_and_output_skip_pyramids():
+    """score-SDE bedroom pyramids: the input pyramid is the FIR-downsampled image (1x1 conv, summed
+    in at each lower level); the output is sum_l up^(L-1-l)(conv_l(act(GN(h_l)))) over the decoder
+    levels l, lowest resolution first."""
+    import torch.nn.functional as F
+
+    from bcmcore.nets.layers import fir_down, fir_up
+
+    cfg = dataclasses.replace(
+        TINY["ncsnpp"],
+        ch_mult=(1, 2, 2),
+        resolution=16,
+        progressive="output_skip",
+        progressive_input="input_skip",
+    )
+    net = randomise(build_net(cfg)).eval()
+    assert not hasattr(net, "conv_out") and len(net.skip_out) == 3
+    x, c = x_for(cfg), param.c_noise(log_uniform(4))
+    seen = {"in": [], "out": []}
+    hooks = [m.register_forward_hook(lambda m, a, o: seen["in"].append(a[0])) for m in net.pyramid]
+    hooks += [
+        n.register_forward_hook(lambda m, a, o: seen["out"].append(a[0])) for n, _ in net.skip_out
+    ]
+    with torch.no_grad():
+        out = net(x, c, y=torch.tensor([0, 1, 2, 0]))
+    for h in hooks:
+        h.remove()
+    torch.testing.assert_close(seen["in"][0], fir_down(x))
+    torch.testing.assert_close(seen["in"][1], fir_down(fir_down(x)))
+    ref = 0
+    for level, h in enumerate(seen["out"]):  # level 0 = lowest resolution
+        n, conv_l = net.skip_out[level]
+        p = conv_l(F.silu(n(h)))
+        for _ in range(len(seen["out"]) - 1 - level):
+            p = fir_up(p)
+        ref = ref + p
+    torch.testing.assert_close(out, ref)
+    with pytest.raises(ConfigError, match="progressive"):
+        build_net(dataclasses.replace(TINY["adm"], progressive="output_skip"))
+    with pytest.raises(ConfigError, match="adagn"):
+        build_net(dataclasses.replace(TINY["ncsnpp"], adagn=True))
+
+
 # ----------------------------------------------------------------------------------------------
 # config, I/O
 

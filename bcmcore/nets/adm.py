@@ -1,12 +1,12 @@
 """ADM U-Net (Dhariwal & Nichol 2021) for ImageNet-64 with the iCT / BCM changes (docs/methods.md
 §12.2-12.3).
 
-No AdaGN (the embedding is added, not scale-shift), attention only at attn_res (BCM: 16 and 8, none
-at 32), cosine-normalised q/k/v, up/down by residual blocks, dropout only at resolutions <=
-dropout_max_res, positional embedding of 1000 c_noise = 250 ln t, class embedding added after the
-time MLP(s). BCM fine-tuned variant: two_time_embed "project" (untied u-MLP + bias-free W_align
-2*768 -> 768).
-"""
+iCT / BCM (the defaults): no AdaGN (the embedding is added, not scale-shift), attention only at
+attn_res (BCM: 16 and 8, none at 32), cosine-normalised q/k/v, up/down by residual blocks, dropout
+only at resolutions <= dropout_max_res, positional embedding of 1000 c_noise = 250 ln t, class
+embedding added after the time MLP(s). BCM fine-tuned variant: two_time_embed "project" (untied
+u-MLP + bias-free W_align 2*768 -> 768). EDM's DhariwalUNet (EDM and iGCT on ImageNet-64):
+adagn, cosine_attention false, positional_scale 1 (features of c_noise itself)."""
 
 import torch
 import torch.nn.functional as F
@@ -26,20 +26,25 @@ class ADM(nn.Module):
         self.cfg = cfg
         mc = cfg.channels
         self.time_embed = TimeEmbedding(
-            cfg.embedding_kind, mc, cfg.emb_mult * mc, cfg.time_embed, cfg.fourier_scale
+            cfg.embedding_kind,
+            mc,
+            cfg.emb_mult * mc,
+            cfg.time_embed,
+            cfg.fourier_scale,
+            cfg.positional_scale,
         )
         emb = self.time_embed.out_dim
         self.cond = CondEmbedding(cfg.num_classes, cfg.guidance, emb)
 
         def block(c_in, c_out, res, **kw):
             p = cfg.dropout if (cfg.dropout_max_res == 0 or res <= cfg.dropout_max_res) else 0.0
-            return ResBlock(c_in, c_out, emb, p, STYLE, **kw)
+            return ResBlock(c_in, c_out, emb, p, STYLE, adagn=cfg.adagn, **kw)
 
         def attn(ch):
-            return Attention(ch, STYLE, cfg.head_channels)
+            return Attention(ch, STYLE, cfg.head_channels, cfg.cosine_attention)
 
         ch = mc * cfg.ch_mult[0]
-        self.conv_in = conv(cfg.data_channels, ch)
+        self.conv_in = conv(cfg.data_channels, ch, style=STYLE)
         self.down = nn.ModuleList()
         skips, res = [ch], cfg.resolution
         for i, mult in enumerate(cfg.ch_mult):

@@ -33,6 +33,15 @@ class NetConfig:
     two_time_embed: Literal["concat", "project"] = (
         "concat"  # from scratch: concat+widen; fine-tune: [I|0] proj.
     )
+    # ADM variants (docs/methods.md §12.2): iCT / BCM remove AdaGN and RMS-normalise q/k/v; EDM's
+    # DhariwalUNet (EDM and iGCT on ImageNet-64) keeps AdaGN, plain attention, features of c_noise.
+    adagn: bool = False  # adm: scale-shift norm, h = GN(h) (1 + scale) + shift
+    cosine_attention: bool = True  # adm: q, k, v rescaled to unit RMS per head
+    positional_scale: float = 1000.0  # adm: positional features of scale * c_noise (1000: 250 ln t)
+    # NCSN++ pyramids (score-SDE names; docs/methods.md §12.1): CIFAR-10 residual / none, LSUN
+    # bedroom input_skip / output_skip.
+    progressive_input: Literal["residual", "input_skip"] = "residual"
+    progressive: Literal["none", "output_skip"] = "none"
 
     @property
     def time_embed(self):
@@ -67,6 +76,12 @@ def _validate(net, where):
         raise ConfigError(
             f"{where}.head_channels: must divide every level's width "
             f"(channels {net.channels} x ch_mult {net.ch_mult})"
+        )
+    if net.arch != "adm" and (net.adagn or not net.cosine_attention):
+        raise ConfigError(f"{where}.adagn / cosine_attention: options of arch adm, not {net.arch}")
+    if net.arch != "ncsnpp" and (net.progressive != "none" or net.progressive_input != "residual"):
+        raise ConfigError(
+            f"{where}.progressive / progressive_input: options of arch ncsnpp, not {net.arch}"
         )
     if not 0 <= net.dropout < 1:
         raise ConfigError(f"{where}.dropout: expected a value in [0, 1), got {net.dropout}")

@@ -48,10 +48,10 @@ class PositionalFeatures(nn.Module):
         return torch.cat([a.cos(), a.sin()], dim=1)
 
 
-def features(kind, dim, fourier_scale):
+def features(kind, dim, fourier_scale, positional_scale=1000.0):
     if kind == "fourier":
         return FourierFeatures(dim, fourier_scale)
-    return PositionalFeatures(dim)
+    return PositionalFeatures(dim, positional_scale)
 
 
 def mlp2(d_in, d_out):
@@ -62,13 +62,15 @@ def mlp2(d_in, d_out):
 class TimeEmbedding(nn.Module):
     """Embeds c_t = c_noise(t) (and c_u for two-time nets) into a vector of size `out_dim`."""
 
-    def __init__(self, kind, feat_dim, emb_dim, mode="single", fourier_scale=0.02):
+    def __init__(
+        self, kind, feat_dim, emb_dim, mode="single", fourier_scale=0.02, positional_scale=1000.0
+    ):
         super().__init__()
         if mode not in ("single", "concat", "project"):
             raise ValueError(f"unknown two-time embedding mode {mode!r}")
         self.mode = mode
         self.feat = features(
-            kind, feat_dim, fourier_scale
+            kind, feat_dim, fourier_scale, positional_scale
         )  # one fixed feature map shared by t and u
         if (
             mode == "concat"

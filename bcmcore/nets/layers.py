@@ -5,7 +5,11 @@ One ResBlock and one Attention class serve both nets; the differences are option
     skip_rescale, GroupNorm(min(C/4, 32), eps 1e-6), single-head attention over C channels.
   ADM (Dhariwal & Nichol 2021 with iCT/BCM changes): box resampling (avg-pool / nearest), identity
     skip when widths match, GroupNorm(32, eps 1e-5) in fp32, no AdaGN, 64-channel heads with q/k/v
-    RMS-normalised (docs/methods.md §12.2).
+    RMS-normalised (docs/methods.md §12.2). EDM's DhariwalUNet keeps AdaGN and plain attention.
+Initialisation follows the authors: NCSN++ Xavier-uniform (fan_avg) weights with zero biases
+(score-SDE default_init); ADM PyTorch's default layer init (the BCM/iCT code; EDM's kaiming_uniform
+with gain sqrt(1/3) is the same distribution). Both zero the output convs (init_scale 0 /
+zero_module).
 """
 
 import math
@@ -15,12 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def conv(c_in, c_out, k=3, zero=False):
-    """Conv2d with Xavier-uniform (fan_avg) weights and zero bias; zero=True for NCSN++ init_scale 0
-    / ADM zero_module."""
+def conv(c_in, c_out, k=3, zero=False, style="ncsnpp"):
+    """Conv2d: NCSN++ Xavier-uniform (fan_avg) weights and zero bias, ADM PyTorch's default init;
+    zero=True (all zeros) for NCSN++ init_scale 0 / ADM zero_module."""
     m = nn.Conv2d(c_in, c_out, k, padding=k // 2)
-    nn.init.zeros_(m.weight) if zero else nn.init.xavier_uniform_(m.weight)
-    nn.init.zeros_(m.bias)
+    if zero or style == "ncsnpp":
+        nn.init.zeros_(m.weight) if zero else nn.init.xavier_uniform_(m.weight)
+        nn.init.zeros_(m.bias)
     return m
 
 
@@ -90,19 +95,20 @@ class ResBlock(nn.Module):
     """norm-act-[resample]-conv, + Dense(act(emb)), norm-act-dropout-conv; skip; optional
     /sqrt(2)."""
 
-    def __init__(self, c_in, c_out, emb_dim, dropout, style, up=False, down=False):
+    def __init__(self, c_in, c_out, emb_dim, dropout, style, up=False, down=False, adagn=False):
         super().__init__()
-        self.ncsnpp = style == "ncsnpp"
+        self.ncsnpp, self.adagn = style == "ncsnpp", adagn
         self.up, self.down = up, down
         self.norm0 = norm(c_in, style)
-        self.conv0 = conv(c_in, c_out)
-        self.emb = nn.Linear(emb_dim, c_out)
-        nn.init.zeros_(self.emb.bias)
+        self.conv0 = conv(c_in, c_out, style=style)
+        self.emb = nn.Linear(emb_dim, 2 * c_out if adagn else c_out)  # AdaGN: (scale, shift)
+        if self.ncsnpp:
+            nn.init.zeros_(self.emb.bias)
         self.norm1 = norm(c_out, style)
         self.drop = nn.Dropout(dropout)
         self.conv1 = conv(c_out, c_out, zero=True)
         need_skip = c_in != c_out or (self.ncsnpp and (up or down))
-        self.skip = conv(c_in, c_out, k=1) if need_skip else None
+        self.skip = conv(c_in, c_out, k=1, style=style) if need_skip else None
 
     def resample(self, x):
         if self.up:
@@ -113,8 +119,13 @@ class ResBlock(nn.Module):
 
     def forward(self, x, emb):
         h = self.conv0(self.resample(F.silu(self.norm0(x))))
-        h = h + self.emb(F.silu(emb)).to(h.dtype)[:, :, None, None]
-        h = self.conv1(self.drop(F.silu(self.norm1(h))))
+        e = self.emb(F.silu(emb)).to(h.dtype)[:, :, None, None]
+        if self.adagn:  # ADM's scale-shift norm: GN(h) (1 + scale) + shift (Dhariwal & Nichol §3)
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm1(h) * (1 + scale) + shift
+        else:
+            h = self.norm1(h + e)
+        h = self.conv1(self.drop(F.silu(h)))
         x = self.resample(x)
         x = self.skip(x) if self.skip is not None else x
         return (x + h) / math.sqrt(2) if self.ncsnpp else x + h
@@ -124,21 +135,20 @@ class Attention(nn.Module):
     """Self-attention over pixels: NCSN++ one head, skip_rescale; ADM 64-ch heads with cosine (RMS)
     q/k/v."""
 
-    def __init__(self, c, style, head_channels=None):
+    def __init__(self, c, style, head_channels=None, cosine=True):
         super().__init__()
         self.ncsnpp = style == "ncsnpp"
+        self.cosine = cosine and not self.ncsnpp
         self.heads = 1 if self.ncsnpp else c // head_channels
         self.norm = norm(c, style)
-        self.qkv = conv(c, 3 * c, k=1)
+        self.qkv = conv(c, 3 * c, k=1, style=style)
         self.proj = conv(c, c, k=1, zero=True)
 
     def forward(self, x):
         B, C, H, W = x.shape
         qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)
         q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # [B, heads, HW, d]
-        if (
-            not self.ncsnpp
-        ):  # BCM/iCT repro: x / (1e-4 + ||x|| / sqrt(d)) on q, k and v (docs/methods.md §12.2)
+        if self.cosine:  # BCM/iCT repro: x / (1e-4 + ||x|| / sqrt(d)) on q, k and v (methods §12.2)
             q, k, v = (
                 a
                 / (1e-4 + a.float().norm(dim=-1, keepdim=True).to(a.dtype) / math.sqrt(a.shape[-1]))
