@@ -12,7 +12,9 @@ def bench(argv):
     ap = parser("bcm bench", "Training-step, DDP-scaling and data-loader benchmarks.")
     sub = ap.add_subparsers(dest="what", required=True)
     tr = sub.add_parser("train", help="img/s, sec/step (and MFU on CUDA) of the training step")
-    tr.add_argument("--config", default="tiny", help=f"one of {', '.join(CONFIGS)}")
+    tr.add_argument(
+        "--config", default="tiny", help=f"one of {', '.join(CONFIGS)}, or <preset>/<experiment>"
+    )
     tr.add_argument(
         "--batch", type=int, help="per-process batch (default: the config's GPU or CPU batch)"
     )
