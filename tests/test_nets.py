@@ -3,6 +3,7 @@ file I/O."""
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -358,6 +359,81 @@ def test_adagn_is_scale_shift_of_the_normalised_features():
             h = b.norm1(h + e)
         ref = b.skip(x) + b.conv1(F.silu(h))
         torch.testing.assert_close(b(x, emb), ref)
+
+
+# EDM's DhariwalUNet at a tiny size (128 channels so that both nets' GroupNorms have 32 groups)
+EDM_ADM_TINY = NetConfig(
+    arch="adm",
+    resolution=8,
+    channels=128,
+    ch_mult=(1, 1),
+    num_blocks=1,
+    attn_res=(4,),
+    head_channels=64,
+    num_classes=10,
+    adagn=True,
+    cosine_attention=False,
+    positional_scale=1.0,
+)
+
+
+# score-SDE's bedroom NCSN++ layout (input_skip, output_skip, Fourier scale 16) at a tiny size
+SCORESDE_TINY = NetConfig(
+    arch="ncsnpp",
+    resolution=16,
+    channels=16,
+    ch_mult=(1, 2, 2),
+    num_blocks=1,
+    attn_res=(8,),
+    progressive_input="input_skip",
+    progressive="output_skip",
+    fourier_scale=16.0,
+)
+
+
+@torch.no_grad()
+def fixture_weights(module, seed=0):
+    """Seeded weights for the authors'-code fixtures: matrices and kernels N(0, 1/fan_in), norm
+    scales 1 + 0.2 N(0, 1), other 1-D parameters 0.1 N(0, 1) (nothing left at its zero init), and
+    the fixed Fourier frequencies N(0, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    for name, b in module.named_buffers():
+        if name.endswith("feat.W"):
+            b.copy_(torch.randn(b.shape, generator=g))
+    for name, p in module.named_parameters():
+        z = torch.randn(p.shape, generator=g)
+        if p.ndim >= 2:
+            p.copy_(z / math.sqrt(p[0].numel()))
+        else:
+            p.copy_(1 + 0.2 * z if "norm" in name and name.endswith("weight") else 0.1 * z)
+    return module
+
+
+def test_edm_adm_variant_matches_edms_dhariwal_unet():
+    """adagn + plain attention + positional_scale 1 is EDM's DhariwalUNet (iGCT's ImageNet nets):
+    tests/data/edm_adm_tiny.pt holds EDM's own forward on these weights (see tests/data/README.md).
+    Turning AdaGN off or the q/k/v normalisation on must break the match."""
+    ref = torch.load(Path(__file__).parent / "data/edm_adm_tiny.pt", weights_only=True)
+    net = fixture_weights(build_net(EDM_ADM_TINY)).eval()
+    with torch.no_grad():
+        out = net(ref["x"], ref["c_noise"], y=ref["y"])
+        torch.testing.assert_close(out, ref["out"], atol=1e-4, rtol=1e-4)
+        for wrong in (dict(cosine_attention=True), dict(positional_scale=1000.0)):
+            other = fixture_weights(build_net(dataclasses.replace(EDM_ADM_TINY, **wrong))).eval()
+            assert (other(ref["x"], ref["c_noise"], y=ref["y"]) - ref["out"]).abs().max() > 1e-2
+
+
+def test_bedroom_ncsnpp_matches_score_sde():
+    """input_skip + output_skip + Fourier features is score-SDE's bedroom NCSN++: tests/data/
+    scoresde_ncsnpp_tiny.pt holds score-SDE's own forward on these weights (tests/data/README.md),
+    fed log(sigma) as its continuous VE models are. The CIFAR-10 pyramids must not match it."""
+    ref = torch.load(Path(__file__).parent / "data/scoresde_ncsnpp_tiny.pt", weights_only=True)
+    net = fixture_weights(build_net(SCORESDE_TINY)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(net(ref["x"], ref["c_noise"]), ref["out"], atol=1e-5, rtol=1e-4)
+        for wrong in (dict(progressive="none"), dict(progressive_input="residual")):
+            other = fixture_weights(build_net(dataclasses.replace(SCORESDE_TINY, **wrong))).eval()
+            assert (other(ref["x"], ref["c_noise"]) - ref["out"]).abs().max() > 1e-2
 
 
 def test_ncsnpp_input_and_output_skip_pyramids():
