@@ -1,0 +1,96 @@
+"""Per-(t, u) probe of a BCM's two directions on real data: does it denoise at t, and does its
+inversion f(x_t, t, u) carry the noise up to level u (the amplifying step of zigzag, BCM Eq. 11)?
+
+For held-out images x0 and noise z, x_t = x0 + t z. Columns (RMS over pixels and images):
+  den    RMS(f(x_t, t, eps) - x0) / t      1 = no denoising at all (f returns its input)
+  inv    RMS(f(x_t, t, u) - (x0 + u z)) / u   inversion error; x0 + u z is the PF-ODE flow of a
+                                             point mass at x0, the exact answer as t, u -> 0
+  euler  the same for D + u (x_t - D) / t, D = f(x_t, t, eps): the Euler step with the model's own
+         denoiser. BCM's f is linear in u when F ignores u and equals this Euler step at u = eps
+         and u = t (BCM Eq. 5), so inv == euler means the network has not learned to use u.
+  cos    cosine between f(x_t, t, u) - x0 and z (1: the injected noise was amplified, 0: lost)
+  rt     RMS(f(f(x_t, t, u), u, eps) - x0): one zigzag round on a real image
+  ctrl   RMS(f(x0 + u z, u, eps) - x0): decoding an exactly noised image (the floor of rt)
+
+Exact columns where the data span a linear subspace (the demo digits: 8x8 images upscaled
+bilinearly to 16x16 span ~61 of 256 dimensions). The posterior mean lies in the subspace, so in its
+orthogonal complement the PF ODE dx/dt = (x - D)/t is linear and Phi(x_t, t -> u) = (u/t) x_t
+there, exactly, whatever the data distribution (EDM Eq. 3):
+  den_perp  RMS(P f(x_t, t, eps)) / RMS(P x_t)          exact eps/t ~ 0; 1 = no denoising
+  amp_perp  RMS(P f(x_t, t, u)) / ((u/t) RMS(P x_t))    exact 1; t/u = the noise was not amplified
+  inv_perp  RMS(P f(x_t, t, u) - (u/t) P x_t) / ((u/t) RMS(P x_t))   exact 0
+with P the projection onto the complement.
+"""
+
+import torch
+
+TS = (0.002, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+US = (0.2, 0.4, 1.0, 2.0, 4.0, 8.0, 80.0)
+COLUMNS = ("t", "u", "den", "inv", "euler", "cos", "rt", "ctrl", "den_perp", "amp_perp", "inv_perp")
+
+
+def _rms(a):
+    return float(a.double().pow(2).mean().sqrt())
+
+
+def data_subspace(x, rel_tol=1e-3):
+    """Orthonormal basis [D, k] of the span of data x [N, ...]: right singular vectors whose
+    singular value exceeds rel_tol x the largest (k = D: the data fill the space)."""
+    X = x.reshape(len(x), -1).double()
+    _, s, vh = torch.linalg.svd(X, full_matrices=False)
+    return vh[: int((s > rel_tol * s[0]).sum())].T
+
+
+def _perp(a, basis):
+    a = a.reshape(len(a), -1).double()
+    return a - (a @ basis) @ basis.T
+
+
+@torch.no_grad()
+def inversion_probe(model, x0, y=None, ts=TS, us=US, seed=0, basis=None):
+    """Rows {t, u, den, inv, euler, cos, rt, ctrl[, *_perp]} for every u > t (module docstring);
+    the *_perp columns need `basis`, the data's subspace (`data_subspace`) of dimension < D."""
+    if basis is not None and basis.shape[1] >= basis.shape[0]:
+        basis = None  # the data fill the space: no exact columns
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(x0.shape, generator=g, dtype=torch.float64).to(x0)
+    eps = float(model.sigma_min)
+
+    def f(x, t, u):
+        full = lambda v: torch.full((len(x),), float(v), device=x.device)  # noqa: E731
+        return model(x, full(t), full(u), y=y)
+
+    rows = []
+    for t in ts:
+        x_t = x0 + t * z
+        d = f(x_t, t, eps)
+        den = _rms(d - x0) / t
+        for u in us:
+            if u <= t:
+                continue
+            x_u, ref = f(x_t, t, u), x0 + u * z
+            euler = d + u * (x_t - d) / t
+            cos = torch.nn.functional.cosine_similarity(
+                (x_u - x0).flatten(1).double(), z.flatten(1).double()
+            )
+            rows.append(
+                {
+                    "t": t,
+                    "u": u,
+                    "den": den,
+                    "inv": _rms(x_u - ref) / u,
+                    "euler": _rms(euler - ref) / u,
+                    "cos": float(cos.mean()),
+                    "rt": _rms(f(x_u, u, eps) - x0),
+                    "ctrl": _rms(f(ref, u, eps) - x0),
+                }
+            )
+            if basis is not None:
+                p_t, p_d, p_u = (_perp(a, basis) for a in (x_t, d, x_u))
+                scale = _rms(p_t)
+                rows[-1].update(
+                    den_perp=_rms(p_d) / scale,
+                    amp_perp=_rms(p_u) / (u / t * scale),
+                    inv_perp=_rms(p_u - u / t * p_t) / (u / t * scale),
+                )
+    return rows
