@@ -374,3 +374,16 @@ def test_bct_requires_bcm_model():
     with pytest.raises(ConfigError, match=r"model\.kind"):
         build_loss({"kind": "bct"}, ModelConfig(kind="cm", net=NetConfig(arch="mlp")))
     build_loss({"kind": "ict"}, ModelConfig(kind="cm", net=NetConfig(arch="mlp")))
+
+
+def test_bct_u_T_prob_sends_that_share_of_targets_to_T():
+    grid = param.karras_grid(11)
+    torch.manual_seed(0)
+    n0, m0 = build_loss({"kind": "bct"}, BCM_CFG).sample_indices(grid, 20_000)
+    assert int(m0.max()) <= 9  # the authors' law: never u = T
+    loss = build_loss({"kind": "bct", "u_T_prob": 0.25}, BCM_CFG)
+    n, m = loss.sample_indices(grid, 20_000)
+    top = m == 10
+    assert abs(float(top.double().mean()) - 0.25) < 0.02 and not (m == n + 1).any()
+    with pytest.raises(ConfigError, match=r"loss\.u_T_prob"):
+        build_loss({"kind": "bct", "u_T_prob": 1.5}, BCM_CFG)

@@ -10,6 +10,8 @@ lambda(t_n) = 1/(t_{n+1} - t_n), lambda'(t, u) = 1/|t - u| (soft trajectory term
 6). All four passes share one dropout seed.
 """
 
+from dataclasses import dataclass
+
 import torch
 from torch.func import functional_call
 
@@ -24,11 +26,18 @@ class BCTLoss(ICTLoss):
     """BCT from scratch or BCM fine-tuning (same objective; choose the curriculum kind "ict" or
     "phases")."""
 
-    Config = ICTLoss.Config
+    @dataclass(frozen=True)
+    class Config(ICTLoss.Config):
+        # share of examples whose trajectory-term target is u = T (inversion to the prior). The
+        # authors' law (0) never draws u = T and puts ~1% of pairs at u >= 20 (docs/methods.md §5)
+        u_T_prob: float = 0.0
+
     model_kinds = ("bcm",)
 
     def __init__(self, cfg, model_cfg):
         super().__init__(cfg, model_cfg)
+        if not 0.0 <= cfg.u_T_prob <= 1.0:
+            raise ConfigError(f"loss.u_T_prob: expected a value in [0, 1], got {cfg.u_T_prob}")
         if cfg.curriculum.min_intervals() < 2:
             raise ConfigError(
                 "loss.curriculum: BCT needs at least 2 intervals (the top one is never a CT pair)"
@@ -46,6 +55,9 @@ class BCTLoss(ICTLoss):
         w = mass.expand(batch_size, -1).clone()
         w[torch.arange(batch_size), n + 1] = 0.0  # n + 1 <= N - 2 always
         m = torch.multinomial(w, 1).squeeze(1)
+        if self.cfg.u_T_prob > 0:  # u = T = grid[N-1] for a share of the batch (never equals t)
+            top = torch.rand(batch_size) < self.cfg.u_T_prob
+            m = torch.where(top, torch.full_like(m, len(grid) - 1), m)
         return n, m
 
     def teacher_map(self, model, c, u, y):
