@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 TORCH   := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast slurm-up slurm-down clean
+.PHONY: venv demo test test-fast gpu-check slurm-up slurm-down clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: venv
 # Quick loop for developers: no slow, no slurm.
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)
+
+# One-shot GPU acceptance check, one table (under 8 minutes on one GPU); ARGS=--cpu for tiny CPU sizes.
+gpu-check: venv
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bcmcore check gpu $(ARGS)
 
 slurm-up:
 	bash cluster/dev/slurm_up.sh

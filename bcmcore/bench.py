@@ -150,7 +150,9 @@ def variant_keys(variant):
     )
 
 
-def bench_train(name, device, batch=None, steps=10, warmup=3, variants=None, config=None):
+def bench_train(
+    name, device, batch=None, steps=10, warmup=3, variants=None, config=None, echo=True
+):
     """Rows {config, variant, batch, sec_per_step, img_per_s, peak_gb, mfu} for the variants that
     apply here. `config`: a dict like a CONFIGS entry, benchmarked under `name` instead."""
     c = config or bench_config(name)
@@ -187,7 +189,8 @@ def bench_train(name, device, batch=None, steps=10, warmup=3, variants=None, con
             row["tflops_per_step"] = flops / 1e12
             row["mfu"] = flops / sec / peak  # against the dense bf16 peak, whatever the variant
         rows.append(row)
-        print(json.dumps(row), flush=True)
+        if echo:
+            print(json.dumps(row), flush=True)
         del stepper, batches
         if cuda:
             torch.cuda.empty_cache()

@@ -103,3 +103,30 @@ def test_compile_keeps_parameter_names_and_outputs(one_thread):
     with torch.no_grad():
         torch.testing.assert_close(model(x, t), ref)
     assert model.net._compiled_call_impl is not None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("loss", ["ict", "bct", "igct", "edm"])
+def test_one_bf16_step_per_loss_on_cuda_keeps_everything_on_the_device(loss):
+    """bf16 autocast through every loss (BCT's functional_call pass, both iGCT nets); EMA and
+    optimizer state on the GPU; the logged terms (some on the CPU) reduce to floats."""
+    kind = {"ict": "cm", "bct": "bcm", "igct": "igct", "edm": "edm"}[loss]
+    net = NetConfig(
+        arch="ncsnpp", channels=32, ch_mult=(1, 2), num_blocks=1, resolution=8, attn_res=(4,),
+        two_time=kind == "bcm", num_classes=3 if kind in ("igct", "edm") else 0, dropout=0.1,
+    )  # fmt: skip
+    cfg = ModelConfig(kind=kind, net=net)
+    dev = torch.device("cuda", 0)
+    torch.manual_seed(0)
+    model = build_model(cfg).to(dev)
+    t = TrainConfig(total_steps=100, batch=8, bf16=True, channels_last=True)
+    stepper = Stepper(model, build_loss({"kind": loss}, cfg), t, dev, net.num_classes > 0)
+    x = torch.rand(8, 3, 8, 8) * 2 - 1
+    batch = {"x": x, "y": torch.randint(0, 3, (8,)), "x_src": torch.rand(8, 3, 8, 8) * 2 - 1}
+    terms = stepper.backward(iter([batch]), step=50)
+    stepper.update()
+    torch.cuda.synchronize()
+    assert all(isinstance(v, float) and v == v for v in terms.values()), terms
+    assert all(p.is_cuda for p in stepper.ema.model.parameters())
+    state = stepper.optimizer.state_dict()["state"]
+    assert state and all(v.is_cuda for s in state.values() for k, v in s.items() if k != "step")
