@@ -27,6 +27,7 @@ from typing import Literal
 
 import submitit
 
+from bcmcore import runlock
 from bcmcore.config import ConfigError, UserError, from_dict
 from bcmcore.util import atomic_write_text
 
@@ -319,6 +320,8 @@ def run(command, entry, launcher=None, job_dir=None, deadline_min=None, name=Non
     cfg = load_launcher(launcher, **overrides)
     folder = Path(job_dir) if job_dir else _default_job_dir(command)
     job, state = find_running(folder, command, cfg)
+    if job is None and command[0] == "train" and "--run-dir" in command[:-1]:
+        runlock.check(command[command.index("--run-dir") + 1])  # a live trainer: start no second
     if job is not None:
         print(
             f"bcm launch: slurm job {job.job_id} of this command, submitted by an earlier bcm "

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from bcmcore import dist
 from bcmcore.config import UserError
-from bcmcore.util import atomic_path, atomic_write_text
+from bcmcore.util import atomic_path, atomic_write_text, remove_tmp
 
 
 def save_npz(path, arrays):
@@ -54,6 +54,7 @@ def write_outputs(out, name, arrays, grid_images, grid_n, ncol=None, info=None):
     """Rank 0: name.npz (uint8 NHWC images as arr_0, ADM-evaluator style), name.png, name.json."""
     from bcmcore.metrics.report import save_grid
 
+    remove_tmp(out, f"{name}.")  # left by a killed earlier run of this command
     save_npz(out / f"{name}.npz", arrays)
     if grid_images is not None and grid_images.ndim == 4 and grid_n:
         save_grid(out / f"{name}.png", grid_images[:grid_n].transpose(0, 3, 1, 2), ncol=ncol)

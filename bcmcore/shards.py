@@ -160,6 +160,11 @@ def write_dataset(out, splits, meta, workers=None, totals=None):
         for p in out.glob(".tmp-*"):  # workers killed mid-shard leave only temp names: remove them
             p.unlink(missing_ok=True)
         raise
+    empty = [s for s, v in manifest["splits"].items() if not v["count"]]
+    if not manifest["splits"] or empty:
+        raise UserError(
+            f"{out}: nothing to write for split '{empty[0]}'" if empty else f"{out}: no samples"
+        )
     keep = {
         e[k] for s in manifest["splits"].values() for e in s["shards"] for k in ("name", "index")
     }

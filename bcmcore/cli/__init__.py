@@ -21,6 +21,34 @@ def commands():
     return table
 
 
+# command -> the setting to lower when a batch does not fit in memory
+BATCH_SETTING = {
+    "train": "train.batch_gpu (per-process batch; accumulation rounds keep train.batch)",
+    "eval": "eval.batch_size (datasets.<ds>.eval.batch_size in the workflow config)",
+    "sample": "--batch",
+    "invert": "--batch",
+    "edit": "--batch",
+    "edit-rate": "--batch",
+    "bench": "--batch",
+}
+
+
+def resource_error(command, e):
+    """Out of memory / disk full -> one UserError line (what to lower, which file), else None."""
+    from bcmcore.util import disk_full
+
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    oom = isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+    if oom or (isinstance(e, RuntimeError) and "can't allocate memory" in text):
+        return UserError(
+            f"out of memory ({text[:200]}); lower {BATCH_SETTING.get(command, 'the batch size')}. "
+            f"Files already written are intact: a rerun resumes"
+        )
+    if isinstance(e, OSError) and getattr(e, "filename", None):
+        return disk_full(e.filename, e)
+    return None
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     table = commands()
@@ -29,7 +57,10 @@ def main(argv=None):
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:
         rc = table[argv[0]](argv[1:])
-    except UserError as e:  # the one clear line for the user's mistakes; tracebacks for ours
+    except Exception as e:  # the one clear line for the user's mistakes; tracebacks for ours
+        e = resource_error(argv[0], e) or e
+        if not isinstance(e, UserError):
+            raise
         print(f"bcm {argv[0]}: error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)  # 130 / 143 after SIGINT / SIGTERM
     return int(rc or 0)

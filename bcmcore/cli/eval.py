@@ -23,10 +23,16 @@ def evaluate(argv):
 
     import dataclasses
 
+    from bcmcore import dist
     from bcmcore.metrics.spec import load_spec
     from bcmcore.metrics.sweep import run
+    from bcmcore.util import remove_tmp
 
     spec = load_spec(args.spec)
+    dist.init(args.device)
+    if dist.is_main():
+        remove_tmp(args.out)  # partial files of a killed earlier sweep (the folder is this sweep's)
+    dist.barrier()
     if args.num_samples is not None:
         spec = dataclasses.replace(spec, num_samples=args.num_samples)
     run(spec, args.out, device=args.device, progress=not args.no_progress)

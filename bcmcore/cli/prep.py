@@ -6,7 +6,7 @@ demo), gmm2d.
 """
 
 from bcmcore.cli._args import parser
-from bcmcore.config import UserError
+from bcmcore.config import UserError, nonneg_int, positive_int
 
 
 def _parser():
@@ -17,16 +17,19 @@ def _parser():
         s = sub.add_parser(name, help=help)
         s.add_argument("--out", required=True, help="output directory (results/<ds>/shards)")
         s.add_argument(
-            "--shard-size", type=int, default=5000, help="samples per shard (default 5000)"
+            "--shard-size", type=positive_int, default=5000, help="samples per shard (default 5000)"
         )
         s.add_argument(
-            "--workers", type=int, default=None, help="processes (default: all CPU cores)"
+            "--workers", type=positive_int, default=None, help="processes (default: all CPU cores)"
         )
         if src:
             s.add_argument("--src", required=True, help=src)
         if resolution:
             s.add_argument(
-                "--resolution", type=int, default=resolution, help=f"pixels (default {resolution})"
+                "--resolution",
+                type=positive_int,
+                default=resolution,
+                help=f"pixels (default {resolution})",
             )
         return s
 
@@ -56,18 +59,18 @@ def _parser():
         )
         s.add_argument(
             "--test-count",
-            type=int,
+            type=nonneg_int,
             default=test,
             help=f"last N sorted files form the test split (default {test})",
         )
     s = add("digits", "scikit-learn's handwritten digits, the offline demo set", resolution=16)
     s.add_argument(
-        "--test-count", type=int, default=300, help="seeded test split size (default 300)"
+        "--test-count", type=nonneg_int, default=300, help="seeded test split size (default 300)"
     )
     s.add_argument("--seed", type=int, default=0)
     s = add("gmm2d", "2-D Gaussian-mixture toy data (bcmcore.toy.DEMO_GMM unless --params)")
-    s.add_argument("--n-train", type=int, default=65536)
-    s.add_argument("--n-test", type=int, default=8192)
+    s.add_argument("--n-train", type=positive_int, default=65536)
+    s.add_argument("--n-test", type=nonneg_int, default=8192)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument(
         "--params", default=None, help="JSON file {means, stds, weights} (default DEMO_GMM)"

@@ -92,7 +92,7 @@ def _recipe(args, model):
     return r
 
 
-def sample(argv):
+def sample_parser():
     p = _common("bcm sample")
     p.add_argument("--seeds", default="0-63", help="one sample per seed, e.g. 0-49999")
     p.add_argument("--sampler", choices=GEN_SAMPLERS, help="default onestep (edm: heun)")
@@ -109,7 +109,11 @@ def sample(argv):
     p.add_argument(
         "--clamp", action="store_true", help="multistep: clamp to [-1, 1] between steps (CM code)"
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def sample(argv):
+    args = sample_parser().parse_args(argv)
     seeds = np.asarray(parse_ids(args.seeds, "--seeds"))
     model, meta, device = _setup(args)
     out = Path(args.out)
@@ -301,7 +305,7 @@ def _mask(args, x):
     return torch.as_tensor(np.load(path)).to(x.device, x.dtype)
 
 
-def edit(argv):
+def edit_parser():
     p = _common("bcm edit")
     p.add_argument("task", choices=TASKS)
     _input_args(p)
@@ -323,7 +327,11 @@ def edit(argv):
     p.add_argument("--w", type=float, default=1.0, help="class: guidance weight (paper convention)")
     p.add_argument("--num-steps", type=int, default=18, help="class (edm): Heun Karras grid points")
     p.add_argument("--clamp", action="store_true", help="clamp to [-1, 1] after each CM-style step")
-    args = p.parse_args(argv)
+    return p
+
+
+def edit(argv):
+    args = edit_parser().parse_args(argv)
     model, meta, device = _setup(args)
     x_all, y_all, idx_all = load_inputs(args)
     out, task = Path(args.out), args.task

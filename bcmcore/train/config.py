@@ -146,3 +146,42 @@ def load_run_config(run_dir):
 
 def replace_train(cfg: RunConfig, **changes):
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes))
+
+
+def check_data_fits(cfg: RunConfig):
+    """The model's data shape and classes against the shards' manifest, before any weight exists."""
+    from bcmcore.data import read_manifest
+
+    man, net = read_manifest(cfg.data.shards), cfg.model.net
+    where = f"{cfg.data.shards}/manifest.json"
+    kind = man.get("kind")
+    if net.arch == "mlp":
+        if kind != "vector" or man.get("dim") != net.data_channels:
+            got = f"{kind} data" + (
+                f" of dim {man.get('dim')}"
+                if kind == "vector"
+                else f" ({man.get('channels')} x {man.get('resolution')}^2)"
+            )
+            raise ConfigError(
+                f"model.net: arch mlp with data_channels {net.data_channels} expects vectors of "
+                f"dim {net.data_channels}, but {where} holds {got}"
+            )
+    else:
+        fits = (man.get("channels"), man.get("resolution")) == (net.data_channels, net.resolution)
+        if kind != "image" or not fits:
+            got = (
+                f"{man.get('channels')}-channel {man.get('resolution')}x{man.get('resolution')} "
+                f"images"
+                if kind == "image"
+                else f"{kind} data of dim {man.get('dim')}"
+            )
+            raise ConfigError(
+                f"model.net: arch {net.arch} expects {net.data_channels}-channel "
+                f"{net.resolution}x{net.resolution} images (data_channels, resolution), but "
+                f"{where} holds {got}"
+            )
+    classes = man.get("num_classes") or 0
+    if net.num_classes and classes > net.num_classes:
+        raise ConfigError(
+            f"model.net.num_classes: {net.num_classes}, but {where} has {classes} classes"
+        )

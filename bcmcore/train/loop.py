@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 
-from bcmcore import dist
+from bcmcore import dist, runlock
 from bcmcore.config import ConfigError, UserError
-from bcmcore.train import checkpoint
-from bcmcore.train.config import load_run_config
+from bcmcore.train import checkpoint, interrupt
+from bcmcore.train.config import check_data_fits, load_run_config
 from bcmcore.train.step import Stepper
+from bcmcore.util import atomic_write_text, remove_tmp
 
 
 class NonFiniteLoss(UserError):
@@ -42,6 +43,22 @@ class RunLog:
         if self.main:
             with open(self.run_dir / "stats.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
+
+    def truncate_stats(self, step):
+        """Drop the rows after `step` (written after the state we resume from, before a kill)."""
+        path = self.run_dir / "stats.jsonl"
+        if self.main and path.is_file():
+            lines = path.read_text().splitlines(keepends=True)
+            keep = [ln for ln in lines if ln.strip() and _row_step(ln) <= step]
+            if len(keep) != len(lines):
+                atomic_write_text(path, "".join(keep))
+
+
+def _row_step(line):
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")  # a row cut short by the kill
 
 
 def init_from_network(model, path):
@@ -78,15 +95,25 @@ def training_loop(run_dir, device=None):
     Writes training-state-*.pt, network-snapshot-*.pt, log.txt, stats.jsonl and finally
     network-final.pt.
     device: None (CUDA if available) or "cpu". Returns the path of network-final.pt.
+    One trainer per run directory (bcmcore.runlock); SIGINT/SIGTERM stop at a step boundary, with a
+    state.
     """
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    check_data_fits(cfg)
+    rank, world, _, device = dist.init(device)
+    with runlock.hold(run_dir, dist.is_main(), dist.barrier), interrupt.on_signals() as stop:
+        return _train(run_dir, cfg, rank, world, device, stop)
+
+
+def _train(run_dir, cfg, rank, world, device, stop):
     from bcmcore.data import make_loader
     from bcmcore.losses import build_loss
     from bcmcore.nets import build_model, save_network
 
-    run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
     t = cfg.train
-    rank, world, _, device = dist.init(device)
+    if dist.is_main():
+        remove_tmp(run_dir)  # partial files of a killed writer (we hold the run lock)
     batch_gpu, rounds = t.split_batch(world)
     log = RunLog(run_dir, dist.is_main())
     config = cfg.as_dict()
@@ -125,6 +152,7 @@ def training_loop(run_dir, device=None):
         log(f"resumed from {resume.name} (step {step})")
     elif dist.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
+    log.truncate_stats(step)
     if step >= t.total_steps and final_path.is_file():
         log(f"{final_path} exists: nothing to do")
         return final_path
@@ -195,6 +223,10 @@ def training_loop(run_dir, device=None):
             save(step)
         if t.snapshot_every and step % t.snapshot_every == 0 and dist.is_main():
             save_network(checkpoint.snapshot_path(run_dir, step), ema.model, step, config)
+        if stop.signum is not None and step < t.total_steps:  # SIGINT/SIGTERM: a state, then exit
+            if world == 1 and step % t.checkpoint_every:  # one process: no other rank to agree with
+                save(step)
+            raise stop.interrupted(step, checkpoint.latest_state(run_dir))
 
     if dist.is_main():
         save_network(final_path, ema.model, step, config)

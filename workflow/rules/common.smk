@@ -56,12 +56,14 @@ def check_config():
         stop("no dataset is enabled under 'datasets' (set datasets.<name>.enabled: true)")
     for ds in in_use:
         check_raw_files(ds)
+        check_prep(ds)
         for stage in STAGES:
             launcher_settings(ds, stage)
         for exp in experiments(ds):
             check_run_config(ds, exp)
             check_eval_spec(ds, exp)
             check_recipes(ds, exp)
+            check_flags(ds, exp)
 
 
 def enabled_datasets():
@@ -188,15 +190,10 @@ def launch_slots():
 
 
 def flags(options):
-    """{key: value} -> ' --key value ...' (underscores become dashes; true -> a bare flag; false/null -> none)."""
-    out = ""
-    for key, value in (options or {}).items():
-        flag = f"--{key.replace('_', '-')}"
-        if value is True:
-            out += f" {flag}"
-        elif value is not None and value is not False:
-            out += f" {flag} {shlex.quote(str(value))}"
-    return out
+    """{key: value} -> ' --key value ...', every token shell-quoted (checked in check_flags)."""
+    from bcmcore.flags import render
+
+    return render(options)
 
 
 def launch(ds, stage, job_dir):
@@ -310,6 +307,37 @@ def check_recipes(ds, exp):
                 get_recipe(options["recipe"])
             except UserError as err:
                 stop(f"datasets.{ds}.experiments.{exp}.{where}: {err}")
+
+
+def check_prep(ds):
+    """prep.format is a data_prep converter and prep.args are its flags (from its own parser)."""
+    from bcmcore.config import UserError
+    from bcmcore.flags import check, parser
+
+    prep, where = config["datasets"][ds]["prep"], f"datasets.{ds}.prep"
+    try:
+        converter = parser("prep", prep["format"])
+    except UserError as e:
+        stop(f"{where}.format: {e}")
+    try:
+        check(converter, prep.get("args"), f"{where}.args", reserved=("out",))
+    except UserError as e:
+        stop(str(e))
+
+
+def check_flags(ds, exp):
+    """grid and apps.<task> are flags of `bcm sample` / `bcm edit` (from their own parsers)."""
+    from bcmcore.config import UserError
+    from bcmcore.flags import check, parser
+
+    e, where = config["datasets"][ds]["experiments"][exp], f"datasets.{ds}.experiments.{exp}"
+    fixed = ("out", "network", "data")  # set by the rules themselves
+    try:
+        check(parser("sample"), e.get("grid"), f"{where}.grid", reserved=fixed)
+        for task, options in e.get("apps", {}).items():
+            check(parser("edit"), options, f"{where}.apps.{task}", reserved=fixed)
+    except UserError as err:
+        stop(str(err))
 
 
 def evaluated(ds):

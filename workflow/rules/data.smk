@@ -14,7 +14,8 @@ rule prep:
         launch=lambda w: launch(w.ds, "prep", f"results/{w.ds}/jobs/prep"),
     params:
         prep=lambda w: config["datasets"][w.ds]["prep"],  # rerun trigger: the converter and its flags
+        format=lambda w: shlex.quote(config["datasets"][w.ds]["prep"]["format"]),
         args=lambda w: flags(config["datasets"][w.ds]["prep"].get("args")),
     shell:
-        "{resources.launch} prep {params.prep[format]} --out results/{wildcards.ds}/shards{params.args}"
+        "{resources.launch} prep {params.format} --out results/{wildcards.ds}/shards{params.args}"
         " 2>&1 | tee {log}"
