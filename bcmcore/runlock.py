@@ -8,9 +8,9 @@ launch` refuses to start a trainer into a directory whose lock is live.
 Atomic on a shared cluster filesystem: the holder's record (host, PID, process start time, Slurm job
 id) is written to a private file and hard-linked to `run.lock`; link(2) fails if the name exists, on
 NFS too. A holder refreshes the lock's mtime every HEARTBEAT_S seconds. A lock is stale when its
-process is gone (same host: the PID is dead or was reused), its Slurm job has ended, or (another
-host, no Slurm) its heartbeat is older than STALE_S; a stale lock is renamed away (one taker wins
-the rename) and taken."""
+process is gone (same host: the PID is dead or was reused), its Slurm job has ended or was requeued
+(we are its next run), or (another host) its heartbeat is older than STALE_S; a stale lock is
+renamed away (one taker wins the rename) and taken."""
 
 import contextlib
 import json
@@ -49,7 +49,13 @@ def _job_token():
     """Shared by every rank of one distributed job (non-rank-0 ranks check the lock is their job's).
     Shared by every rank of one distributed job (non-rank-0 ranks check the lock is their job's)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        keys = ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT")
+        keys = (
+            "SLURM_JOB_ID",
+            "SLURM_RESTART_COUNT",
+            "TORCHELASTIC_RUN_ID",
+            "MASTER_ADDR",
+            "MASTER_PORT",
+        )
         return "job:" + "/".join(os.environ.get(k, "") for k in keys)
     return f"proc:{uuid.uuid4().hex}"
 
@@ -103,6 +109,9 @@ def is_stale(holder):
         return True
     if holder.get("unreadable"):
         return holder["age_s"] > STALE_S
+    job = holder.get("slurm_job_id")
+    if job and job == os.environ.get("SLURM_JOB_ID") and holder.get("token") != _job_token():
+        return True  # an earlier run of this very Slurm job (requeued after preemption / timeout)
     if holder.get("host") == socket.gethostname():
         pid = holder.get("pid")
         try:

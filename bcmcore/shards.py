@@ -3,9 +3,14 @@ tars + index + manifest, last) and reading (manifest, random access through the 
 
 On disk: `<split>-%06d.tar` holding, per sample, `<key>.png` (uint8 image) or `<key>.npy` (float32
 vector) and `<key>.cls` (class label as text, -1 = unlabelled), key = `%08d` index within the
-split; a sidecar `<split>-%06d.idx` (int64 byte offsets where each sample starts, plus the end) and
-`manifest.json` (sizes and sha256 of every file). The tars are plain WebDataset tars; the sidecar
-only adds random access.
+split; a sidecar `<split>-%06d.idx` (int64 byte offsets where each sample starts, plus the end,
+then the CRC-32 of each sample's bytes as int64) and `manifest.json` (sizes and sha256 of every
+file). The tars are plain WebDataset tars; the sidecar only adds random access and checks.
+
+Corruption is caught by default: every sample read is checked against its CRC-32 (the bytes are in
+memory anyway; `bcm bench data` prints the cost) and each index against its sha256 when a reader
+opens, so a flipped byte or a replaced shard stops training with the shard and the sample named.
+Shards of format 1 (no CRCs) stay readable: each shard's sha256 is checked once when a reader opens.
 
 Determinism: members are written in key order with fixed headers (USTAR, mtime 0, uid/gid 0, empty
 owner names, mode 0444) and PNGs with fixed encoder settings, so the same input gives byte-identical
@@ -15,12 +20,14 @@ manifest that points at half-written shards.
 """
 
 import collections
+import hashlib
 import io
 import json
 import multiprocessing
 import os
 import re
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +36,8 @@ from PIL import Image
 from bcmcore.config import UserError
 from bcmcore.util import atomic_path, atomic_write_bytes, atomic_write_text, sha256_file
 
-FORMAT = "bcm-shards/1"
+FORMAT = "bcm-shards/2"  # 2: per-sample CRC-32 in the index; 1 is still read (hashed at open)
+READABLE = ("bcm-shards/1", FORMAT)
 KEY = "{:08d}"
 PNG_OPTIONS = {"format": "PNG", "compress_level": 6, "optimize": False}
 SHARD_RE = re.compile(r"^[A-Za-z0-9_]+-\d{6}\.(tar|idx)$")
@@ -101,15 +109,26 @@ def _write_shard(task):
     with atomic_path(tar_path) as tmp:
         offsets = write_tar(tmp, first_key, x, y)
         digest, size = sha256_file(tmp), os.path.getsize(tmp)
-    atomic_write_bytes(idx_path, offsets.tobytes())
+        crcs = _sample_crcs(tmp, offsets)
+    index = np.concatenate([offsets, crcs]).astype("<i8").tobytes()
+    atomic_write_bytes(idx_path, index)
     return {
         "name": tar_path.name,
         "index": idx_path.name,
         "count": int(len(x)),
         "bytes": int(size),
         "sha256": digest,
+        "index_sha256": hashlib.sha256(index).hexdigest(),
         "first_key": int(first_key),
     }
+
+
+def _sample_crcs(path, offsets):
+    """CRC-32 of each sample's bytes [offsets[k], offsets[k+1]) of the tar at `path`."""
+    with open(path, "rb") as f:
+        return np.asarray(
+            [zlib.crc32(f.read(int(b - a))) for a, b in zip(offsets[:-1], offsets[1:])], np.int64
+        )
 
 
 def _bounded_map(fn, tasks, workers, depth):
@@ -209,8 +228,11 @@ def read_manifest(shard_dir):
         man = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(man, dict) or man.get("format") != FORMAT:
-        raise UserError(f"{path}: expected a shard manifest with format '{FORMAT}'")
+    if not isinstance(man, dict) or man.get("format") not in READABLE:
+        raise UserError(
+            f"{path}: expected a shard manifest with format '{FORMAT}' (got "
+            f"{man.get('format') if isinstance(man, dict) else man!r}): rerun `bcm prep`"
+        )
     return man
 
 
@@ -271,11 +293,15 @@ class ShardReader:
     """Random access to the samples of one split: read(i) -> (x, y). Opens files lazily in each
     process."""
 
-    def __init__(self, shard_dir, split, verify_sha256=False):
+    def __init__(self, shard_dir, split, verify_sha256=False, checksums=True):
+        """verify_sha256: hash every shard now; checksums: check each sample's CRC-32 when read (off
+        only to measure what it costs)."""
         shard_dir = Path(shard_dir)
         man = read_manifest(shard_dir)
         info = _split_info(man, split, shard_dir)
-        self.paths, self.offsets, counts = [], [], []
+        legacy = man["format"] != FORMAT  # format 1: no per-sample CRCs, hash each shard once
+        verify_sha256 = verify_sha256 or (legacy and checksums)
+        self.paths, self.offsets, self.crcs, counts = [], [], [], []
         for s in info["shards"]:
             path, idx_path = shard_dir / s["name"], shard_dir / s["index"]
             for p in (path, idx_path):
@@ -288,7 +314,16 @@ class ShardReader:
                 )
             if verify_sha256 and sha256_file(path) != s["sha256"]:
                 raise UserError(f"{path}: sha256 does not match the manifest (corrupt or replaced)")
-            off = np.fromfile(idx_path, dtype="<i8")
+            index = idx_path.read_bytes()
+            if not legacy and hashlib.sha256(index).hexdigest() != s.get("index_sha256"):
+                raise UserError(
+                    f"{idx_path}: sha256 does not match the manifest (index corrupt or replaced: "
+                    f"rerun `bcm prep`)"
+                )
+            off = np.frombuffer(index, dtype="<i8")
+            off, crc = (off, None) if legacy else (off[: s["count"] + 1], off[s["count"] + 1 :])
+            if crc is not None and len(crc) != s["count"]:
+                off = off[:0]  # reported just below
             if len(off) != s["count"] + 1 or (
                 len(off) and (off[-1] > s["bytes"] or (np.diff(off) <= 0).any())
             ):
@@ -298,6 +333,7 @@ class ShardReader:
                 )
             self.paths.append(str(path))
             self.offsets.append(off)
+            self.crcs.append(crc if checksums else None)
             counts.append(s["count"])
         self.start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.n = int(self.start[-1])
@@ -324,6 +360,12 @@ class ShardReader:
         if len(chunk) != b - a:
             raise UserError(
                 f"{self.paths[j]}: truncated (sample {KEY.format(i)} ends past the file)"
+            )
+        crc = self.crcs[j]
+        if crc is not None and zlib.crc32(chunk) != crc[k]:
+            raise UserError(
+                f"{self.paths[j]}: sample {KEY.format(i)} fails its checksum (bytes {a}-{b} "
+                f"changed: shard damaged or replaced; rerun `bcm prep`)"
             )
         return _parse_members(chunk, self.paths[j], KEY.format(i))
 

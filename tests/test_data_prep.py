@@ -3,6 +3,8 @@ is one error."""
 
 import io
 import pickle
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -453,3 +455,25 @@ def test_corrupt_cifar_pickle_is_refused(tmp_path):
         UserError, match=r"c\.tar\.gz: member .*batches\.meta is not a CIFAR-10 python pickle"
     ):
         prep(["cifar10", "--src", str(path), "--out", str(tmp_path / "s")])
+
+
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        ("--n-train", "0", "a positive integer"),
+        ("--n-train", "-5", "a positive integer"),
+        ("--n-test", "-1", "an integer >= 0"),
+        ("--shard-size", "0", "a positive integer"),
+    ],
+)
+def test_bad_counts_are_one_error_and_write_nothing(tmp_path, flag, value, expected):
+    out = tmp_path / "s"
+    res = subprocess.run(
+        [sys.executable, "-m", "bcmcore", "prep", "gmm2d", "--out", str(out), flag, value],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 2, res.stderr
+    assert f"argument {flag}: expected {expected}, got '{value}'" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and not (out / "manifest.json").exists()
