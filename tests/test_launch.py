@@ -73,19 +73,28 @@ def test_debug_executor_runs_in_process(tmp_path, shards, capsys):
     assert "1 process(es)" in capsys.readouterr().out
 
 
-def test_failed_job_returns_nonzero_with_the_error(tmp_path, shards, capsys):
+def test_failed_job_returns_nonzero_with_the_error(tmp_path, shards, capsys, monkeypatch):
     # a user error inside the job: bcm's exit code 2 and its one-line message
     run = make_run(tmp_path / "bad", shards, loss={"kind": "nope"})
     assert main(["--executor", "debug", "--", "train", "--run-dir", str(run)]) == 2
     assert "loss.kind: unknown loss 'nope'" in capsys.readouterr().err
-    # a crash inside the job (3-channel net on 2-D data): exit code 1 and the traceback's tail
-    crash = make_run(
-        tmp_path / "crash",
+    # a 3-channel net on 2-D data is a user error too now (checked against the manifest)
+    mismatch = make_run(
+        tmp_path / "mismatch",
         shards,
         model={**TINY_CM, "net": {**TINY_CM["net"], "data_channels": 3}},
         loss={"kind": "ict"},
     )
-    assert main(["--executor", "debug", "--", "train", "--run-dir", str(crash)]) == 1
+    assert main(["--executor", "debug", "--", "train", "--run-dir", str(mismatch)]) == 2
+    assert "expects vectors of dim 3" in capsys.readouterr().err
+    # a crash inside the job (a bug of ours, not bad input): exit code 1 and the traceback's tail
+    from bcmcore.train import loop
+
+    def crash(*args):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(loop, "_train", crash)
+    assert main(["--executor", "debug", "--", "train", "--run-dir", str(run)]) == 1
     err = capsys.readouterr().err
     assert "bcm launch: job" in err and "failed" in err and "Error" in err, err
 
