@@ -1,15 +1,18 @@
 """`bcm check gpu` (`make gpu-check`): the one-shot acceptance check of a GPU machine, one table.
 
-Runs, in this order, each item in its own try block (a failure is a FAIL row, and the exit code is
-non-zero; a CUDA error stops the check at once, since the context is gone after one):
+Runs, most important first, each item in its own try block (a failure is a FAIL row, and the exit
+code is non-zero; a CUDA error stops the check at once, since the context is gone after one), every
+item after the first only while the time budget (440 s, so the whole check stays under 8 minutes)
+has room for it:
   1. the `gpu`-marked tests (pytest -m gpu tests/);
-  2. bitwise resume on the device: a run SIGKILLed mid-way and resumed vs an uninterrupted one, with
-     train.deterministic (and, for information, without it);
-  3. 1-step and 2-step sampling throughput of the preset networks (random weights);
-  4. a 1-GPU `bcm eval` sweep on random weights (toy data, raw features: no staged Inception file);
-  5. 1-GPU training throughput (img/s, peak GB, MFU) of the presets' networks with bf16, TF32 and
-     torch.compile switched on and off; compiled variants last, skipped when the time budget (8
-     minutes in all by default) would run out.
+  2. bitwise resume on the device with train.deterministic: a `bcm train` SIGKILLed mid-way and
+     resumed vs an uninterrupted one;
+  3. 1-GPU training throughput (img/s, peak GB, MFU) of the presets' networks (NCSN++-CIFAR iCT,
+     BCT, iGCT; ADM-64 BCM fine-tuning) with bf16 and TF32 on and off;
+  4. 1-step and 2-step sampling throughput of the preset networks (random weights);
+  5. a 1-GPU `bcm eval` sweep on random weights (toy data, raw features: no staged Inception file);
+  6. resume again without train.deterministic (information: is the default bitwise too?);
+  7. the same training rows with torch.compile, each in a child process killed when time is up.
 `--cpu` runs the same code with tiny networks on the CPU, so the test suite keeps it working.
 """
 
@@ -35,7 +38,7 @@ NETS = (
     ("ncsnpp-cifar igct", "cifar10", "igct", 128),
     ("adm-64 bcm-ft", "imagenet64", "bcm_ft", 64),
 )
-VARIANTS = ("fp32", "fp32+notf32", "bf16", "bf16+channels_last")  # fp32 = TF32 on (train default)
+VARIANTS = ("fp32", "fp32+notf32", "bf16")  # fp32: TF32 on (the train default); notf32: IEEE
 COMPILED = ("bf16+compile",)
 CPU_VARIANTS = ("fp32", "fp32+channels_last")  # autocast is CUDA-only; TF32 flags do not apply
 TINY_NET = dict(  # 32 channels: ADM's GroupNorm has 32 groups
@@ -89,14 +92,15 @@ def _is_cuda_error(e):
 # ----------------------------------------------------------------------------------- the items
 
 
-def gpu_tests(device, cpu):
+def gpu_tests(device, cpu, timeout_s=150):
     """The gpu-marked tests in a fresh process (on CPU they all skip: the command is checked)."""
     tests = ROOT / "tests"
     if not tests.is_dir():
         return [{"item": "pytest -m gpu", "result": f"FAIL: {tests} not found (run in the repo)"}]
     targets = [str(tests / "test_dist.py")] if cpu else [str(tests)]
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *targets]
-    p = subprocess.run(cmd, cwd=ROOT, env=_env(cpu), capture_output=True, text=True, timeout=300)
+    kw = dict(cwd=ROOT, env=_env(cpu), capture_output=True, text=True, timeout=timeout_s)
+    p = subprocess.run(cmd, **kw)
     summary = (p.stdout.strip().splitlines() or ["(no output)"])[-1].strip("= ")
     ok = p.returncode == 0 and (cpu or "skipped" not in summary)  # on a GPU nothing may skip
     if not ok:
@@ -116,7 +120,7 @@ def _train(run_dir, cpu, kill_at=None):
         if kill_at is not None and line.startswith(f"step {kill_at}/"):
             p.send_signal(signal.SIGKILL)
             break
-    p.wait(timeout=300)
+    p.wait(timeout=120)
     text = "".join(out)
     if kill_at is None and p.returncode != 0:
         raise RuntimeError(f"bcm train failed (exit {p.returncode}):\n{text[-3000:]}")
@@ -215,10 +219,10 @@ def sampling_rows(device, cpu):
     from bcmcore import sampling
     from bcmcore.config import from_dict
     from bcmcore.nets import ModelConfig, build_model
-    from bcmcore.train import TrainConfig
-    from bcmcore.train.device import configure_backends
 
-    configure_backends(TrainConfig(), device)  # TF32 as in training (the rows say so)
+    # as `bcm sample` runs: torch's defaults (IEEE fp32 matmuls, TF32 cuDNN convolutions)
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
     rows = []
     for name, preset, exp, batch in (NETS[1], NETS[3]):
         c = preset_config(preset, exp, tiny=cpu)
@@ -233,7 +237,7 @@ def sampling_rows(device, cpu):
             rows.append(
                 {
                     "item": f"{name.split()[0]} bcm",
-                    "variant": f"{nfe}-step tf32",
+                    "variant": f"{nfe}-step",
                     "batch": n,
                     "img_per_s": n / sec,
                     "result": "ok",
@@ -281,7 +285,7 @@ def eval_check(work, cpu):
     cmd = [sys.executable, "-m", "bcmcore", "eval", "--spec", str(work / "spec.json")]
     cmd += ["--out", str(work / "eval"), "--no-progress"] + (["--device", "cpu"] if cpu else [])
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, env=_env(cpu), capture_output=True, text=True, timeout=300)
+    p = subprocess.run(cmd, env=_env(cpu), capture_output=True, text=True, timeout=120)
     sec = time.perf_counter() - t0
     tables = [work / "eval" / f for f in ("fid_table.csv", "mse_table.csv", "guidance_table.csv")]
     if p.returncode != 0 or not all(t.is_file() for t in tables):
@@ -296,7 +300,7 @@ def train_row(device, cpu, net, variant):
     name, preset, exp, batch = net
     c = preset_config(preset, exp, tiny=cpu)
     c["batch"] = c["cpu_batch"] = 2 if cpu else batch
-    steps, warmup = (1, 0) if cpu else (10, 3)
+    steps, warmup = (1, 0) if cpu else (6, 2)
     got = bench_train(
         name, device, steps=steps, warmup=warmup, variants=[variant], config=c, echo=False
     )
@@ -406,7 +410,7 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def run(cpu=False, out_dir="results/gpu-check", budget_s=420, tests=True):
+def run(cpu=False, out_dir="results/gpu-check", budget_s=440, tests=True):
     """The whole check; prints the table, writes gpu-check.{md,json} under out_dir. Returns the
     rows; raises CheckFailed if any item failed."""
     if not cpu and not torch.cuda.is_available():
@@ -422,27 +426,27 @@ def run(cpu=False, out_dir="results/gpu-check", budget_s=420, tests=True):
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         work = Path(tmp)
         try:
+            # most important first; every item after the first checks the time left
             if tests:
-                r.item("tests", "gpu-marked", lambda: gpu_tests(device, cpu))
-            for det in (True,) if cpu else (True, False):  # CPU kernels are deterministic anyway
-                r.item(
-                    "resume",
-                    "bcm train SIGKILL + resume",
-                    lambda det=det: resume_check(work, cpu, det),
-                    variant=f"deterministic={det}",
-                )
-            r.item("sampling", "1- and 2-step", lambda: sampling_rows(device, cpu))
-            r.item("eval", "bcm eval sweep (toy, random weights)", lambda: eval_check(work, cpu))
+                r.item("tests", "gpu-marked", lambda: gpu_tests(device, cpu, timeout_s=150))
+            resume = "bcm train SIGKILL + resume"
+            r.item("resume", resume, lambda: resume_check(work, cpu, True), "deterministic=True")
             for net in NETS:
                 for v in CPU_VARIANTS if cpu else VARIANTS:
-                    r.item("train", net[0], lambda net=net, v=v: train_row(device, cpu, net, v), v)
+                    fn = lambda net=net, v=v: train_row(device, cpu, net, v)  # noqa: E731
+                    r.item("train", net[0], fn, v, need_s=40)
+            r.item("sampling", "1- and 2-step", lambda: sampling_rows(device, cpu), need_s=40)
+            r.item("eval", "bcm eval (toy, random weights)", lambda: eval_check(work, cpu), "", 60)
+            if not cpu:  # information: is a default (non-deterministic) GPU run bitwise too?
+                fn = lambda: resume_check(work, cpu, False)  # noqa: E731
+                r.item("resume", resume, fn, "deterministic=False", need_s=90)
             for net in NETS:  # compiling takes minutes: last, each bounded by the time left
                 for v in COMPILED:
                     if cpu:
                         row = {"check": "train", "item": net[0], "variant": v}
                         r.rows.append({**row, "result": "skipped: cpu (inductor compiles minutes)"})
                         continue
-                    fn = lambda net=net, v=v: compiled_row(net, v, r.left() - 15)  # noqa: E731
+                    fn = lambda net=net, v=v: compiled_row(net, v, r.left() - 10)  # noqa: E731
                     r.item("train", net[0], fn, v, need_s=60)
         finally:
             fill_compiled_mfu(r.rows)

@@ -325,13 +325,18 @@ def _rank_main(rank, world, port, spec, out):
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
+    from test_dist import install_guard
+
     from bcmcore import dist
     from bcmcore.cli.eval import evaluate as main
 
+    record = install_guard()  # every collective from bcmcore/dist.py, on its device
     try:
         main(["--spec", spec, "--out", out, "--device", "cpu", "--no-progress"])
     finally:
         dist.shutdown()
+    assert record["violations"] == [], record["violations"]
+    assert {"all_gather", "all_reduce"} <= set(record["calls"]), record["calls"]
 
 
 @pytest.mark.slow
