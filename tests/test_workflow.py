@@ -128,13 +128,18 @@ def test_demo_dag_of_all(tmp_path):
     # BCM fine-tuning starts from the iCT network, so it waits for it; nothing else does.
     assert "results/digits/runs/ict/network-final.pt" in trains["bcm_ft"]["input"]
     assert all("network-final.pt" not in trains[e]["input"] for e in trains if e != "bcm_ft")
-    # every heavy stage is one `bcm launch` job with the site's launcher file
+    # every heavy stage is one `bcm launch` job with the site's launcher file (training first writes
+    # the runtime keys of its launch to runtime.json)
     launcher = str(ROOT / "cluster/local/launcher.yaml")
     for j in jobs(res.stdout):
         if j["rule"] in ("prep", "train", "evaluate", "sample_grid", "app_grid"):
-            assert j["shell"].startswith(
+            launch = j["shell"].split(" && ")[-1]
+            assert launch.startswith(
                 f"bcm launch --launcher {launcher} --job-dir results/digits/"
             ), j
+        if j["rule"] == "train":
+            assert j["shell"].startswith("printf '%s\\n' '{"), j
+            assert "/runtime.json && bcm launch" in j["shell"], j
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

@@ -143,3 +143,47 @@ def test_the_default_profile_leaves_the_slurm_profile_as_it_is(clone):
     res = run(clone, "-n", "results/digits/runs/ict/network-final.pt")
     train = res.stdout.split("rule train:")[1].split("\n\n")[0]
     assert re.search(r"resources: .*launches=1", train), train
+
+
+def test_runtime_keys_rerun_nothing_recipe_keys_rerun_training(clone, tmp_path):
+    """Write the run config for real (Snakemake records its params), mark the training done, then
+    change one key at a time and read Snakemake's plan."""
+    import yaml
+
+    snakefile = str(clone / "workflow/Snakefile")
+    net = "results/digits/runs/ict/network-final.pt"
+    res = run(tmp_path, "-s", snakefile, "results/digits/runs/ict/config.json")
+    assert res.returncode == 0, res.stdout[-3000:]
+    written = (tmp_path / "results/digits/runs/ict/config.json").read_text()
+    assert '"lr"' in written and "batch_gpu" not in written and "status_every" not in written
+    for path in ("results/digits/shards/manifest.json", net):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).touch()
+    res = run(tmp_path, "-s", snakefile, "--touch", net)
+    assert res.returncode == 0, res.stdout[-3000:]
+
+    def override(train=None, data=None):
+        exp = {"train": train or {}, "data": data or {}}
+        over = tmp_path / "over.yaml"
+        over.write_text(yaml.safe_dump({"datasets": {"digits": {"experiments": {"ict": exp}}}}))
+        return str(over)
+
+    def plan(**change):
+        res = run(tmp_path, "-s", snakefile, "-n", net, "--configfile", override(**change))
+        assert res.returncode == 0, res.stdout[-3000:]
+        return {} if "Nothing to be done" in res.stdout else job_counts(res.stdout)
+
+    assert plan() == {}
+    assert plan(train={"batch_gpu": 8}) == {}
+    cadences = {"status_every": 5, "checkpoint_every": 10, "snapshot_every": 20, "keep_last": 1}
+    device = {"tf32": False, "compile": True, "channels_last": True, "deterministic": True}
+    data = {"num_workers": 4, "prefetch": 2, "verify_sha256": True, "in_memory": False}
+    assert plan(train={**cadences, **device}, data=data) == {}
+    # the recipe and the length rerun the training stage (the loop then restarts or continues)
+    assert plan(train={"lr": 2.0e-3}) == {"run_config": 1, "train": 1}
+    assert plan(train={"total_steps": 320}) == {"run_config": 1, "train": 1}
+    # the next training job that runs gets the runtime keys in use then, in runtime.json
+    over = override(train={"batch_gpu": 8})
+    res = run(tmp_path, "-s", snakefile, "-n", "-p", "-f", net, "--configfile", over)
+    shell = res.stdout.split("Shell command: ")[1].split("\n")[0]
+    assert '"batch_gpu": 8' in shell and "> results/digits/runs/ict/runtime.json" in shell, shell

@@ -14,7 +14,10 @@ class TrainConfig:
     """One training stage. Progress is counted in optimizer steps; schedules are functions of the
     step."""
 
-    total_steps: int = 1000  # optimizer steps of the whole stage (iCT curriculum uses it)
+    total_steps: int = 1000  # optimizer steps of the whole stage; raising it continues the run
+    # length of the step schedules (iCT/BCT curriculum, iGCT stages); None: total_steps at the start
+    # of the run, kept when the run is continued with more steps (bcmcore/train/recipe.py)
+    schedule_steps: int | None = None
     batch: int = 128  # global batch per step (all processes, all accumulation rounds)
     batch_gpu: int | None = None  # per-process batch per accumulation round; None = batch / world
     lr: float = 1e-4  # RAdam learning rate (iCT / BCM)
@@ -45,6 +48,11 @@ class TrainConfig:
                 raise ConfigError(
                     f"train.{key}: expected a positive integer, got {getattr(self, key)}"
                 )
+        if self.schedule_steps is not None and self.schedule_steps < 1:
+            raise ConfigError(
+                f"train.schedule_steps: expected a positive integer or null, got "
+                f"{self.schedule_steps}"
+            )
         if self.batch_gpu is not None and self.batch_gpu < 1:
             raise ConfigError(
                 f"train.batch_gpu: expected a positive integer or null, got {self.batch_gpu}"
@@ -140,8 +148,14 @@ def parse_run_config(d, where="config.json"):
 
 
 def load_run_config(run_dir):
-    path = Path(run_dir) / "config.json"
-    return parse_run_config(load_json(path), where=str(path))
+    """RUN_DIR/config.json, with the runtime keys of RUN_DIR/runtime.json (if any) laid over it."""
+    from bcmcore.train.recipe import with_runtime
+
+    path, runtime = Path(run_dir) / "config.json", Path(run_dir) / "runtime.json"
+    d = load_json(path)
+    if runtime.is_file():
+        d = with_runtime(d, load_json(runtime), where=str(runtime))
+    return parse_run_config(d, where=str(path))
 
 
 def replace_train(cfg: RunConfig, **changes):

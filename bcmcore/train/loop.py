@@ -16,7 +16,7 @@ import torch
 
 from bcmcore import dist, runlock
 from bcmcore.config import ConfigError, UserError
-from bcmcore.train import checkpoint, interrupt
+from bcmcore.train import checkpoint, interrupt, recipe
 from bcmcore.train.config import check_data_fits, load_run_config
 from bcmcore.train.step import Stepper
 from bcmcore.util import atomic_write_text, remove_tmp
@@ -116,7 +116,6 @@ def _train(run_dir, cfg, rank, world, device, stop):
         remove_tmp(run_dir)  # partial files of a killed writer (we hold the run lock)
     batch_gpu, rounds = t.split_batch(world)
     log = RunLog(run_dir, dist.is_main())
-    config = cfg.as_dict()
     final_path = run_dir / "network-final.pt"
 
     torch.manual_seed(t.seed)  # same initial weights on every rank (and broadcast below to be sure)
@@ -124,17 +123,20 @@ def _train(run_dir, cfg, rank, world, device, stop):
     loss_fn = build_loss(cfg.loss, cfg.model)
     resume = checkpoint.latest_state(run_dir)
     state = checkpoint.load_state(resume) if resume else None
-    if state is not None and state["config"] != config:  # settings changed: a new run, not a resume
+    # recipe keys changed: a new run; runtime keys or a longer run: a resume (train/recipe.py)
+    decision = recipe.compare(state["config"], cfg, state["step"]) if state is not None else None
+    if decision is not None and decision.restart:
         dist.barrier()  # every rank has read the old state before rank 0 moves it
         if dist.is_main():
             moved = checkpoint.supersede(run_dir)
             log(
-                f"{resume.name} was written with a different config.json: moved the old run to "
-                f"{moved.name}/, "
-                f"starting over"
+                f"{resume.name} was written with a different recipe ({'; '.join(decision.changed)})"
+                f": moved the old run to {moved.name}/, starting over"
             )
         dist.barrier()
         resume = state = None
+    cfg = decision.cfg if state is not None else recipe.start(cfg)
+    t, config = cfg.train, cfg.as_dict()
     if state is None and t.init:
         init_from_network(model, t.init)
     model.to(device).train()
@@ -150,6 +152,8 @@ def _train(run_dir, cfg, rank, world, device, stop):
         step = state["step"]
         del state
         log(f"resumed from {resume.name} (step {step})")
+        if decision.changed:
+            log(f"changed since that state (no restart): {'; '.join(decision.changed)}")
     elif dist.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
     log.truncate_stats(step)

@@ -94,7 +94,7 @@ class Stepper:
             # seeds CPU and every CUDA device
             torch.manual_seed(round_seed(t.seed, step, r * world + rank))
             with torch.autocast(**self.autocast):
-                out = self.loss_fn(self.model, batch, step, t.total_steps)
+                out = self.loss_fn(self.model, batch, step, t.schedule_steps or t.total_steps)
             (out["loss"] / rounds).backward()
             for k, v in out.items():
                 terms[k] = terms.get(k, 0.0) + v.detach().float() / rounds

@@ -236,6 +236,20 @@ def run_config(ds, exp):
     return cfg
 
 
+def recipe(ds, exp):
+    """The run config without its runtime keys: config.json, and the training stage's rerun trigger."""
+    from bcmcore.train.recipe import recipe_part
+
+    return recipe_part(run_config(ds, exp))
+
+
+def runtime_keys(ds, exp):
+    """The runtime keys of the run config (batch_gpu, workers, cadences, ...): runtime.json."""
+    from bcmcore.train.recipe import runtime_part
+
+    return runtime_part(run_config(ds, exp))
+
+
 def check_run_config(ds, exp):
     """Unknown or ill-typed keys in model / loss / data / train stop the workflow, with bcmcore's message."""
     from bcmcore.config import UserError
@@ -363,6 +377,6 @@ def all_outputs(wildcards):
     return [out for ds in enabled_datasets() for out in dataset_outputs(ds)]
 
 
-def json_text(obj):
+def json_text(obj, indent=2):
     """A config as shell-quoted, readable JSON (rules write it with printf: no Python process per file)."""
-    return shlex.quote(json.dumps(obj, indent=2, sort_keys=True))
+    return shlex.quote(json.dumps(obj, indent=indent, sort_keys=True))

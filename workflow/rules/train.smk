@@ -1,6 +1,11 @@
 # One rule per training stage: the workflow writes the resolved run config, `bcm train` trains (resuming from
 # the run directory's checkpoints when rerun). Only network-final.pt is an output: Snakemake deletes the
 # outputs of a failed job, and must never take the checkpoints with them.
+#
+# config.json holds the recipe and the length (total_steps): a change reruns the stage (a new recipe starts
+# over, more steps continue). The runtime keys (bcmcore/train/recipe.py: batch_gpu, loader workers,
+# cadences, device options, ...) go to runtime.json when a training job starts: changing them reruns
+# nothing, and the next job that runs uses them.
 
 
 rule run_config:
@@ -12,8 +17,8 @@ rule run_config:
     conda:
         "../../environment.yml"
     params:
-        run=lambda w: run_config(w.ds, w.exp),  # rerun trigger: exactly the settings this stage depends on
-        text=lambda w: json_text(run_config(w.ds, w.exp)),
+        run=lambda w: recipe(w.ds, w.exp),  # rerun trigger: exactly what the trained network depends on
+        text=lambda w: json_text(recipe(w.ds, w.exp)),
     shell:
         "printf '%s\\n' {params.text} > {output} 2> {log}"
 
@@ -33,5 +38,7 @@ rule train:
     resources:
         launches=launch_slots(),
         launch=lambda w: launch(w.ds, "train", f"results/{w.ds}/runs/{w.exp}/jobs"),
+        runtime_keys=lambda w: json_text(runtime_keys(w.ds, w.exp), indent=None),  # never a trigger
     shell:
-        "{resources.launch} train --run-dir results/{wildcards.ds}/runs/{wildcards.exp} 2>&1 | tee {log}"
+        "printf '%s\\n' {resources.runtime_keys} > results/{wildcards.ds}/runs/{wildcards.exp}/runtime.json"
+        " && {resources.launch} train --run-dir results/{wildcards.ds}/runs/{wildcards.exp} 2>&1 | tee {log}"
