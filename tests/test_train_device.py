@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from test_train import shards  # noqa: F401
 
 from bcmcore.config import ConfigError, from_dict
 from bcmcore.losses import build_loss
@@ -130,3 +131,15 @@ def test_one_bf16_step_per_loss_on_cuda_keeps_everything_on_the_device(loss):
     assert all(p.is_cuda for p in stepper.ema.model.parameters())
     state = stepper.optimizer.state_dict()["state"]
     assert state and all(v.is_cuda for s in state.values() for k, v in s.items() if k != "step")
+
+
+@pytest.mark.gpu
+def test_loader_batches_arrive_on_the_gpu_from_pinned_memory(shards):  # noqa: F811
+    from bcmcore.data import DataConfig, make_loader
+
+    cfg = from_dict(DataConfig, {"shards": str(shards), "num_workers": 1}, "data")
+    cpu = next(make_loader(cfg, 8, seed=3))
+    gpu = next(make_loader(cfg, 8, seed=3, device=torch.device("cuda", 0)))
+    assert gpu["x"].is_cuda and gpu["y"].is_cuda
+    torch.testing.assert_close(gpu["x"].cpu(), cpu["x"], rtol=0, atol=1e-6)  # same batch
+    assert torch.equal(gpu["y"].cpu(), cpu["y"])

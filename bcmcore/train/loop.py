@@ -18,6 +18,7 @@ from bcmcore import dist, runlock
 from bcmcore.config import ConfigError, UserError
 from bcmcore.train import checkpoint, interrupt, recipe
 from bcmcore.train.config import check_data_fits, load_run_config
+from bcmcore.train.device import configure_backends
 from bcmcore.train.step import Stepper
 from bcmcore.util import atomic_write_text, remove_tmp
 
@@ -102,6 +103,7 @@ def training_loop(run_dir, device=None):
     cfg = load_run_config(run_dir)
     check_data_fits(cfg)
     rank, world, _, device = dist.init(device)
+    configure_backends(cfg.train, device)  # before any CUDA matmul (cuBLAS reads its workspace env)
     with runlock.hold(run_dir, dist.is_main(), dist.barrier), interrupt.on_signals() as stop:
         return _train(run_dir, cfg, rank, world, device, stop)
 
