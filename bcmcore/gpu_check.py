@@ -147,34 +147,15 @@ def resume_check(work, cpu, deterministic):
     if not (shards / "manifest.json").is_file():
         _prep("digits", "--out", str(shards), "--resolution", "16", "--shard-size", "500")
     steps = 8 if cpu else 20
+    net = dict(arch="adm", data_channels=1, resolution=16, channels=32, ch_mult=[1, 2])
+    net.update(num_blocks=1, attn_res=[8], head_channels=32, num_classes=10, dropout=0.1)
+    train = dict(total_steps=steps, batch=8 if cpu else 64, lr=1e-3, ema_rate=0.9)
+    train.update(status_every=1, checkpoint_every=3, deterministic=deterministic)
     cfg = {
-        "model": {
-            "kind": "bcm",
-            "net": {
-                "arch": "adm",
-                "data_channels": 1,
-                "resolution": 16,
-                "channels": 32,
-                "ch_mult": [1, 2],
-                "num_blocks": 1,
-                "attn_res": [8],
-                "head_channels": 32,
-                "num_classes": 10,
-                "dropout": 0.1,
-                "two_time": True,
-            },
-        },
+        "model": {"kind": "bcm", "net": {**net, "two_time": True}},
         "loss": {"kind": "bct", "curriculum": {"kind": "ict", "s0": 10, "s1": 160}},
         "data": {"shards": str(shards), "num_workers": 0},
-        "train": {
-            "total_steps": steps,
-            "batch": 8 if cpu else 64,
-            "lr": 1e-3,
-            "ema_rate": 0.9,
-            "status_every": 1,
-            "checkpoint_every": 3,
-            "deterministic": deterministic,
-        },
+        "train": train,
     }
     runs = {}
     for name in ("ref", "run"):
