@@ -238,9 +238,15 @@ def test_bcm_tune_writes_table_recipes_and_a_spec_the_sweep_reads(tmp_path):
                 "--budget",
                 "4",
                 "--no-progress",
+                "--probe",
             ]
         )
         == 0
+    )
+    probe = (out / "probe-bcm.csv").read_text().splitlines()
+    assert probe[0] == "t,u,den,inv,euler,cos,rt,ctrl"  # 2-D data fill the plane: no exact columns
+    assert len(probe) - 1 == sum(
+        u > t for t in (0.002, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2) for u in (0.2, 0.4, 1, 2, 4, 8, 80)
     )
     info = json.loads((out / "tuned.json").read_text())
     assert info["seeds"] == [tune.SEED_OFFSET, tune.SEED_OFFSET + 63]
