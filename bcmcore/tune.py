@@ -77,12 +77,16 @@ def _round(v, digits=3):
 # the search
 
 
-def pattern_search(score, start, sigma_min, sigma_max, budget=30, factor=2.0, min_factor=1.08):
+def pattern_search(
+    score, start, sigma_min, sigma_max, budget=30, factor=2.0, min_factor=1.08, warm=()
+):
     """Minimise score(recipe) -> (value, nfe) over the recipe's free times in log space.
 
     Deterministic: coordinates are tried in order, x * r before x / r; the first improving move is
     kept and the sweep over coordinates repeats until none improves, then r -> sqrt(r). Stops after
-    `budget` scored schedules or when r < min_factor. Returns (best recipe, best value, rows).
+    `budget` scored schedules or when r < min_factor. `warm`: further starting recipes of the same
+    shape (scored after `start`; the search begins at the best). Returns (best recipe, best value,
+    rows).
     """
     check_tunable(start)
     rows, cache = [], {}
@@ -111,6 +115,12 @@ def pattern_search(score, start, sigma_min, sigma_max, budget=30, factor=2.0, mi
             f"tune: starting recipe {start} is outside (sigma_min, sigma_max) or unordered"
         )
     best, best_val = start, evaluate(start, "start")
+    for k, w in enumerate(warm):
+        w = with_times(w, [_round(v) for v in free_times(w)])
+        if len(free_times(w)) == len(free_times(start)) and feasible(w, sigma_min, sigma_max):
+            val = evaluate(w, f"warm start {k}")
+            if val < best_val:
+                best, best_val = w, val
     r = factor
     while r >= min_factor and len(cache) < budget:
         improved = False
@@ -226,7 +236,7 @@ def tune_spec(
     for i, m in enumerate(tune_spec_.models):
         model, _ = load_model(m, ev.device, ev.shape)
         scorer = Scorer(ev, model, ref)
-        samplers = []
+        samplers, tuned = [], {}
         for j, s in enumerate(m.samplers):
             sampler, times, pairs = s.resolve(f"models[{i}].samplers[{j}]")
             label = s.name or s.recipe or sampler
@@ -235,8 +245,14 @@ def tune_spec(
                 continue
             start = sampling.Recipe(sampler, times or (model.sigma_max, model.sigma_min), pairs)
             best, val, rows = pattern_search(
-                scorer, start, model.sigma_min, model.sigma_max, budget=budget
+                scorer,
+                start,
+                model.sigma_min,
+                model.sigma_max,
+                budget=budget,
+                warm=_warm_starts(start, tuned),
             )
+            tuned[sampler] = best
             for row in rows:
                 table.append({"model": m.name, "label": label, "metric": scorer.metric, **row})
             chosen.setdefault(m.name, []).append(
@@ -274,6 +290,17 @@ def tune_spec(
 
     (out / "tuned_spec.json").write_text(json.dumps(to_dict(tuned), indent=2) + "\n")
     return chosen, table
+
+
+def _warm_starts(start, tuned):
+    """A combined schedule from this model's tuned ancestral times and zigzag rounds (BCM Alg. 4
+    is Alg. 2 followed by Alg. 3), when both were tuned before it and have its shape."""
+    anc, zz = tuned.get("ancestral"), tuned.get("zigzag")
+    if start.sampler != "combined" or anc is None or zz is None:
+        return ()
+    if len(anc.times) != len(start.times) or len(zz.pairs) != len(start.pairs):
+        return ()
+    return (sampling.Recipe("combined", anc.times, zz.pairs),)
 
 
 def sampling_text(recipe):
