@@ -301,6 +301,14 @@ RECIPES = {
     "demo-multistep2": Recipe("multistep", (T, 0.8), note="untuned"),
     "demo-invert-nfe2": Recipe("invert", (0.07, 2.0, T), note="untuned"),
     "demo-inpaint": Recipe("inpaint", (0.05, 0.5, 2.0), gen_times=(2.0, EPS), note="untuned"),
+    # The demo's BCM networks, times from `bcm tune` (search tables: docs/sampler_times.md). They
+    # do not invert below t ~ 1, so the best zigzag rounds inject nearly all of t_i themselves.
+    "digits-bcm_ft-nfe2": Recipe("ancestral", (T, 1.83, EPS), note="bcm tune"),
+    "digits-bcm_ft-nfe3": Recipe("zigzag", (T, EPS), ((0.951, 1.0),), note="bcm tune"),
+    "digits-bcm_ft-nfe4": Recipe("combined", (T, 1.83, EPS), ((0.951, 1.0),), note="bcm tune"),
+    "digits-bcm_scratch-nfe2": Recipe("ancestral", (T, 1.09, EPS), note="bcm tune"),
+    "digits-bcm_scratch-nfe3": Recipe("zigzag", (T, EPS), ((0.951, 1.0),), note="bcm tune"),
+    "digits-bcm_scratch-nfe4": Recipe("combined", (T, 1.0, EPS), ((0.4, 0.5),), note="bcm tune"),
 }
 
 
