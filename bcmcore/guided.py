@@ -115,17 +115,21 @@ def edit(model, x, y_src, y_tar, w=1.0, steps=18, clamp=True):
 
 
 @torch.no_grad()
-def edit_hits(model, classify, x, y_src, w, steps=18):
+def edit_hits(model, classify, x, y_src, w, steps=18, distance=None):
     """([B] count of targets (all c != c_src) whose edit of x_i `classify` labels as that target,
-    NFE per edit)."""
+    NFE per edit, [B] sum over those targets of `distance(x, x_edit) -> [B]` (e.g. LPIPS; None
+    without `distance`))."""
     num = num_classes(model)
     y_src = check_labels(y_src, num, "source class").to(x.device)
     hits = torch.zeros(x.shape[0], dtype=torch.long)
+    dists = None if distance is None else torch.zeros(x.shape[0], dtype=torch.float64)
     for k in range(1, num):  # every off-diagonal (source, target) pair
         y_tar = (y_src + k) % num
         x_edit, nfe = edit(model, x, y_src, y_tar, w, steps)
         hits += (classify(x_edit).to(y_tar.device) == y_tar).long().cpu()
-    return hits, nfe
+        if distance is not None:
+            dists += torch.as_tensor(distance(x, x_edit), dtype=torch.float64).cpu()
+    return hits, nfe, dists
 
 
 def edit_success_rate(model, classify, x, y_src, ws, steps=18, batch=256):

@@ -111,7 +111,7 @@ def test_missing_inception_file_names_the_file_and_where_to_get_it(tmp_path):
 def test_wrong_inception_file_is_rejected_by_size_and_hash(tmp_path):
     bad = tmp_path / features.INCEPTION_FILE
     bad.write_bytes(b"not torchscript")
-    with pytest.raises(UserError, match="not the clean-fid Inception file"):
+    with pytest.raises(UserError, match="not the expected clean-fid"):
         features.inception_file(bad)
     with pytest.raises(UserError, match="features.inception_path: required"):
         from bcmcore.metrics.spec import FeaturesConfig

@@ -245,6 +245,9 @@ def test_bcm_eval_digits_end_to_end_writes_tables_plots_and_grids(
             and 0 <= float(r["recall"]) <= 1
         )
         assert r["samples"] == "80" and r["seeds"] == "0-79" and r["checkpoint"].endswith(".pt")
+        # IS from the demo classifier's own head (10 classes), KID on the same demo features
+        assert 1 <= float(r["is"]) <= 10 and float(r["is_std"]) >= 0 and float(r["kid"]) > 0
+        assert r["features"].startswith("demo-")
     mse = read_csv(out / "mse_table.csv")
     assert [(r["model"], r["task"], r["inversion_nfe"], r["nfe"]) for r in mse] == [
         ("bcm", "inversion", "1", "2"),
@@ -253,6 +256,11 @@ def test_bcm_eval_digits_end_to_end_writes_tables_plots_and_grids(
         ("igct", "inversion", "1", "2"),
     ]
     assert all(0 < float(r["mse"]) < 1 for r in mse)
+    # PSNR agrees with the MSE column (per image on the uint8 pixels; mean of logs <= log of mean)
+    for r in mse:
+        assert float(r["psnr"]) >= 10 * np.log10(1 / float(r["mse"])) - 1e-3
+        assert -1 <= float(r["ssim"]) <= 1 and float(r["lpips"]) > 0
+        assert r["lpips_net"].startswith("lpips-demo-")  # no AlexNet file staged: the demo stand-in
     guid = read_csv(out / "guidance_table.csv")
     assert [(r["model"], r["w"], r["nfe"]) for r in guid] == [
         ("igct", "1", "1"),
@@ -276,6 +284,10 @@ def test_bcm_eval_digits_end_to_end_writes_tables_plots_and_grids(
             model, clf.classify, x[:6].float() / 127.5 - 1, y[:6], [float(r["w"])], steps=5
         )[float(r["w"])]
         assert float(r["edit_rate"]) == pytest.approx(want, abs=1e-6), r
+        assert float(r["edit_lpips"]) > 0 and r["lpips_net"].startswith("lpips-demo-")
+        # no vgg16.pt staged: the demo features stand in for VGG16, and the table says so
+        assert (r["vgg_precision"], r["vgg_recall"]) == (r["precision"], r["recall"])
+        assert "stand-in" in r["vgg_features"] and r["vgg_features"].startswith("demo-")
     for name in (
         "plots/fid_vs_nfe.png",
         "plots/mse_vs_nfe.png",

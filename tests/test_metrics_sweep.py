@@ -133,11 +133,14 @@ def test_exact_flow_map_samples_score_like_the_data(gmm):
     feats, nfe, _ = ev.generate(
         exact, lambda rng, y, idx: sampling.generate(exact, one, rng.randn((2,)), rng)
     )
-    fid, p, r = ev.score(feats)
-    assert nfe == 1 and fid < 0.05 and p > 0.9 and r > 0.9  # 400 samples vs 3000 data points
+    s = ev.score(feats)
+    # 400 samples vs 3000 data points
+    assert nfe == 1 and s["fid"] < 0.05 and s["precision"] > 0.9 and s["recall"] > 0.9
+    assert abs(s["kid"]) < 3 * s["kid_std"] + 1e-3 and "is" not in s  # raw vectors: no classifier
     shifted = feats + np.array([0.5, 0.0])  # a wrong sampler (mean off by 0.5)
-    fid_bad, p_bad, _ = ev.score(shifted)
-    assert fid_bad > 0.2 and p_bad < p
+    bad = ev.score(shifted)
+    assert bad["fid"] > 0.2 and bad["precision"] < s["precision"]
+    assert bad["kid"] > 10 * abs(s["kid"])
 
 
 def test_bcm_eval_end_to_end_on_toy_networks(tmp_path, gmm, networks):

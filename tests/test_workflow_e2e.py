@@ -101,9 +101,16 @@ def test_whole_dag_on_a_shrunk_demo(tmp_path):
     }
     assert {int(r["nfe"]) for r in fid if r["model"] == "bcm_ft"} == {1, 2, 3, 4}
     assert all(float(r["fid"]) >= 0 and int(r["samples"]) == 100 for r in fid)
+    # IS (demo classifier head, at most its 10 classes) and KID on the demo features, named in the
+    # table
+    assert all(1 <= float(r["is"]) <= 10 and r["kid"] != "" for r in fid)
+    assert all(r["features"].startswith("demo-") for r in fid)
     mse = rows(d / "mse_table.csv")
     assert {r["model"] for r in mse} == {"bcm_ft", "bcm_scratch", "igct", "edm"}
     assert {r["task"] for r in mse if r["model"] == "bcm_ft"} == {"inversion", "jpeg-q20"}
+    for r in mse:  # reconstruction PSNR / SSIM / LPIPS (the demo stand-in for LPIPS-AlexNet, named)
+        assert float(r["psnr"]) > 0 and -1 <= float(r["ssim"]) <= 1 and float(r["lpips"]) >= 0
+        assert r["lpips_net"].startswith("lpips-demo-")
     guidance = rows(d / "guidance_table.csv")
     assert sorted((r["model"], float(r["w"])) for r in guidance) == [
         ("edm", 2.0),
@@ -118,6 +125,9 @@ def test_whole_dag_on_a_shrunk_demo(tmp_path):
         ("igct", 27),
     ]
     assert all(0 <= float(r["edit_rate"]) <= 1 for r in guidance)
+    for r in guidance:  # VGG16 P/R columns (demo features stand in, and say so) and the edit LPIPS
+        assert 0 <= float(r["vgg_precision"]) <= 1 and 0 <= float(r["vgg_recall"]) <= 1
+        assert "stand-in" in r["vgg_features"] and float(r["edit_lpips"]) >= 0
     assert {p.name for p in (d / "plots").glob("*.png")} == {
         "fid_vs_nfe.png",
         "mse_vs_nfe.png",

@@ -9,40 +9,30 @@ them.
 Both go through `FeatureExtractor.features(images_uint8)`; the FID code after that is shared.
 """
 
+import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from bcmcore.config import UserError
-from bcmcore.util import sha256_file
+from bcmcore.metrics import staged
 
-INCEPTION_FILE = "inception-2015-12-05.pt"
-INCEPTION_SHA256 = "f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4"
-INCEPTION_BYTES = 95_607_719
-INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
+INCEPTION_FILE = staged.INCEPTION.name
+INCEPTION_SHA256 = staged.INCEPTION.sha256
+INCEPTION_BYTES = staged.INCEPTION.size_bytes
+INCEPTION_URL = staged.INCEPTION.url
 MODES = ("clean", "legacy_tensorflow")
 
 
 def inception_file(path):
     """The staged Inception file (a path to it, or to its folder), verified by size and sha256."""
-    path = Path(path).expanduser()
-    file = path / INCEPTION_FILE if path.is_dir() or path.name != INCEPTION_FILE else path
-    hint = (
-        f"download {INCEPTION_URL} on a machine with internet and copy it to {file} "
-        f"(or point features.inception_path at the file)"
+    entry = dataclasses.replace(
+        staged.INCEPTION, sha256=INCEPTION_SHA256, size_bytes=INCEPTION_BYTES
     )
-    if not file.is_file():
-        raise UserError(f"Inception weights not found: {file} is missing; {hint}")
-    if file.stat().st_size != INCEPTION_BYTES or sha256_file(file) != INCEPTION_SHA256:
-        raise UserError(
-            f"{file}: not the clean-fid Inception file (expected {INCEPTION_BYTES} bytes, "
-            f"sha256 {INCEPTION_SHA256}); {hint}"
-        )
-    return file
+    return staged.check(path, entry)
 
 
 class FeatureExtractor:
@@ -52,8 +42,11 @@ class FeatureExtractor:
     never mix.
     """
 
-    def __init__(self, model, key, dim, resize=None, rgb=True, to_input=None, device="cpu"):
+    def __init__(
+        self, model, key, dim, resize=None, rgb=True, to_input=None, device="cpu", logits=None
+    ):
         self.model, self.key, self.dim, self.device = model, key, dim, torch.device(device)
+        self.logits = logits  # features [N, dim] -> class logits [N, K] (Inception Score) or None
         self.resize = (
             resize  # clean-fid resizer on one HWC image (uint8 in, float or uint8 out) or None
         )
@@ -80,6 +73,14 @@ class FeatureExtractor:
         return torch.stack(
             list(self._pool.map(one, batch))
         )  # float in [0, 255], as clean-fid's ResizeDataset
+
+    @torch.no_grad()
+    def class_probs(self, feats):
+        """p(y | x) [N, K] from features (softmax of the extractor's own classifier layer)."""
+        if self.logits is None:
+            raise UserError(f"features {self.key!r}: no classifier layer, so no Inception Score")
+        f = torch.as_tensor(np.asarray(feats), dtype=torch.float32, device=self.device)
+        return torch.softmax(self.logits(f).double(), 1).cpu().numpy()
 
     @torch.no_grad()
     def features(self, images, batch_size=256, desc="features", progress=True):
@@ -111,8 +112,23 @@ def inception_extractor(path, mode="clean", device="cpu"):
     )
     model = model.to(device).eval()
     return FeatureExtractor(
-        model, f"{mode}-inception", 2048, resize=build_resizer(mode), device=device
+        model,
+        f"{mode}-inception",
+        2048,
+        resize=build_resizer(mode),
+        device=device,
+        logits=_inception_logits(model.base),
     )
+
+
+def _inception_logits(base):
+    """The TorchScript's 1008-way softmax layer on pool3 features, without its bias: StyleGAN2-ADA's
+    IS
+    (`no_output_bias=True`) does so to match the original TensorFlow Inception Score code."""
+    if not hasattr(base, "output"):
+        return None
+    weight = base.output.weight.detach()
+    return lambda f: f @ weight.T.to(f)
 
 
 def demo_extractor(shard_dir, device="cpu"):
@@ -128,6 +144,7 @@ def demo_extractor(shard_dir, device="cpu"):
         rgb=False,
         to_input=lambda x: x / 127.5 - 1,
         device=device,
+        logits=clf.head,  # the classifier's own head: the demo's IS (at most 10, its class count)
     )
 
 

@@ -107,12 +107,15 @@ def load_reference(path, expect_meta):
         return None  # truncated or foreign file: recompute (the write is atomic, so this is rare)
 
 
-def reference_stats(shard_dir, split, extractor, feats_fn, pr_count=50_000, seed=0, chunk=50_000):
+def reference_stats(
+    shard_dir, split, extractor, feats_fn, pr_count=50_000, seed=0, chunk=50_000, moments=True
+):
     """mu/sigma of the whole split and a seeded subset of `pr_count` features for precision/recall.
 
     `feats_fn(images_uint8) -> features [n, D]` computes features (distributed over ranks by the
     caller), one chunk of `chunk` images at a time, so memory stays bounded on ImageNet; every rank
-    calls this and gets the same statistics; only rank 0 writes the cache.
+    calls this and gets the same statistics; only rank 0 writes the cache. `moments=False`: only the
+    subset goes through the network and mu/sigma are empty (VGG16 features serve precision/recall).
     """
     from bcmcore import dist
     from bcmcore.data import iter_split
@@ -126,19 +129,27 @@ def reference_stats(shard_dir, split, extractor, feats_fn, pr_count=50_000, seed
         "manifest": _manifest_digest(shard_dir),
         "pr_count": int(pr_count),
         "seed": int(seed),
+        "moments": bool(moments),
     }
     ref = load_reference(path, meta)
     if ref is not None:
         return ref
     n = len(ShardReader(shard_dir, split))
     keep = np.sort(np.random.default_rng(seed).permutation(n)[:pr_count])
-    moments, pr, start = Moments(), [], 0
+    moments_, pr, start = Moments(), [], 0
     for x, _ in iter_split(shard_dir, split, chunk):
-        feats = np.asarray(feats_fn(x), np.float64)
-        moments.add(feats)
-        pr.append(feats[keep[(keep >= start) & (keep < start + len(feats))] - start])
-        start += len(feats)
-    mu, sigma = moments.stats(f"{shard_dir} split '{split}'")
+        mine = keep[(keep >= start) & (keep < start + len(x))] - start
+        if moments:
+            feats = np.asarray(feats_fn(x), np.float64)
+            moments_.add(feats)
+            pr.append(feats[mine])
+        elif len(mine):
+            pr.append(np.asarray(feats_fn(x[mine]), np.float64))
+        start += len(x)
+    if moments:
+        mu, sigma = moments_.stats(f"{shard_dir} split '{split}'")
+    else:
+        mu, sigma = np.zeros(0), np.zeros((0, 0))
     pr_feats = np.concatenate(pr).astype(np.float32)
     meta["n"] = int(n)
     if dist.is_main():

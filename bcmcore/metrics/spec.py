@@ -36,6 +36,11 @@ class FeaturesConfig:
     )
     mode: Literal["clean", "legacy_tensorflow"] = "clean"
     inception_path: str = ""  # the staged inception-2015-12-05.pt (or its folder)
+    # StyleGAN2-ADA vgg16.pt: guidance rows' VGG16 precision/recall (iGCT); unset: the features
+    # above stand in
+    vgg16_path: str = ""
+    # torchvision alexnet-owt-7be5be79.pth: LPIPS-AlexNet (iGCT); unset: a demo stand-in (demo set)
+    lpips_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,10 @@ class EvalSpec:
         "uniform"  # class labels of conditional samples (iGCT: data)
     )
     pr_k: int = 3
-    pr_real: int = 50_000  # real features kept for precision/recall
+    pr_real: int = 50_000  # real features kept for precision/recall (iGCT's VGG16 P/R: up to 200k)
+    kid_subsets: int = 100  # KID: MMD^2 over this many random subsets ...
+    kid_subset_size: int = 1000  # ... of at most this many samples from each set
+    is_splits: int = 10  # Inception Score splits
     inversion_split: str = "test"
     inversion_count: int = 10_000
     jpeg_quality: int = 20

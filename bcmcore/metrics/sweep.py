@@ -1,5 +1,6 @@
-"""Run an evaluation sweep: samples per (model, sampler, NFE, w) -> FID / precision / recall;
-inversion and JPEG restoration -> MSE. Every rank takes its share of seeds (seed i -> sample i,
+"""Run an evaluation sweep: samples per (model, sampler, NFE, w) -> FID / precision / recall / IS /
+KID (and VGG16 precision/recall per w); inversion and JPEG restoration -> MSE / PSNR / SSIM / LPIPS;
+class edits -> success rate and LPIPS. Every rank takes its share of seeds (seed i -> sample i,
 whatever the split); features are all-gathered in seed order, rank 0 scores and writes.
 """
 
@@ -14,8 +15,10 @@ from bcmcore import dist, editing, guided, sampling
 from bcmcore.config import UserError
 from bcmcore.editing import mse_per_item
 from bcmcore.metrics import fid as fidlib
-from bcmcore.metrics import prdc, report
+from bcmcore.metrics import image_quality, perceptual, prdc, report, vgg16
 from bcmcore.metrics.features import build_extractor
+from bcmcore.metrics.inception_score import inception_score
+from bcmcore.metrics.kid import kid
 from bcmcore.nets.facts import data_shape, num_classes
 
 
@@ -71,31 +74,71 @@ class Evaluator:
             self.rank, spec.num_samples, self.world
         )  # this rank's share of seed indices
         self._train_labels = None
+        guided_models = any(m.guidance for m in spec.models)
+        self.vgg = self.vgg_ref = None  # VGG16 precision/recall of guidance sweeps (iGCT)
+        if spec.features.vgg16_path and guided_models and not self.vector:
+            self.vgg = vgg16.vgg16_extractor(spec.features.vgg16_path, self.device)
+            self.vgg_ref = fidlib.reference_stats(
+                spec.dataset,
+                spec.ref_split,
+                self.vgg,
+                lambda x: self.features_all(x, self.vgg),
+                spec.pr_real,
+                moments=False,
+            )["pr_feats"]
+        self.lpips = (
+            None
+            if self.vector or not any(m.inversions or m.jpeg or guided_models for m in spec.models)
+            else perceptual.build_lpips(spec.features, spec.dataset, self.device)
+        )
 
     def _key(self):
         return _RawKey() if self.vector else self.extractor
 
     # ---------------------------------------------------------------------------------- features
-    def features_local(self, x):
-        """Features of this rank's samples: uint8 images, or float vectors (raw features)."""
+    def features_local(self, x, vgg=False, extractor=None):
+        """Features of this rank's samples: uint8 images, or float vectors (raw features). `vgg`:
+        the VGG16 features appended as further columns (`score` splits them off)."""
         if self.vector:
             return np.asarray(x, np.float64)
-        return self.extractor.features(x, self.spec.batch_size, progress=False)
+        f = (extractor or self.extractor).features(x, self.spec.batch_size, progress=False)
+        if vgg and self.vgg is not None:
+            f = np.concatenate([f, self.vgg.features(x, self.spec.batch_size, progress=False)], 1)
+        return f
 
-    def features_all(self, x):
+    def features_all(self, x, extractor=None):
         """Features of a whole array (e.g. the reference split), computed in shards across ranks."""
         idx = np.arange(self.rank, len(x), self.world)
-        return gather_rows(self.features_local(x[idx]), idx, len(x)).astype(np.float64)
+        local = self.features_local(x[idx], extractor=extractor)
+        return gather_rows(local, idx, len(x)).astype(np.float64)
 
-    def score(self, feats):
-        """FID against the reference statistics, precision/recall against the reference feature
-        subset."""
-        mu, sigma = fidlib.feature_stats(feats, "generated samples")
-        fid = fidlib.frechet_distance(mu, sigma, self.ref["mu"], self.ref["sigma"])
-        p, r = prdc.precision_recall(
-            self.ref["pr_feats"], feats, k=self.spec.pr_k, device=self.device
+    def score(self, feats, vgg=False):
+        """FID against the reference statistics; precision/recall and KID against the reference
+        feature subset; IS from the extractor's classifier layer; with `vgg`, precision/recall on
+        VGG16 features (the FID features stand in, and say so, where no vgg16.pt is staged)."""
+        f = feats[:, : self._dim()]
+        mu, sigma = fidlib.feature_stats(f, "generated samples")
+        s = {"fid": fidlib.frechet_distance(mu, sigma, self.ref["mu"], self.ref["sigma"])}
+        s["precision"], s["recall"] = prdc.precision_recall(
+            self.ref["pr_feats"], f, k=self.spec.pr_k, device=self.device
         )
-        return fid, p, r
+        s["kid"], s["kid_std"] = kid(
+            self.ref["pr_feats"], f, self.spec.kid_subsets, self.spec.kid_subset_size
+        )
+        if self.extractor is not None and self.extractor.logits is not None:
+            s["is"], s["is_std"] = inception_score(
+                self.extractor.class_probs(f), self.spec.is_splits
+            )
+        s["features"] = self._key().key
+        if vgg and self.vgg is not None:
+            s["vgg_precision"], s["vgg_recall"] = prdc.precision_recall(
+                self.vgg_ref, feats[:, self._dim() :], k=self.spec.pr_k, device=self.device
+            )
+            s["vgg_features"] = self.vgg.key
+        elif vgg:
+            s["vgg_precision"], s["vgg_recall"] = s["precision"], s["recall"]
+            s["vgg_features"] = f"{s['features']} (stand-in: features.vgg16_path not set)"
+        return s
 
     # ---------------------------------------------------------------------------------- labels and
     # output
@@ -137,7 +180,7 @@ class Evaluator:
 
     # ---------------------------------------------------------------------------------- generation
     @torch.no_grad()
-    def generate(self, model, fn, desc="samples", grid_path=None):
+    def generate(self, model, fn, desc="samples", grid_path=None, vgg=False):
         """Run fn(z_rng, y, idx) -> (x, nfe) over this rank's seeds; -> (features of all seeds, nfe,
         seconds)."""
         feats, nfe, first, t0 = [], None, None, time.time()
@@ -148,8 +191,9 @@ class Evaluator:
                 raise RuntimeError(f"{desc}: NFE changed between batches ({nfe} -> {n})")
             nfe, out = n, self.to_output(x)
             first = out if first is None else first
-            feats.append(self.features_local(out))
-        local = np.concatenate(feats) if feats else np.zeros((0, self._dim()))
+            feats.append(self.features_local(out, vgg))
+        width = self._dim() + (vgg16.DIM if vgg and self.vgg is not None else 0)
+        local = np.concatenate(feats) if feats else np.zeros((0, width))
         all_feats = gather_rows(local, self.mine, len(self.seeds)).astype(np.float64)
         if grid_path is not None and dist.is_main() and first is not None and not self.vector:
             report.save_grid(grid_path, first[: self.spec.grid])
@@ -166,6 +210,14 @@ def _agree(nfe):
     if dist.world_size() == 1:
         return nfe
     return dist.max_int(-1 if nfe is None else nfe)
+
+
+def _score_text(s):
+    text = f"FID {s['fid']:.3f} P {s['precision']:.3f} R {s['recall']:.3f} KID {s['kid']:.4f}"
+    text += f" IS {s['is']:.2f}" if "is" in s else ""
+    if "vgg_precision" in s:
+        text += f" VGG P {s['vgg_precision']:.3f} R {s['vgg_recall']:.3f}"
+    return text
 
 
 class _RawKey:
@@ -264,9 +316,9 @@ def reconstruct_batch(model, inv, x, y, rng, clamp=True):
 
 
 @torch.no_grad()
-def item_sweep(ev, model, x_all, y_all, fn, desc):
-    """Mean over the inversion split of fn(x, y, rng) -> (per-item values [B], nfe_inv, nfe), ranks
-    sharing items."""
+def item_sweep(ev, model, x_all, y_all, fn, desc, width=1):
+    """Means over the inversion split of fn(x, y, rng) -> (per-item values [B] or [B, width],
+    nfe_inv, nfe), ranks sharing items -> (mean, or means [width], nfe_inv, nfe)."""
     mine = np.arange(ev.rank, len(x_all), ev.world)
     vals, nfes = [], None
     for i in tqdm(
@@ -281,41 +333,71 @@ def item_sweep(ev, model, x_all, y_all, fn, desc):
         y = y_all[idx].to(ev.device) if num_classes(model) else None
         rng = sampling.SeededRNG(ev.spec.seed + idx, ev.device)
         v, n_inv, n = fn(x.float(), y, rng)
-        vals.append(np.asarray(v, np.float64))
+        vals.append(np.asarray(v, np.float64).reshape(len(idx), width))
         nfes = (n_inv, n)
-    local = np.concatenate(vals) if vals else np.zeros(0)
-    per_item = gather_rows(local[:, None], mine, len(x_all))[:, 0]
+    local = np.concatenate(vals) if vals else np.zeros((0, width))
+    per_item = gather_rows(local, mine, len(x_all)).astype(np.float64)
     n_inv, n = nfes if nfes is not None else (-1, -1)
-    return float(per_item.mean()), _agree(n_inv), _agree(n)
+    means = per_item.mean(0)
+    return (float(means[0]) if width == 1 else means), _agree(n_inv), _agree(n)
+
+
+def _q(x):
+    """Images as saved: uint8-quantised, back in [-1, 1] (what PSNR, SSIM and LPIPS score)."""
+    return torch.from_numpy(editing.to_uint8(x)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def mse_sweep(ev, model, x_all, y_all, fn, desc):
-    """Mean per-image MSE of fn(x, y, rng) -> (x_hat, nfe_inv, nfe, reference) over the inversion
-    split."""
+    """Mean per-image MSE, PSNR, SSIM and LPIPS of fn(x, y, rng) -> (x_hat, nfe_inv, nfe, reference)
+    over the inversion split -> ({mse, psnr, ssim, lpips, lpips_net}, nfe_inv, nfe); vectors get
+    MSE only."""
 
     def per_item(x, y, rng):
         x_hat, n_inv, n, ref = fn(x, y, rng)
-        return mse_per_item(x_hat.cpu(), ref.cpu(), ev.vector).numpy(), n_inv, n
+        x_hat, ref = x_hat.cpu(), ref.cpu()
+        cols = [mse_per_item(x_hat, ref, ev.vector).numpy()]
+        if not ev.vector:
+            a, b = (editing.to_uint8(v).transpose(0, 3, 1, 2) for v in (x_hat, ref))
+            cols += [image_quality.psnr(a, b), image_quality.ssim(a, b)]
+            no_lpips = np.full(len(a), np.nan)
+            cols.append(ev.lpips(_q(x_hat), _q(ref)) if ev.lpips is not None else no_lpips)
+        return np.stack(cols, 1), n_inv, n
 
-    return item_sweep(ev, model, x_all, y_all, per_item, desc)
+    width = 1 if ev.vector else 4
+    means, n_inv, n = item_sweep(ev, model, x_all, y_all, per_item, desc, width)
+    scores = {"mse": float(np.atleast_1d(means)[0])}
+    if not ev.vector:
+        scores.update(psnr=float(means[1]), ssim=float(means[2]), lpips_net=_lpips_net(ev))
+        scores["lpips"] = float(means[3]) if ev.lpips is not None else None
+    return scores, n_inv, n
+
+
+def _lpips_net(ev):
+    return ev.lpips.key if ev.lpips is not None else "none (features.lpips_path not set)"
 
 
 def edit_rate_sweep(ev, model, x_all, y_all, w, steps):
     """Class-editing success rate at w: the share of (image, other class) edits the demo classifier
     calls the target.
 
-    -> (rate, nfe, nfe): iGCT edits take 2 NFE; EDM's ODE inversion + CFG regeneration over `steps`
-    Karras points."""
+    -> (rate, mean LPIPS(source, edit) or None, nfe): iGCT edits take 2 NFE; EDM's ODE inversion
+    + CFG regeneration over `steps` Karras points. LPIPS is the mean over all (image, target)
+    pairs: iGCT's mean over the off-diagonal (source, target) cells when classes are balanced."""
     from bcmcore.metrics.demo_classifier import load_demo_classifier
 
     classify = load_demo_classifier(ev.spec.dataset, ev.device).classify
     num = num_classes(model)
 
-    def per_item(x, y, rng):
-        hits, nfe = guided.edit_hits(model, classify, x, y, w, steps)
-        return hits.double().numpy() / (num - 1), nfe, nfe
+    lp = None if ev.lpips is None else (lambda a, b: torch.from_numpy(ev.lpips(_q(a), _q(b))))
 
-    return item_sweep(ev, model, x_all, y_all, per_item, f"{model.kind} edit w={w:g}")
+    def per_item(x, y, rng):
+        hits, nfe, dists = guided.edit_hits(model, classify, x, y, w, steps, distance=lp)
+        dists = dists.numpy() if dists is not None else np.full(len(x), np.nan)
+        return np.stack([hits.double().numpy(), dists], 1) / (num - 1), nfe, nfe
+
+    desc = f"{model.kind} edit w={w:g}"
+    (rate, dist_), nfe, _ = item_sweep(ev, model, x_all, y_all, per_item, desc, 2)
+    return float(rate), (float(dist_) if lp is not None else None), nfe
 
 
 def run(spec, out_dir, device=None, progress=True):
@@ -342,22 +424,20 @@ def run(spec, out_dir, device=None, progress=True):
             feats, nfe, sec = ev.generate(
                 model, fn, f"{m.name} {label}", out / "grids" / f"{m.name}-{label}.png"
             )
-            fid, p, r = ev.score(feats)
+            scores = ev.score(feats)
             rows["fid"].append(
                 {
                     **base,
                     "sampler": label,
                     "nfe": nfe,
                     "time_steps": steps,
-                    "fid": fid,
-                    "precision": p,
-                    "recall": r,
+                    **scores,
                     "samples": len(feats),
                     "seeds": seeds,
                     "seconds": round(sec, 2),
                 }
             )
-            dist.print0(f"[eval] {m.name} {label}: NFE {nfe} FID {fid:.3f} P {p:.3f} R {r:.3f}")
+            dist.print0(f"[eval] {m.name} {label}: NFE {nfe} " + _score_text(scores))
         if m.inversions or m.jpeg or (m.guidance and m.guidance.edits):
             if inv_data is None:
                 inv_data = load_split(
@@ -366,7 +446,7 @@ def run(spec, out_dir, device=None, progress=True):
             x_all, y_all = inv_data
         for inv in m.inversions:
             steps = _steps_text("invert", inv.times) if m.kind == "bcm" else f"{m.kind} inversion"
-            mse, n_inv, n = mse_sweep(
+            scores, n_inv, n = mse_sweep(
                 ev,
                 model,
                 x_all,
@@ -384,12 +464,12 @@ def run(spec, out_dir, device=None, progress=True):
                     "inversion_nfe": n_inv,
                     "nfe": n,
                     "time_steps": steps,
-                    "mse": mse,
+                    **scores,
                     "images": len(x_all),
                     "seeds": seeds,
                 }
             )
-            dist.print0(f"[eval] {m.name} inversion NFE {n_inv}: MSE {mse:.5f}")
+            dist.print0(f"[eval] {m.name} inversion NFE {n_inv}: MSE {scores['mse']:.5f}")
         for times in m.jpeg:
 
             def restore(x, y, rng, times=times):
@@ -397,7 +477,7 @@ def run(spec, out_dir, device=None, progress=True):
                 x_hat, n = editing.jpeg_restore(model, x_jpeg, times, rng, y)
                 return x_hat, len(times) - 1, n, x  # compared with the CLEAN image (App. B.1.2)
 
-            mse, n_inv, n = mse_sweep(ev, model, x_all, y_all, restore, f"{m.name} jpeg")
+            scores, n_inv, n = mse_sweep(ev, model, x_all, y_all, restore, f"{m.name} jpeg")
             rows["mse"].append(
                 {
                     **base,
@@ -405,7 +485,7 @@ def run(spec, out_dir, device=None, progress=True):
                     "inversion_nfe": n_inv,
                     "nfe": n,
                     "time_steps": _steps_text("invert", times),
-                    "mse": mse,
+                    **scores,
                     "images": len(x_all),
                     "seeds": seeds,
                 }
@@ -417,15 +497,14 @@ def run(spec, out_dir, device=None, progress=True):
                     _guided_fn(ev, model, m.guidance, w),
                     f"{m.name} w={w:g}",
                     out / "grids" / f"{m.name}-w{w:g}.png",
+                    vgg=True,
                 )
-                fid, p, r = ev.score(feats)
+                scores = ev.score(feats, vgg=True)
                 row = {
                     **base,
                     "w": float(w),
                     "nfe": nfe,
-                    "fid": fid,
-                    "precision": p,
-                    "recall": r,
+                    **scores,
                     "samples": len(feats),
                     "seeds": seeds,
                     "seconds": round(sec, 2),
@@ -436,13 +515,15 @@ def run(spec, out_dir, device=None, progress=True):
                         m.guidance.recipe
                     ).times  # EDM: a Karras grid of as many points
                     steps = len(times) - (times[-1] == 0)
-                    row["edit_rate"], _, row["edit_nfe"] = edit_rate_sweep(
+                    row["edit_rate"], row["edit_lpips"], row["edit_nfe"] = edit_rate_sweep(
                         ev, model, x_all[:n_img], y_all[:n_img], w, steps
                     )
+                    row["lpips_net"] = _lpips_net(ev)
                     row["edits"] = n_img * (num_classes(model) - 1)
                 rows["guidance"].append(row)
                 dist.print0(
-                    f"[eval] {m.name} w={w:g}: NFE {nfe} FID {fid:.3f} P {p:.3f} R {r:.3f}"
+                    f"[eval] {m.name} w={w:g}: NFE {nfe} "
+                    + _score_text(scores)
                     + (f" edit rate {row['edit_rate']:.3f}" if m.guidance.edits else "")
                 )
         del model

@@ -9,6 +9,8 @@ from bcmcore.metrics import report
 
 INTS = ("nfe", "inversion_nfe", "samples", "images", "step", "edits", "edit_nfe")
 FLOATS = ("fid", "precision", "recall", "w", "mse", "seconds", "edit_rate")
+FLOATS += ("is", "is_std", "kid", "kid_std", "psnr", "ssim", "lpips", "vgg_precision", "vgg_recall")
+FLOATS += ("edit_lpips",)
 
 
 def typed(row):
