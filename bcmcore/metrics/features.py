@@ -123,8 +123,7 @@ def inception_extractor(path, mode="clean", device="cpu"):
 
 def _inception_logits(base):
     """The TorchScript's 1008-way softmax layer on pool3 features, without its bias: StyleGAN2-ADA's
-    IS
-    (`no_output_bias=True`) does so to match the original TensorFlow Inception Score code."""
+    IS (`no_output_bias=True`) does so to match the original TensorFlow Inception Score code."""
     if not hasattr(base, "output"):
         return None
     weight = base.output.weight.detach()
