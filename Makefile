@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 TORCH   := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast gpu-check slurm-up slurm-down clean
+.PHONY: venv demo test test-fast gpu-check slurm-up slurm-down chromium clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,7 +22,7 @@ demo: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --profile cluster/local all
 
 # Everything, slow and slurm tests included. Starts the dev Slurm cluster when it can (root + apt).
-test: venv
+test: venv chromium
 	PATH=$(CURDIR)/$(BIN):$$PATH bash cluster/dev/with_slurm.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Quick loop for developers: no slow, no slurm.
@@ -32,6 +32,18 @@ test-fast: venv
 # One-shot GPU acceptance check, one table (under 8 minutes on one GPU); ARGS=--cpu for tiny CPU sizes.
 gpu-check: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bcmcore check gpu $(ARGS)
+
+# Headless Chromium for the report test (tests/report_browser.py): the Debian package, installed as
+# root with apt-get like the dev Slurm cluster. Elsewhere the test skips; under CI=true it must be there.
+chromium:
+	@if command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "chromium: apt-get install chromium (the report test)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	elif [ "$${CI:-}" = true ]; then \
+	  echo "chromium: CI=true but it cannot be installed here (needs root and apt-get)" >&2; exit 1; \
+	else echo "chromium: not root or no apt-get; the report test will be skipped"; fi
 
 slurm-up:
 	bash cluster/dev/slurm_up.sh

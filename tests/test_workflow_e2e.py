@@ -86,10 +86,17 @@ def rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The shrunk demo, built once for the tests below: (working directory, snakemake's result)."""
+    cwd = tmp_path_factory.mktemp("demo")
+    (cwd / "shrunk.yaml").write_text(yaml.safe_dump(SHRUNK))
+    return cwd, snakemake(cwd, "all", timeout=1500)
+
+
 @pytest.mark.slow
-def test_whole_dag_on_a_shrunk_demo(tmp_path):
-    (tmp_path / "shrunk.yaml").write_text(yaml.safe_dump(SHRUNK))
-    res = snakemake(tmp_path, "all", timeout=1500)
+def test_whole_dag_on_a_shrunk_demo(demo):
+    tmp_path, res = demo
     assert res.returncode == 0, res.stdout[-5000:]
     d = tmp_path / "results/digits"
 
@@ -152,7 +159,53 @@ def test_whole_dag_on_a_shrunk_demo(tmp_path):
 
     again = snakemake(tmp_path, "-n", "all", timeout=300)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout[-3000:]
-    report = snakemake(tmp_path, "--report", "report.html", timeout=300)
-    assert report.returncode == 0, report.stdout[-3000:]
-    html = (tmp_path / "report.html").read_text()
-    assert "fid_table.csv" in html and "samples.png" in html and "edit-interpolate.png" in html
+
+
+@pytest.mark.slow
+def test_report_as_a_user_sees_it(demo, tmp_path):
+    """`snakemake --report report.html` on the demo, opened in headless Chromium: every category of
+    results rendered, screenshots of the tables, a plot and the grids (kept in tmp_path)."""
+    from report_browser import Report, find_chromium
+
+    cwd, res = demo
+    assert res.returncode == 0, res.stdout[-3000:]
+    out = snakemake(cwd, "--report", "report.html", timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:]
+    report = Report(cwd / "report.html", find_chromium(), tmp_path)
+
+    start = report.view(None, "start")  # the landing page: the workflow's description
+    assert "bcm-pipeline" in start.text, start.text[:2000]
+    for category in ("Tables", "Plots", "Sample grids", "Applications"):
+        assert category in start.text, start.text[:2000]  # the menu
+    start.assert_drawn()
+
+    tables = report.view("Tables", "tables")
+    for name in ("fid_table.csv", "mse_table.csv", "guidance_table.csv"):
+        assert name in tables.text, tables.text[:3000]
+    tables.assert_drawn()
+    # each table's link hands over the CSV the pipeline wrote (header + one row per model / setting)
+    fid = tables.download("fid_table.csv")
+    assert fid.splitlines()[0].startswith("model,") and len(fid.splitlines()) > 10, fid[:500]
+
+    plots = report.view("Plots", "plots")
+    for name in ("fid_vs_nfe.png", "mse_vs_nfe.png", "guidance.png"):
+        assert name in plots.text, plots.text[:3000]
+    plot = report.show("results/digits/plots/fid_vs_nfe.png", "plot")
+    plot.assert_shows(cwd / "results/digits/plots/fid_vs_nfe.png")  # on screen, pixel for pixel
+
+    grids = report.view("Sample grids", "grids")
+    for model in ("ict", "bcm_ft", "bcm_scratch", "igct", "edm"):
+        assert model in grids.text, grids.text[:3000]
+    grids.assert_drawn()
+    for model in ("bcm_ft", "edm"):
+        grid = report.show(f"results/digits/grids/{model}/samples.png", f"grid-{model}")
+        assert grid.image_sizes == [(35, 35)], grid.image_sizes
+        grid.assert_shows(cwd / f"results/digits/grids/{model}/samples.png")
+
+    apps = report.view("Applications", "apps")
+    for task in ("interpolate", "inpaint", "jpeg", "class"):
+        assert task in apps.text, apps.text[:3000]
+    apps.assert_drawn()
+    for app in ("bcm_ft/edit-interpolate", "igct/edit-class"):
+        shown = report.show(f"results/digits/grids/{app}.png", app.replace("/", "-"))
+        shown.assert_shows(cwd / f"results/digits/grids/{app}.png")
