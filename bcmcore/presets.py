@@ -43,10 +43,15 @@ def load(preset):
 
 
 def experiments(preset, enabled_only=False):
-    """The experiment names of a preset (all of them, or only the enabled ones)."""
+    """The trained experiments of a preset (all of them, or only the enabled ones); experiments that
+    import the authors' weights (`import:`, docs/imports.md) have no run config and are left out."""
     ds, cfg = load(preset)
     exps = cfg["datasets"][ds]["experiments"]
-    return [e for e, d in exps.items() if d.get("enabled", True) or not enabled_only]
+    return [
+        e
+        for e, d in exps.items()
+        if (d.get("enabled", True) or not enabled_only) and not d.get("import")
+    ]
 
 
 def run_config(preset, exp):

@@ -152,33 +152,10 @@ def segments(fn, total):
     return out + [(total - start, value)]
 
 
-# The authors' NCSN++ class term is a biased Linear on sqrt(K) one-hot; ours is a table
-# E[k] = sqrt(K) W[:, k] + b with the bias folded in (exact for one-hot labels): 256 fewer numbers.
-FOLDED_LABEL_BIAS = {("cifar10", "igct"): (256, 256), ("cifar10", "edm"): 256}
-
-
-def _label_after_the_mlp():
-    from bcmcore.nets import NetConfig, build_net
-
-    with torch.device("meta"):
-        net = build_net(NetConfig(arch="ncsnpp", num_classes=10))
-    return net.cond.label.embedding_dim != 2 * net.cfg.channels
-
-
-PENDING_15 = pytest.mark.xfail(
-    condition=_label_after_the_mlp(),
-    strict=True,
-    reason="issue #15 moves NCSN++'s class (and iGCT's w) embedding before the time MLP, into the "
-    "2nf-wide feature space as the authors' SongUNet has it; until then the label table is "
-    "10 x 512 after the MLP (and w 256 -> 512)",
-)
-
-
 def all_experiments():
     for preset in presets.PRESETS:
         for exp in presets.experiments(preset):
-            pending = (preset, exp) in (("cifar10", "igct"), ("cifar10", "edm"))
-            yield pytest.param(preset, exp, id=f"{preset}/{exp}", marks=[PENDING_15] * pending)
+            yield pytest.param(preset, exp, id=f"{preset}/{exp}")
 
 
 def test_every_preset_experiment_is_counted():
@@ -192,11 +169,6 @@ def test_parameter_count_is_the_authors(preset, exp):
     key = (preset, exp)
     if key in AUTHORS:
         want, source = AUTHORS[key]
-        if key in FOLDED_LABEL_BIAS:
-            fold = FOLDED_LABEL_BIAS[key]
-            want = (
-                tuple(a - f for a, f in zip(want, fold)) if isinstance(fold, tuple) else want - fold
-            )
         got = (
             (count(model.noiser_net), count(model.denoiser_net))
             if run.model.kind == "igct"

@@ -58,7 +58,7 @@ def jobs(out):
     for block in re.split(r"\n\[[^\]]+\]\n", out):
         rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
         if rule:
-            get = lambda key: (re.search(rf"^\s+{key}: (.*)$", block, re.M) or [None, ""])[1]
+            get = lambda key, b=block: (re.search(rf"^\s+{key}: (.*)$", b, re.M) or [None, ""])[1]
             shell = re.search(r"^Shell command: (.*)$", block, re.M)
             blocks.append(
                 {
@@ -329,3 +329,42 @@ def test_bad_stage_name_in_site_stops(tmp_path):
     write_yaml(site / "stages.yaml", {"training": {"nodes": 1}})
     res = snakemake(tmp_path, "--config", f"site={site}")
     assert_stopped_before_any_job(res, tmp_path, "stages.yaml: unknown stage 'training'")
+
+
+@pytest.mark.parametrize(
+    "preset,exp,fmt",
+    [
+        ("imagenet64", "bcm_authors", "bcm-ict-torch --kind bcm"),
+        ("cifar10", "igct_authors", "igct-edm"),
+    ],
+)
+def test_imported_experiment_is_evaluated_without_training(tmp_path, preset, exp, fmt):
+    """`import: {format, path}` experiments: left out (with where to put the file) until staged;
+    then their evaluation, grid and applications run on `bcm import`'s network, with no training."""
+    ds = PRESETS[preset][0]
+    stage_raw_files(tmp_path, preset)
+    cfg = ["--configfile", str(ROOT / f"workflow/config/{preset}.yaml")]
+    spec = yaml.safe_load((ROOT / f"workflow/config/{preset}.yaml").read_text())
+    path = spec["datasets"][ds]["experiments"][exp]["import"]["path"]
+    res = snakemake(tmp_path, "-n", "all", *cfg)
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert f"{path}  <- " in res.stdout and f"(experiment {exp})" in res.stdout
+    assert f"/{exp}/" not in res.stdout.split("Job stats:")[1]  # not planned while missing
+    (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / path).touch()  # staged (a dry run never reads it)
+    targets = [f"results/{ds}/eval/{exp}/fid_table.csv", f"results/{ds}/grids/{exp}/samples.png"]
+    res = snakemake(tmp_path, "-n", "-p", *targets, *cfg)
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert job_counts(res.stdout) == {
+        "prep": 1,
+        "import_network": 1,
+        "eval_spec": 1,
+        "evaluate": 1,
+        "sample_grid": 1,
+    }
+    (imp,) = [j for j in jobs(res.stdout) if j["rule"] == "import_network"]
+    assert imp["shell"].startswith(
+        f"bcm import --format {fmt} {path} --out results/{ds}/runs/{exp}/"
+    )
+    res = snakemake(tmp_path, "-n", "all", *cfg)  # and `all` now includes it
+    assert res.returncode == 0 and f"results/{ds}/grids/{exp}/samples.png" in res.stdout

@@ -63,6 +63,9 @@ class ModelConfig:
     sigma_min: float = param.SIGMA_MIN
     sigma_max: float = param.SIGMA_MAX
     sigma_data: float = param.SIGMA_DATA
+    # iGCT noiser: "boundary" N = x + (T - t) F (ours, trained and sampled alike); "authors-eval"
+    # N = (T - t) F, the iGCT authors' eval rule, which `bcm import` records for their nets.
+    noiser_rule: Literal["boundary", "authors-eval"] = "boundary"
 
 
 def _validate(net, where):
@@ -112,6 +115,10 @@ def build_model(cfg: ModelConfig):
     if cfg.kind in ("cm", "edm", "bcm") and cfg.net.two_time != (cfg.kind == "bcm"):
         raise ConfigError(
             f"model.net.two_time: must be {cfg.kind == 'bcm'} for model.kind {cfg.kind!r}"
+        )
+    if cfg.noiser_rule != "boundary" and cfg.kind != "igct":
+        raise ConfigError(
+            f"model.noiser_rule: only iGCT models have a noiser (model.kind {cfg.kind!r})"
         )
     if cfg.kind in ("cm", "bcm"):
         return ConsistencyModel(cfg)

@@ -89,18 +89,25 @@ class TimeEmbedding(nn.Module):
     def two_time(self):
         return self.mode != "single"
 
-    def forward(self, c_t, c_u=None):
+    @property
+    def in_dim(self):
+        """Width of the time MLP's input: the features of t (or of [t, u] for concat)."""
+        return self.mlp_t[0].in_features
+
+    def forward(self, c_t, c_u=None, pre=None):
+        """`pre` ([B, in_dim], optional) joins the features before the t-MLP (NCSN++ class, w)."""
+        add = (lambda f: f) if pre is None else (lambda f: f + pre)
         if self.mode == "single":
             if c_u is not None:
                 raise ValueError(
                     "this network embeds one time only; build it with two_time=True to pass c_u"
                 )
-            return self.mlp_t(self.feat(c_t))
+            return self.mlp_t(add(self.feat(c_t)))
         if c_u is None:
             raise ValueError("this two-time network needs c_u = c_noise(u)")
         if self.mode == "concat":
-            return self.mlp_t(torch.cat([self.feat(c_t), self.feat(c_u)], dim=1))
-        e_t, e_u = self.mlp_t(self.feat(c_t)), self.mlp_u(self.feat(c_u))
+            return self.mlp_t(add(torch.cat([self.feat(c_t), self.feat(c_u)], dim=1)))
+        e_t, e_u = self.mlp_t(add(self.feat(c_t))), self.mlp_u(self.feat(c_u))
         return self.align(torch.cat([e_t, e_u], dim=1))
 
     @torch.no_grad()
@@ -114,24 +121,34 @@ class TimeEmbedding(nn.Module):
 
 def guidance_features(w, dim=256):
     """VDM/LCM guidance embedding of w_code = w - 1 (paper convention w = 1: none): sin first
-    (docs/methods.md §12.4)."""
+    (docs/methods.md §12.4).
+
+    fp32 in the authors' operation order (the scalar ln(1e4) / (half - 1) first): the arguments
+    reach ~14,000 rad at w = 15, where another order moves e(w) by ~1e-3 (docs/imports.md).
+    """
     half = dim // 2
     s = 1000.0 * (w.float() - 1.0)
     f = torch.exp(
-        -torch.arange(half, device=w.device, dtype=torch.float32) * math.log(1e4) / (half - 1)
+        torch.arange(half, device=w.device, dtype=torch.float32) * -(math.log(1e4) / (half - 1))
     )
     a = s[:, None] * f[None]
     return torch.cat([a.sin(), a.cos()], dim=1)
 
 
 class CondEmbedding(nn.Module):
-    """Class embedding (label -1 = null class -> zero vector, for CFG) plus optional guidance-w
-    embedding."""
+    """Class embedding (label -1 = null class, for CFG) plus optional guidance-w embedding.
 
-    def __init__(self, num_classes, guidance, dim, w_feat_dim=256):
+    label_bias=False (ADM: a bias-free linear layer on the one-hot): the null class embeds to zero.
+    label_bias=True (NCSN++, EDM's SongUNet: a biased linear layer on sqrt(K) one-hot, so
+    E[k] = sqrt(K) W[:, k] + b): a shared bias b is added, and the null class (all-zero one-hot in
+    EDM's label dropout) embeds to b.
+    """
+
+    def __init__(self, num_classes, guidance, dim, w_feat_dim=256, label_bias=False):
         super().__init__()
         self.num_classes = num_classes
         self.label = nn.Embedding(num_classes, dim) if num_classes > 0 else None
+        self.label_bias = nn.Parameter(torch.zeros(dim)) if label_bias and num_classes > 0 else None
         self.w_proj = nn.Linear(w_feat_dim, dim) if guidance else None
         self.w_feat_dim = w_feat_dim
 
@@ -143,7 +160,9 @@ class CondEmbedding(nn.Module):
             if y is None:
                 y = torch.full((batch,), -1, dtype=torch.long, device=device)
             keep = (y >= 0).unsqueeze(1)
-            out = self.label(y.clamp_min(0)) * keep  # null label embeds to exactly zero
+            out = self.label(y.clamp_min(0)) * keep  # null label: zero (+ the bias below)
+            if self.label_bias is not None:
+                out = out + self.label_bias
         elif y is not None and bool((y >= 0).any()):
             raise ValueError("class labels given to an unconditional network (num_classes = 0)")
         if self.w_proj is not None:

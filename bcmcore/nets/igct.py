@@ -9,7 +9,9 @@ the trained function:
     c_out.
   * noiser: N = x + (T - t) F, boundary N(x, T) = x (`param.igct_noiser_scalings`). The authors'
     eval rule drops the `x` term (c_skip = 0), which breaks that boundary and is not the map the
-    reconstruction loss trained.
+    reconstruction loss trained. A model imported from the authors' checkpoints records their rule,
+    `cfg.noiser_rule = "authors-eval"` (N = (T - t) F), and keeps it, so that it reproduces their
+    outputs (docs/imports.md).
 Guidance w is in the paper convention (w = 1: no guidance) here and in the raw net's interface
 (docs/interfaces.md).
 """
@@ -79,6 +81,7 @@ class IGCTModel(nn.Module):
             cfg.sigma_max,
             cfg.sigma_data,
         )
+        self.noiser_rule = cfg.noiser_rule
         self.num_classes = int(getattr(cfg.net, "num_classes", 0) or 0)
         if self.num_classes < 1:
             raise UserError(
@@ -115,7 +118,10 @@ class IGCTModel(nn.Module):
         """N(x, t, c) = x + (T - t) F(c_in x, c_noise, c), with N(x, T) = x (docs/methods.md §2.4,
         §7.3)."""
         t = _per_sample(t, x, "t")
-        return self._out(self.noiser_net, x, t, *param.igct_noiser_scalings(t, self.sigma_max), y=y)
+        c_skip, c_out = param.igct_noiser_scalings(t, self.sigma_max)
+        if self.noiser_rule == "authors-eval":  # imported: the authors' eval-mode N = (T - t) F
+            c_skip = torch.zeros_like(c_skip)
+        return self._out(self.noiser_net, x, t, c_skip, c_out, y=y)
 
     def forward(self, x, t, y, w=1.0):
         """The generator direction (what `model(x, t, ...)` means for samplers): D(x, t, c, w)."""

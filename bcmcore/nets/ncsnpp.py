@@ -7,6 +7,8 @@ scratch embeds (t, u) by concatenated Fourier features and doubled dense layers 
 score-SDE's bedroom configuration (LSUN-256): progressive_input = input_skip (the FIR-downsampled
 image, 1x1 conv, summed in at each level) and progressive = output_skip (each decoder level adds
 conv3x3(act(GN(h))) to the FIR-upsampled output pyramid, which is the output).
+Class and guidance-w terms join the Fourier features BEFORE the time MLP, as in EDM's SongUNet and
+iGCT's CIFAR-10 net, so that w and t mix inside the MLP (ADM, nets/adm.py, adds them after it).
 """
 
 import math
@@ -33,7 +35,9 @@ class NCSNpp(nn.Module):
             cfg.embedding_kind, 2 * nf, cfg.emb_mult * nf, cfg.time_embed, cfg.fourier_scale
         )
         emb = self.time_embed.out_dim
-        self.cond = CondEmbedding(cfg.num_classes, cfg.guidance, emb)
+        self.cond = CondEmbedding(
+            cfg.num_classes, cfg.guidance, self.time_embed.in_dim, label_bias=True
+        )
 
         def block(c_in, c_out=None, **kw):
             return ResBlock(c_in, c_out or c_in, emb, cfg.dropout, STYLE, **kw)
@@ -84,9 +88,8 @@ class NCSNpp(nn.Module):
         self._levels, self._blocks = levels, cfg.num_blocks
 
     def forward(self, x, c_t, c_u=None, y=None, w=None):
-        emb = self.time_embed(c_t, c_u)
         cond = self.cond(y, w, x.shape[0], x.device)
-        emb = emb if cond is None else emb + cond
+        emb = self.time_embed(c_t, c_u, pre=cond)  # class and w enter before the MLP
         pyramid, hs = x, [self.conv_in(x)]
         h, i_pyr = hs[-1], 0
         for layer in self.down:

@@ -32,6 +32,8 @@ rule train:
         "results/{ds}/runs/{exp}/network-final.pt",
     log:
         "results/{ds}/logs/train-{exp}.log",
+    wildcard_constraints:
+        exp=trained_regex(),  # imported experiments: rule import_network below
     localrule: True
     conda:
         "../../environment.yml"
@@ -42,3 +44,24 @@ rule train:
     shell:
         "printf '%s\\n' {resources.runtime_keys} > results/{wildcards.ds}/runs/{wildcards.exp}/runtime.json"
         " && {resources.launch} train --run-dir results/{wildcards.ds}/runs/{wildcards.exp} 2>&1 | tee {log}"
+
+
+
+# An imported experiment's network: the authors' checkpoint through `bcm import` (no training).
+rule import_network:
+    input:
+        checkpoint=lambda w: import_spec(w.ds, w.exp)["path"],
+    output:
+        "results/{ds}/runs/{exp}/network-final.pt",
+    log:
+        "results/{ds}/logs/import-{exp}.log",
+    wildcard_constraints:
+        exp=imported_regex(),
+    localrule: True
+    conda:
+        "../../environment.yml"
+    params:
+        spec=lambda w: import_spec(w.ds, w.exp),  # rerun trigger: format, path and flags
+        flags=lambda w: import_flags(w.ds, w.exp),
+    shell:
+        "bcm import{params.flags} {input.checkpoint:q} --out {output} 2>&1 | tee {log}"
