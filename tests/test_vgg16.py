@@ -8,6 +8,7 @@ import torch
 import torchvision
 from scipy.spatial.distance import cdist
 from sklearn.neighbors import NearestNeighbors
+from test_metrics_demo import digits  # noqa: F401  (the demo shards + classifier fixture)
 
 from bcmcore.config import UserError
 from bcmcore.metrics import prdc, staged, vgg16
@@ -85,3 +86,49 @@ def test_staged_vgg16_torchscript_is_loaded_and_checked(tmp_path):
     with pytest.raises(UserError, match="not StyleGAN2-ADA's VGG16 TorchScript") as e:
         vgg16.vgg16_extractor(path)
     assert staged.VGG16.url in str(e.value)
+
+
+class _ProjectedVGG(torch.nn.Module):
+    """A stand-in vgg16.pt: a fixed random projection of 4x4-pooled images to 4096 features."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(48, 4096)
+
+    def forward(self, x, return_features: bool = False):
+        return self.proj(torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1))
+
+
+def test_sweep_scores_guidance_rows_with_the_staged_vgg16(tmp_path, digits):  # noqa: F811
+    """With features.vgg16_path, the reference VGG16 features are those of the seeded P/R subset
+    only (no moments), and guidance rows get P/R on the VGG16 columns, the rest on demo features."""
+    from bcmcore.data import load_split
+    from bcmcore.metrics.spec import EvalSpec, FeaturesConfig, GuidanceSpec, ModelSpec
+    from bcmcore.metrics.sweep import Evaluator
+
+    torch.manual_seed(0)
+    net = _ProjectedVGG()
+    torch.jit.script(net).save(str(tmp_path / staged.VGG16.name))
+    guided = ModelSpec(name="g", network="unused.pt", kind="igct", guidance=GuidanceSpec())
+    spec = EvalSpec(
+        dataset=str(digits),
+        models=(guided,),
+        features=FeaturesConfig(kind="demo", vgg16_path=str(tmp_path)),
+        num_samples=100,
+        pr_real=300,
+    )
+    ev = Evaluator(spec, device="cpu", progress=False)
+    x, _ = load_split(digits, "train")
+    keep = np.sort(np.random.default_rng(0).permutation(len(x))[:300])
+    with torch.no_grad():
+        want = net(torch.as_tensor(np.asarray(x[keep])).float().repeat(1, 3, 1, 1)).numpy()
+    np.testing.assert_allclose(ev.vgg_ref, want, rtol=1e-5, atol=1e-5)
+    imgs = np.asarray(load_split(digits, "test")[0][:100])
+    feats = ev.features_local(imgs, vgg=True)
+    assert feats.shape == (100, ev.extractor.dim + vgg16.DIM)
+    s = ev.score(feats, vgg=True)
+    assert s["vgg_features"] == "vgg16" and s["features"].startswith("demo-")
+    p, r = prdc.precision_recall(ev.vgg_ref, feats[:, ev.extractor.dim :])
+    assert (s["vgg_precision"], s["vgg_recall"]) == (p, r)
+    p, r = prdc.precision_recall(ev.ref["pr_feats"], feats[:, : ev.extractor.dim])
+    assert (s["precision"], s["recall"]) == (p, r) and 1 <= s["is"] <= 10

@@ -7,7 +7,7 @@ from bcmcore.cli._args import parser
 def evaluate(argv):
     p = parser(
         "bcm eval",
-        "FID / precision / recall / inversion-MSE sweep "
+        "FID / precision / recall / IS / KID / inversion MSE, PSNR, SSIM, LPIPS sweep "
         "(tables, plots and sample grids under --out)",
     )
     p.add_argument(
