@@ -221,6 +221,7 @@ def test_bcm_tune_writes_table_recipes_and_a_spec_the_sweep_reads(tmp_path):
                     {"recipe": "demo-nfe1"},
                     {"recipe": "demo-nfe2"},
                     {"sampler": "zigzag", "pairs": [[0.1, 1.0]], "name": "zz"},
+                    {"recipe": "demo-nfe4"},
                 ],
             }
         ],
@@ -251,9 +252,12 @@ def test_bcm_tune_writes_table_recipes_and_a_spec_the_sweep_reads(tmp_path):
     info = json.loads((out / "tuned.json").read_text())
     assert info["seeds"] == [tune.SEED_OFFSET, tune.SEED_OFFSET + 63]
     chosen = {r["name"]: r for r in info["recipes"]["bcm"]}
-    assert set(chosen) == {"demo-nfe2", "zz"} and all(r["evals"] <= 4 for r in chosen.values())
+    assert set(chosen) == {"demo-nfe2", "zz", "demo-nfe4"}
+    assert all(r["evals"] <= 4 for r in chosen.values())
     assert all(r["score"] <= r["start_score"] for r in chosen.values())
     table = (out / "tune_table.csv").read_text().splitlines()
+    # combined also starts from the tuned ancestral times + zigzag round (scored second)
+    assert any(",demo-nfe4,energy,1,warm start 0,combined," in row for row in table)
     assert table[0].startswith("model,label,metric,eval") and len(table) - 1 == sum(
         r["evals"] for r in chosen.values()
     )
