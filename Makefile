@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 TORCH   := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast gpu-check slurm-up slurm-down chromium clean
+.PHONY: venv demo test test-fast lint gpu-check slurm-up slurm-down chromium clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,11 +22,11 @@ demo: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --profile cluster/local all
 
 # Everything, slow and slurm tests included. Starts the dev Slurm cluster when it can (root + apt).
-test: venv chromium
+test: venv lint chromium
 	PATH=$(CURDIR)/$(BIN):$$PATH bash cluster/dev/with_slurm.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Quick loop for developers: no slow, no slurm.
-test-fast: venv
+test-fast: venv lint
 	$(BIN)/python -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)
 
 # One-shot GPU acceptance check, one table (under 8 minutes on one GPU); ARGS=--cpu for tiny CPU sizes.
@@ -44,6 +44,12 @@ chromium:
 	elif [ "$${CI:-}" = true ]; then \
 	  echo "chromium: CI=true but it cannot be installed here (needs root and apt-get)" >&2; exit 1; \
 	else echo "chromium: not root or no apt-get; the report test will be skipped"; fi
+
+# ruff (lint + format, line length 100, rules in pyproject.toml) and snakefmt for the workflow.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check workflow/Snakefile workflow/rules
 
 slurm-up:
 	bash cluster/dev/slurm_up.sh

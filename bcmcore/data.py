@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from bcmcore.config import ConfigError, UserError
+from bcmcore.images import to_float
 from bcmcore.shards import ShardReader, read_manifest
 
 IN_MEMORY_AUTO_BYTES = 64 << 20  # auto in-memory below this decoded split size (digits, toy data)
@@ -216,12 +217,6 @@ class _Positions(torch.utils.data.Sampler):
             base += self.batch * self.world_size
 
 
-def _to_float(x):
-    # In place after one conversion: fresh tensors per op cost more than the arithmetic on big
-    # batches.
-    return x.to(torch.float32).div_(127.5).sub_(1) if x.dtype == torch.uint8 else x.float()
-
-
 def make_loader(cfg, batch_per_rank, rank=0, world_size=1, seed=0, start_sample=0, device=None):
     """Infinite iterator of {"x": float [-1,1] NCHW or [B,d], "y": long [B] (, "x_src")}.
 
@@ -281,4 +276,4 @@ def _batches(loader, device):
     for batch in _checked(loader):
         if device is not None:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        yield {k: (_to_float(v) if k.startswith("x") else v) for k, v in batch.items()}
+        yield {k: (to_float(v) if k.startswith("x") else v) for k, v in batch.items()}

@@ -37,7 +37,7 @@ def _rate(it, batch, batches, warmup=2):
 def _tensor_loader(x, y, batch, workers, seed):
     """The usual upper bound: TensorDataset + shuffling DataLoader over uint8 tensors, floats in the
     main process."""
-    from bcmcore.data import _to_float
+    from bcmcore.images import to_float
 
     ds = torch.utils.data.TensorDataset(x, y)
     gen = torch.Generator().manual_seed(seed)
@@ -46,7 +46,7 @@ def _tensor_loader(x, y, batch, workers, seed):
             ds, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers, generator=gen
         )
         for xb, yb in loader:
-            yield {"x": _to_float(xb), "y": yb}
+            yield {"x": to_float(xb), "y": yb}
 
 
 def _checksum_cost(shards, repeats=5):

@@ -13,8 +13,17 @@ import numpy as np
 import torch
 
 from bcmcore.config import UserError
-from bcmcore.nets.facts import check_kind
-from bcmcore.sampling import Calls, ancestral, check_guidance, check_times, heun_ode
+from bcmcore.images import from_uint8_nhwc, to_uint8, to_uint8_nhwc
+from bcmcore.nets.facts import check_kind, class_labels, is_vector
+from bcmcore.sampling import (
+    Calls,
+    ancestral,
+    check_guidance,
+    check_times,
+    heun,
+    heun_ode,
+    karras_times,
+)
 
 
 def _check_mask(mask, x, routine):
@@ -67,6 +76,52 @@ def reconstruct(model, latent, t, y=None, gen_times=None):
             f"reconstruct: generation times must start at the latent's level {t:g}, got {times}"
         )
     return ancestral(model, latent, times, y)
+
+
+class _ZeroNoise:
+    """Stands in for SeededRNG where BCM's initial inversion noise is switched off."""
+
+    def randn(self, shape, dtype=torch.float32):
+        return torch.zeros(shape, dtype=dtype)
+
+
+@torch.no_grad()
+def igct_invert(model, x, y):
+    """1-step iGCT inversion through the noiser: z_lat = N(x, sigma_min, c) (docs/methods.md §10;
+    latent scale ~ T)."""
+    check_kind(model, ("igct",), "igct_invert")
+    return model.noiser(x, model.sigma_min, class_labels(model, y, x.shape[0], x.device)), 1
+
+
+@torch.no_grad()
+def invert_and_reconstruct(
+    model, x, rng, y=None, times=(), gen_times=(), steps=18, initial_noise=True, clamp=None
+):
+    """Invert x and decode the latent again, per model kind (docs/methods.md §10); the one routine
+    behind `bcm invert` and the eval sweep's inversion MSE. -> (latent, x_hat, inversion NFE, NFE).
+
+    bcm: BCM Alg. 5 along increasing `times` (initial noise t_0 z unless initial_noise is False),
+      then 1 step t_M -> eps, or ancestral along `gen_times`;
+    edm: Heun ODE up a `steps`-point Karras grid on the model's sigmas with the class (no CFG),
+      then Heun back down to 0;
+    igct: the noiser z = N(x, eps, c), then the denoiser D(z, T, c, w = 1), clipped to [-1, 1]
+      unless clamp is False (default: images are clipped, toy vectors are not).
+    """
+    check_kind(model, ("bcm", "edm", "igct"), "inversion")
+    if model.kind == "bcm":
+        latent, n_inv = invert(model, x, times, rng if initial_noise else _ZeroNoise(), y)
+        x_hat, n_gen = reconstruct(model, latent, float(times[-1]), y, gen_times or None)
+    elif model.kind == "edm":
+        up = karras_times(steps, model.sigma_min, model.sigma_max)[::-1]  # sigma_min .. T
+        latent, n_inv = heun_invert(model, x, up, y)
+        x_hat, n_gen = heun(model, latent, up[::-1] + [0.0], y)
+    else:
+        latent, n_inv = igct_invert(model, x, y)
+        y = class_labels(model, y, x.shape[0], x.device)
+        x_hat, n_gen = model.denoiser(latent, model.sigma_max, y, 1.0), 1
+        if not is_vector(model) if clamp is None else clamp:
+            x_hat = x_hat.clamp(-1, 1)
+    return latent, x_hat, n_inv, n_inv + n_gen
 
 
 def slerp(x1, x2, alpha):
@@ -215,22 +270,6 @@ def random_box_mask(shape, frac=0.5, device="cpu"):
 # Blind JPEG restoration (BCM App. B.1.2 / C.3.3)
 
 
-def to_uint8(x):
-    """[-1, 1] float NCHW -> uint8 NHWC numpy (the only place images are quantised)."""
-    return (
-        ((x.detach().float().cpu() + 1) * 127.5)
-        .round()
-        .clamp(0, 255)
-        .to(torch.uint8)
-        .permute(0, 2, 3, 1)
-        .numpy()
-    )
-
-
-def from_uint8(a, device="cpu"):
-    return torch.as_tensor(np.asarray(a)).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)
-
-
 def jpeg_compress(x, quality=20):
     """JPEG round trip with PIL at `quality` (the authors' hook used 20); [-1, 1] NCHW in and
     out."""
@@ -239,14 +278,14 @@ def jpeg_compress(x, quality=20):
     if not 1 <= int(quality) <= 100:
         raise UserError(f"jpeg quality: expected 1..100, got {quality}")
     out = []
-    for img in to_uint8(x):
+    for img in to_uint8_nhwc(x):
         buf = io.BytesIO()
         Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).save(
             buf, format="JPEG", quality=int(quality)
         )
         dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
         out.append(dec[..., None] if dec.ndim == 2 else dec)
-    return from_uint8(np.stack(out), x.device).to(x.dtype)
+    return from_uint8_nhwc(np.stack(out), x.device).to(x.dtype)
 
 
 @torch.no_grad()
@@ -273,5 +312,5 @@ def mse_uint8(a, b):
     For restoration compare against the *clean* image, not the JPEG (the authors' corrected bug,
     App. B.1.2).
     """
-    qa, qb = (torch.as_tensor(to_uint8(v)).double() / 255 for v in (a, b))
+    qa, qb = (to_uint8(v).double() / 255 for v in (a, b))
     return ((qa - qb) ** 2).flatten(1).mean(1)

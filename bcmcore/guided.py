@@ -1,5 +1,5 @@
-"""Guided generation, inversion and class editing: iGCT (1-2 NFE) and the CFG-EDM baseline
-(docs/methods.md §9-10).
+"""Inversion and class editing with guidance: iGCT (noiser + guided denoiser, 2 NFE) and the CFG-EDM
+baseline (docs/methods.md §10). iGCT's guided generation is the `igct` sampler in bcmcore.sampling.
 
 Every routine checks its inputs before the first network call and returns (result, nfe). w is in the
 paper convention (w = 1: no guidance). Noise comes from per-sample seeds, so sample i depends on
@@ -9,57 +9,8 @@ seed i only.
 import torch
 
 from bcmcore import editing, sampling
-from bcmcore.config import UserError
-from bcmcore.nets.facts import check_kind, data_shape, num_classes
+from bcmcore.nets.facts import check_kind, class_labels, num_classes
 from bcmcore.nets.igct import check_labels, check_w
-
-T_MID = 0.821  # ECT's CIFAR-10 intermediate level for 2-step sampling (docs/methods.md §9)
-
-
-def _labels(model, y, n, device, what="class label"):
-    num = num_classes(model)
-    if num < 1:
-        raise UserError(
-            "class-conditional generation/editing needs a model trained with classes "
-            "(this one has model.net.num_classes = 0)"
-        )
-    y = check_labels(y, num, what).to(device)
-    return y.expand(n) if y.ndim == 0 else y
-
-
-@torch.no_grad()
-def igct_generate(
-    model, seeds, y, w=1.0, shape=None, steps=1, t_mid=T_MID, device="cpu", clamp=True
-):
-    """x = clip(D(T z, T, c, w)); steps=2 adds x <- clip(D(x + t_mid z', t_mid, c, w))
-    (docs/methods.md §9). NFE = steps.
-
-    clamp=False for toy data that is not in [-1, 1]; shape defaults to the model's data shape.
-    """
-    check_kind(model, ("igct",), "igct_generate")
-    check_w(w)
-    if steps not in (1, 2):
-        raise UserError(f"igct_generate: steps must be 1 or 2, got {steps}")
-    if not model.sigma_min < t_mid < model.sigma_max:
-        raise UserError(
-            f"igct_generate: t_mid must lie in ({model.sigma_min}, {model.sigma_max}), got {t_mid}"
-        )
-    shape = tuple(shape or data_shape(model))
-    rng = sampling.SeededRNG(seeds, device)
-    y = _labels(model, y, len(rng), device)
-    clip = (lambda v: v.clamp(-1, 1)) if clamp else (lambda v: v)
-    x = clip(model.denoiser(model.sigma_max * rng.randn(shape), model.sigma_max, y, w))
-    if steps == 2:
-        x = clip(model.denoiser(x + t_mid * rng.randn(shape), t_mid, y, w))
-    return x, steps
-
-
-@torch.no_grad()
-def igct_invert(model, x, y):
-    """1-step inversion through the noiser: z_lat = N(x, sigma_min, c) (docs/methods.md §9-10;
-    latent scale ~ T)."""
-    check_kind(model, ("igct",), "igct_invert")
-    return model.noiser(x, model.sigma_min, _labels(model, y, x.shape[0], x.device)), 1
 
 
 @torch.no_grad()
@@ -68,9 +19,9 @@ def igct_edit(model, x, y_src, y_tar, w=1.0, clamp=True):
     §9-10). y_tar = y_src: recon."""
     check_kind(model, ("igct",), "igct_edit")
     check_w(w)
-    y_src = _labels(model, y_src, x.shape[0], x.device, "source class")
-    y_tar = _labels(model, y_tar, x.shape[0], x.device, "target class")
-    z_lat, _ = igct_invert(model, x, y_src)
+    y_src = class_labels(model, y_src, x.shape[0], x.device, "source class")
+    y_tar = class_labels(model, y_tar, x.shape[0], x.device, "target class")
+    z_lat, _ = editing.igct_invert(model, x, y_src)
     x_edit = model.denoiser(z_lat, model.sigma_max, y_tar, w)
     return (x_edit.clamp(-1, 1) if clamp else x_edit), 2
 
@@ -80,9 +31,9 @@ def edm_invert(model, x, y, steps=18):
     """EDM ODE inversion: Heun from sigma_min up to T with the source class, no CFG (docs/methods.md
     §10)."""
     check_kind(model, ("edm",), "edm_invert")
-    y = _labels(model, y, x.shape[0], x.device, "source class")
+    y = class_labels(model, y, x.shape[0], x.device, "source class")
     return editing.heun_invert(
-        model, x, sampling.karras_times(steps)[::-1], y
+        model, x, sampling.karras_times(steps, model.sigma_min, model.sigma_max)[::-1], y
     )  # increasing sigma_min .. T
 
 
@@ -92,10 +43,14 @@ def edm_edit(model, x, y_src, y_tar, w=1.0, steps=18, clamp=True):
     and w."""
     check_kind(model, ("edm",), "edm_edit")
     check_w(w)
-    y_tar = _labels(model, y_tar, x.shape[0], x.device, "target class")
+    y_tar = class_labels(model, y_tar, x.shape[0], x.device, "target class")
     z_lat, nfe_inv = edm_invert(model, x, y_src, steps)
     x_edit, nfe_gen = sampling.heun(
-        model, z_lat, sampling.karras_times(steps, zero=True), y_tar, float(w)
+        model,
+        z_lat,
+        sampling.karras_times(steps, model.sigma_min, model.sigma_max, zero=True),
+        y_tar,
+        float(w),
     )
     return (x_edit.clamp(-1, 1) if clamp else x_edit), nfe_inv + nfe_gen
 

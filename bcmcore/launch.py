@@ -14,6 +14,7 @@ process dies (login session closed), the same `bcm launch` waits for that job ag
 submitting a second one.
 """
 
+import dataclasses
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ import sys
 import threading
 import time
 import traceback
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -48,23 +50,28 @@ LIVE = {
 }
 
 
+def _key(default, minimum=None):
+    """A launcher key that `bcm launch --<key>` and the workflow's per-stage settings may set."""
+    return field(default=default, metadata={"launch_key": True, "minimum": minimum})
+
+
 @dataclass(frozen=True)
 class LauncherConfig:
-    """Launcher YAML (docs/interfaces.md): where and how big a job is."""
+    """Launcher YAML (docs/interfaces.md): where and how big a job is. The one table of launcher
+    keys: a field made with _key() is also a `bcm launch` flag and a per-stage workflow setting."""
 
-    executor: Literal["slurm", "local", "debug"] = "local"
-    nodes: int = 1
-    tasks_per_node: int | None = (
-        None  # None: gpus_per_node, or 1 without GPUs (one process per GPU)
-    )
-    gpus_per_node: int = 0
-    cpus_per_task: int | None = None
-    mem_gb: float | None = None  # per node; None or 0 = the cluster's default
-    time_min: int = 24 * 60  # wall-clock limit; at the limit the job requeues itself
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
+    executor: Literal["slurm", "local", "debug"] = _key("local")
+    nodes: int = _key(1, minimum=1)
+    # None: gpus_per_node, or 1 without GPUs (one process per GPU)
+    tasks_per_node: int | None = _key(None, minimum=1)
+    gpus_per_node: int = _key(0, minimum=0)
+    cpus_per_task: int | None = _key(None, minimum=1)
+    mem_gb: float | None = _key(None, minimum=0)  # per node; None or 0 = the cluster's default
+    time_min: int = _key(24 * 60, minimum=1)  # wall-clock limit; at the limit the job requeues
+    partition: str | None = _key(None)
+    account: str | None = _key(None)
+    qos: str | None = _key(None)
+    constraint: str | None = _key(None)
     sbatch_extra: dict = field(
         default_factory=dict
     )  # more #SBATCH options, e.g. {"exclusive": true}
@@ -77,20 +84,19 @@ class LauncherConfig:
         return self.nodes * (self.tasks_per_node or max(self.gpus_per_node, 1))
 
 
-# The launcher keys a command line or a workflow stage may override: one table, read by the flags
-# of `bcm launch` and by the workflow's per-stage settings (LauncherConfig holds the rest).
+def _scalar(tp):
+    """int | None -> int, Literal[...] -> str: the type a command-line flag parses."""
+    if typing.get_origin(tp) is Literal:
+        return str
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return _scalar(args[0]) if args else tp
+
+
+# {key: flag type} of the launcher keys a command line or a workflow stage may override
 LAUNCH_KEYS = {
-    "executor": str,
-    "nodes": int,
-    "gpus_per_node": int,
-    "tasks_per_node": int,
-    "cpus_per_task": int,
-    "mem_gb": float,
-    "time_min": int,
-    "partition": str,
-    "account": str,
-    "qos": str,
-    "constraint": str,
+    f.name: _scalar(f.type)
+    for f in dataclasses.fields(LauncherConfig)
+    if f.metadata.get("launch_key")
 }
 
 
@@ -113,6 +119,10 @@ def load_launcher(path=None, **overrides):
         raise ConfigError(f"{where}: expected a mapping of launcher settings")
     data.update({k: v for k, v in overrides.items() if v is not None})
     cfg = from_dict(LauncherConfig, data, where)
+    for f in dataclasses.fields(cfg):
+        low, value = f.metadata.get("minimum"), getattr(cfg, f.name)
+        if low is not None and value is not None and value < low:
+            raise ConfigError(f"{where}: {f.name} must be >= {low}, got {value}")
     if cfg.executor == "debug" and cfg.num_tasks != 1:
         raise ConfigError(
             f"{where}: executor 'debug' runs one task in this process, got {cfg.num_tasks}; "

@@ -7,6 +7,7 @@ seed i alone, not on the batch size or on how seeds are split across GPUs.
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -241,106 +242,115 @@ def heun(model, x_T, times, y=None, w=1.0):
 
 
 # ----------------------------------------------------------------------------------------------
-# Time-step recipes
+# The registry: every generation routine, read by `bcm sample`, the eval spec and the sweep
 
 
-def karras_times(n_points, sigma_min=param.SIGMA_MIN, sigma_max=param.SIGMA_MAX, zero=False):
-    """Decreasing Karras grid T .. eps (EDM Eq. 5), optionally followed by EDM's final 0."""
+@dataclass(frozen=True)
+class Sampler:
+    """A generation routine run(model, z, recipe, rng, y, w, clamp) -> (x, nfe), z unit noise."""
+
+    name: str
+    run: Callable
+    kinds: tuple  # model kinds it takes
+    times: bool = False  # needs recipe.times
+    pairs: bool = False  # needs recipe.pairs (zigzag rounds)
+    guided: bool = False  # takes a guidance weight w != 1
+
+
+SAMPLERS: dict[str, Sampler] = {}
+
+
+def register(name, kinds, times=False, pairs=False, guided=False):
+    """Decorator adding a generation routine to SAMPLERS: the CLI choices, the spec validation
+    and the sweep all read it."""
+
+    def deco(run):
+        SAMPLERS[name] = Sampler(name, run, tuple(kinds), times, pairs, guided)
+        return run
+
+    return deco
+
+
+def get_sampler(name, where="sampler"):
+    if name not in SAMPLERS:
+        raise UserError(f"{where}: unknown sampler {name!r} (known: {', '.join(SAMPLERS)})")
+    return SAMPLERS[name]
+
+
+def karras_times(n_points, sigma_min, sigma_max, zero=False):
+    """Decreasing Karras grid T .. eps (EDM Eq. 5) on a model's sigmas, optionally followed by
+    EDM's final 0."""
     times = param.karras_grid(n_points, sigma_min, sigma_max).flip(0).tolist()
     return times + [0.0] if zero else times
 
 
-def karras_index_times(indices, n_points, sigma_min=param.SIGMA_MIN, sigma_max=param.SIGMA_MAX):
-    """CM code's time points given as indices into a decreasing Karras grid of n_points (e.g.
-    '0,22,39' of 40)."""
-    grid = karras_times(n_points, sigma_min, sigma_max)
-    return [grid[i] for i in indices]
+def generate(model, recipe, z, rng, y=None, w=1.0, clamp=None):
+    """Sample from unit noise z [B, ...] with a recipe (bcmcore.recipes) resolved on the model's
+    sigmas; x_T = times[0] z (T for all but custom starts). clamp: clip to [-1, 1] (None: each
+    sampler's own rule: multistep no, as in the CM paper; igct yes for images)."""
+    s = get_sampler(recipe.sampler)
+    if w != 1.0 and not s.guided:
+        guided = ", ".join(n for n, v in SAMPLERS.items() if v.guided)
+        raise UserError(f"guidance w={w:g} needs a guided sampler ({guided}), not {s.name!r}")
+    return s.run(model, z, recipe.for_model(model), rng, y, w, clamp)
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """A named schedule. sampler:
-    onestep|ancestral|zigzag|combined|multistep|heun|invert|inpaint|cm_inpaint."""
-
-    sampler: str
-    times: tuple = ()  # ancestral / multistep / heun / inversion times (both ends included)
-    pairs: tuple = ()  # zigzag rounds (eps_i, t_i)
-    gen_times: tuple = ()  # inpainting: generation times after the inversion
-    note: str = ""
+def _times(model, recipe):
+    return list(recipe.times) or [model.sigma_max, model.sigma_min]
 
 
-EPS, T = param.SIGMA_MIN, param.SIGMA_MAX
-RECIPES = {
-    # ImageNet-64 BCM / BCM-deep (docs/methods.md §11, from the authors' sampling script)
-    "imagenet64-nfe1": Recipe("onestep", (T, EPS)),
-    "imagenet64-nfe2": Recipe("ancestral", (T, 2.4, EPS)),
-    "imagenet64-nfe3": Recipe("zigzag", (T, EPS), ((0.1, 1.2),)),
-    "imagenet64-nfe4": Recipe("combined", (T, 3.0, EPS), ((0.12, 0.4),)),
-    "imagenet64-invert-nfe1": Recipe("invert", (0.07, T)),
-    "imagenet64-invert-nfe2": Recipe("invert", (0.07, 15.0, T)),
-    # iCT ImageNet-64 2-step of the authors' script; CM-paper multistep index schedules
-    # (docs/methods.md §11). In the CM code the last index (= eps) only ends the loop (noise
-    # sqrt(eps^2 - eps^2) = 0), so "0,22,39" is 2 NFE.
-    "imagenet64-ict-nfe2": Recipe("multistep", (T, 0.7)),
-    "cd-imagenet64-nfe2": Recipe("multistep", tuple(karras_index_times((0, 22), 40))),
-    "ct-imagenet64-nfe2": Recipe("multistep", tuple(karras_index_times((0, 106), 201))),
-    "ct-lsun256-nfe2": Recipe("multistep", tuple(karras_index_times((0, 67), 151))),
-    # CM zero-shot inpainting baselines: every point of an n-point Karras grid (CIFAR 18, FFHQ 24,
-    # LSUN 40)
-    "cm-inpaint-18": Recipe("cm_inpaint", tuple(karras_times(18))),
-    "cm-inpaint-24": Recipe("cm_inpaint", tuple(karras_times(24))),
-    "cm-inpaint-40": Recipe("cm_inpaint", tuple(karras_times(40))),
-    # EDM deterministic Heun: 18 steps = NFE 35 (CIFAR-10), 40 steps = NFE 79 (ImageNet-64)
-    "edm-18": Recipe("heun", tuple(karras_times(18, zero=True))),
-    "edm-40": Recipe("heun", tuple(karras_times(40, zero=True))),
-    # Demo (8x8 digits / toy): reasonable untuned values, in the spirit of the ImageNet ones
-    "demo-nfe1": Recipe("onestep", (T, EPS), note="untuned"),
-    "demo-nfe2": Recipe("ancestral", (T, 1.0, EPS), note="untuned"),
-    "demo-nfe3": Recipe("zigzag", (T, EPS), ((0.1, 1.0),), note="untuned"),
-    "demo-nfe4": Recipe("combined", (T, 2.0, EPS), ((0.1, 0.5),), note="untuned"),
-    "demo-multistep2": Recipe("multistep", (T, 0.8), note="untuned"),
-    "demo-invert-nfe2": Recipe("invert", (0.07, 2.0, T), note="untuned"),
-    "demo-inpaint": Recipe("inpaint", (0.05, 0.5, 2.0), gen_times=(2.0, EPS), note="untuned"),
-    # The demo's BCM networks, times from `bcm tune` (search tables: docs/sampler_times.md). They
-    # do not invert below t ~ 1, so the best zigzag rounds inject nearly all of t_i themselves.
-    "digits-bcm_ft-nfe2": Recipe("ancestral", (T, 1.83, EPS), note="bcm tune"),
-    "digits-bcm_ft-nfe3": Recipe("zigzag", (T, EPS), ((0.951, 1.0),), note="bcm tune"),
-    "digits-bcm_ft-nfe4": Recipe("combined", (T, 1.83, EPS), ((0.951, 1.0),), note="bcm tune"),
-    "digits-bcm_scratch-nfe2": Recipe("ancestral", (T, 1.09, EPS), note="bcm tune"),
-    "digits-bcm_scratch-nfe3": Recipe("zigzag", (T, EPS), ((0.951, 1.0),), note="bcm tune"),
-    "digits-bcm_scratch-nfe4": Recipe("combined", (T, 1.0, EPS), ((0.4, 0.5),), note="bcm tune"),
-}
-
-
-def get_recipe(name):
-    if name not in RECIPES:
-        raise UserError(f"--recipe: unknown recipe {name!r} (known: {', '.join(sorted(RECIPES))})")
-    return RECIPES[name]
-
-
-def generate(model, recipe, z, rng, y=None, w=1.0, clamp=False):
-    """Sample from unit noise z [B, ...] with a Recipe; x_T = times[0] z (T for all but custom
-    starts)."""
-    s, times = recipe.sampler, list(recipe.times) or [model.sigma_max, model.sigma_min]
-    if s != "heun" and w != 1.0:
-        raise UserError(
-            f"guidance w={w:g} is only available for the EDM Heun sampler here "
-            "(iGCT models guide through bcmcore.guided)"
-        )
-    x_T = times[0] * z
-    if s == "onestep":
-        return onestep(model, model.sigma_max * z, y)
-    if s == "ancestral":
-        return ancestral(model, x_T, times, y)
-    if s == "zigzag":
-        return zigzag(model, model.sigma_max * z, recipe.pairs, rng, y)
-    if s == "combined":
-        return combined(model, x_T, times, recipe.pairs, rng, y)
-    if s == "multistep":
-        return cm_multistep(model, x_T, times, rng, y, clamp=clamp)
-    if s == "heun":
-        return heun(model, x_T, times, y, w)
-    raise UserError(
-        f"sampler {s!r} does not generate from noise "
-        "(expected onestep, ancestral, zigzag, combined, multistep or heun)"
+register("onestep", ("cm", "bcm"))(
+    lambda model, z, r, rng, y, w, clamp: onestep(model, model.sigma_max * z, y)
+)
+register("ancestral", ("cm", "bcm"), times=True)(
+    lambda model, z, r, rng, y, w, clamp: ancestral(
+        model, _times(model, r)[0] * z, _times(model, r), y
     )
+)
+register("zigzag", ("bcm",), pairs=True)(
+    lambda model, z, r, rng, y, w, clamp: zigzag(model, model.sigma_max * z, r.pairs, rng, y)
+)
+register("combined", ("bcm",), times=True, pairs=True)(
+    lambda model, z, r, rng, y, w, clamp: combined(
+        model, _times(model, r)[0] * z, _times(model, r), r.pairs, rng, y
+    )
+)
+register("multistep", ("cm", "bcm"), times=True)(
+    lambda model, z, r, rng, y, w, clamp: cm_multistep(
+        model, _times(model, r)[0] * z, _times(model, r), rng, y, clamp=bool(clamp)
+    )
+)
+register("heun", ("edm",), times=True, guided=True)(
+    lambda model, z, r, rng, y, w, clamp: heun(
+        model, _times(model, r)[0] * z, _times(model, r), y, w
+    )
+)
+
+T_MID = 0.821  # ECT's CIFAR-10 intermediate level for iGCT's 2-step sampling (docs/methods.md §9)
+
+
+@register("igct", ("igct",), guided=True)
+@torch.no_grad()
+def igct(model, z, recipe, rng, y=None, w=1.0, clamp=None, t_mid=T_MID):
+    """iGCT guided generation x = clip(D(T z, T, c, w)); recipe.steps = 2 adds
+    x <- clip(D(x + t_mid z', t_mid, c, w)) (docs/methods.md §9). NFE = steps. clip after every
+    denoiser call (clamp None: for images, not for toy vectors)."""
+    from bcmcore.nets.facts import class_labels, is_vector
+    from bcmcore.nets.igct import check_w
+
+    check_kind(model, ("igct",), "igct sampler")
+    check_w(w)
+    steps = recipe.steps
+    if steps not in (1, 2):
+        raise UserError(f"igct sampler: steps must be 1 or 2, got {steps}")
+    if not model.sigma_min < t_mid < model.sigma_max:
+        raise UserError(
+            f"igct sampler: t_mid must lie in ({model.sigma_min}, {model.sigma_max}), got {t_mid}"
+        )
+    y = class_labels(model, y, z.shape[0], z.device)
+    clamp = not is_vector(model) if clamp is None else clamp
+    clip = (lambda v: v.clamp(-1, 1)) if clamp else (lambda v: v)
+    x = clip(model.denoiser(model.sigma_max * z, model.sigma_max, y, w))
+    if steps == 2:
+        x = clip(model.denoiser(x + t_mid * rng.randn(z.shape[1:]).to(z), t_mid, y, w))
+    return x, steps

@@ -42,3 +42,30 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(
                     pytest.mark.skip(reason="dev Slurm cluster not running (make slurm-up)")
                 )
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory):
+    """Real gmm2d WebDataset shards written by `bcm prep gmm2d`."""
+    from bcmcore.cli.prep import prep as main
+
+    out = tmp_path_factory.mktemp("gmm2d") / "shards"
+    assert (
+        main(
+            [
+                "gmm2d",
+                "--out",
+                str(out),
+                "--n-train",
+                "512",
+                "--n-test",
+                "64",
+                "--shard-size",
+                "256",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    return out

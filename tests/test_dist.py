@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from test_train import make_run, shards  # noqa: F401
+from helpers import make_run
 
 import bcmcore
 

@@ -6,9 +6,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_sampling import EPS, Counted, GaussDenoiser, GaussFlow, GMMDenoiser, T, flow
+from helpers import EPS, Counted, GaussDenoiser, GaussFlow, GMMDenoiser, T, flow
 
 from bcmcore import editing as E
+from bcmcore import images as pixels
 from bcmcore import sampling as S
 from bcmcore.config import UserError
 from bcmcore.toy import DEMO_GMM, ExactFlowMap
@@ -68,7 +69,7 @@ def test_inversion_may_stop_below_T_and_decode_along_a_schedule():
 
 def test_heun_ode_inversion_round_trip_approaches_the_flow_map():
     x = gmm_data(16)
-    up = S.karras_times(128)[::-1]
+    up = S.karras_times(128, EPS, T)[::-1]
     latent, nfe = E.heun_invert(GMMDenoiser(), x, up)
     assert nfe == 2 * 127
     ref = flow(x, EPS, T)
@@ -204,7 +205,7 @@ def test_jpeg_restoration_inverts_then_decodes_and_is_scored_against_the_clean_i
 
 def test_uint8_round_trip():
     a = (torch.arange(256, dtype=torch.uint8).reshape(1, 4, 8, 8).permute(0, 2, 3, 1)).numpy()
-    assert np.array_equal(E.to_uint8(E.from_uint8(a)), a)
+    assert np.array_equal(pixels.to_uint8_nhwc(pixels.from_uint8_nhwc(a)), a)
 
 
 # ---------------------------------------------------------------------------------------------- bad

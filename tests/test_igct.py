@@ -3,16 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from helpers import igct_generate
 
-from bcmcore import guided, param
+from bcmcore import editing, guided, param
 from bcmcore.config import ConfigError, UserError
 from bcmcore.losses import build_loss
-from bcmcore.losses.igct import (
-    guidance_prob,
-    guided_euler_target,
-    reconstruction_loss,
-    shared_dropout,
-)
+from bcmcore.losses.dropout import shared_dropout
+from bcmcore.losses.igct import guidance_prob, guided_euler_target, reconstruction_loss
 from bcmcore.nets import ModelConfig, NetConfig, build_model
 from bcmcore.toy import GaussianMixture
 
@@ -221,7 +218,7 @@ def test_bad_input_one_clear_error_each():
     x = torch.randn(4, 2)
     for w in (0.5, float("nan"), float("inf")):
         with pytest.raises(UserError, match="guidance weight w"):
-            guided.igct_generate(model, range(4), 0, w=w)
+            igct_generate(model, range(4), 0, w=w)
     with pytest.raises(UserError, match="target class must be an integer in 0..2"):
         guided.igct_edit(model, x, 0, 3, w=2.0)
     with pytest.raises(UserError, match="source class"):
@@ -249,12 +246,12 @@ def test_bad_input_one_clear_error_each():
 def test_generate_invert_edit_shapes_nfe_and_seeds():
     _, model = tiny_igct()
     model.eval()
-    x1, nfe1 = guided.igct_generate(model, [3, 4, 5], torch.tensor([0, 1, 2]), w=4.0)
-    x2, nfe2 = guided.igct_generate(model, [5], 2, w=4.0, steps=2)
-    x3, _ = guided.igct_generate(model, [5], 2, w=4.0)
+    x1, nfe1 = igct_generate(model, [3, 4, 5], torch.tensor([0, 1, 2]), w=4.0)
+    x2, nfe2 = igct_generate(model, [5], 2, w=4.0, steps=2)
+    x3, _ = igct_generate(model, [5], 2, w=4.0)
     assert (nfe1, nfe2) == (1, 2) and x1.shape == (3, 2) and x1.abs().max() <= 1
     torch.testing.assert_close(x1[2:], x3)  # sample i depends on seed i only
-    z, nfe = guided.igct_invert(model, x1, [0, 1, 2])
+    z, nfe = editing.igct_invert(model, x1, [0, 1, 2])
     assert nfe == 1 and z.shape == x1.shape
     xe, nfe = guided.edit(model, x1, torch.tensor([0, 1, 2]), 1, w=3.0)
     assert nfe == 2 and xe.shape == x1.shape

@@ -1,6 +1,6 @@
 """iGCT Fig. 3 in 1-D (docs/methods.md §14): a trained iGCT MLP keeps the class mode under strong
-guidance; a CFG-EDM MLP trained on the same data overshoots, like exact CFG (tests/test_edm.py: mean
-3.46 at w = 13).
+guidance; a CFG-EDM MLP trained on the same data overshoots, like exact CFG
+(tests/test_losses_edm.py: mean 3.46 at w = 13).
 
 Data: class 0 ~ N(-2, s^2), class 1 ~ N(+2, s^2), s = 0.5. Both models: residual MLP (width 32, 2
 blocks), RAdam lr 2e-3 decayed linearly to 0, batch 256, seeded; budget 2000 steps each (iGCT: 5 ECT
@@ -13,6 +13,7 @@ toy's settings open).
 import numpy as np
 import pytest
 import torch
+from helpers import igct_generate
 from scipy.stats import gaussian_kde
 
 from bcmcore import guided, sampling
@@ -88,7 +89,7 @@ def test_igct_keeps_the_class_mode_under_guidance():
     model = train("igct", IGCT_TOY, steps=2000)
     y = torch.ones(N, dtype=torch.long)
     for w in WS:
-        x, nfe = guided.igct_generate(model, range(N), y, w, clamp=False)
+        x, nfe = igct_generate(model, range(N), y, w, clamp=False)
         x = x[:, 0].numpy()
         assert nfe == 1
         assert abs(mode(x) - 2) < S, (w, mode(x))  # mode within +-s of +2
@@ -104,12 +105,15 @@ def test_igct_keeps_the_class_mode_under_guidance():
 def test_cfg_edm_overshoots_like_exact_cfg():
     model = train("edm", EDM_TOY, steps=2000)
     y = torch.ones(N, dtype=torch.long)
-    means, exact = {}, {1.0: 1.99, 4.0: 2.65, 7.0: 2.99, 13.0: 3.46}  # exact CFG means, test_edm.py
+    means, exact = (
+        {},
+        {1.0: 1.99, 4.0: 2.65, 7.0: 2.99, 13.0: 3.46},
+    )  # exact CFG means, test_losses_edm.py
     for w in WS:
         x, _ = sampling.heun(
             model,
             80 * sampling.seeded_randn(range(N), (1,)),
-            sampling.karras_times(40, zero=True),
+            sampling.karras_times(40, model.sigma_min, model.sigma_max, zero=True),
             y,
             w,
         )

@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from test_train import TINY_CM, make_run, shards  # noqa: F401
+from helpers import TINY_CM, make_run
 
 from bcmcore import cli
 from bcmcore.cli.launch import launch as main

@@ -15,6 +15,7 @@ from bcmcore.config import ConfigError, UserError
 from bcmcore.metrics.report import read_csv
 from bcmcore.metrics.spec import EvalSpec, FeaturesConfig, load_spec
 from bcmcore.nets import ModelConfig, NetConfig, build_model, save_network
+from bcmcore.recipes import Recipe
 from bcmcore.toy import DEMO_GMM, ExactFlowMap
 
 
@@ -129,7 +130,7 @@ def test_exact_flow_map_samples_score_like_the_data(gmm):
         progress=False,
     )
     exact = ExactFlowMap(DEMO_GMM)
-    one = sampling.Recipe("onestep")
+    one = Recipe("onestep")
     feats, nfe, _ = ev.generate(
         exact, lambda rng, y, idx: sampling.generate(exact, one, rng.randn((2,)), rng)
     )

@@ -5,97 +5,22 @@ import math
 
 import pytest
 import torch
+from helpers import (
+    EPS,
+    Counted,
+    GaussDenoiser,
+    GaussFlow,
+    GMMDenoiser,
+    T,
+    ZeroRNG,
+    flow,
+    gmm_points,
+)
 
+from bcmcore import recipes as R
 from bcmcore import sampling as S
 from bcmcore.config import UserError
-from bcmcore.toy import DEMO_GMM, ExactFlowMap, GaussianMixture
-
-EPS, T = 0.002, 80.0
-
-
-# ----------------------------------------------------------------------------------------------
-# helpers
-class GaussFlow(torch.nn.Module):
-    """Exact flow map of data ~ N(0, s^2 I): Phi(x, t -> u) = x sqrt(s^2 + u^2) / sqrt(s^2 + t^2).
-    Cheap."""
-
-    kind, sigma_min, sigma_max, s = "bcm", EPS, T, 0.5
-
-    def forward(self, x, t, u=None, y=None):
-        u = torch.full_like(t, self.sigma_min) if u is None else u
-        a = torch.sqrt((self.s**2 + u**2) / (self.s**2 + t**2))
-        return x * a.reshape(-1, *[1] * (x.ndim - 1)).to(x.dtype)
-
-    @staticmethod
-    def phi(x, t, u, s=0.5):
-        return x * math.sqrt((s**2 + u**2) / (s**2 + t**2))
-
-
-class GaussDenoiser(torch.nn.Module):
-    """Ideal denoiser of N(0, s^2 I): D(x, sigma) = x s^2 / (s^2 + sigma^2) (kind edm)."""
-
-    kind, sigma_min, sigma_max, s = "edm", EPS, T, 0.5
-
-    def forward(self, x, sigma, y=None):
-        return x * (self.s**2 / (self.s**2 + sigma**2)).reshape(-1, *[1] * (x.ndim - 1)).to(x.dtype)
-
-
-class GMMDenoiser(torch.nn.Module):
-    """Exact denoiser of a Gaussian mixture (kind edm); label y = k selects component k, -1 the
-    mixture."""
-
-    kind, sigma_min, sigma_max = "edm", EPS, T
-
-    def __init__(self, gmm=DEMO_GMM):
-        super().__init__()
-        self.gmm = gmm
-
-    def component(self, k):
-        return GaussianMixture((self.gmm.means[k],), (self.gmm.stds[k],), (1.0,))
-
-    def forward(self, x, sigma, y=None):
-        out = torch.as_tensor(self.gmm.denoise(x.double().numpy(), sigma.double().numpy()))
-        if y is not None:
-            for k in range(len(self.gmm.means)):
-                sel = (y == k).numpy()
-                if sel.any():
-                    out[sel] = torch.as_tensor(
-                        self.component(k).denoise(
-                            x[sel].double().numpy(), sigma[sel].double().numpy()
-                        )
-                    )
-        return out.to(x.dtype)
-
-
-class Counted(torch.nn.Module):
-    """Counts calls to the wrapped model; exposes its kind and sigma range."""
-
-    def __init__(self, m, kind=None):
-        super().__init__()
-        self.m, self.calls = m, 0
-        self.kind, self.sigma_min, self.sigma_max = kind or m.kind, m.sigma_min, m.sigma_max
-
-    def forward(self, *a, **k):
-        self.calls += 1
-        return self.m(*a, **k)
-
-
-class ZeroRNG:
-    """An rng whose injected noise is zero (isolates the deterministic part of a sampler)."""
-
-    seeds = None
-
-    def randn(self, shape, dtype=torch.float32):
-        return torch.zeros((1, *shape), dtype=dtype)
-
-
-def gmm_points(n=16, seed=0):
-    rng = S.SeededRNG(range(seed, seed + n))
-    return rng, rng.randn((2,), dtype=torch.float64)
-
-
-def flow(x, t, u):
-    return torch.as_tensor(DEMO_GMM.flow(x.numpy(), t, u))
+from bcmcore.toy import DEMO_GMM, ExactFlowMap
 
 
 # ----------------------------------------------------------------------------------------------
@@ -180,11 +105,15 @@ def test_heun_on_the_exact_denoiser_converges_to_the_flow_map():
     ref = flow(T * z, T, EPS)
     errs = []
     for n in (16, 64, 256):
-        x, nfe = S.heun(GMMDenoiser(), T * z, S.karras_times(n))  # EDM Alg. 1, no final zero
+        x, nfe = S.heun(
+            GMMDenoiser(), T * z, S.karras_times(n, EPS, T)
+        )  # EDM Alg. 1, no final zero
         assert nfe == 2 * (n - 1)
         errs.append((x - ref).abs().max().item())
     assert errs[0] > 4 * errs[1] > 16 * errs[2] / 2 and errs[2] < 5e-4, errs  # ~2nd order
-    x, nfe = S.heun(GMMDenoiser(), T * z, S.karras_times(256, zero=True))  # last step Euler to 0
+    x, nfe = S.heun(
+        GMMDenoiser(), T * z, S.karras_times(256, EPS, T, zero=True)
+    )  # last step Euler to 0
     assert nfe == 2 * 256 - 1 and (x - ref).abs().max() < 5e-3
 
 
@@ -192,7 +121,7 @@ def test_heun_passes_labels_and_guidance_follows_the_paper_convention():
     _, z = gmm_points(8)
     y = torch.full((8,), 2)
     x, _ = S.heun(
-        GMMDenoiser(), T * z, S.karras_times(128), y=y
+        GMMDenoiser(), T * z, S.karras_times(128, EPS, T), y=y
     )  # w = 1: conditional ODE of component 2
     ref = torch.as_tensor(GMMDenoiser().component(2).flow(T * z.numpy(), T, EPS))
     assert (x - ref).abs().max() < 2e-3
@@ -215,7 +144,7 @@ SAMPLERS = {
     "zigzag": lambda m, z, r: S.zigzag(m, T * z, [(0.1, 1.2)], r),
     "combined": lambda m, z, r: S.combined(m, T * z, [T, 3.0, EPS], [(0.12, 0.4), (0.05, 0.2)], r),
     "multistep": lambda m, z, r: S.cm_multistep(m, T * z, [T, 0.7, 0.3], r),
-    "heun": lambda m, z, r: S.heun(GaussDenoiser(), T * z, S.karras_times(6, zero=True)),
+    "heun": lambda m, z, r: S.heun(GaussDenoiser(), T * z, S.karras_times(6, EPS, T, zero=True)),
 }
 EXPECTED_NFE = {
     "onestep": 1,
@@ -246,7 +175,7 @@ def test_nfe_equals_network_calls(name):
     rng = S.SeededRNG(range(4))
     if name == "heun":
         model = Counted(GaussDenoiser())
-        x, nfe = S.heun(model, T * rng.randn((3,)), S.karras_times(6, zero=True))
+        x, nfe = S.heun(model, T * rng.randn((3,)), S.karras_times(6, EPS, T, zero=True))
     else:
         x, nfe = SAMPLERS[name](model, rng.randn((3,)), rng)
     assert nfe == model.calls == EXPECTED_NFE[name]
@@ -254,7 +183,7 @@ def test_nfe_equals_network_calls(name):
     _, nfe = S.heun(
         model,
         T * rng.randn((3,)),
-        S.karras_times(6, zero=True),
+        S.karras_times(6, EPS, T, zero=True),
         y=torch.zeros(4, dtype=torch.long),
         w=2.0,
     )
@@ -266,18 +195,21 @@ def test_imagenet_recipes_have_the_spec_nfe_and_times():
     for k in (1, 2, 3, 4):
         rng = S.SeededRNG(range(2))
         model = Counted(GaussFlow())
-        _, nfe[k] = S.generate(model, S.get_recipe(f"imagenet64-nfe{k}"), rng.randn((3,)), rng)
+        _, nfe[k] = S.generate(model, R.get_recipe(f"imagenet64-nfe{k}"), rng.randn((3,)), rng)
         assert nfe[k] == model.calls == k
-    assert S.get_recipe("imagenet64-nfe4").times == (T, 3.0, EPS)
-    assert S.get_recipe("imagenet64-nfe4").pairs == ((0.12, 0.4),)
+    assert R.get_recipe("imagenet64-nfe4").for_model(GaussFlow()).times == (T, 3.0, EPS)
+    assert R.get_recipe("imagenet64-nfe4").pairs == ((0.12, 0.4),)
     # CM index schedules: '0,22,39' of 40 starts at T and stays within the range
-    taus = S.get_recipe("cd-imagenet64-nfe2").times  # the final index 39 (= eps) only ends the loop
+    taus = R.get_recipe("cd-imagenet64-nfe2").for_model(GaussFlow()).times  # index 39 ends the loop
     assert len(taus) == 2 and taus[0] == T and T > taus[1] > EPS
-    for name, r in S.RECIPES.items():  # every recipe's times pass the routine's own check
+    for name, r in {**R.RECIPES, **R.SCHEDULES}.items():  # every recipe passes its own check
         direction = "increasing" if r.sampler in ("invert", "inpaint") else "decreasing"
-        S.check_times(GaussFlow(), r.times, name, direction, min_len=1, allow_final_zero=True)
-    with pytest.raises(UserError, match="unknown recipe"):
-        S.get_recipe("nope")
+        times = r.for_model(GaussFlow()).times
+        S.check_times(GaussFlow(), times, name, direction, min_len=0, allow_final_zero=True)
+    with pytest.raises(UserError, match="unknown generation recipe"):
+        R.get_recipe("nope")
+    with pytest.raises(UserError, match="inversion/editing schedule"):
+        R.get_recipe("demo-invert-nfe2")  # generation recipes and schedules are kept apart
 
 
 def test_parse_flags():

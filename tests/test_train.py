@@ -1,179 +1,32 @@
 """The training loop on CPU: bitwise resume after SIGKILL, accumulation, fine-tuning init, bad
 input.
 
-Helpers here (gmm2d shards, tiny run configs, subprocess runs) are shared by test_train_dist.py and
-test_launch.py.
+Its helpers (tiny run configs, subprocess runs) are in helpers.py, the gmm2d shards fixture in
+conftest.py.
 """
 
 import json
 import os
 import random
-import signal
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 
 import pytest
 import torch
+from helpers import (
+    TINY_BCM,
+    TINY_CM,
+    assert_same_state,
+    final_state,
+    make_run,
+    run_and_kill,
+    run_to_end,
+)
 
 from bcmcore.config import ConfigError, UserError
 from bcmcore.train import TrainConfig, training_loop
-from bcmcore.train.checkpoint import find_states, load_state
-
-TINY_BCM = {
-    "kind": "bcm",
-    "net": {
-        "arch": "mlp",
-        "data_channels": 2,
-        "channels": 16,
-        "num_blocks": 1,
-        "two_time": True,
-        "two_time_embed": "project",
-    },
-}
-TINY_CM = {
-    "kind": "cm",
-    "net": {"arch": "mlp", "data_channels": 2, "channels": 16, "num_blocks": 1},
-}
-
-
-# ------------------------------------------------------------------------------------------ helpers
-
-
-@pytest.fixture(scope="session")
-def shards(tmp_path_factory):
-    """Real gmm2d WebDataset shards written by `bcm prep gmm2d`."""
-    from bcmcore.cli.prep import prep as main
-
-    out = tmp_path_factory.mktemp("gmm2d") / "shards"
-    assert (
-        main(
-            [
-                "gmm2d",
-                "--out",
-                str(out),
-                "--n-train",
-                "512",
-                "--n-test",
-                "64",
-                "--shard-size",
-                "256",
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
-    )
-    return out
-
-
-def make_run(run_dir, shards, model=TINY_BCM, loss=None, **train):
-    """Write RUN_DIR/config.json for a tiny toy run (train keys override the small defaults)."""
-    cfg = {
-        "model": model,
-        "loss": loss or {"kind": "bct"},
-        "data": {"shards": str(shards)},
-        "train": {
-            "total_steps": 8,
-            "batch": 16,
-            "status_every": 1,
-            "checkpoint_every": 2,
-            "ema_rate": 0.9,
-            "lr": 1e-3,
-            **train,
-        },
-    }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg))
-    return run_dir
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def train_procs(run_dir, world=1, device_args=()):
-    """Start `python -m bcmcore train` as `world` gloo processes (torchrun-style env). Rank 0's
-    stdout piped."""
-    port = free_port()
-    procs = []
-    for rank in range(world):
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        if world > 1:
-            env.update(
-                RANK=str(rank),
-                WORLD_SIZE=str(world),
-                LOCAL_RANK=str(rank),
-                LOCAL_WORLD_SIZE=str(world),
-                MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=str(port),
-            )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "bcmcore", "train", "--run-dir", str(run_dir), *device_args],
-                env=env,
-                text=True,
-                stdout=subprocess.PIPE if rank == 0 else subprocess.DEVNULL,
-                stderr=subprocess.STDOUT if rank == 0 else subprocess.DEVNULL,
-            )
-        )
-    return procs
-
-
-def run_to_end(run_dir, world=1):
-    procs = train_procs(run_dir, world)
-    out = procs[0].communicate(timeout=600)[0]
-    for p in procs[1:]:
-        p.wait(timeout=60)
-    assert all(p.returncode == 0 for p in procs), out
-    return out
-
-
-def run_and_kill(run_dir, kill_step, world=1):
-    """Start the run and SIGKILL every process as soon as rank 0 reports step `kill_step`."""
-    procs = train_procs(run_dir, world)
-    seen = []
-    for line in procs[0].stdout:
-        seen.append(line)
-        if line.startswith(f"step {kill_step}/"):
-            for p in procs:
-                p.send_signal(signal.SIGKILL)
-            break
-    for p in procs:
-        p.wait(timeout=60)
-    assert procs[0].returncode == -signal.SIGKILL, "".join(seen)
-
-
-def assert_same_state(a, b, exact=True):
-    """All parameters, EMA weights and optimizer state equal (bitwise, or to float tolerance)."""
-
-    def walk(x, y, where):
-        if torch.is_tensor(x):
-            ok = torch.equal(x, y) if exact else torch.allclose(x, y, rtol=1e-4, atol=1e-6)
-            assert ok, (
-                f"{where} differs (max |diff| {(x.double() - y.double()).abs().max().item():.3g})"
-            )
-        elif isinstance(x, dict):
-            assert x.keys() == y.keys(), where
-            for k in x:
-                walk(x[k], y[k], f"{where}.{k}")
-        elif isinstance(x, (list, tuple)):
-            for i, (u, v) in enumerate(zip(x, y)):
-                walk(u, v, f"{where}[{i}]")
-        else:
-            assert x == y, f"{where}: {x!r} != {y!r}"
-
-    assert a["step"] == b["step"]
-    for key in ("net", "ema", "optimizer"):
-        walk(a[key], b[key], key)
-
-
-def final_state(run_dir):
-    return load_state(find_states(run_dir)[-1][1])
-
+from bcmcore.train.checkpoint import find_states
 
 # ------------------------------------------------------------------------------------------ resume
 

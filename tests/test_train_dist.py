@@ -5,14 +5,7 @@ import random
 
 import pytest
 import torch
-from test_train import (
-    assert_same_state,
-    final_state,
-    make_run,
-    run_and_kill,
-    run_to_end,
-    shards,  # noqa: F401 (a fixture)
-)
+from helpers import assert_same_state, final_state, make_run, run_and_kill, run_to_end
 
 from bcmcore.train import training_loop
 

@@ -9,9 +9,10 @@ import torch
 from bcmcore import dist, editing, runner, sampling
 from bcmcore.cli._args import parse_ids, parse_pairs, parse_times, parser
 from bcmcore.config import UserError
+from bcmcore.images import to_float, to_uint8_nhwc
 from bcmcore.nets.facts import data_shape, is_vector, num_classes
+from bcmcore.recipes import RECIPES, Recipe, get_recipe, get_schedule
 
-GEN_SAMPLERS = ("onestep", "ancestral", "zigzag", "combined", "multistep", "heun")
 SECOND_IMAGE_SEED = (
     1_000_000_007  # interpolation: the second image's initial noise uses seed + this
 )
@@ -39,7 +40,7 @@ def _setup(args):
 
 def _images(model, x):
     """Network output -> what we save: uint8 NHWC for images, float32 vectors for toy data."""
-    return x.detach().float().cpu().numpy() if is_vector(model) else editing.to_uint8(x)
+    return x.detach().float().cpu().numpy() if is_vector(model) else to_uint8_nhwc(x)
 
 
 def _labels(model, spec, seeds, positions, device):
@@ -61,47 +62,40 @@ def _labels(model, spec, seeds, positions, device):
 # ---------------------------------------------------------------------------------------------- bcm
 # sample
 def _recipe(args, model):
+    """The generation recipe of --recipe, or of --sampler/--steps/--zigzag/--num-steps."""
     if args.recipe:
         if args.sampler or args.steps or args.zigzag:
             raise UserError("give either --recipe or --sampler/--steps/--zigzag, not both")
-        r = sampling.get_recipe(args.recipe)
-    else:
-        s = args.sampler or ("heun" if model.kind == "edm" else "onestep")
-        times = parse_times(args.steps) if args.steps else []
-        if s in ("ancestral", "combined") and times and times[-1] > model.sigma_min:
-            times.append(model.sigma_min)  # "--steps 80,2.4" means 80 -> 2.4 -> eps
-        if s == "heun" and not times:
-            times = sampling.karras_times(
-                args.num_steps, model.sigma_min, model.sigma_max, zero=True
-            )
-        if s in ("ancestral", "combined", "multistep") and not times:
-            raise UserError(
-                f"--steps: sampler {s} needs time steps, e.g. --steps 80,2.4 (or use --recipe)"
-            )
-        pairs = parse_pairs(args.zigzag) if args.zigzag else []
-        if s in ("zigzag", "combined") and not pairs:
-            raise UserError(
-                f"--zigzag: sampler {s} needs zigzag rounds eps:t, e.g. --zigzag 0.1:1.2"
-            )
-        r = sampling.Recipe(s, tuple(times), tuple(pairs))
-    if r.sampler not in GEN_SAMPLERS:
+        return get_recipe(args.recipe)
+    s = args.sampler or {"edm": "heun", "igct": "igct"}.get(model.kind, "onestep")
+    sampler = sampling.get_sampler(s, "--sampler")
+    times = parse_times(args.steps) if args.steps else []
+    if s in ("ancestral", "combined") and times and times[-1] > model.sigma_min:
+        times.append(model.sigma_min)  # "--steps 80,2.4" means 80 -> 2.4 -> eps
+    if s == "heun" and not times:  # EDM Heun on the model's Karras grid
+        return Recipe("heun", karras=(args.num_steps, (), True))
+    if sampler.times and not times:
         raise UserError(
-            f"recipe {args.recipe!r} is for `bcm {'invert' if r.sampler == 'invert' else 'edit'}`, "
-            "not for generation"
+            f"--steps: sampler {s} needs time steps, e.g. --steps 80,2.4 (or use --recipe)"
         )
-    return r
+    pairs = parse_pairs(args.zigzag) if args.zigzag else []
+    if sampler.pairs and not pairs:
+        raise UserError(f"--zigzag: sampler {s} needs zigzag rounds eps:t, e.g. --zigzag 0.1:1.2")
+    return Recipe(s, tuple(times), tuple(pairs), steps=args.num_steps)
 
 
 def sample_parser():
     p = _common("bcm sample")
     p.add_argument("--seeds", default="0-63", help="one sample per seed, e.g. 0-49999")
-    p.add_argument("--sampler", choices=GEN_SAMPLERS, help="default onestep (edm: heun)")
+    p.add_argument(
+        "--sampler", choices=list(sampling.SAMPLERS), help="default onestep (edm: heun, igct: igct)"
+    )
     p.add_argument("--steps", help="time steps, e.g. 80,2.4 (ancestral; eps is appended)")
     p.add_argument("--zigzag", help="zigzag rounds eps:t, e.g. 0.1:1.2,0.05:0.4")
     p.add_argument(
         "--num-steps", type=int, default=18, help="heun: Karras grid points; igct: 1 or 2"
     )
-    p.add_argument("--recipe", help=f"named schedule: {', '.join(sorted(sampling.RECIPES))}")
+    p.add_argument("--recipe", help=f"named recipe: {', '.join(sorted(RECIPES))}")
     p.add_argument("--class-labels", help="random (default), or ids/ranges cycled over the seeds")
     p.add_argument(
         "--w", type=float, default=1.0, help="guidance weight (paper convention, 1 = none)"
@@ -118,18 +112,11 @@ def sample(argv):
     model, meta, device = _setup(args)
     out = Path(args.out)
     shape = data_shape(model)
-    if model.kind == "igct":  # iGCT generates through its guided denoiser (bcmcore.guided)
-        from bcmcore import guided
+    recipe = _recipe(args, model).for_model(model)
 
-        recipe = sampling.Recipe("igct", note=f"{args.num_steps} step")
-        gen = lambda rng, y, s: guided.igct_generate(
-            model, s, y, args.w, shape, args.num_steps, device=device, clamp=not is_vector(model)
-        )
-    else:
-        recipe = _recipe(args, model)
-        gen = lambda rng, y, s: sampling.generate(
-            model, recipe, rng.randn(shape), rng, y, args.w, args.clamp
-        )
+    def gen(rng, y, s):
+        clamp = True if args.clamp else None  # None: the sampler's own rule
+        return sampling.generate(model, recipe, rng.randn(shape), rng, y, args.w, clamp)
 
     def fn(pos):
         rng = sampling.SeededRNG(seeds[pos], device)
@@ -190,7 +177,7 @@ def load_inputs(args):
 
 def _to_model(model, x, device):
     x = x.to(device)
-    return x.float() if is_vector(model) else x.float() / 127.5 - 1
+    return x.float() if is_vector(model) else to_float(x)
 
 
 def _batch_inputs(model, args, x_all, y_all, idx_all, pos, device):
@@ -201,7 +188,7 @@ def _batch_inputs(model, args, x_all, y_all, idx_all, pos, device):
 
 def _times(args, model, flag="--steps"):
     if getattr(args, "recipe", None):
-        r = sampling.get_recipe(args.recipe)
+        r = get_schedule(args.recipe).for_model(model)
         return list(r.times), list(r.gen_times)
     if not args.steps:
         raise UserError(f"{flag}: give the time steps (e.g. 0.07,15,80) or --recipe")
@@ -223,28 +210,16 @@ def invert(argv):
     model, meta, device = _setup(args)
     x_all, y_all, idx_all = load_inputs(args)
     out = Path(args.out)
+    times, gen = (), ()
     if model.kind == "bcm":
         times, gen = _times(args, model)
         gen = parse_times(args.gen_steps, "--gen-steps") if args.gen_steps else gen
-    elif model.kind == "edm":
-        times = sampling.karras_times(args.num_steps, model.sigma_min, model.sigma_max)[::-1]
-    elif model.kind != "igct":
-        sampling.check_kind(model, ("bcm", "edm", "igct"), "bcm invert")
 
     def fn(pos):
         x, y, rng = _batch_inputs(model, args, x_all, y_all, idx_all, pos, device)
-        if model.kind == "bcm":
-            lat, n_inv = editing.invert(model, x, times, rng, y)
-            rec, n_gen = editing.reconstruct(model, lat, times[-1], y, gen or None)
-        elif model.kind == "edm":
-            lat, n_inv = editing.heun_invert(model, x, times, y)
-            rec, n_gen = sampling.heun(model, lat, times[::-1] + [0.0], y)
-        else:
-            from bcmcore import guided
-
-            lat, n_inv = guided.igct_invert(model, x, y)
-            rec, n_gen = guided.igct_edit(model, x, y, y, clamp=not is_vector(model))
-            n_gen -= n_inv
+        lat, rec, n_inv, n = editing.invert_and_reconstruct(
+            model, x, rng, y, times, gen, args.num_steps
+        )
         mse = (
             ((rec - x) ** 2).flatten(1).mean(1).cpu()
             if is_vector(model)
@@ -256,7 +231,7 @@ def invert(argv):
             "orig": _images(model, x),
             "mse": mse.numpy(),
             "nfe_inv": np.full(len(pos), n_inv),
-            "nfe": np.full(len(pos), n_inv + n_gen),
+            "nfe": np.full(len(pos), n),
         }
 
     res = runner.run_sharded(len(idx_all), args.batch, fn, out, "invert")

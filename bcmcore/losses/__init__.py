@@ -10,24 +10,9 @@ Kinds: ict, bct (here), igct, edm (imported on first use: they pull in the guide
 import importlib
 
 from bcmcore.config import ConfigError, from_dict
+from bcmcore.losses.registry import LOSSES, register  # noqa: F401 (the registry's API)
 
-LOSSES = {}  # kind -> loss class
 _LAZY = {"igct": "bcmcore.losses.igct", "edm": "bcmcore.losses.edm"}
-
-
-def register(kind):
-    """Class decorator: `@register("ict")` makes the class buildable as `loss.kind: ict`."""
-
-    def deco(cls):
-        if kind in LOSSES and LOSSES[kind] is not cls:
-            raise ValueError(
-                f"loss kind '{kind}' registered twice ({LOSSES[kind].__name__}, {cls.__name__})"
-            )
-        LOSSES[kind] = cls
-        cls.kind = kind
-        return cls
-
-    return deco
 
 
 def known_kinds():

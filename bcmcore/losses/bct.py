@@ -17,8 +17,9 @@ from torch.func import functional_call
 
 from bcmcore import param
 from bcmcore.config import ConfigError
-from bcmcore.losses import register
-from bcmcore.losses.ict import ICTLoss, draw_seed, same_dropout
+from bcmcore.losses.dropout import draw_seed, same_dropout
+from bcmcore.losses.ict import ICTLoss
+from bcmcore.losses.registry import register
 
 
 @register("bct")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from bcmcore.config import ConfigError
-from bcmcore.losses import register
+from bcmcore.losses.registry import register
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ lognormal on the Karras grid of the curriculum's current size, and a teacher tha
 weights under stop-gradient (no EMA teacher). Student and teacher passes see the same dropout masks.
 """
 
-import contextlib
 import dataclasses
 from dataclasses import dataclass
 from typing import Literal
@@ -15,7 +14,8 @@ import torch
 
 from bcmcore import param
 from bcmcore.config import ConfigError
-from bcmcore.losses import register
+from bcmcore.losses.dropout import draw_seed, shared_dropout
+from bcmcore.losses.registry import register
 
 
 @dataclass(frozen=True)
@@ -53,37 +53,6 @@ class Curriculum:
 
     def min_intervals(self):
         return self.s0 if self.kind == "ict" else min(n for _, n in self.phases)
-
-
-def draw_seed():
-    """A dropout seed from the global RNG (which the loop reseeds per step and rank)."""
-    return int(torch.randint(0, 2**62, ()))
-
-
-@contextlib.contextmanager
-def same_dropout(seed, device, enabled=True):
-    """Run a forward pass with the RNG of `device` (and the CPU) seeded by `seed`; restore the
-    streams after.
-
-    Every pass run under the same seed draws identical dropout masks (iCT's synchronised dropout),
-    and the global noise stream is left exactly as it was, whatever the network draws inside.
-    """
-    if not enabled:
-        yield
-        return
-    device = torch.device(device)
-    if device.type == "cpu":
-        with torch.random.fork_rng(devices=[]):
-            torch.random.default_generator.manual_seed(seed)
-            yield
-        return
-    mod = torch.get_device_module(device.type)
-    index = device.index if device.index is not None else mod.current_device()
-    with torch.random.fork_rng(devices=[index], device_type=device.type):
-        torch.random.default_generator.manual_seed(seed)
-        with mod.device(index):
-            mod.manual_seed(seed)
-        yield
 
 
 @register("ict")
@@ -127,15 +96,13 @@ class ICTLoss:
     def ct_pair(self, model, x, y, t_next, t_cur, z, seed):
         """Student A = f(x + t_{n+1} z, t_{n+1}) and teacher B = f_sg(x + t_n z, t_n), same z, same
         masks."""
-        sync = self.cfg.sync_dropout
-        with same_dropout(seed, x.device, sync):
-            a = model(x + param.append_dims(t_next, x.ndim) * z, t_next, y=y)
-        with (
-            same_dropout(seed, x.device, sync),
-            torch.no_grad(),
-        ):  # teacher = online weights, train mode
-            b = model(x + param.append_dims(t_cur, x.ndim) * z, t_cur, y=y)
-        return a, b.detach()
+        return shared_dropout(  # teacher = online weights, train mode, no grad
+            lambda: model(x + param.append_dims(t_next, x.ndim) * z, t_next, y=y),
+            lambda: model(x + param.append_dims(t_cur, x.ndim) * z, t_cur, y=y),
+            x.device,
+            seed,
+            self.cfg.sync_dropout,
+        )
 
     # -- the objective
     # -----------------------------------------------------------------------------------

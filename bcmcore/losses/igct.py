@@ -12,8 +12,8 @@ import torch
 
 from bcmcore import param
 from bcmcore.config import ConfigError, UserError
-from bcmcore.losses import register
-from bcmcore.losses.ict import draw_seed, same_dropout
+from bcmcore.losses.dropout import shared_dropout
+from bcmcore.losses.registry import register
 
 
 @dataclass(frozen=True)
@@ -87,19 +87,6 @@ def guidance_prob(t, cfg):
     return cfg.guide_p_max * ramp**cfg.guide_gamma
 
 
-def shared_dropout(fn_online, fn_target, device):
-    """Online pass and stop-grad target pass (online weights) with the same dropout masks (ECT
-    trick, docs/methods.md §7.2)."""
-    seed = draw_seed()
-    with same_dropout(seed, device):
-        online = fn_online()
-    if fn_target is None:  # no target needed: the RNG stream is the same as with the pass
-        return online, None
-    with same_dropout(seed, device), torch.no_grad():
-        target = fn_target()
-    return online, torch.nan_to_num(target.detach())
-
-
 def reconstruction_loss(model, x_tar, y, c):
     """L_rec = d(D(N(x~, t_min, c), T, c, w=1), x~), x~ = x_tar + t_min eps; gradients into BOTH
     nets (docs/methods.md §7.4)."""
@@ -166,12 +153,13 @@ class IGCTLoss:
         online, target = shared_dropout(
             lambda: model.noiser(noised(t_in), t_in, y), lambda: model.noiser(noised(t), t, y), dev
         )
+        target = torch.nan_to_num(target)  # as the authors do
         l_inv = (
             model.sigma_data / model.sigma_max * (t - t_in) * param.pseudo_huber(online, target, c)
         )
 
         # Guided consistency (denoiser): source x_src noised w.p. p(t), target by the guided Euler
-        # step (§4.2).
+        # step (docs/methods.md §7.2).
         t, r = self._t_r(n, cfg.P_mean, cfg.P_std, stage, model, dev)
         w = cfg.w_min + (cfg.w_max - cfg.w_min) * torch.rand(n, device=dev)
         guided = torch.rand(n, device=dev) < guidance_prob(t, cfg)
@@ -193,7 +181,9 @@ class IGCTLoss:
         if target is None:
             target = y_img
         else:
-            target = torch.where(param.append_dims(r > 0, x_tar.ndim), target, y_img)
+            target = torch.where(
+                param.append_dims(r > 0, x_tar.ndim), torch.nan_to_num(target), y_img
+            )
         l_gct = param.pseudo_huber(online, target, c) / (t - r)  # ECT weight 1/(t - r)
 
         total = l_inv + l_gct

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from bcmcore.config import UserError
+from bcmcore.images import to_float
 from bcmcore.util import atomic_torch_save
 
 FORMAT = "bcm-demo-classifier/1"
@@ -58,13 +59,9 @@ class DemoClassifier(nn.Module):
     def classify(self, x):
         """Predicted labels (LongTensor [B]) of images in [-1, 1] (float) or uint8 [0, 255]."""
         x = torch.as_tensor(x)
-        x = x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x.float()
+        x = to_float(x)
         dev = next(self.parameters()).device
         return self(x.to(dev)).argmax(1).to(x.device)
-
-
-def _to_float(x_uint8):
-    return torch.as_tensor(np.asarray(x_uint8)).float() / 127.5 - 1
 
 
 def _shift(x, gen, max_shift=1):
@@ -83,7 +80,7 @@ def train_demo_classifier(x, y, epochs=10, batch_size=64, lr=2e-3, seed=0):
     )  # tiny convolutions: extra threads only add contention (and nondeterminism)
     try:
         return _train(
-            _to_float(x), torch.as_tensor(np.asarray(y)).long(), epochs, batch_size, lr, seed
+            to_float(x), torch.as_tensor(np.asarray(y)).long(), epochs, batch_size, lr, seed
         )
     finally:
         torch.set_num_threads(threads)
@@ -112,7 +109,7 @@ def _train(x, y, epochs, batch_size, lr, seed):
 def accuracy(net, x, y, batch_size=512):
     y = torch.as_tensor(np.asarray(y)).long()
     pred = torch.cat(
-        [net.classify(_to_float(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+        [net.classify(to_float(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
     )
     return float((pred == y).float().mean())
 

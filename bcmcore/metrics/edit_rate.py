@@ -4,6 +4,7 @@ the eval sweep reports the same number per w in guidance_table.csv)."""
 import torch
 
 from bcmcore import guided
+from bcmcore.images import to_float
 from bcmcore.nets.facts import check_kind, num_classes
 from bcmcore.nets.igct import check_w
 
@@ -22,7 +23,7 @@ def edit_rate_table(network, shards, out, ws, split="test", limit=200, steps=18,
     model, _ = load_network(network, device)
     check_kind(model, ("igct", "edm"), "edit rate")
     x, y = load_split(shards, split, limit=limit)
-    x = torch.as_tensor(x).float().div(127.5).sub(1).to(device)
+    x = to_float(x).to(device)
     classifier = load_demo_classifier(shards, device)
     rates = guided.edit_success_rate(model, classifier.classify, x, y, ws, steps)
     n_pairs = x.shape[0] * (num_classes(model) - 1)

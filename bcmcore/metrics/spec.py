@@ -23,10 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from bcmcore import sampling
+from bcmcore import recipes, sampling
 from bcmcore.config import ConfigError, UserError, from_dict
-
-GEN_SAMPLERS = ("onestep", "ancestral", "zigzag", "combined", "multistep", "heun", "igct")
 
 
 @dataclass(frozen=True)
@@ -45,33 +43,42 @@ class FeaturesConfig:
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """One generation setting: a named `sampling.RECIPES` entry, or sampler + times/pairs
-    explicitly."""
+    """One generation setting: a named `recipes.RECIPES` entry, or a `sampling.SAMPLERS` name +
+    times/pairs explicitly."""
 
     recipe: str = ""
-    sampler: str = ""  # onestep|ancestral|zigzag|combined|multistep|heun|igct
+    sampler: str = ""  # a sampling.SAMPLERS name
     times: tuple[float, ...] = ()
     pairs: tuple[tuple[float, float], ...] = ()  # zigzag rounds (eps_i, t_i)
     steps: int = 1  # igct: 1 or 2 denoiser calls
     name: str = ""  # label in tables/plots; default: the sampler
 
-    def resolve(self, where):
+    def resolve(self, where, kind=None):
+        """The Recipe this setting names (resolved on a model's sigmas by the sweep); kind: the
+        model kind it must run on."""
         if self.recipe:
             if self.sampler or self.times or self.pairs:
                 raise ConfigError(
                     f"{where}: give either 'recipe' or 'sampler'/'times'/'pairs', not both"
                 )
             try:
-                r = sampling.get_recipe(self.recipe)
+                r = recipes.get_recipe(self.recipe)
             except UserError as e:
                 raise ConfigError(f"{where}.recipe: {e}") from None
-            return r.sampler, tuple(r.times), tuple(r.pairs)
-        if self.sampler not in GEN_SAMPLERS:
+        elif self.sampler not in sampling.SAMPLERS:
             raise ConfigError(
-                f"{where}.sampler: expected one of {list(GEN_SAMPLERS)} or a recipe, "
+                f"{where}.sampler: expected one of {list(sampling.SAMPLERS)} or a recipe, "
                 f"got {self.sampler!r}"
             )
-        return self.sampler, tuple(self.times), tuple(self.pairs)
+        else:
+            r = recipes.Recipe(self.sampler, tuple(self.times), tuple(self.pairs), steps=self.steps)
+        kinds = sampling.SAMPLERS[r.sampler].kinds
+        if kind is not None and kind not in kinds:
+            raise ConfigError(
+                f"{where}: sampler {r.sampler!r} runs on kind {' or '.join(kinds)}, "
+                f"not on this {kind!r} model"
+            )
+        return r
 
 
 @dataclass(frozen=True)
@@ -138,7 +145,7 @@ def _check(spec, path):
         raise ConfigError(f"{path}: num_samples and batch_size must be positive")
     for i, m in enumerate(spec.models):
         for j, s in enumerate(m.samplers):
-            s.resolve(f"models[{i}].samplers[{j}]")
+            s.resolve(f"models[{i}].samplers[{j}]", m.kind)
         if m.guidance and m.kind not in ("igct", "edm"):
             raise ConfigError(
                 f"models[{i}].guidance: guidance sweeps need kind igct or edm, got {m.kind!r}"

@@ -14,19 +14,14 @@ from tqdm import tqdm
 from bcmcore import dist, editing, guided, sampling
 from bcmcore.config import UserError
 from bcmcore.editing import mse_per_item
+from bcmcore.images import to_float, to_uint8
 from bcmcore.metrics import fid as fidlib
 from bcmcore.metrics import image_quality, perceptual, prdc, report, vgg16
 from bcmcore.metrics.features import build_extractor
 from bcmcore.metrics.inception_score import inception_score
 from bcmcore.metrics.kid import kid
 from bcmcore.nets.facts import data_shape, num_classes
-
-
-class _ZeroNoise:
-    """Stands in for SeededRNG where the spec switches BCM's initial inversion noise off."""
-
-    def randn(self, shape, dtype=torch.float32):
-        return torch.zeros(shape, dtype=dtype)
+from bcmcore.recipes import Recipe, get_recipe
 
 
 def gather_rows(local, local_idx, total):
@@ -165,7 +160,7 @@ class Evaluator:
         if self.vector:
             return x.detach().double().cpu().numpy()
         x = x.clamp(-1, 1) if self.spec.clamp else x
-        return editing.to_uint8(x).transpose(0, 3, 1, 2)
+        return to_uint8(x).numpy()
 
     def batches(self, desc):
         b = self.spec.batch_size
@@ -257,36 +252,22 @@ def _seed_text(seeds):
 
 
 def _sampler_fn(ev, model, s, where):
-    sampler, times, pairs = s.resolve(where)
-    if sampler == "igct":
-
-        def fn(rng, y, idx):
-            return guided.igct_generate(
-                model,
-                ev.seeds[idx],
-                y,
-                1.0,
-                ev.shape,
-                s.steps,
-                device=ev.device,
-                clamp=not ev.vector,
-            )
-
-        return fn, _steps_text("igct", steps=s.steps)
-    recipe = sampling.Recipe(sampler, times, pairs)
+    recipe = s.resolve(where).for_model(model)
 
     def fn(rng, y, idx):
         return sampling.generate(model, recipe, rng.randn(ev.shape), rng, y)
 
-    return fn, _steps_text(sampler, times, pairs)
+    return fn, _recipe_text(recipe)
+
+
+def _recipe_text(r):
+    return _steps_text(r.sampler, r.times, r.pairs, r.steps if r.sampler == "igct" else None)
 
 
 def _guided_fn(ev, model, g, w):
-    if model.kind == "igct":  # iGCT: w is a network input, NFE = steps
-        return lambda rng, y, idx: guided.igct_generate(
-            model, ev.seeds[idx], y, w, ev.shape, g.steps, device=ev.device, clamp=not ev.vector
-        )
-    recipe = sampling.get_recipe(g.recipe)  # CFG-EDM: Heun with D_null + w (D_c - D_null)
+    # iGCT: w is a network input, NFE = steps; CFG-EDM: Heun with D_null + w (D_c - D_null)
+    recipe = Recipe("igct", steps=g.steps) if model.kind == "igct" else get_recipe(g.recipe)
+    recipe = recipe.for_model(model)
     return lambda rng, y, idx: sampling.generate(
         model, recipe, rng.randn(ev.shape), rng, y, w=float(w)
     )
@@ -294,25 +275,11 @@ def _guided_fn(ev, model, g, w):
 
 def reconstruct_batch(model, inv, x, y, rng, clamp=True):
     """Invert and decode one batch per an InversionSpec -> (reconstruction, inversion NFE, total
-    NFE)."""
-    if model.kind == "bcm":  # BCM Alg. 5, then decode 1 step (or along gen_times)
-        latent, n_inv = editing.invert(
-            model, x, inv.times, rng if inv.initial_noise else _ZeroNoise(), y
-        )
-        x_hat, n_gen = editing.reconstruct(
-            model, latent, float(inv.times[-1]), y, inv.gen_times or None
-        )
-        return x_hat, n_inv, n_inv + n_gen
-    if (
-        model.kind == "igct"
-    ):  # noiser, then denoiser at T with the source class and w = 1 (docs/methods.md §9-10)
-        x_hat, n = guided.igct_edit(model, x, y, y, 1.0, clamp=clamp)
-        return x_hat, 1, n
-    if model.kind == "edm":  # EDM ODE inversion and regeneration with deterministic Heun
-        latent, n_inv = editing.heun_invert(model, x, sampling.karras_times(inv.steps)[::-1], y)
-        x_hat, n_gen = sampling.heun(model, latent, sampling.karras_times(inv.steps, zero=True), y)
-        return x_hat, n_inv, n_inv + n_gen
-    raise UserError(f"inversion needs a bcm, igct or edm model, got kind {model.kind!r}")
+    NFE), through the same routine as `bcm invert`."""
+    _, x_hat, n_inv, n = editing.invert_and_reconstruct(
+        model, x, rng, y, inv.times, inv.gen_times, inv.steps, inv.initial_noise, clamp
+    )
+    return x_hat, n_inv, n
 
 
 @torch.no_grad()
@@ -329,7 +296,7 @@ def item_sweep(ev, model, x_all, y_all, fn, desc, width=1):
     ):
         idx = mine[i : i + ev.spec.batch_size]
         x = x_all[idx].to(ev.device)
-        x = x.double() if ev.vector else x.float() / 127.5 - 1
+        x = x.double() if ev.vector else to_float(x)
         y = y_all[idx].to(ev.device) if num_classes(model) else None
         rng = sampling.SeededRNG(ev.spec.seed + idx, ev.device)
         v, n_inv, n = fn(x.float(), y, rng)
@@ -451,7 +418,7 @@ def run(spec, out_dir, device=None, progress=True):
                 model,
                 x_all,
                 y_all,
-                lambda x, y, rng, inv=inv: (
+                lambda x, y, rng, inv=inv, model=model: (
                     *reconstruct_batch(model, inv, x, y, rng, not ev.vector),
                     x,
                 ),
@@ -472,7 +439,7 @@ def run(spec, out_dir, device=None, progress=True):
             dist.print0(f"[eval] {m.name} inversion NFE {n_inv}: MSE {scores['mse']:.5f}")
         for times in m.jpeg:
 
-            def restore(x, y, rng, times=times):
+            def restore(x, y, rng, times=times, model=model):
                 x_jpeg = editing.jpeg_compress(x, spec.jpeg_quality)
                 x_hat, n = editing.jpeg_restore(model, x_jpeg, times, rng, y)
                 return x_hat, len(times) - 1, n, x  # compared with the CLEAN image (App. B.1.2)
@@ -511,9 +478,8 @@ def run(spec, out_dir, device=None, progress=True):
                 }
                 if m.guidance.edits:
                     n_img = min(m.guidance.edits, len(x_all))
-                    times = sampling.get_recipe(
-                        m.guidance.recipe
-                    ).times  # EDM: a Karras grid of as many points
+                    # EDM: a Karras grid of as many points
+                    times = get_recipe(m.guidance.recipe).for_model(model).times
                     steps = len(times) - (times[-1] == 0)
                     row["edit_rate"], row["edit_lpips"], row["edit_nfe"] = edit_rate_sweep(
                         ev, model, x_all[:n_img], y_all[:n_img], w, steps

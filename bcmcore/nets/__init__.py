@@ -4,7 +4,8 @@ wrappers.
 Contracts: docs/interfaces.md, section nets. iGCT's two-net model lives in nets/igct.py.
 """
 
-from bcmcore.nets.config import ModelConfig, NetConfig, build_model, build_net
+from bcmcore.nets.build import build_model, build_net
+from bcmcore.nets.config import ModelConfig, NetConfig
 from bcmcore.nets.finetune import bcm_from_cm
 from bcmcore.nets.io import load_network, save_network
 from bcmcore.nets.precond import ConsistencyModel, EDMDenoiser

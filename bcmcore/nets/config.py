@@ -1,10 +1,10 @@
-"""NetConfig / ModelConfig and the builders (docs/interfaces.md, nets)."""
+"""NetConfig / ModelConfig: what a network and a preconditioned model are (docs/interfaces.md,
+nets); the builders are in nets/build.py."""
 
 from dataclasses import dataclass, field
 from typing import Literal
 
 from bcmcore import param
-from bcmcore.config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -66,66 +66,3 @@ class ModelConfig:
     # iGCT noiser: "boundary" N = x + (T - t) F (ours, trained and sampled alike); "authors-eval"
     # N = (T - t) F, the iGCT authors' eval rule, which `bcm import` records for their nets.
     noiser_rule: Literal["boundary", "authors-eval"] = "boundary"
-
-
-def _validate(net, where):
-    if net.arch != "mlp":
-        levels = len(net.ch_mult)
-        if net.resolution % (2 ** (levels - 1)):
-            raise ConfigError(
-                f"{where}.resolution: {net.resolution} is not divisible by 2^(len(ch_mult)-1)"
-            )
-    if net.arch == "adm" and net.channels * min(net.ch_mult) % net.head_channels:
-        raise ConfigError(
-            f"{where}.head_channels: must divide every level's width "
-            f"(channels {net.channels} x ch_mult {net.ch_mult})"
-        )
-    if net.arch != "adm" and (net.adagn or not net.cosine_attention):
-        raise ConfigError(f"{where}.adagn / cosine_attention: options of arch adm, not {net.arch}")
-    if net.arch != "ncsnpp" and (net.progressive != "none" or net.progressive_input != "residual"):
-        raise ConfigError(
-            f"{where}.progressive / progressive_input: options of arch ncsnpp, not {net.arch}"
-        )
-    if not 0 <= net.dropout < 1:
-        raise ConfigError(f"{where}.dropout: expected a value in [0, 1), got {net.dropout}")
-
-
-def build_net(cfg: NetConfig, where="model.net"):
-    """The raw network for cfg.arch (imports lazily so one arch's code is not needed by another)."""
-    _validate(cfg, where)
-    if cfg.arch == "mlp":
-        from bcmcore.nets.mlp import MLP
-
-        return MLP(cfg)
-    if cfg.arch == "ncsnpp":
-        from bcmcore.nets.ncsnpp import NCSNpp
-
-        return NCSNpp(cfg)
-    if cfg.arch == "adm":
-        from bcmcore.nets.adm import ADM
-
-        return ADM(cfg)
-    raise ConfigError(f"{where}.arch: expected mlp, ncsnpp or adm, got {cfg.arch!r}")
-
-
-def build_model(cfg: ModelConfig):
-    """The preconditioned model for cfg.kind (docs/interfaces.md)."""
-    from bcmcore.nets.precond import ConsistencyModel, EDMDenoiser
-
-    if cfg.kind in ("cm", "edm", "bcm") and cfg.net.two_time != (cfg.kind == "bcm"):
-        raise ConfigError(
-            f"model.net.two_time: must be {cfg.kind == 'bcm'} for model.kind {cfg.kind!r}"
-        )
-    if cfg.noiser_rule != "boundary" and cfg.kind != "igct":
-        raise ConfigError(
-            f"model.noiser_rule: only iGCT models have a noiser (model.kind {cfg.kind!r})"
-        )
-    if cfg.kind in ("cm", "bcm"):
-        return ConsistencyModel(cfg)
-    if cfg.kind == "edm":
-        return EDMDenoiser(cfg)
-    if cfg.kind == "igct":
-        from bcmcore.nets.igct import IGCTModel
-
-        return IGCTModel(cfg)
-    raise ConfigError(f"model.kind: expected cm, bcm, edm or igct, got {cfg.kind!r}")

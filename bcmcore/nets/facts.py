@@ -6,6 +6,7 @@ is handed the wrong family.
 """
 
 from bcmcore.config import UserError
+from bcmcore.nets.igct import check_labels
 
 # why a kind cannot do what was asked, added to the error
 _WHY = {
@@ -45,3 +46,15 @@ def data_shape(model):
     if is_vector(model):
         return (net.data_channels,)
     return (net.data_channels, net.resolution, net.resolution)
+
+
+def class_labels(model, y, n, device, what="class label"):
+    """[n] labels checked against a class-conditional model (a scalar is broadcast)."""
+    num = num_classes(model)
+    if num < 1:
+        raise UserError(
+            "class-conditional generation/editing needs a model trained with classes "
+            "(this one has model.net.num_classes = 0)"
+        )
+    y = check_labels(y, num, what).to(device)
+    return y.expand(n) if y.ndim == 0 else y

@@ -11,7 +11,8 @@ import dataclasses
 
 import torch
 
-from bcmcore.nets.config import NetConfig, build_model, build_net
+from bcmcore.nets.build import build_model, build_net
+from bcmcore.nets.config import NetConfig
 from bcmcore.nets.precond import ConsistencyModel
 
 

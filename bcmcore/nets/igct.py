@@ -16,26 +16,12 @@ Guidance w is in the paper convention (w = 1: no guidance) here and in the raw n
 (docs/interfaces.md).
 """
 
-import dataclasses
-
 import torch
 from torch import nn
 
 from bcmcore import param
 from bcmcore.config import UserError
-
-
-def _per_sample(v, x, name):
-    """A float or [B] tensor -> float32 [B] on x's device."""
-    v = torch.as_tensor(v, dtype=torch.float32, device=x.device)
-    if v.ndim == 0:
-        v = v.expand(x.shape[0])
-    if v.shape != (x.shape[0],):
-        raise ValueError(
-            f"{name} must be a float or a [B] tensor, got shape {tuple(v.shape)} for batch "
-            f"{x.shape[0]}"
-        )
-    return v
+from bcmcore.nets.precond import combine, per_sample
 
 
 def check_w(w):
@@ -65,16 +51,22 @@ def check_labels(y, num_classes, what="class label"):
     return y.long()
 
 
+def check_igct_classes(cfg):
+    """iGCT is class-conditional: the number of classes of a ModelConfig, or a UserError."""
+    num = int(getattr(cfg.net, "num_classes", 0) or 0)
+    if num < 1:
+        raise UserError("model.net.num_classes: iGCT is class-conditional, expected >= 1 classes")
+    return num
+
+
 class IGCTModel(nn.Module):
     """Holds `noiser_net` (no w input) and `denoiser_net` (built with guidance=True);
     docs/methods.md §2.4, Fig. 4."""
 
     kind = "igct"
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, noiser_net, denoiser_net):
         super().__init__()
-        from bcmcore.nets import build_net  # lazy: bcmcore.nets builds this class for kind "igct"
-
         self.cfg = cfg
         self.sigma_min, self.sigma_max, self.sigma_data = (
             cfg.sigma_min,
@@ -82,29 +74,23 @@ class IGCTModel(nn.Module):
             cfg.sigma_data,
         )
         self.noiser_rule = cfg.noiser_rule
-        self.num_classes = int(getattr(cfg.net, "num_classes", 0) or 0)
-        if self.num_classes < 1:
-            raise UserError(
-                "model.net.num_classes: iGCT is class-conditional, expected >= 1 classes"
-            )
-        self.noiser_net = build_net(dataclasses.replace(cfg.net, guidance=False))
-        self.denoiser_net = build_net(dataclasses.replace(cfg.net, guidance=True))
+        self.num_classes = check_igct_classes(cfg)
+        self.noiser_net, self.denoiser_net = noiser_net, denoiser_net
 
     @property
     def net(self):  # the generator, for code that inspects `model.net` (e.g. parameter counts)
         return self.denoiser_net
 
     def _out(self, net, x, t, c_skip, c_out, **cond):
-        c_skip, c_out = (param.append_dims(c, x.ndim) for c in (c_skip, c_out))
         F = net(
             param.append_dims(param.c_in(t, self.sigma_data), x.ndim) * x, param.c_noise(t), **cond
         )
-        return (c_skip * x + c_out * F.float()).to(x.dtype)
+        return combine(c_skip, x, c_out, F).to(x.dtype)
 
     def denoiser(self, x, t, y, w=1.0):
         """D(x, t, c, w) = c_skip(t) x + c_out(t) F(c_in x, c_noise, c, w), with D(x, sigma_min) = x
         (docs/methods.md §2.4)."""
-        t, w = _per_sample(t, x, "t"), _per_sample(w, x, "w")
+        t, w = per_sample(t, x, "t"), per_sample(w, x, "w")
         return self._out(
             self.denoiser_net,
             x,
@@ -117,7 +103,7 @@ class IGCTModel(nn.Module):
     def noiser(self, x, t, y):
         """N(x, t, c) = x + (T - t) F(c_in x, c_noise, c), with N(x, T) = x (docs/methods.md §2.4,
         §7.3)."""
-        t = _per_sample(t, x, "t")
+        t = per_sample(t, x, "t")
         c_skip, c_out = param.igct_noiser_scalings(t, self.sigma_max)
         if self.noiser_rule == "authors-eval":  # imported: the authors' eval-mode N = (T - t) F
             c_skip = torch.zeros_like(c_skip)

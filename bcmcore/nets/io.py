@@ -5,7 +5,8 @@ from pathlib import Path
 import torch
 
 from bcmcore.config import ConfigError, UserError, from_dict, to_dict
-from bcmcore.nets.config import ModelConfig, build_model
+from bcmcore.nets.build import build_model
+from bcmcore.nets.config import ModelConfig
 from bcmcore.util import atomic_torch_save
 
 FORMAT = "bcm-network/1"

@@ -10,14 +10,21 @@ from torch import nn
 from bcmcore import param
 
 
-def _per_sample(v, x):
-    """A float or [B] tensor of times as a float32 [B] tensor on x's device."""
+def per_sample(v, x, name="t"):
+    """A float or [B] tensor (a time, or iGCT's w) as a [B] tensor on x's device: float64 stays
+    float64, anything else becomes float32."""
     v = torch.as_tensor(v, device=x.device)
     v = v.float() if v.dtype != torch.float64 else v
-    return v.expand(x.shape[0]) if v.ndim == 0 else v
+    v = v.expand(x.shape[0]) if v.ndim == 0 else v
+    if v.shape != (x.shape[0],):
+        raise ValueError(
+            f"{name} must be a float or a [B] tensor, got shape {tuple(v.shape)} for batch "
+            f"{x.shape[0]}"
+        )
+    return v
 
 
-def _combine(c_skip, x, c_out, F):
+def combine(c_skip, x, c_out, F):
     """c_skip x + c_out F in fp32 (or fp64 if x is), outside autocast."""
     with torch.autocast(device_type=x.device.type, enabled=False):
         dt = torch.promote_types(x.dtype, torch.float32)
@@ -34,29 +41,27 @@ class ConsistencyModel(nn.Module):
     2).
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, net):
         super().__init__()
-        from bcmcore.nets.config import build_net
-
         self.cfg, self.kind = cfg, cfg.kind
         self.sigma_min, self.sigma_max, self.sigma_data = (
             cfg.sigma_min,
             cfg.sigma_max,
             cfg.sigma_data,
         )
-        self.net = build_net(cfg.net)
+        self.net = net
 
     def forward(self, x, t, u=None, y=None):
-        t = _per_sample(t, x)
+        t = per_sample(t, x)
         if self.kind == "cm":
-            if u is not None and not bool((_per_sample(u, x) == self.sigma_min).all()):
+            if u is not None and not bool((per_sample(u, x) == self.sigma_min).all()):
                 raise ValueError(
                     "a CM model maps only to u = sigma_min; use a BCM model for other u"
                 )
             c_skip, c_out = param.cm_scalings(t, self.sigma_min, self.sigma_data)  # CM App. C
             c_u = None
         else:
-            u = _per_sample(self.sigma_min if u is None else u, x)
+            u = per_sample(self.sigma_min if u is None else u, x)
             c_skip, c_out = param.bcm_scalings(t, u, self.sigma_data)  # BCM Eq. 5
             # c_skip(t, t) = 1 and c_out(t, t) = 0 exactly, so f(x, t, t) = x bit for bit (BCM Eq.
             # 45)
@@ -64,27 +69,25 @@ class ConsistencyModel(nn.Module):
             c_u = param.c_noise(u)
         x_in = param.append_dims(param.c_in(t, self.sigma_data), x.ndim) * x
         F = self.net(x_in.to(x.dtype), param.c_noise(t), c_u, y)
-        return _combine(c_skip, x, c_out, F)
+        return combine(c_skip, x, c_out, F)
 
 
 class EDMDenoiser(nn.Module):
     """D(x; sigma) = c_skip x + c_out F(c_in x, c_noise(sigma), y) (EDM Table 1)."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, net):
         super().__init__()
-        from bcmcore.nets.config import build_net
-
         self.cfg, self.kind = cfg, cfg.kind
         self.sigma_min, self.sigma_max, self.sigma_data = (
             cfg.sigma_min,
             cfg.sigma_max,
             cfg.sigma_data,
         )
-        self.net = build_net(cfg.net)
+        self.net = net
 
     def forward(self, x, sigma, y=None):
-        sigma = _per_sample(sigma, x)
+        sigma = per_sample(sigma, x)
         c_skip, c_out = param.edm_scalings(sigma, self.sigma_data)
         x_in = param.append_dims(param.c_in(sigma, self.sigma_data), x.ndim) * x
         F = self.net(x_in.to(x.dtype), param.c_noise(sigma), None, y)
-        return _combine(c_skip, x, c_out, F)
+        return combine(c_skip, x, c_out, F)

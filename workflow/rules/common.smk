@@ -171,7 +171,7 @@ def launcher_settings(ds, stage):
     launcher file by bcmcore.launch itself (unknown executor, bad keys -> stop here, before any job).
     """
     from bcmcore.config import UserError
-    from bcmcore.launch import load_launcher
+    from bcmcore.launch import LAUNCH_KEYS, load_launcher
 
     stages = {}
     if site_file("stages.yaml").is_file():
@@ -184,6 +184,12 @@ def launcher_settings(ds, stage):
     settings = merged(
         stages.get(stage) or {}, config["datasets"][ds].get("launch", {}).get(stage, {})
     )
+    unknown = sorted(set(settings) - set(LAUNCH_KEYS))
+    if unknown:
+        stop(
+            f"launcher for stage '{stage}' of dataset '{ds}': unknown key '{unknown[0]}' "
+            f"(known: {', '.join(LAUNCH_KEYS)})"
+        )
     try:
         load_launcher(site_file("launcher.yaml"), **settings)
     except UserError as e:
@@ -318,17 +324,18 @@ def check_eval_spec(ds, exp):
 
 
 def check_recipes(ds, exp):
-    """Named schedules of the sample and application grids exist (bcm sample / edit would fail later)."""
+    """Named recipes of the sample grid and schedules of the application grids exist (bcm sample /
+    edit would fail later)."""
     from bcmcore.config import UserError
-    from bcmcore.sampling import get_recipe
+    from bcmcore.recipes import get_recipe, get_schedule
 
     e = config["datasets"][ds]["experiments"][exp]
-    for where, options in [("grid", e.get("grid", {}))] + [
-        (f"apps.{t}", o) for t, o in e.get("apps", {}).items()
+    for where, options, get in [("grid", e.get("grid", {}), get_recipe)] + [
+        (f"apps.{t}", o, get_schedule) for t, o in e.get("apps", {}).items()
     ]:
         if options.get("recipe"):
             try:
-                get_recipe(options["recipe"])
+                get(options["recipe"])
             except UserError as err:
                 stop(f"datasets.{ds}.experiments.{exp}.{where}: {err}")
 

@@ -205,15 +205,11 @@ def _spec(tmp_path, digits, networks, **over):
 def test_bcm_eval_digits_end_to_end_writes_tables_plots_and_grids(
     tmp_path, digits, networks, monkeypatch
 ):
-    from bcmcore import sampling
+    from bcmcore import recipes
 
     # a short Heun schedule keeps the CFG baseline cheap on the CPU (4 Heun steps + 1 Euler step: 9
     # NFE, 18 with CFG)
-    monkeypatch.setitem(
-        sampling.RECIPES,
-        "demo-heun",
-        sampling.Recipe("heun", tuple(sampling.karras_times(5, zero=True))),
-    )
+    monkeypatch.setitem(recipes.RECIPES, "demo-heun", recipes.Recipe("heun", karras=(5, (), True)))
     out = tmp_path / "eval"
     assert (
         bcm(

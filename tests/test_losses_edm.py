@@ -39,7 +39,11 @@ def cfg_samples(model, w, n, steps):
     """Class-1 samples of the CFG PF-ODE, EDM Heun along the Karras grid (T = 80, rho = 7)."""
     x_T = model.sigma_max * sampling.seeded_randn(range(n), (1,)).double()
     x, _ = sampling.heun(
-        model, x_T, sampling.karras_times(steps, zero=True), torch.ones(n, dtype=torch.long), w
+        model,
+        x_T,
+        sampling.karras_times(steps, model.sigma_min, model.sigma_max, zero=True),
+        torch.ones(n, dtype=torch.long),
+        w,
     )
     return x[:, 0].numpy()
 

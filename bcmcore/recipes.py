@@ -1,0 +1,119 @@
+"""Named time-step recipes: generation recipes (one `sampling.SAMPLERS` entry each) and, apart from
+them, inversion / editing schedules (docs/methods.md §11).
+
+A recipe states its interior levels as published; its ends are the model's own T = sigma_max and
+eps = sigma_min, and Karras-grid recipes are built on the model's sigmas, when it is resolved for a
+model (`Recipe.for_model`). A model trained with another sigma_max gets its own grid everywhere:
+`bcm sample`, `bcm invert` and the eval sweep resolve the same way.
+"""
+
+from dataclasses import dataclass, replace
+
+from bcmcore import param
+from bcmcore.config import UserError
+
+T, EPS = "T", "eps"  # placeholders: the model's sigma_max and sigma_min
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A schedule. sampler: a SAMPLERS name (generation), or invert | inpaint | cm_inpaint."""
+
+    sampler: str
+    times: tuple = ()  # ancestral / multistep / heun / inversion times (both ends included)
+    pairs: tuple = ()  # zigzag rounds (eps_i, t_i)
+    gen_times: tuple = ()  # inpainting: generation times after the inversion
+    karras: tuple = ()  # (n_points, indices, zero): times from the model's decreasing Karras grid
+    steps: int = 1  # igct: denoiser calls (1 or 2)
+    note: str = ""
+
+    def for_model(self, model):
+        """This recipe with T / eps and any Karras grid resolved on the model's sigmas."""
+        lo, hi = float(model.sigma_min), float(model.sigma_max)
+
+        def ends(v):
+            return tuple(hi if t == T else lo if t == EPS else float(t) for t in v)
+
+        times = ends(self.times)
+        if self.karras:  # decreasing Karras grid T .. eps (EDM Eq. 5), optionally then EDM's 0
+            n, idx, zero = self.karras
+            grid = param.karras_grid(n, lo, hi).flip(0).tolist() + ([0.0] if zero else [])
+            times = tuple(grid[i] for i in idx) if idx else tuple(grid)
+        return replace(self, times=times, gen_times=ends(self.gen_times), karras=())
+
+
+def _karras(n, idx=(), zero=False, sampler="multistep"):
+    return Recipe(sampler, karras=(n, tuple(idx), zero))
+
+
+RECIPES = {
+    # ImageNet-64 BCM / BCM-deep (the authors' sampling script; docs/methods.md §11)
+    "imagenet64-nfe1": Recipe("onestep", (T, EPS)),
+    "imagenet64-nfe2": Recipe("ancestral", (T, 2.4, EPS)),
+    "imagenet64-nfe3": Recipe("zigzag", (T, EPS), ((0.1, 1.2),)),
+    "imagenet64-nfe4": Recipe("combined", (T, 3.0, EPS), ((0.12, 0.4),)),
+    # iCT ImageNet-64 2-step of the authors' script; CM-paper multistep index schedules. In the CM
+    # code the last index (= eps) only ends the loop (noise sqrt(eps^2 - eps^2) = 0), so "0,22,39"
+    # is 2 NFE.
+    "imagenet64-ict-nfe2": Recipe("multistep", (T, 0.7)),
+    "cd-imagenet64-nfe2": _karras(40, (0, 22)),
+    "ct-imagenet64-nfe2": _karras(201, (0, 106)),
+    "ct-lsun256-nfe2": _karras(151, (0, 67)),
+    # EDM deterministic Heun: 18 steps = NFE 35 (CIFAR-10), 40 steps = NFE 79 (ImageNet-64)
+    "edm-18": _karras(18, zero=True, sampler="heun"),
+    "edm-40": _karras(40, zero=True, sampler="heun"),
+    # iGCT guided generation: 1 step, or 2 with ECT's intermediate level (docs/methods.md §9)
+    "igct-1": Recipe("igct", steps=1),
+    "igct-2": Recipe("igct", steps=2),
+    # Demo (8x8 digits / toy): reasonable untuned values, in the spirit of the ImageNet ones
+    "demo-nfe1": Recipe("onestep", (T, EPS), note="untuned"),
+    "demo-nfe2": Recipe("ancestral", (T, 1.0, EPS), note="untuned"),
+    "demo-nfe3": Recipe("zigzag", (T, EPS), ((0.1, 1.0),), note="untuned"),
+    "demo-nfe4": Recipe("combined", (T, 2.0, EPS), ((0.1, 0.5),), note="untuned"),
+    "demo-multistep2": Recipe("multistep", (T, 0.8), note="untuned"),
+    # The demo's BCM networks, times from `bcm tune` (search tables: docs/sampler_times.md). They
+    # do not invert below t ~ 1, so the best zigzag rounds inject nearly all of t_i themselves.
+    "digits-bcm_ft-nfe2": Recipe("ancestral", (T, 1.83, EPS), note="bcm tune"),
+    "digits-bcm_ft-nfe3": Recipe("zigzag", (T, EPS), ((0.951, 1.0),), note="bcm tune"),
+    "digits-bcm_ft-nfe4": Recipe("combined", (T, 1.83, EPS), ((0.951, 1.0),), note="bcm tune"),
+    "digits-bcm_scratch-nfe2": Recipe("ancestral", (T, 1.09, EPS), note="bcm tune"),
+    "digits-bcm_scratch-nfe3": Recipe("zigzag", (T, EPS), ((0.951, 1.0),), note="bcm tune"),
+    "digits-bcm_scratch-nfe4": Recipe("combined", (T, 1.0, EPS), ((0.4, 0.5),), note="bcm tune"),
+}
+
+SCHEDULES = {
+    # BCM Alg. 5 inversion (ImageNet-64: t_0 = 0.07)
+    "imagenet64-invert-nfe1": Recipe("invert", (0.07, T)),
+    "imagenet64-invert-nfe2": Recipe("invert", (0.07, 15.0, T)),
+    # CM zero-shot inpainting baselines: every point of an n-point Karras grid (CIFAR 18, FFHQ 24,
+    # LSUN 40)
+    "cm-inpaint-18": _karras(18, sampler="cm_inpaint"),
+    "cm-inpaint-24": _karras(24, sampler="cm_inpaint"),
+    "cm-inpaint-40": _karras(40, sampler="cm_inpaint"),
+    "demo-invert-nfe2": Recipe("invert", (0.07, 2.0, T), note="untuned"),
+    "demo-inpaint": Recipe("inpaint", (0.05, 0.5, 2.0), gen_times=(2.0, EPS), note="untuned"),
+}
+
+
+def get_recipe(name):
+    """A generation recipe by name (UserError naming the known ones, and the schedules apart)."""
+    if name not in RECIPES:
+        other = " (an inversion/editing schedule: use it with bcm invert / edit)"
+        raise UserError(
+            f"--recipe: unknown generation recipe {name!r}"
+            + (other if name in SCHEDULES else "")
+            + f" (known: {', '.join(sorted(RECIPES))})"
+        )
+    return RECIPES[name]
+
+
+def get_schedule(name):
+    """An inversion / editing schedule by name."""
+    if name not in SCHEDULES:
+        other = " (a generation recipe: use it with bcm sample)"
+        raise UserError(
+            f"--recipe: unknown inversion/editing schedule {name!r}"
+            + (other if name in RECIPES else "")
+            + f" (known: {', '.join(sorted(SCHEDULES))})"
+        )
+    return SCHEDULES[name]

@@ -1,0 +1,239 @@
+"""Helpers shared by several test files (fixtures live in conftest.py): tiny training runs and
+their subprocesses, the iGCT sampler by seeds, and exact toy models for the sampling tests."""
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import torch
+
+from bcmcore import sampling
+from bcmcore.nets.facts import data_shape
+from bcmcore.recipes import Recipe
+from bcmcore.toy import DEMO_GMM, GaussianMixture
+from bcmcore.train.checkpoint import find_states, load_state
+
+
+def igct_generate(model, seeds, y, w=1.0, steps=1, clamp=None):
+    """iGCT guided samples of per-sample seeds through the SAMPLERS registry -> (x, nfe)."""
+    rng = sampling.SeededRNG(seeds)
+    z = rng.randn(data_shape(model))
+    return sampling.generate(model, Recipe("igct", steps=steps), z, rng, y, w, clamp)
+
+
+# ----------------------------------------------------------------------------- tiny training runs
+
+TINY_BCM = {
+    "kind": "bcm",
+    "net": {
+        "arch": "mlp",
+        "data_channels": 2,
+        "channels": 16,
+        "num_blocks": 1,
+        "two_time": True,
+        "two_time_embed": "project",
+    },
+}
+TINY_CM = {
+    "kind": "cm",
+    "net": {"arch": "mlp", "data_channels": 2, "channels": 16, "num_blocks": 1},
+}
+
+
+def make_run(run_dir, shards, model=TINY_BCM, loss=None, **train):
+    """Write RUN_DIR/config.json for a tiny toy run (train keys override the small defaults)."""
+    cfg = {
+        "model": model,
+        "loss": loss or {"kind": "bct"},
+        "data": {"shards": str(shards)},
+        "train": {
+            "total_steps": 8,
+            "batch": 16,
+            "status_every": 1,
+            "checkpoint_every": 2,
+            "ema_rate": 0.9,
+            "lr": 1e-3,
+            **train,
+        },
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg))
+    return run_dir
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_procs(run_dir, world=1, device_args=()):
+    """Start `python -m bcmcore train` as `world` gloo processes (torchrun-style env). Rank 0's
+    stdout piped."""
+    port = free_port()
+    procs = []
+    for rank in range(world):
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        if world > 1:
+            env.update(
+                RANK=str(rank),
+                WORLD_SIZE=str(world),
+                LOCAL_RANK=str(rank),
+                LOCAL_WORLD_SIZE=str(world),
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+            )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "bcmcore", "train", "--run-dir", str(run_dir), *device_args],
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE if rank == 0 else subprocess.DEVNULL,
+                stderr=subprocess.STDOUT if rank == 0 else subprocess.DEVNULL,
+            )
+        )
+    return procs
+
+
+def run_to_end(run_dir, world=1):
+    procs = train_procs(run_dir, world)
+    out = procs[0].communicate(timeout=600)[0]
+    for p in procs[1:]:
+        p.wait(timeout=60)
+    assert all(p.returncode == 0 for p in procs), out
+    return out
+
+
+def run_and_kill(run_dir, kill_step, world=1):
+    """Start the run and SIGKILL every process as soon as rank 0 reports step `kill_step`."""
+    procs = train_procs(run_dir, world)
+    seen = []
+    for line in procs[0].stdout:
+        seen.append(line)
+        if line.startswith(f"step {kill_step}/"):
+            for p in procs:
+                p.send_signal(signal.SIGKILL)
+            break
+    for p in procs:
+        p.wait(timeout=60)
+    assert procs[0].returncode == -signal.SIGKILL, "".join(seen)
+
+
+def assert_same_state(a, b, exact=True):
+    """All parameters, EMA weights and optimizer state equal (bitwise, or to float tolerance)."""
+
+    def walk(x, y, where):
+        if torch.is_tensor(x):
+            ok = torch.equal(x, y) if exact else torch.allclose(x, y, rtol=1e-4, atol=1e-6)
+            assert ok, (
+                f"{where} differs (max |diff| {(x.double() - y.double()).abs().max().item():.3g})"
+            )
+        elif isinstance(x, dict):
+            assert x.keys() == y.keys(), where
+            for k in x:
+                walk(x[k], y[k], f"{where}.{k}")
+        elif isinstance(x, (list, tuple)):
+            for i, (u, v) in enumerate(zip(x, y)):
+                walk(u, v, f"{where}[{i}]")
+        else:
+            assert x == y, f"{where}: {x!r} != {y!r}"
+
+    assert a["step"] == b["step"]
+    for key in ("net", "ema", "optimizer"):
+        walk(a[key], b[key], key)
+
+
+def final_state(run_dir):
+    return load_state(find_states(run_dir)[-1][1])
+
+
+# ---------------------------------------------------------------- exact toy models (sampling)
+
+EPS, T = 0.002, 80.0
+
+
+class GaussFlow(torch.nn.Module):
+    """Exact flow map of data ~ N(0, s^2 I): Phi(x, t -> u) = x sqrt(s^2 + u^2) / sqrt(s^2 + t^2).
+    Cheap."""
+
+    kind, sigma_min, sigma_max, s = "bcm", EPS, T, 0.5
+
+    def forward(self, x, t, u=None, y=None):
+        u = torch.full_like(t, self.sigma_min) if u is None else u
+        a = torch.sqrt((self.s**2 + u**2) / (self.s**2 + t**2))
+        return x * a.reshape(-1, *[1] * (x.ndim - 1)).to(x.dtype)
+
+    @staticmethod
+    def phi(x, t, u, s=0.5):
+        return x * math.sqrt((s**2 + u**2) / (s**2 + t**2))
+
+
+class GaussDenoiser(torch.nn.Module):
+    """Ideal denoiser of N(0, s^2 I): D(x, sigma) = x s^2 / (s^2 + sigma^2) (kind edm)."""
+
+    kind, sigma_min, sigma_max, s = "edm", EPS, T, 0.5
+
+    def forward(self, x, sigma, y=None):
+        return x * (self.s**2 / (self.s**2 + sigma**2)).reshape(-1, *[1] * (x.ndim - 1)).to(x.dtype)
+
+
+class GMMDenoiser(torch.nn.Module):
+    """Exact denoiser of a Gaussian mixture (kind edm); label y = k selects component k, -1 the
+    mixture."""
+
+    kind, sigma_min, sigma_max = "edm", EPS, T
+
+    def __init__(self, gmm=DEMO_GMM):
+        super().__init__()
+        self.gmm = gmm
+
+    def component(self, k):
+        return GaussianMixture((self.gmm.means[k],), (self.gmm.stds[k],), (1.0,))
+
+    def forward(self, x, sigma, y=None):
+        out = torch.as_tensor(self.gmm.denoise(x.double().numpy(), sigma.double().numpy()))
+        if y is not None:
+            for k in range(len(self.gmm.means)):
+                sel = (y == k).numpy()
+                if sel.any():
+                    out[sel] = torch.as_tensor(
+                        self.component(k).denoise(
+                            x[sel].double().numpy(), sigma[sel].double().numpy()
+                        )
+                    )
+        return out.to(x.dtype)
+
+
+class Counted(torch.nn.Module):
+    """Counts calls to the wrapped model; exposes its kind and sigma range."""
+
+    def __init__(self, m, kind=None):
+        super().__init__()
+        self.m, self.calls = m, 0
+        self.kind, self.sigma_min, self.sigma_max = kind or m.kind, m.sigma_min, m.sigma_max
+
+    def forward(self, *a, **k):
+        self.calls += 1
+        return self.m(*a, **k)
+
+
+class ZeroRNG:
+    """An rng whose injected noise is zero (isolates the deterministic part of a sampler)."""
+
+    seeds = None
+
+    def randn(self, shape, dtype=torch.float32):
+        return torch.zeros((1, *shape), dtype=dtype)
+
+
+def gmm_points(n=16, seed=0):
+    rng = sampling.SeededRNG(range(seed, seed + n))
+    return rng, rng.randn((2,), dtype=torch.float64)
+
+
+def flow(x, t, u):
+    return torch.as_tensor(DEMO_GMM.flow(x.numpy(), t, u))
