@@ -20,6 +20,7 @@ import torch
 
 from bcmcore import sampling
 from bcmcore.config import UserError
+from bcmcore.recipes import Recipe
 
 TUNABLE = ("ancestral", "zigzag", "combined", "multistep")
 SEED_OFFSET = 1_000_000  # tuning seeds start here (+ the spec's seed): disjoint from the sweep's
@@ -238,12 +239,13 @@ def tune_spec(
         scorer = Scorer(ev, model, ref)
         samplers, tuned = [], {}
         for j, s in enumerate(m.samplers):
-            sampler, times, pairs = s.resolve(f"models[{i}].samplers[{j}]")
+            r = s.resolve(f"models[{i}].samplers[{j}]", m.kind).for_model(model)
+            sampler, times, pairs = r.sampler, r.times, r.pairs
             label = s.name or s.recipe or sampler
             if sampler not in TUNABLE or (sampler == "multistep" and len(times) < 2):
                 samplers.append(s)
                 continue
-            start = sampling.Recipe(sampler, times or (model.sigma_max, model.sigma_min), pairs)
+            start = Recipe(sampler, times or (model.sigma_max, model.sigma_min), pairs)
             best, val, rows = pattern_search(
                 scorer,
                 start,

@@ -22,6 +22,7 @@ from bcmcore.cli import main as bcm
 from bcmcore.metrics.energy import energy_distance
 from bcmcore.metrics.probe import data_subspace, inversion_probe
 from bcmcore.metrics.spec import load_spec
+from bcmcore.recipes import Recipe
 from bcmcore.toy import DEMO_GMM, ExactFlowMap
 
 EPS, T = 0.002, 80.0
@@ -134,8 +135,8 @@ def test_zigzag_on_a_lazy_model_fails_as_the_demo_did_and_the_tuner_fixes_it():
     ref = gauss_ref()
     model = LazyBelow(0.3)
     score = scorer(model, ref)
-    one = score(S.Recipe("onestep"))[0]
-    bad = S.Recipe("zigzag", (T, EPS), ((0.05, 1.0),))
+    one = score(Recipe("onestep"))[0]
+    bad = Recipe("zigzag", (T, EPS), ((0.05, 1.0),))
     x, _ = S.generate(
         model, bad, S.SeededRNG(range(400)).randn((2,), torch.float64), S.SeededRNG(range(400))
     )
@@ -149,7 +150,7 @@ def test_zigzag_on_a_lazy_model_fails_as_the_demo_did_and_the_tuner_fixes_it():
 
 def test_ancestral_midpoint_goes_to_equal_log_jumps_and_is_deterministic():
     ref = gauss_ref()
-    start = S.Recipe("ancestral", (T, 60.0, EPS))
+    start = Recipe("ancestral", (T, 60.0, EPS))
     runs = [
         tune.pattern_search(scorer(LongJumpBlur(), ref), start, EPS, T, budget=30) for _ in range(2)
     ]
@@ -165,20 +166,20 @@ def test_ancestral_midpoint_goes_to_equal_log_jumps_and_is_deterministic():
 def test_combined_on_the_toy_mixture_improves_a_bad_start():
     rng = np.random.default_rng(5)
     ref = DEMO_GMM.sample(1500, rng)[0]
-    start = S.Recipe("combined", (T, 40.0, EPS), ((0.05, 2.0),))
+    start = Recipe("combined", (T, 40.0, EPS), ((0.05, 2.0),))
     best, val, rows = tune.pattern_search(scorer(LazyGMM(0.3), ref, n=250), start, EPS, T, budget=8)
     assert val < 0.5 * rows[0]["score"]
     assert [r["eval"] for r in rows] == list(range(len(rows))) and len(rows) <= 8
 
 
 def test_free_times_round_trip_and_feasibility():
-    r = S.Recipe("combined", (T, 3.0, EPS), ((0.12, 0.4), (0.05, 0.2)))
+    r = Recipe("combined", (T, 3.0, EPS), ((0.12, 0.4), (0.05, 0.2)))
     assert tune.free_times(r) == [3.0, 0.12, 0.4, 0.05, 0.2]
     assert tune.with_times(r, tune.free_times(r)).pairs == r.pairs
     assert not tune.feasible(tune.with_times(r, [3.0, 0.5, 0.4, 0.05, 0.2]), EPS, T)  # eps_i > t_i
     assert not tune.feasible(tune.with_times(r, [90.0, 0.12, 0.4, 0.05, 0.2]), EPS, T)
     with pytest.raises(Exception, match="no free times"):
-        tune.pattern_search(lambda r: (0.0, 1), S.Recipe("ancestral", (T, EPS)), EPS, T)
+        tune.pattern_search(lambda r: (0.0, 1), Recipe("ancestral", (T, EPS)), EPS, T)
 
 
 # ----------------------------------------------------------------------------------------------
