@@ -67,10 +67,11 @@ def preset_config(preset, experiment, tiny=False):
 
 
 def _prep(*args):
-    from bcmcore.cli import main as bcm
-
-    if bcm(["prep", *args, "--workers", "1"]) != 0:
-        raise RuntimeError(f"bcm prep {' '.join(args)} failed")
+    """`bcm prep` in a child process (the library does not call up into the CLI)."""
+    cmd = [sys.executable, "-m", "bcmcore", "prep", *args, "--workers", "1"]
+    p = subprocess.run(cmd, cwd=ROOT, env=_env(True), capture_output=True, text=True, timeout=300)
+    if p.returncode != 0:
+        raise RuntimeError(f"bcm prep {' '.join(args)} failed: {p.stderr.strip()[-500:]}")
 
 
 def _sync(device):
@@ -197,9 +198,9 @@ def _sampling_seconds(model, recipe, shape, n, y, device, reps):
 def sampling_rows(device, cpu):
     """img/s of 1-step and 2-step BCM sampling (the ImageNet-64 preset's recipes), per-sample
     seeded noise included, as `bcm sample` runs it."""
-    from bcmcore import sampling
     from bcmcore.config import from_dict
     from bcmcore.nets import ModelConfig, build_model
+    from bcmcore.recipes import get_recipe
 
     # as `bcm sample` runs: torch's defaults (IEEE fp32 matmuls, TF32 cuDNN convolutions)
     torch.backends.cuda.matmul.fp32_precision = "ieee"
@@ -213,7 +214,7 @@ def sampling_rows(device, cpu):
         classes = model.cfg.net.num_classes
         y = torch.randint(0, classes, (n,), device=device) if classes else None
         for recipe in ("imagenet64-nfe1", "imagenet64-nfe2"):
-            r = sampling.get_recipe(recipe)
+            r = get_recipe(recipe)
             sec, nfe = _sampling_seconds(model, r, c["shape"], n, y, device, 1 if cpu else 3)
             rows.append(
                 {
