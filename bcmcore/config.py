@@ -4,7 +4,6 @@ Each module declares the dataclass of its own config section next to its code (n
 losses.*, train.TrainConfig, ...) and builds it with `from_dict`, so the loop never sees a dict.
 """
 
-import argparse
 import dataclasses
 import json
 import math
@@ -107,27 +106,6 @@ def from_dict(cls, data, where=""):
 def to_dict(obj):
     """Plain JSON-able dict of a (nested) config dataclass."""
     return json.loads(json.dumps(dataclasses.asdict(obj)))
-
-
-def _cli_number(kind, low, what):
-    """An argparse `type`: a finite `kind` (int or float) >= low; argparse names the flag."""
-
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not math.isfinite(value) or value < low:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    parse.__name__ = what
-    return parse
-
-
-positive_int = _cli_number(int, 1, "a positive integer")
-nonneg_int = _cli_number(int, 0, "an integer >= 0")
-finite_float = _cli_number(float, -math.inf, "a finite number")
 
 
 def load_json(path):

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from test_train import make_run, shards, train_procs  # noqa: F401
+from helpers import make_run, train_procs
 
 from bcmcore.train import training_loop
 

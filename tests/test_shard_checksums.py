@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_train import make_run
+from helpers import make_run
 
 from bcmcore.config import UserError
 from bcmcore.shards import ShardReader

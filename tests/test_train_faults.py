@@ -12,14 +12,13 @@ import sys
 
 import pytest
 import torch
-from test_train import (
+from helpers import (
     TINY_CM,
     assert_same_state,
     final_state,
     make_run,
     run_and_kill,
     run_to_end,
-    shards,  # noqa: F401 (a fixture)
     train_procs,
 )
 

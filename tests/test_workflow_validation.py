@@ -1,7 +1,7 @@
 """Start-up validation of every config key that reaches a command line, and shell-injection safety.
 
 Flag keys under prep.args / grid / apps.<task> are checked against the argparse parser of the
-command they reach (bcmcore.flags), so a typo stops the workflow before any job, with its config
+command they reach (bcmcore.cli.flags), so a typo stops the workflow before any job, with its config
 path. No config string becomes shell syntax: attempts through every config path that reaches a shell
 command create no file."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from test_workflow import assert_stopped_before_any_job, jobs, snakemake, write_yaml
 
+from bcmcore.cli.flags import check, parser, render
 from bcmcore.config import ConfigError
-from bcmcore.flags import check, parser, render
 
 
 def over(tmp_path, digits):

@@ -1,8 +1,9 @@
 """`bcm <command>`: the one entry point, and the only place argparse lives.
 
-Every module of this package is one command family and declares `COMMANDS = {name: handler}`, a
-handler taking argv and returning an exit code; adding a family is adding one file here. The library
-below never parses arguments: a handler turns flags into plain values and calls it.
+Every module of this package that declares `COMMANDS = {name: handler}` is one command family, a
+handler taking argv and returning an exit code; adding a family is adding one file here. Modules
+without COMMANDS (flags.py: workflow options -> checked flags) and _x modules are helpers. The
+library below never parses arguments: a handler turns flags into plain values and calls it.
 """
 
 import importlib
@@ -13,11 +14,13 @@ from bcmcore.config import UserError
 
 
 def commands():
-    """{command: handler} from every family module of this package (_x modules are helpers)."""
+    """{command: handler} from every family module of this package."""
     table = {}
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if not info.name.startswith("_"):
-            table.update(importlib.import_module(f"{__name__}.{info.name}").COMMANDS)
+            table.update(
+                getattr(importlib.import_module(f"{__name__}.{info.name}"), "COMMANDS", {})
+            )
     return table
 
 

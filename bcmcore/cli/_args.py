@@ -1,6 +1,8 @@
-"""Argument helpers shared by the command families: id ranges, time lists, zigzag pairs."""
+"""Argument helpers shared by the command families: id ranges, time lists, zigzag pairs, checked
+numbers."""
 
 import argparse
+import math
 
 from bcmcore.config import UserError
 
@@ -44,3 +46,24 @@ def parse_pairs(text, flag="--zigzag"):
             f"{flag}: expected comma-separated eps:t pairs such as 0.1:1.2, got {text!r}"
         )
     return pairs
+
+
+def _cli_number(kind, low, what):
+    """An argparse `type`: a finite `kind` (int or float) >= low; argparse names the flag."""
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+positive_int = _cli_number(int, 1, "a positive integer")
+nonneg_int = _cli_number(int, 0, "an integer >= 0")
+finite_float = _cli_number(float, -math.inf, "a finite number")

@@ -5,8 +5,8 @@ Formats: cifar10, imagenet-npz, imagenet-folder, ffhq, lsun-bedroom, folder, dig
 demo), gmm2d.
 """
 
-from bcmcore.cli._args import parser
-from bcmcore.config import UserError, nonneg_int, positive_int
+from bcmcore.cli._args import nonneg_int, parser, positive_int
+from bcmcore.config import UserError
 
 
 def _parser():

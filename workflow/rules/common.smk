@@ -207,7 +207,7 @@ def launch_slots():
 
 def flags(options):
     """{key: value} -> ' --key value ...', every token shell-quoted (checked in check_flags)."""
-    from bcmcore.flags import render
+    from bcmcore.cli.flags import render
 
     return render(options)
 
@@ -343,7 +343,7 @@ def check_recipes(ds, exp):
 def check_prep(ds):
     """prep.format is a data_prep converter and prep.args are its flags (from its own parser)."""
     from bcmcore.config import UserError
-    from bcmcore.flags import check, parser
+    from bcmcore.cli.flags import check, parser
 
     prep, where = config["datasets"][ds]["prep"], f"datasets.{ds}.prep"
     try:
@@ -359,7 +359,7 @@ def check_prep(ds):
 def check_flags(ds, exp):
     """grid and apps.<task> are flags of `bcm sample` / `bcm edit` (from their own parsers)."""
     from bcmcore.config import UserError
-    from bcmcore.flags import check, parser
+    from bcmcore.cli.flags import check, parser
 
     e, where = config["datasets"][ds]["experiments"][exp], f"datasets.{ds}.experiments.{exp}"
     fixed = ("out", "network", "data")  # set by the rules themselves
