@@ -1,16 +1,21 @@
 """Helpers shared by several test files (fixtures live in conftest.py): tiny training runs and
-their subprocesses, the iGCT sampler by seeds, and exact toy models for the sampling tests."""
+their subprocesses, the iGCT sampler by seeds, exact toy models for the sampling tests, snakemake
+runs of the workflow, and the guard around torch.distributed's collectives."""
 
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
+import yaml
 
+import bcmcore
 from bcmcore import sampling
 from bcmcore.nets.facts import data_shape
 from bcmcore.recipes import Recipe
@@ -237,3 +242,149 @@ def gmm_points(n=16, seed=0):
 
 def flow(x, t, u):
     return torch.as_tensor(DEMO_GMM.flow(x.numpy(), t, u))
+
+
+# ------------------------------------------------------------------------ the workflow (snakemake)
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def snakemake(cwd, *args, profile="cluster/local", timeout=300):
+    """Run snakemake on the project's Snakefile from `cwd`; returns the CompletedProcess
+    (stdout+stderr)."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    cmd = [
+        "timeout",
+        "-k",
+        "10",
+        str(timeout),
+        str(BIN / "snakemake"),
+        "-s",
+        str(ROOT / "workflow/Snakefile"),
+        "--profile",
+        str(ROOT / profile),
+        *args,
+    ]
+    return subprocess.run(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def job_counts(out):
+    """Snakemake's 'Job stats' table of a dry run -> {rule: count}."""
+    table = out.split("Job stats:")[1].split("total")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def jobs(out):
+    """The job blocks of a dry run with -p: [{'rule', 'wildcards', 'input', 'shell'}]."""
+    blocks = []
+    for block in re.split(r"\n\[[^\]]+\]\n", out):
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        if rule:
+            get = lambda key, b=block: (re.search(rf"^\s+{key}: (.*)$", b, re.M) or [None, ""])[1]
+            shell = re.search(r"^Shell command: (.*)$", block, re.M)
+            blocks.append(
+                {
+                    "rule": rule[1],
+                    "wildcards": get("wildcards"),
+                    "input": get("input"),
+                    "shell": shell[1] if shell else "",
+                }
+            )
+    return blocks
+
+
+def write_yaml(path, data):
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+def stage_raw_files(cwd, preset):
+    """Empty stand-ins for a preset's raw files (a dry run checks that they exist, never reads
+    them)."""
+    cfg = yaml.safe_load((ROOT / f"workflow/config/{preset}.yaml").read_text())
+    for ds in cfg["datasets"].values():
+        for raw in ds.get("raw", []):
+            path = Path(cwd) / raw["path"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.suffix:
+                path.touch()
+            else:
+                path.mkdir(exist_ok=True)
+
+
+def assert_stopped_before_any_job(res, cwd, *needles):
+    assert res.returncode != 0, res.stdout[-3000:]
+    for needle in needles:
+        assert needle in res.stdout, f"{needle!r} not in:\n{res.stdout[-3000:]}"
+    assert not (Path(cwd) / "results").exists(), (
+        "a job ran although the workflow should have stopped first"
+    )
+
+
+# ------------------------------------------------------------- the collective guard (bcmcore.dist)
+
+DIST_FILE = Path(bcmcore.__file__).resolve().parent / "dist.py"
+COLLECTIVES = (
+    "all_reduce",
+    "all_gather",
+    "all_gather_into_tensor",
+    "all_gather_object",
+    "broadcast",
+    "broadcast_object_list",
+    "reduce",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "gather",
+    "gather_object",
+    "scatter",
+    "scatter_object_list",
+    "all_to_all",
+    "all_to_all_single",
+    "barrier",
+    "monitored_barrier",
+    "send",
+    "recv",
+    "isend",
+    "irecv",
+)
+
+
+def _tensors(obj):
+    if torch.is_tensor(obj):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for x in obj:
+            yield from _tensors(x)
+
+
+def install_guard():
+    """Wrap torch.distributed's collectives; record calls from outside bcmcore/dist.py and tensors
+    not on the communication device (decided here from the backend, not by the code under test)."""
+    import torch.distributed as td
+
+    record = {"calls": {}, "violations": []}
+
+    def wrap(name, fn):
+        def guarded(*args, **kwargs):
+            frame = sys._getframe(1)
+            where = f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno} {frame.f_code.co_name}"
+            record["calls"][name] = record["calls"].get(name, 0) + 1
+            if Path(frame.f_code.co_filename).resolve() != DIST_FILE:
+                record["violations"].append(f"{name} called from {where}, not from bcmcore/dist.py")
+            nccl = td.get_backend() == "nccl"
+            want = (
+                torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+            )
+            for t in _tensors([*args, *kwargs.values()]):
+                if t.device != want:
+                    record["violations"].append(f"{name} from {where}: a tensor on {t.device}")
+            return fn(*args, **kwargs)
+
+        return guarded
+
+    for name in COLLECTIVES:
+        setattr(td, name, wrap(name, getattr(td, name)))
+    return record

@@ -204,3 +204,19 @@ def test_sweep_and_bcm_invert_agree_on_a_model_with_its_own_sigma_max(tmp_path):
     from bcmcore.images import to_uint8_nhwc
 
     np.testing.assert_array_equal(to_uint8_nhwc(x_hat), cli_out["arr_0"])
+
+
+def test_no_test_file_imports_another():
+    """Shared test code lives in conftest.py and helpers.py, never in a test file."""
+    bad = []
+    for path in sorted((REPO / "tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("test_"):
+                bad.append(f"{path.name}: from {node.module}")
+            if isinstance(node, ast.Import):
+                bad += [
+                    f"{path.name}: import {a.name}"
+                    for a in node.names
+                    if a.name.startswith("test_")
+                ]
+    assert bad == []

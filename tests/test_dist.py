@@ -12,80 +12,17 @@ import ast
 import json
 import os
 import socket
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from helpers import make_run
+from helpers import DIST_FILE, install_guard, make_run
 
 import bcmcore
 
 PACKAGE = Path(bcmcore.__file__).resolve().parent
-DIST_FILE = PACKAGE / "dist.py"
-COLLECTIVES = (
-    "all_reduce",
-    "all_gather",
-    "all_gather_into_tensor",
-    "all_gather_object",
-    "broadcast",
-    "broadcast_object_list",
-    "reduce",
-    "reduce_scatter",
-    "reduce_scatter_tensor",
-    "gather",
-    "gather_object",
-    "scatter",
-    "scatter_object_list",
-    "all_to_all",
-    "all_to_all_single",
-    "barrier",
-    "monitored_barrier",
-    "send",
-    "recv",
-    "isend",
-    "irecv",
-)
-
-
-def _tensors(obj):
-    if torch.is_tensor(obj):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
-        for x in obj:
-            yield from _tensors(x)
-
-
-def install_guard():
-    """Wrap torch.distributed's collectives; record calls from outside bcmcore/dist.py and tensors
-    not on the communication device (decided here from the backend, not by the code under test)."""
-    import torch.distributed as td
-
-    record = {"calls": {}, "violations": []}
-
-    def wrap(name, fn):
-        def guarded(*args, **kwargs):
-            frame = sys._getframe(1)
-            where = f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno} {frame.f_code.co_name}"
-            record["calls"][name] = record["calls"].get(name, 0) + 1
-            if Path(frame.f_code.co_filename).resolve() != DIST_FILE:
-                record["violations"].append(f"{name} called from {where}, not from bcmcore/dist.py")
-            nccl = td.get_backend() == "nccl"
-            want = (
-                torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
-            )
-            for t in _tensors([*args, *kwargs.values()]):
-                if t.device != want:
-                    record["violations"].append(f"{name} from {where}: a tensor on {t.device}")
-            return fn(*args, **kwargs)
-
-        return guarded
-
-    for name in COLLECTIVES:
-        setattr(td, name, wrap(name, getattr(td, name)))
-    return record
 
 
 def _free_port():

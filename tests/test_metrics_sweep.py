@@ -331,7 +331,7 @@ def _rank_main(rank, world, port, spec, out):
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
-    from test_dist import install_guard
+    from helpers import install_guard
 
     from bcmcore import dist
     from bcmcore.cli.eval import evaluate as main

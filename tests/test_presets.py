@@ -232,7 +232,7 @@ def test_presets_module_resolves_what_the_workflow_writes(tmp_path, preset):
     config.json the run_config rule writes, for every experiment (the disabled ones enabled by an
     override file), so bench and these tests build exactly what the workflow trains. Also the
     schema and start-up checks with everything on."""
-    from test_workflow import snakemake, stage_raw_files, write_yaml
+    from helpers import snakemake, stage_raw_files, write_yaml
 
     from bcmcore.train.recipe import recipe_part
 

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from test_train import shards  # noqa: F401
 
 from bcmcore.config import ConfigError, from_dict
 from bcmcore.losses import build_loss

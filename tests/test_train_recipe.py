@@ -7,7 +7,7 @@ and the final network removed, as if the job had been cut off there), change one
 import json
 
 import pytest
-from test_train import TINY_CM, assert_same_state, final_state, make_run, shards  # noqa: F401
+from helpers import TINY_CM, assert_same_state, final_state, make_run
 
 from bcmcore.config import ConfigError
 from bcmcore.train import training_loop

@@ -5,17 +5,20 @@ here
 trains: the DAG, the rerun bookkeeping and the start-up checks are what is under test.
 """
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from helpers import (
+    ROOT,
+    assert_stopped_before_any_job,
+    job_counts,
+    jobs,
+    snakemake,
+    stage_raw_files,
+    write_yaml,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 PRESETS = {  # preset -> (dataset, enabled experiments, experiments with a sweep)
     "cifar10": ("cifar10", {"ict", "bcm_scratch", "igct", "edm"}, 4),
     "imagenet64": ("imagenet64", {"ict", "bcm_ft", "igct", "edm"}, 4),
@@ -23,80 +26,6 @@ PRESETS = {  # preset -> (dataset, enabled experiments, experiments with a sweep
     "lsun256": ("lsun256", {"bcm_scratch"}, 1),
 }
 DEMO_EXPERIMENTS = ("ict", "bcm_ft", "bcm_scratch", "igct", "edm")
-
-
-def snakemake(cwd, *args, profile="cluster/local", timeout=300):
-    """Run snakemake on the project's Snakefile from `cwd`; returns the CompletedProcess
-    (stdout+stderr)."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    cmd = [
-        "timeout",
-        "-k",
-        "10",
-        str(timeout),
-        str(BIN / "snakemake"),
-        "-s",
-        str(ROOT / "workflow/Snakefile"),
-        "--profile",
-        str(ROOT / profile),
-        *args,
-    ]
-    return subprocess.run(
-        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-
-
-def job_counts(out):
-    """Snakemake's 'Job stats' table of a dry run -> {rule: count}."""
-    table = out.split("Job stats:")[1].split("total")[0]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
-
-
-def jobs(out):
-    """The job blocks of a dry run with -p: [{'rule', 'wildcards', 'input', 'shell'}]."""
-    blocks = []
-    for block in re.split(r"\n\[[^\]]+\]\n", out):
-        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
-        if rule:
-            get = lambda key, b=block: (re.search(rf"^\s+{key}: (.*)$", b, re.M) or [None, ""])[1]
-            shell = re.search(r"^Shell command: (.*)$", block, re.M)
-            blocks.append(
-                {
-                    "rule": rule[1],
-                    "wildcards": get("wildcards"),
-                    "input": get("input"),
-                    "shell": shell[1] if shell else "",
-                }
-            )
-    return blocks
-
-
-def write_yaml(path, data):
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return str(path)
-
-
-def stage_raw_files(cwd, preset):
-    """Empty stand-ins for a preset's raw files (a dry run checks that they exist, never reads
-    them)."""
-    cfg = yaml.safe_load((ROOT / f"workflow/config/{preset}.yaml").read_text())
-    for ds in cfg["datasets"].values():
-        for raw in ds.get("raw", []):
-            path = Path(cwd) / raw["path"]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if path.suffix:
-                path.touch()
-            else:
-                path.mkdir(exist_ok=True)
-
-
-def assert_stopped_before_any_job(res, cwd, *needles):
-    assert res.returncode != 0, res.stdout[-3000:]
-    for needle in needles:
-        assert needle in res.stdout, f"{needle!r} not in:\n{res.stdout[-3000:]}"
-    assert not (Path(cwd) / "results").exists(), (
-        "a job ran although the workflow should have stopped first"
-    )
 
 
 def test_lint_is_clean(tmp_path):

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_workflow import assert_stopped_before_any_job, jobs, snakemake, write_yaml
+from helpers import assert_stopped_before_any_job, jobs, snakemake, write_yaml
 
 from bcmcore.cli.flags import check, parser, render
 from bcmcore.config import ConfigError

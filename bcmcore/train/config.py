@@ -4,9 +4,8 @@ train}."""
 import dataclasses
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
-from bcmcore.config import ConfigError, from_dict, load_json, to_dict
+from bcmcore.config import ConfigError, from_dict, to_dict
 
 
 @dataclass(frozen=True)
@@ -147,24 +146,13 @@ def parse_run_config(d, where="config.json"):
     )
 
 
-def load_run_config(run_dir):
-    """RUN_DIR/config.json, with the runtime keys of RUN_DIR/runtime.json (if any) laid over it."""
-    from bcmcore.train.recipe import with_runtime
-
-    path, runtime = Path(run_dir) / "config.json", Path(run_dir) / "runtime.json"
-    d = load_json(path)
-    if runtime.is_file():
-        d = with_runtime(d, load_json(runtime), where=str(runtime))
-    return parse_run_config(d, where=str(path))
-
-
 def replace_train(cfg: RunConfig, **changes):
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes))
 
 
 def check_data_fits(cfg: RunConfig):
     """The model's data shape and classes against the shards' manifest, before any weight exists."""
-    from bcmcore.data import read_manifest
+    from bcmcore.shards import read_manifest
 
     man, net = read_manifest(cfg.data.shards), cfg.model.net
     where = f"{cfg.data.shards}/manifest.json"

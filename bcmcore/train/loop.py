@@ -17,8 +17,9 @@ import torch
 from bcmcore import dist, runlock
 from bcmcore.config import ConfigError, UserError
 from bcmcore.train import checkpoint, interrupt, recipe
-from bcmcore.train.config import check_data_fits, load_run_config
+from bcmcore.train.config import check_data_fits
 from bcmcore.train.device import configure_backends
+from bcmcore.train.recipe import load_run_config
 from bcmcore.train.step import Stepper
 from bcmcore.util import atomic_write_text, remove_tmp
 

@@ -20,8 +20,10 @@ last stage). The lr never depends on the length (constant, optional linear warm-
 """
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
-from bcmcore.config import ConfigError, from_dict, to_dict
+from bcmcore.config import ConfigError, from_dict, load_json, to_dict
+from bcmcore.train.config import parse_run_config
 
 RUNTIME = {
     "train": (
@@ -96,7 +98,6 @@ def with_runtime(d, runtime, where="runtime.json"):
 def normalized(d, where="config"):
     """Plain dict of a run config with every default filled in (the loss section too)."""
     from bcmcore.losses import get_loss_class
-    from bcmcore.train.config import parse_run_config
 
     cfg = parse_run_config(d, where=where)
     options = {k: v for k, v in cfg.loss.items() if k != "kind"}
@@ -155,3 +156,12 @@ def start(cfg):
     """A fresh run fixes its schedule length (= total_steps unless set)."""
     t = cfg.train
     return replace(cfg, train=replace(t, schedule_steps=t.schedule_steps or t.total_steps))
+
+
+def load_run_config(run_dir):
+    """RUN_DIR/config.json, with the runtime keys of RUN_DIR/runtime.json (if any) laid over it."""
+    path, runtime = Path(run_dir) / "config.json", Path(run_dir) / "runtime.json"
+    d = load_json(path)
+    if runtime.is_file():
+        d = with_runtime(d, load_json(runtime), where=str(runtime))
+    return parse_run_config(d, where=str(path))
