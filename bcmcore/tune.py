@@ -302,7 +302,7 @@ def _warm_starts(start, tuned):
         return ()
     if len(anc.times) != len(start.times) or len(zz.pairs) != len(start.pairs):
         return ()
-    return (sampling.Recipe("combined", anc.times, zz.pairs),)
+    return (Recipe("combined", anc.times, zz.pairs),)
 
 
 def sampling_text(recipe):

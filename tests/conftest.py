@@ -69,3 +69,16 @@ def shards(tmp_path_factory):
         == 0
     )
     return out
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """Real demo shards (data_prep digits) and the demo classifier trained on them (once per
+    module)."""
+    from bcmcore.cli import main as bcm
+    from bcmcore.metrics import demo_classifier
+
+    out = tmp_path_factory.mktemp("digits") / "shards"
+    assert bcm(["prep", "digits", "--out", str(out), "--workers", "1"]) == 0
+    demo_classifier.load_demo_classifier(out)
+    return out

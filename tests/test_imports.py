@@ -20,6 +20,7 @@ from bcmcore.config import UserError
 from bcmcore.guided import igct_edit
 from bcmcore.imports import import_checkpoint, import_model
 from bcmcore.nets import load_network
+from bcmcore.recipes import get_recipe
 
 DATA = Path(__file__).parent / "data"
 BCM_DIR, IGCT_DIR = DATA / "bcm_ict_torch", DATA / "igct"
@@ -310,7 +311,5 @@ def test_imagenet64_recipes_are_the_authors_schedules(recipe, kind, calls):
 
     model.forward = record
     rng = sampling.SeededRNG(range(2))
-    sampling.generate(
-        model, sampling.get_recipe(recipe), rng.randn((3, 32, 32)), rng, torch.tensor([1, 2])
-    )
+    sampling.generate(model, get_recipe(recipe), rng.randn((3, 32, 32)), rng, torch.tensor([1, 2]))
     assert seen == [(t, u) for t, u in calls]

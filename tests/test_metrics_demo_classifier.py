@@ -16,17 +16,6 @@ from bcmcore.metrics.report import read_csv
 from bcmcore.nets import ModelConfig, NetConfig, build_model, save_network
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    """Real demo shards (data_prep digits) and the demo classifier trained on them (once per
-    module)."""
-
-    out = tmp_path_factory.mktemp("digits") / "shards"
-    assert bcm(["prep", "digits", "--out", str(out), "--workers", "1"]) == 0
-    demo_classifier.load_demo_classifier(out)
-    return out
-
-
 def test_demo_classifier_is_accurate_and_cached(digits):
     clf = demo_classifier.load_demo_classifier(digits)
     assert (digits / demo_classifier.FILE).is_file()

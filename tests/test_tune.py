@@ -275,16 +275,16 @@ def test_bcm_tune_writes_table_recipes_and_a_spec_the_sweep_reads(tmp_path):
 def test_warm_start_from_tuned_ancestral_and_zigzag_is_scored_and_kept_when_better():
     ref = gauss_ref()
     score = scorer(LazyBelow(0.3), ref, n=200)
-    start = S.Recipe("combined", (T, 40.0, EPS), ((0.05, 2.0),))
+    start = Recipe("combined", (T, 40.0, EPS), ((0.05, 2.0),))
     warm = tune._warm_starts(
         start,
         {
-            "ancestral": S.Recipe("ancestral", (T, 0.5, EPS)),
-            "zigzag": S.Recipe("zigzag", (T, EPS), ((0.5, 1.0),)),
+            "ancestral": Recipe("ancestral", (T, 0.5, EPS)),
+            "zigzag": Recipe("zigzag", (T, EPS), ((0.5, 1.0),)),
         },
     )
-    assert warm == (S.Recipe("combined", (T, 0.5, EPS), ((0.5, 1.0),)),)
+    assert warm == (Recipe("combined", (T, 0.5, EPS), ((0.5, 1.0),)),)
     best, val, rows = tune.pattern_search(score, start, EPS, T, budget=2, warm=warm)
     assert [r["move"] for r in rows] == ["start", "warm start 0"]
     assert best.times == (T, 0.5, EPS) and val == rows[1]["score"] < rows[0]["score"]
-    assert tune._warm_starts(S.Recipe("combined", (T, 3.0, 1.0, EPS), ((0.1, 1.0),)), {}) == ()
+    assert tune._warm_starts(Recipe("combined", (T, 3.0, 1.0, EPS), ((0.1, 1.0),)), {}) == ()

@@ -8,7 +8,6 @@ import torch
 import torchvision
 from scipy.spatial.distance import cdist
 from sklearn.neighbors import NearestNeighbors
-from test_metrics_demo import digits  # noqa: F401  (the demo shards + classifier fixture)
 
 from bcmcore.config import UserError
 from bcmcore.metrics import prdc, staged, vgg16

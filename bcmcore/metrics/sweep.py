@@ -311,7 +311,7 @@ def item_sweep(ev, model, x_all, y_all, fn, desc, width=1):
 
 def _q(x):
     """Images as saved: uint8-quantised, back in [-1, 1] (what PSNR, SSIM and LPIPS score)."""
-    return torch.from_numpy(editing.to_uint8(x)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return to_float(to_uint8(x))
 
 
 def mse_sweep(ev, model, x_all, y_all, fn, desc):
@@ -324,7 +324,7 @@ def mse_sweep(ev, model, x_all, y_all, fn, desc):
         x_hat, ref = x_hat.cpu(), ref.cpu()
         cols = [mse_per_item(x_hat, ref, ev.vector).numpy()]
         if not ev.vector:
-            a, b = (editing.to_uint8(v).transpose(0, 3, 1, 2) for v in (x_hat, ref))
+            a, b = (to_uint8(v).numpy() for v in (x_hat, ref))
             cols += [image_quality.psnr(a, b), image_quality.ssim(a, b)]
             no_lpips = np.full(len(a), np.nan)
             cols.append(ev.lpips(_q(x_hat), _q(ref)) if ev.lpips is not None else no_lpips)
