@@ -280,3 +280,21 @@ def test_cuda_samples_equal_cpu_samples():
         x, _ = S.combined(GaussFlow(), T * rng.randn((3, 4, 4)), [T, 3.0, EPS], [(0.12, 0.4)], rng)
         out[dev] = x.cpu()
     torch.testing.assert_close(out["cpu"], out["cuda"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["imagenet64-nfe3", "imagenet64-nfe4", "digits-bcm_ft-nfe4"])
+def test_generate_zigzag_and_combined_recipes_follow_the_exact_flow(name):
+    """The path the eval sweep takes (Recipe -> generate) against Alg. 3 / 4 on the exact flow map:
+    x_T = T z, ancestral down to eps, then per round f(f(x + e z', e, t), t, eps) with fresh z'."""
+    recipe = S.get_recipe(name)
+    rng, z = gmm_points(6)
+    x, nfe = S.generate(ExactFlowMap(DEMO_GMM), recipe, z, rng)
+    ref_rng, ref_z = gmm_points(6)
+    ref = T * ref_z
+    times = list(recipe.times)
+    for a, b in zip(times, times[1:]):
+        ref = flow(ref, a, b)
+    for e, t in recipe.pairs:
+        ref = flow(flow(ref + e * ref_rng.randn((2,), dtype=torch.float64), e, t), t, EPS)
+    assert nfe == len(times) - 1 + 2 * len(recipe.pairs)
+    torch.testing.assert_close(x, ref, rtol=0, atol=1e-6)
