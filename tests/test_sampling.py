@@ -286,9 +286,10 @@ def test_cuda_samples_equal_cpu_samples():
 def test_generate_zigzag_and_combined_recipes_follow_the_exact_flow(name):
     """The path the eval sweep takes (Recipe -> generate) against Alg. 3 / 4 on the exact flow map:
     x_T = T z, ancestral down to eps, then per round f(f(x + e z', e, t), t, eps) with fresh z'."""
-    recipe = S.get_recipe(name)
+    model = ExactFlowMap(DEMO_GMM)
     rng, z = gmm_points(6)
-    x, nfe = S.generate(ExactFlowMap(DEMO_GMM), recipe, z, rng)
+    x, nfe = S.generate(model, R.get_recipe(name), z, rng)
+    recipe = R.get_recipe(name).for_model(model)
     ref_rng, ref_z = gmm_points(6)
     ref = T * ref_z
     times = list(recipe.times)
