@@ -399,7 +399,6 @@ def json_text(obj, indent=2):
     return shlex.quote(json.dumps(obj, indent=indent, sort_keys=True))
 
 
-
 # ---------------------------------------------------------------------------------------------- imports
 # Experiments that import the authors' released weights instead of training (`import: {format, path}`):
 # rule import_network (train.smk) writes their network-final.pt with `bcm import`, and every evaluation,

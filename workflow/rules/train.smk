@@ -46,7 +46,6 @@ rule train:
         " && {resources.launch} train --run-dir results/{wildcards.ds}/runs/{wildcards.exp} 2>&1 | tee {log}"
 
 
-
 # An imported experiment's network: the authors' checkpoint through `bcm import` (no training).
 rule import_network:
     input:
