@@ -56,7 +56,10 @@ def test_plain_slurm_task_variables_become_torch_distributed_ones(monkeypatch):
     from bcmcore import dist
 
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
+        # setenv first, so that monkeypatch restores the key's absence after _slurm_env() sets it:
+        # a leaked WORLD_SIZE=4 makes every later `bcm train` subprocess wait for 3 peers forever.
+        monkeypatch.setenv(key, "unset")
+        monkeypatch.delenv(key)
     monkeypatch.setenv("PATH", "/nonexistent")  # no scontrol: the first node name is taken as is
     for key, value in dict(
         SLURM_PROCID="3",
