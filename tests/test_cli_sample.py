@@ -108,7 +108,7 @@ def test_bcm_sample_on_two_ranks_equals_one_rank(nets, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "bcmcore.cli",
+        "bcmcore",
         "sample",
         "--network",
         nets["bcm"],
