@@ -18,7 +18,8 @@ from bcmcore.config import UserError, from_dict
 
 # Named configs: model + loss + per-GPU batch (CPU runs use cpu_batch so a 2-core box finishes).
 # Image configs are experiments of the workflow's presets (bcmcore.presets), so the benchmarked net
-# is the one the preset trains; any "<preset>/<experiment>" works too (per-GPU batch 64, CPU 2).
+# is the one the preset trains; any "<preset>/<experiment>" works too (per-GPU batch 64, CPU 2), and
+# "digits/<experiment>" is the demo's (its own train.batch: the demo trains on CPUs at that batch).
 CONFIGS = {
     "tiny": dict(
         model={
@@ -42,7 +43,8 @@ CONFIGS = {
 
 
 def bench_config(name):
-    """{model, loss, shape, batch, cpu_batch} of a named config or of "<preset>/<experiment>"."""
+    """{model, loss, shape, batch, cpu_batch} of a named config or of "<preset>/<experiment>"
+    (digits/<experiment>: the demo's)."""
     from bcmcore import presets
 
     c = dict(CONFIGS.get(name) or {})
@@ -51,13 +53,16 @@ def bench_config(name):
     if not c:
         raise UserError(
             f"--config: unknown config {name!r} (known: {', '.join(CONFIGS)}, or "
-            f"<preset>/<experiment> with a preset of {', '.join(presets.PRESETS)})"
+            f"<preset>/<experiment> with a preset of {', '.join((*presets.PRESETS, presets.DEMO))})"
         )
     if "preset" in c:
-        run = presets.run_config(*c["preset"].split("/"))
+        preset, exp = c["preset"].split("/")
+        run = presets.run_config(preset, exp)
         net = run["model"]["net"]
         c.update(model=run["model"], loss=run["loss"])
         c["shape"] = (net["data_channels"], net["resolution"], net["resolution"])
+        if preset == presets.DEMO:
+            c["batch"] = c["cpu_batch"] = run["train"]["batch"]
     return c
 
 

@@ -1,4 +1,6 @@
 """The workflow's presets (workflow/config/<name>.yaml) read from Python: experiment -> run config.
+The demo (the embedded default config, workflow/config/config.yaml) is read as the preset "digits",
+the name of its dataset.
 
 The resolution is the one of `run_config` in workflow/rules/common.smk (dataset defaults deep-merged
 under the experiment's model / train, the dataset's data section under the experiment's, the shards
@@ -16,6 +18,7 @@ from bcmcore.config import UserError
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "workflow" / "config"
 PRESETS = ("cifar10", "imagenet64", "ffhq64", "lsun256")
+DEMO = "digits"  # the dataset of config.yaml, the workflow's default config (`make demo`)
 
 
 def _merged(base, override):
@@ -28,13 +31,21 @@ def _merged(base, override):
     return out
 
 
+def preset_path(preset):
+    """The file of a preset given by name (workflow/config/<name>.yaml; config.yaml for DEMO) or
+    path."""
+    if preset == DEMO:
+        return PRESET_DIR / "config.yaml"
+    p = Path(preset)
+    return p if p.suffix else PRESET_DIR / f"{preset}.yaml"
+
+
 def load(preset):
-    """A preset by name (workflow/config/<name>.yaml) or path -> (its dataset's name, config)."""
-    path = Path(preset)
-    if not path.suffix:
-        path = PRESET_DIR / f"{preset}.yaml"
+    """A preset by name or path (`preset_path`) -> (its dataset's name, config)."""
+    path = preset_path(preset)
     if not path.is_file():
-        raise UserError(f"preset {preset!r}: {path} not found (known: {', '.join(PRESETS)})")
+        known = ", ".join((*PRESETS, DEMO))
+        raise UserError(f"preset {preset!r}: {path} not found (known: {known})")
     cfg = yaml.safe_load(path.read_text())
     enabled = [ds for ds, d in cfg.get("datasets", {}).items() if d.get("enabled", True)]
     if len(enabled) != 1:

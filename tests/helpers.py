@@ -16,7 +16,7 @@ import torch
 import yaml
 
 import bcmcore
-from bcmcore import sampling
+from bcmcore import presets, sampling
 from bcmcore.nets.facts import data_shape
 from bcmcore.recipes import Recipe
 from bcmcore.toy import DEMO_GMM, GaussianMixture
@@ -304,7 +304,7 @@ def write_yaml(path, data):
 def stage_raw_files(cwd, preset):
     """Empty stand-ins for a preset's raw files (a dry run checks that they exist, never reads
     them)."""
-    cfg = yaml.safe_load((ROOT / f"workflow/config/{preset}.yaml").read_text())
+    cfg = yaml.safe_load(presets.preset_path(preset).read_text())
     for ds in cfg["datasets"].values():
         for raw in ds.get("raw", []):
             path = Path(cwd) / raw["path"]

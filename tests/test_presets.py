@@ -226,12 +226,12 @@ def test_schedules(key):
         assert loss.lambda_rec(179_999) == 2e-5  # the authors' first raise is at tick 1800 = 180k
 
 
-@pytest.mark.parametrize("preset", presets.PRESETS)
+@pytest.mark.parametrize("preset", (*presets.PRESETS, presets.DEMO))
 def test_presets_module_resolves_what_the_workflow_writes(tmp_path, preset):
     """bcmcore.presets.run_config is what the workflow resolves: its recipe part equals the
     config.json the run_config rule writes, for every experiment (the disabled ones enabled by an
-    override file), so bench and these tests build exactly what the workflow trains. Also the
-    schema and start-up checks with everything on."""
+    override file) of every preset and of the demo, so bench and these tests build exactly what
+    the workflow trains. Also the schema and start-up checks with everything on."""
     from helpers import snakemake, stage_raw_files, write_yaml
 
     from bcmcore.train.recipe import recipe_part
@@ -248,7 +248,7 @@ def test_presets_module_resolves_what_the_workflow_writes(tmp_path, preset):
         "--until",
         "run_config",
         "--configfile",
-        str(presets.PRESET_DIR / f"{preset}.yaml"),
+        str(presets.preset_path(preset)),
         on,
     )
     assert res.returncode == 0, res.stdout[-3000:]
@@ -256,9 +256,7 @@ def test_presets_module_resolves_what_the_workflow_writes(tmp_path, preset):
         written = json.loads((tmp_path / f"results/{ds}/runs/{exp}/config.json").read_text())
         assert written == recipe_part(presets.run_config(preset, exp)), f"{preset}/{exp}"
     # and the whole DAG of the dataset's tables, deep experiments included, dry-runs
-    res = snakemake(
-        tmp_path, "-n", "all", "--configfile", str(presets.PRESET_DIR / f"{preset}.yaml"), on
-    )
+    res = snakemake(tmp_path, "-n", "all", "--configfile", str(presets.preset_path(preset)), on)
     assert res.returncode == 0, res.stdout[-3000:]
     for exp in exps:
         assert f"results/{ds}/runs/{exp}/network-final.pt" in res.stdout, exp

@@ -4,6 +4,7 @@ the data loader's throughput (bcmcore.bench, bcmcore.data_bench)."""
 import json
 
 from bcmcore.cli._args import parser
+from bcmcore.config import UserError
 
 
 def bench(argv):
@@ -13,7 +14,25 @@ def bench(argv):
     sub = ap.add_subparsers(dest="what", required=True)
     tr = sub.add_parser("train", help="img/s, sec/step (and MFU on CUDA) of the training step")
     tr.add_argument(
-        "--config", default="tiny", help=f"one of {', '.join(CONFIGS)}, or <preset>/<experiment>"
+        "--config",
+        help=f"one of {', '.join(CONFIGS)}, <preset>/<experiment> or digits/<experiment> (the "
+        "demo's); default tiny",
+    )
+    tr.add_argument(
+        "--vs",
+        nargs=2,
+        metavar=("A", "B"),
+        help="time two sides interleaved (A B, B A, ...) in one worker process each and print "
+        "the B/A ratio of sec/step with its spread; a side is CONFIG[@OVERRIDE]..., overrides "
+        "threads=N, batch=N, net.K=V, model.K=V, loss.K=V, train.K=V or a variant token "
+        "(bcmcore/bench_vs.py), e.g. digits/ict@threads=1",
+    )
+    tr.add_argument("--rounds", type=int, default=7, help="--vs: rounds of --steps per side")
+    tr.add_argument(
+        "--baseline-tree",
+        metavar="PATH",
+        help="run side A with the bcmcore of this checkout (e.g. `git worktree add /tmp/base "
+        "<rev>`): one config across two code versions; without --vs both sides are --config",
     )
     tr.add_argument(
         "--batch", type=int, help="per-process batch (default: the config's GPU or CPU batch)"
@@ -51,14 +70,30 @@ def bench(argv):
 
     from bcmcore.bench import bench_ddp, bench_train
 
-    if args.what == "train":
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(
+        getattr(args, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    if args.what == "train" and (args.vs or args.baseline_tree):
+        from bcmcore.bench_vs import compare
+
+        if (args.vs and args.config) or args.variants:
+            raise UserError(
+                "--vs / --baseline-tree: configs and variant tokens go in the side specs (e.g. "
+                "--vs tiny tiny@compile), not in --config (with --vs) or --variants"
+            )
+        a, b = args.vs or [args.config or "tiny"] * 2
+        rows = compare(
+            a, b, device, args.batch, args.steps, args.warmup, args.rounds, args.baseline_tree
+        )
+    elif args.what == "train":
         variants = (
             args.variants.split(",")
             if args.variants
             else (None if device.type == "cuda" else ["fp32", "channels_last"])
         )
-        rows = bench_train(args.config, device, args.batch, args.steps, args.warmup, variants)
+        rows = bench_train(
+            args.config or "tiny", device, args.batch, args.steps, args.warmup, variants
+        )
     else:
         rows = [bench_ddp(args.config, args.batch, args.steps)]
     if args.out:
