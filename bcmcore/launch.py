@@ -177,8 +177,15 @@ class BcmTask(submitit.helpers.Checkpointable):
     """One task of a launched job: `bcm <argv>` in this process. checkpoint() (inherited) resubmits
     the same command and nothing else; resume is the training loop's job."""
 
-    def __call__(self, argv, entry):
+    def __call__(self, argv, entry, threads=None):
         env = submitit.JobEnvironment()
+        if threads and "OMP_NUM_THREADS" not in os.environ:
+            # cpus_per_task is the task's share of the machine: without it torch takes every core,
+            # and stages that share a CPU machine (the local profile) would oversubscribe it
+            import torch
+
+            os.environ["OMP_NUM_THREADS"] = str(threads)  # DataLoader workers, subprocesses
+            torch.set_num_threads(threads)
         if env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         try:
@@ -209,7 +216,7 @@ def submit(argv, cfg: LauncherConfig, folder, name, entry):
     with (
         submitit.helpers.clean_env()
     ):  # nested in a Slurm job (Snakemake's): do not inherit its variables
-        return ex.submit(BcmTask(), list(argv), entry)
+        return ex.submit(BcmTask(), list(argv), entry, cfg.cpus_per_task)
 
 
 def _remember(folder, job, argv, num_tasks):

@@ -8,8 +8,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
-
 from bcmcore.config import UserError
 
 LOW_SPACE_BYTES = (
@@ -100,6 +98,8 @@ def remove_tmp(directory, stem=""):
 def atomic_torch_save(obj, path):
     """torch.save to a temp name, fsync, rename: a killed writer never leaves a truncated
     checkpoint."""
+    import torch  # not at the top: `bcm launch` and the workflow import this module without torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 

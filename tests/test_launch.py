@@ -23,7 +23,7 @@ from bcmcore.launch import LauncherConfig, load_launcher, make_executor, submit,
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
-def bcm_launch(*args, timeout=600, sigint_ignored=False):
+def bcm_launch(*args, timeout=600, sigint_ignored=False, env=ENV):
     """`bcm launch` in a subprocess; sigint_ignored: started as a shell's background job (nohup ...
     &) is."""
     ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
@@ -31,7 +31,7 @@ def bcm_launch(*args, timeout=600, sigint_ignored=False):
         [sys.executable, "-m", "bcmcore", "launch", *map(str, args)],
         capture_output=True,
         text=True,
-        env=ENV,
+        env=env,
         timeout=timeout,
         preexec_fn=ignore,
     )
@@ -43,11 +43,25 @@ def test_local_executor_runs_a_two_task_training_job(tmp_path, shards):
     r = bcm_launch("--executor", "local", "--tasks-per-node", 2, "--", "train", "--run-dir", run)
     assert r.returncode == 0, r.stdout + r.stderr
     # the job's rank-0 log was streamed to our stdout; both tasks joined one gloo group
-    assert "2 process(es) on cpu, batch 16 = 8 x 1 rounds x 2" in r.stdout, r.stdout
+    assert "2 process(es) on cpu (1 threads each), batch 16 = 8 x 1 rounds x 2" in r.stdout, (
+        r.stdout
+    )
     assert "step 3/3" in r.stdout and (run / "network-final.pt").is_file()
     assert (
         len(list((run / "submitit").glob("*/*_1_log.out"))) == 1
     )  # task 1 ran, logs under RUN_DIR/submitit
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="torch takes 1 thread anyway")
+def test_a_local_task_takes_cpus_per_task_threads(tmp_path, shards):
+    """Without cpus_per_task torch would take every core, and two stages side by side (the local
+    profile) would oversubscribe them."""
+    run = make_run(tmp_path / "run", shards, total_steps=1)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    args = ("--executor", "local", "--cpus-per-task", 1, "--job-dir", tmp_path / "jobs")
+    r = bcm_launch(*args, "--", "train", "--run-dir", run, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 process(es) on cpu (1 threads each)" in r.stdout, r.stdout
 
 
 def test_debug_executor_runs_in_process(tmp_path, shards, capsys):
@@ -223,3 +237,21 @@ def test_preempted_local_job_requeues_and_resumes(tmp_path, shards):
     assert "resumed from training-state-" in log, log
     assert json.loads((run / "stats.jsonl").read_text().splitlines()[-1])["step"] == 400
     assert (run / "network-final.pt").is_file()
+
+
+def test_bcm_launch_and_the_workflow_side_do_not_import_torch():
+    """`bcm launch` only waits for its job (one per workflow stage), and the Snakefile imports the
+    launcher to size jobs: importing torch there costs seconds per stage and per DAG evaluation."""
+    code = (
+        "import sys\n"
+        "from bcmcore.cli import main\n"
+        "import bcmcore.launch\n"
+        "try:\n"
+        "    main(['launch', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout

@@ -145,7 +145,26 @@ def test_the_default_profile_leaves_the_slurm_profile_as_it_is(clone):
     assert re.search(r"resources: .*launches=0", train), train
     res = run(clone, "-n", "results/digits/runs/ict/network-final.pt")
     train = res.stdout.split("rule train:")[1].split("\n\n")[0]
-    assert re.search(r"resources: .*launches=1", train), train
+    # cluster/local on CPUs: cpus_per_task 1, no slot: stages run side by side on the cores
+    assert re.search(r"resources: .*launches=0", train) and "threads:" not in train, train
+
+
+def test_local_stages_take_their_cores_or_the_gpu_slot(clone, tmp_path):
+    """A local CPU stage takes tasks x cpus_per_task of Snakemake's cores; one with GPUs takes the
+    single `launches` slot (it uses every GPU), whatever its threads."""
+    import yaml
+
+    over = tmp_path / "over.yaml"
+    launch = {"train": {"cpus_per_task": 2}, "eval": {"gpus_per_node": 1}}
+    over.write_text(yaml.safe_dump({"datasets": {"digits": {"launch": launch}}}))
+    res = run(
+        clone, "-n", "results/digits/fid_table.csv", "--cores", "4", "--configfile", str(over)
+    )
+    assert res.returncode == 0, res.stdout[-3000:]
+    train = res.stdout.split("rule train:")[1].split("\n\n")[0]
+    assert re.search(r"threads: 2\b", train) and "launches=0" in train, train
+    evaluate = res.stdout.split("rule evaluate:")[1].split("\n\n")[0]
+    assert "launches=1" in evaluate and "threads:" not in evaluate, evaluate
 
 
 def test_runtime_keys_rerun_nothing_recipe_keys_rerun_training(clone, tmp_path):

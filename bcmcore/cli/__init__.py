@@ -52,9 +52,25 @@ def resource_error(command, e):
     return None
 
 
+def _own_module(command):
+    """{command: handler} from the family module named like the command, if it has it: `bcm launch`
+    (which waits for a whole stage) and `bcm train` start without importing the other families, some
+    of which import torch (seconds per workflow job)."""
+    if not command.isidentifier() or command.startswith("_"):
+        return {}
+    try:
+        module = importlib.import_module(f"{__name__}.{command}")
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.{command}":
+            raise
+        return {}
+    table = getattr(module, "COMMANDS", {})
+    return table if command in table else {}
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    table = commands()
+    table = (argv and _own_module(argv[0])) or commands()
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in table:
         print("usage: bcm {" + ",".join(sorted(table)) + "} ...", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2

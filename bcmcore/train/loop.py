@@ -166,11 +166,12 @@ def _train(run_dir, cfg, rank, world, device, stop):
 
     params = stepper.params
     n_params = sum(p.numel() for p in params)
+    threads = f" ({torch.get_num_threads()} threads each)" if device.type == "cpu" else ""
     log(
         f"run {run_dir}: {cfg.model.kind} model ({n_params / 1e6:.3f} M params), loss "
         f"{cfg.loss['kind']}, "
-        f"{world} process(es) on {device.type}, batch {t.batch} = {batch_gpu} x {rounds} rounds x "
-        f"{world}, "
+        f"{world} process(es) on {device.type}{threads}, "
+        f"batch {t.batch} = {batch_gpu} x {rounds} rounds x {world}, "
         f"steps {step}->{t.total_steps}"
     )
     loader = make_loader(cfg.data, batch_gpu, rank, world, t.seed, step * t.batch, device=device)

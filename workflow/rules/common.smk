@@ -197,12 +197,26 @@ def launcher_settings(ds, stage):
     return settings
 
 
-def launch_slots():
-    """The `launches` of each heavy stage: 1 where the site runs stages on this machine (profiles allow one
-    at a time), 0 where it sends them to a cluster (as many queued at once as the DAG allows)."""
+def launch_slots(ds, stage):
+    """The `launches` of a heavy stage: 1 where a stage on this machine takes its GPUs (the local profile
+    allows one such stage at a time), 0 on CPUs (stages share the cores through `threads`, stage_threads)
+    and where stages go to a cluster (as many queued at once as the DAG allows)."""
     from bcmcore.launch import load_launcher
 
-    return 1 if load_launcher(site_file("launcher.yaml")).executor in ("local", "debug") else 0
+    cfg = load_launcher(site_file("launcher.yaml"), **launcher_settings(ds, stage))
+    return 1 if cfg.executor in ("local", "debug") and cfg.gpus_per_node > 0 else 0
+
+
+def stage_threads(ds, stage):
+    """Cores a heavy stage takes from Snakemake's `--cores`: on this machine, its tasks x cpus_per_task
+    (unset: all of them, one stage at a time), so CPU stages with cpus_per_task 1 run side by side; a
+    stage sent to a cluster only waits here (1)."""
+    from bcmcore.launch import load_launcher
+
+    cfg = load_launcher(site_file("launcher.yaml"), **launcher_settings(ds, stage))
+    if cfg.executor not in ("local", "debug"):
+        return 1
+    return cfg.num_tasks * cfg.cpus_per_task if cfg.cpus_per_task else workflow.cores
 
 
 def flags(options):

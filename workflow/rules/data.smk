@@ -9,8 +9,9 @@ rule prep:
     localrule: True
     conda:
         "../../environment.yml"
+    threads: lambda w: stage_threads(w.ds, "prep")
     resources:
-        launches=launch_slots(),
+        launches=lambda w: launch_slots(w.ds, "prep"),
         launch=lambda w: launch(w.ds, "prep", f"results/{w.ds}/jobs/prep"),
     params:
         prep=lambda w: config["datasets"][w.ds]["prep"],  # rerun trigger: the converter and its flags

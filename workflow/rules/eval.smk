@@ -30,8 +30,9 @@ rule evaluate:
     localrule: True
     conda:
         "../../environment.yml"
+    threads: lambda w: stage_threads(w.ds, "eval")
     resources:
-        launches=launch_slots(),
+        launches=lambda w: launch_slots(w.ds, "eval"),
         launch=lambda w: launch(w.ds, "eval", f"results/{w.ds}/eval/{w.exp}/jobs"),
     shell:
         "{resources.launch} eval --spec {input.spec} --out results/{wildcards.ds}/eval/{wildcards.exp}"
@@ -53,8 +54,9 @@ rule sample_grid:
     localrule: True
     conda:
         "../../environment.yml"
+    threads: lambda w: stage_threads(w.ds, "sample")
     resources:
-        launches=launch_slots(),
+        launches=lambda w: launch_slots(w.ds, "sample"),
         launch=lambda w: launch(w.ds, "sample", f"results/{w.ds}/grids/{w.exp}/jobs"),
     params:
         options=lambda w: config["datasets"][w.ds]["experiments"][w.exp].get("grid", {}),
@@ -82,8 +84,9 @@ rule app_grid:
     localrule: True
     conda:
         "../../environment.yml"
+    threads: lambda w: stage_threads(w.ds, "sample")
     resources:
-        launches=launch_slots(),
+        launches=lambda w: launch_slots(w.ds, "sample"),
         launch=lambda w: launch(w.ds, "sample", f"results/{w.ds}/grids/{w.exp}/jobs"),
     params:
         options=lambda w: config["datasets"][w.ds]["experiments"][w.exp]["apps"][w.task],

@@ -37,8 +37,9 @@ rule train:
     localrule: True
     conda:
         "../../environment.yml"
+    threads: lambda w: stage_threads(w.ds, "train")
     resources:
-        launches=launch_slots(),
+        launches=lambda w: launch_slots(w.ds, "train"),
         launch=lambda w: launch(w.ds, "train", f"results/{w.ds}/runs/{w.exp}/jobs"),
         runtime_keys=lambda w: json_text(runtime_keys(w.ds, w.exp), indent=None),  # never a trigger
     shell:
