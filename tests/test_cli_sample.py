@@ -65,10 +65,8 @@ def test_bcm_sample_writes_npz_grid_and_info_and_ignores_batch_size(nets, tmp_pa
     assert info["nfe"] == 4 and info["sampler"] == "combined"
     from PIL import Image
 
-    assert Image.open(tmp_path / "a" / "samples.png").size == (
-        4 * 9 + 1,
-        3 * 9 + 1,
-    )  # 10 images, 4 per row
+    # 10 images, 4 per row; 8x8 pixels shown 4x (report.MIN_TILE)
+    assert Image.open(tmp_path / "a" / "samples.png").size == (4 * 33 + 1, 3 * 33 + 1)
     assert run(*args, "--out", str(tmp_path / "b"), "--batch", "3") == 0
     assert np.array_equal(np.load(tmp_path / "b" / "samples.npz")["arr_0"], d["arr_0"])
     assert not list((tmp_path / "a").glob(".tmp-*"))

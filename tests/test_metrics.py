@@ -244,3 +244,23 @@ def test_inception_extractor_is_built_from_the_staged_file_without_downloading(
     expect = (imgs.reshape(3, -1).mean(1) - 128) / 128
     np.testing.assert_allclose(f[:, 0], f[:, 1], rtol=1e-6)
     np.testing.assert_allclose(f[:, 0], expect, atol=0.02)
+
+
+def test_grids_enlarge_small_images_pixel_for_pixel(tmp_path):
+    """8x8 demo digits are shown 4x (nearest: each pixel a 4x4 square); 32 px and up stay 1:1."""
+    from PIL import Image
+
+    from bcmcore.metrics.report import save_grid
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (3, 1, 8, 8), dtype=np.uint8)
+    save_grid(tmp_path / "s.png", small, ncol=3)
+    g = np.array(Image.open(tmp_path / "s.png"))
+    assert g.shape == (33 + 1, 3 * 33 + 1)
+    tile = g[1:33, 1 + 33 : 1 + 33 + 32]  # the second image
+    assert np.array_equal(tile, small[1, 0].repeat(4, 0).repeat(4, 1))
+    big = rng.integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
+    save_grid(tmp_path / "b.png", big, ncol=2)
+    g = np.array(Image.open(tmp_path / "b.png"))
+    assert g.shape == (33 + 1, 2 * 33 + 1, 3)
+    assert np.array_equal(g[1:33, 34:66], big[1].transpose(1, 2, 0))

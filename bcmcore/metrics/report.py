@@ -97,11 +97,19 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+MIN_TILE = 32  # grid tiles smaller than this are enlarged for viewing (the npz keeps the pixels)
+
+
 def save_grid(path, images, ncol=None):
-    """uint8 images [N, C, H, W] -> one PNG grid (1-pixel gaps), written atomically."""
+    """uint8 images [N, C, H, W] -> one PNG grid (1-pixel gaps), written atomically. Images under
+    MIN_TILE pixels (the 8x8 demo digits) are enlarged by the smallest integer factor that reaches
+    it, nearest-neighbour, so every pixel stays a sharp square."""
     from PIL import Image
 
     images = np.asarray(images)
+    scale = -(-MIN_TILE // max(images.shape[2:]))  # ceil; 1 from MIN_TILE pixels up
+    if scale > 1:
+        images = images.repeat(scale, axis=2).repeat(scale, axis=3)
     n, c, h, w = images.shape
     ncol = ncol or int(np.ceil(np.sqrt(n)))
     nrow = int(np.ceil(n / ncol))
