@@ -86,6 +86,8 @@ def test_bench_vs_interleaves_two_workers_and_reports_b_over_a(tmp_path, capsys)
         times = {r["side"]: r["sec_per_step"] for r in res["runs"] if r["round"] == row["round"]}
         assert (row["A"], row["B"]) == (times["A"], times["B"])
         assert row["ratio"] == pytest.approx(row["B"] / row["A"])
+        assert row["ratio_min"] == pytest.approx(row["B_min"] / row["A_min"])
+        assert row["A_min"] <= row["A"] and row["B_min"] <= row["B"]
         ratios.append(row["ratio"])
     assert res["ratio"]["median"] == pytest.approx(statistics.median(ratios))
     assert (res["ratio"]["min"], res["ratio"]["max"]) == (min(ratios), max(ratios))
@@ -134,7 +136,7 @@ def test_bench_vs_baseline_tree_runs_side_a_with_that_trees_code(tmp_path, capsy
     assert a["code"] == str(base / "bcmcore") and a["rev"] is None  # a copy: no git
     assert b["code"] == str(bench_vs.THIS_TREE / "bcmcore")
     assert a["spec"] == b["spec"] == "tiny"
-    assert [row["A"] for row in res["rounds"]] == [1.0, 1.0]
+    assert [(row["A"], row["A_min"]) for row in res["rounds"]] == [(1.0, 1.0)] * 2
     assert all(row["B"] != 1.0 and row["ratio"] == row["B"] for row in res["rounds"])
     assert bcm(["bench", "train", "--baseline-tree", str(tmp_path)] + VS_FAST) == 2
     assert "no bcmcore package there" in capsys.readouterr().err
