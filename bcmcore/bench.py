@@ -132,11 +132,12 @@ def time_steps(stepper, batches, steps, warmup, device):
     return (time.perf_counter() - t0) / steps
 
 
-def step_flops(stepper, batches):
+def step_flops(stepper, batches, step=200_000):
+    """FLOPs of one training step's gradients (every loss pass + backward) at `step`."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
-        stepper.backward(batches, 200_000)
+        stepper.backward(batches, step)
     return counter.get_total_flops()
 
 

@@ -189,12 +189,34 @@ def test_vector_shards_batch_shape(tmp_path):
 def test_benchmark_runs_and_reports_ratio(capsys):
     from bcmcore.data_bench import benchmark
 
-    rows = benchmark([8], [0, 1], n=64, batch=8, batches=2)
-    assert [r[:2] for r in rows] == [(8, 0), (8, 1)]
+    rows = benchmark([8], [0, 2], n=64, batch=8, batches=2)
+    assert [r[:2] for r in rows] == [(8, 0), (8, 2)]
     table = [
         line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("    8 ")
     ]
-    assert [row[1] for row in table] == ["0", "1"] and all(float(row[4]) > 0 for row in table)
+    assert [row[1] for row in table] == ["0", "2"] and all(float(row[4]) > 0 for row in table)
+    # img/s per worker: the shard loader's rate over its workers (workers=0: the main process)
+    assert [float(row[5]) for row in table] == pytest.approx([rows[0][2], rows[1][2] / 2], abs=0.5)
+
+
+@pytest.mark.parametrize("content", ["photo", "smooth", "noise"])
+def test_benchmark_images_and_their_png_cost(tmp_path, content):
+    from bcmcore.data_bench import _images, write_shards
+
+    x = _images(6, 40, content)  # what write_shards writes (seed 0)
+    assert x.shape == (6, 40, 40, 3) and x.dtype == np.uint8
+    assert not (x == x[0]).all()  # six different images
+    out, bytes_per_pixel = write_shards(tmp_path, 40, 6, content)
+    assert np.array_equal(load_split(out, "train")[0].numpy(), x.transpose(0, 3, 1, 2))
+    # photos compress like photos (LSUN / FFHQ PNGs: 1.5-2.5 bytes/pixel); noise does not compress
+    assert (1.0 < bytes_per_pixel < 2.8) if content != "noise" else bytes_per_pixel > 2.9
+
+
+def test_benchmark_rejects_unknown_content():
+    from bcmcore.data_bench import _images
+
+    with pytest.raises(UserError, match="--content: expected photo, smooth or noise"):
+        _images(2, 8, "fractal")
 
 
 def test_bad_loader_settings(shards):

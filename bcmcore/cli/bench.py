@@ -52,19 +52,45 @@ def bench(argv):
     dd.add_argument("--steps", type=int, default=20)
     dd.add_argument("--out")
     da = sub.add_parser("data", help="shard loader vs in-memory decoded images/s")
-    da.add_argument("--res", default="32,64", help="resolutions (default 32,64)")
+    da.add_argument("--res", default="32,64,256", help="resolutions (default 32,64,256)")
     da.add_argument("--workers", default="0,1,2", help="DataLoader worker counts (default 0,1,2)")
-    da.add_argument("--n", type=int, default=4096, help="images per resolution")
+    da.add_argument(
+        "--n", type=int, help="images per resolution (default 4096 up to 64 px, 256 at 256 px)"
+    )
+    da.add_argument(
+        "--content",
+        choices=["photo", "smooth", "noise"],
+        default="photo",
+        help="image content: crops of real photos (default), smooth noise, or uniform noise",
+    )
     da.add_argument("--batch", type=int, default=128, help="batch per rank")
     da.add_argument("--batches", type=int, default=20, help="timed batches per row")
     da.add_argument("--dir", default=None, help="where to write the shards (default: a temp dir)")
+    lo = sub.add_parser(
+        "loader",
+        help="per preset experiment: img/s one GPU consumes vs what its loader workers supply",
+    )
+    lo.add_argument(
+        "--experiments",
+        help="comma list of <preset>/<experiment> (default: every trained experiment of "
+        "cifar10, imagenet64, ffhq64, lsun256)",
+    )
+    lo.add_argument("--peak", type=float, default=989e12, help="GPU FLOP/s (default H100 bf16)")
+    lo.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation (0.4)")
+    lo.add_argument("--bar", type=float, default=2.0, help="required supply/need ratio (2)")
+    lo.add_argument("--batch", type=int, default=1, help="batch of the FLOP-counted CPU step")
+    lo.add_argument("--rounds", type=int, default=3, help="interleaved loader-rate rounds")
+    lo.add_argument("--flops-from", help="reuse the FLOPs of an earlier --out CSV")
+    lo.add_argument("--out", help="also write the rows as CSV here (e.g. docs/loader.csv)")
     args = ap.parse_args(argv)
+    if args.what == "loader":
+        return _loader(args)
     if args.what == "data":
         from bcmcore.data_bench import benchmark
 
         res = [int(r) for r in args.res.split(",")]
         workers = [int(w) for w in args.workers.split(",")]
-        benchmark(res, workers, args.n, args.batch, args.batches, args.dir)
+        benchmark(res, workers, args.n, args.batch, args.batches, args.dir, args.content)
         return 0
     import torch
 
@@ -100,6 +126,40 @@ def bench(argv):
         from bcmcore.util import atomic_write_text
 
         atomic_write_text(args.out, json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+def _loader(args):
+    from bcmcore import loader_need, presets
+    from bcmcore.config import UserError
+
+    names = (
+        args.experiments.split(",")
+        if args.experiments
+        else [f"{p}/{e}" for p in presets.PRESETS for e in presets.experiments(p)]
+    )
+    for n in names:
+        if n.count("/") != 1:
+            raise UserError(f"--experiments: expected <preset>/<experiment>, got {n!r}")
+        presets.run_config(*n.split("/"))  # unknown names stop here, before any measurement
+    for key in ("peak", "mfu", "bar"):
+        if not getattr(args, key) > 0:
+            raise UserError(f"--{key}: expected a positive number, got {getattr(args, key)}")
+    flops = loader_need.read_flops(args.flops_from) if args.flops_from else {}
+    res = sorted({presets.run_config(*n.split("/"))["model"]["net"]["resolution"] for n in names})
+    rates = loader_need.per_worker_rates(res, rounds=args.rounds)
+    for r, (med, lo, hi) in rates.items():
+        print(
+            f"  {r}x{r}: {med:.0f} img/s per worker (min {lo:.0f}, max {hi:.0f} of {args.rounds})"
+        )
+    rows = loader_need.need_rows(names, rates, flops, args.batch, args.peak, args.mfu, args.bar)
+    loader_need.print_table(rows)
+    print(
+        f"(GPU: {args.peak / 1e12:.0f} TFLOP/s at {args.mfu:.0%} MFU; workers: data.num_workers, "
+        "at most cpus_per_task - 1; paired experiments decode 2 images per sample)"
+    )
+    if args.out:
+        loader_need.write_csv(rows, args.out)
     return 0
 
 

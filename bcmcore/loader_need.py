@@ -1,0 +1,169 @@
+"""`bcm bench loader`: can each preset's data workers feed one GPU? Per training experiment: the
+images/s one GPU consumes (FLOPs of the real training step over a dense bf16 peak at a given MFU)
+beside the images/s its loader workers decode, and a verdict at a 2x margin.
+
+GPU need. No GPU table exists for this project yet (README, `make gpu-check`), so the need is
+estimated: need = peak * mfu / flops_per_image, with flops_per_image = FLOPs of one real training
+step (bcmcore.bench.step_flops: every loss pass, teacher and student, + backward; counted on the
+CPU by torch.utils.flop_counter) / batch. Default peak: an H100's dense bf16 989 TFLOP/s, MFU 40 %.
+Where a step's cost depends on the step (iGCT's reconstruction pass every `recon_every` steps), the
+lighter step is used: the fewer FLOPs per image, the more images the GPU eats.
+
+Loader supply. `data.num_workers` DataLoader processes per GPU, at most cpus_per_task - 1 of them
+on their own core (the train stage's cpus_per_task, cluster/slurm/stages.yaml or the dataset's
+`launch.train`; the training process keeps one core). Per-worker rate: decoded img/s per CPU
+second of the process doing all the work (read, CRC-32, PNG decode, flip, batch, uint8 -> float;
+bcmcore.data_bench's natural-photo shards at the preset's resolution), i.e. what one core delivers,
+independent of how busy a shared machine is. Paired experiments (iGCT) decode two images per sample.
+"""
+
+import csv
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+PEAK = 989e12  # H100 SXM dense bf16 (bcmcore.bench.PEAK_BF16)
+MFU = 0.4
+BAR = 2.0  # workers must deliver at least twice what the GPU consumes
+STAGES = Path(__file__).resolve().parents[1] / "cluster" / "slurm" / "stages.yaml"
+COLUMNS = (
+    "preset",
+    "experiment",
+    "res",
+    "gflop_per_img",
+    "gpu_need_img_s",
+    "workers",
+    "img_s_per_worker",
+    "delivered_img_s",
+    "ratio",
+    "verdict",
+)
+
+
+def gpu_need(flops_per_image, peak=PEAK, mfu=MFU):
+    """Images/s one GPU consumes at `mfu` of `peak` FLOP/s."""
+    return peak * mfu / flops_per_image
+
+
+def delivered(per_worker, num_workers, cpus_per_task, paired=False):
+    """Samples/s the workers of one GPU decode: one core each, cpus_per_task - 1 at most."""
+    workers = max(1, min(num_workers, cpus_per_task - 1))
+    return workers * per_worker / (2 if paired else 1), workers
+
+
+def verdict(ratio, bar=BAR):
+    return f"ok (>= {bar:g}x)" if ratio >= bar else f"STARVES (< {bar:g}x)"
+
+
+def flops_per_image(name, batch=1):
+    """FLOPs of one training step per image for `name` (a bcmcore.bench config name,
+    "<preset>/<experiment>" or a dict of that form), on the CPU; the lighter of two consecutive
+    steps (see above)."""
+    from bcmcore.bench import _setup, bench_config, step_flops
+
+    c = bench_config(name) if isinstance(name, str) else name
+    stepper, batches = _setup(c, batch, torch.device("cpu"))
+    steps = (200_000, 200_001) if c["loss"].get("kind") == "igct" else (200_000,)
+    return min(step_flops(stepper, batches, s) for s in steps) / batch
+
+
+def train_cpus(preset):
+    """cpus_per_task of the train stage: stages.yaml, else datasets.<ds>.launch.train."""
+    from bcmcore import presets
+
+    ds, cfg = presets.load(preset)
+    stages = yaml.safe_load(STAGES.read_text())
+    launch = (cfg["datasets"][ds].get("launch") or {}).get("train") or {}
+    return int(launch.get("cpus_per_task", stages["train"]["cpus_per_task"]))
+
+
+def per_worker_rates(resolutions, rounds=3, batch=32, batches=8, dir=None):
+    """{res: (median, min, max)} decoded img/s per CPU second of one process (workers=0: it reads,
+    checks, decodes, batches and converts), rounds interleaved over the resolutions."""
+    import tempfile
+
+    from bcmcore.data import DataConfig, make_loader
+    from bcmcore.data_bench import default_n, write_shards
+
+    rates = {r: [] for r in resolutions}
+    with tempfile.TemporaryDirectory() as tmp:
+        loaders = {}
+        for r in resolutions:
+            shards, _ = write_shards(dir or tmp, r, default_n(r))
+            cfg = DataConfig(shards=str(shards), xflip=True, in_memory=False, num_workers=0)
+            loaders[r] = make_loader(cfg, batch, seed=0)
+            next(loaders[r])  # warm-up: open files, first allocation
+        for _ in range(rounds):
+            for r in resolutions:
+                t = time.process_time()
+                for _ in range(batches):
+                    next(loaders[r])
+                rates[r].append(batch * batches / (time.process_time() - t))
+    return {r: (sorted(v)[len(v) // 2], min(v), max(v)) for r, v in rates.items()}
+
+
+def need_rows(experiments, rates, flops=None, batch=1, peak=PEAK, mfu=MFU, bar=BAR):
+    """One row (dict of COLUMNS) per "<preset>/<experiment>"; rates: {res: (img/s per worker, ...)}
+    from per_worker_rates; flops: optional {name: FLOPs per image} (counted when missing)."""
+    from bcmcore import presets
+
+    rows = []
+    for name in experiments:
+        preset, exp = name.split("/")
+        run = presets.run_config(preset, exp)
+        res = run["model"]["net"]["resolution"]
+        fpi = (flops or {}).get(name) or flops_per_image(name, batch)
+        need = gpu_need(fpi, peak, mfu)
+        supply, workers = delivered(
+            rates[res][0],
+            run["data"].get("num_workers", 2),
+            train_cpus(preset),
+            run["data"].get("paired", False),
+        )
+        rows.append(
+            dict(
+                preset=preset,
+                experiment=exp,
+                res=res,
+                gflop_per_img=fpi / 1e9,
+                gpu_need_img_s=need,
+                workers=workers,
+                img_s_per_worker=rates[res][0],
+                delivered_img_s=supply,
+                ratio=supply / need,
+                verdict=verdict(supply / need, bar),
+            )
+        )
+    return rows
+
+
+def print_table(rows, file=None):
+    """The rows as a markdown table (the form docs/loader.md and the README quote)."""
+    fmt = {"gflop_per_img": "{:.1f}", "ratio": "{:.1f}x"}
+    print("| " + " | ".join(COLUMNS) + " |", file=file)
+    print("|" + "---|" * len(COLUMNS), file=file)
+    for r in rows:
+        cells = [
+            fmt.get(k, "{:.0f}" if isinstance(r[k], float) else "{}").format(r[k]) for k in COLUMNS
+        ]
+        print("| " + " | ".join(cells) + " |", file=file, flush=True)
+
+
+def write_csv(rows, path):
+    from bcmcore.util import atomic_path
+
+    with atomic_path(Path(path)) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_flops(path):
+    """{<preset>/<experiment>: FLOPs per image} from an earlier --out CSV (skips re-counting)."""
+    with open(path, newline="") as f:
+        return {
+            f"{r['preset']}/{r['experiment']}": float(r["gflop_per_img"]) * 1e9
+            for r in csv.DictReader(f)
+        }
