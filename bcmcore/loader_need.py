@@ -80,27 +80,32 @@ def train_cpus(preset):
 
 
 def per_worker_rates(resolutions, rounds=3, batch=32, batches=8, dir=None):
-    """{res: (median, min, max)} decoded img/s per CPU second of one process (workers=0: it reads,
-    checks, decodes, batches and converts), rounds interleaved over the resolutions."""
+    """{res: (median, min, max)} decoded img/s per CPU second of one single-threaded process
+    (workers=0: it reads, checks, decodes, batches and converts), rounds interleaved over the
+    resolutions."""
     import tempfile
 
     from bcmcore.data import DataConfig, make_loader
     from bcmcore.data_bench import default_n, write_shards
 
-    rates = {r: [] for r in resolutions}
-    with tempfile.TemporaryDirectory() as tmp:
-        loaders = {}
-        for r in resolutions:
-            shards, _ = write_shards(dir or tmp, r, default_n(r))
-            cfg = DataConfig(shards=str(shards), xflip=True, in_memory=False, num_workers=0)
-            loaders[r] = make_loader(cfg, batch, seed=0)
-            next(loaders[r])  # warm-up: open files, first allocation
-        for _ in range(rounds):
+    rates, threads = {r: [] for r in resolutions}, torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker (and no OpenMP spin in the CPU time)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            loaders = {}
             for r in resolutions:
-                t = time.process_time()
-                for _ in range(batches):
-                    next(loaders[r])
-                rates[r].append(batch * batches / (time.process_time() - t))
+                shards, _ = write_shards(dir or tmp, r, default_n(r))
+                cfg = DataConfig(shards=str(shards), xflip=True, in_memory=False, num_workers=0)
+                loaders[r] = make_loader(cfg, batch, seed=0)
+                next(loaders[r])  # warm-up: open files, first allocation
+            for _ in range(rounds):
+                for r in resolutions:
+                    t = time.process_time()
+                    for _ in range(batches):
+                        next(loaders[r])
+                    rates[r].append(batch * batches / (time.process_time() - t))
+    finally:
+        torch.set_num_threads(threads)
     return {r: (sorted(v)[len(v) // 2], min(v), max(v)) for r, v in rates.items()}
 
 
