@@ -71,14 +71,14 @@ RECIPES = {
     "demo-nfe3": Recipe("zigzag", (T, EPS), ((0.1, 1.0),), note="untuned"),
     "demo-nfe4": Recipe("combined", (T, 2.0, EPS), ((0.1, 0.5),), note="untuned"),
     "demo-multistep2": Recipe("multistep", (T, 0.8), note="untuned"),
-    # The demo's BCM networks, times from `bcm tune` (search tables: docs/sampler_times.md). They
-    # do not invert below t ~ 1, so the best zigzag rounds inject nearly all of t_i themselves.
-    "digits-bcm_ft-nfe2": Recipe("ancestral", (T, 1.83, EPS), note="bcm tune"),
-    "digits-bcm_ft-nfe3": Recipe("zigzag", (T, EPS), ((0.951, 1.0),), note="bcm tune"),
-    "digits-bcm_ft-nfe4": Recipe("combined", (T, 1.83, EPS), ((0.951, 1.0),), note="bcm tune"),
-    "digits-bcm_scratch-nfe2": Recipe("ancestral", (T, 1.09, EPS), note="bcm tune"),
-    "digits-bcm_scratch-nfe3": Recipe("zigzag", (T, EPS), ((0.951, 1.0),), note="bcm tune"),
-    "digits-bcm_scratch-nfe4": Recipe("combined", (T, 1.0, EPS), ((0.4, 0.5),), note="bcm tune"),
+    # The demo's BCM networks (8x8 digits), times from `bcm tune` (docs/sampler_times.md §3). They
+    # invert from small t now, so the zigzag rounds start at eps_i ~ 0.2 (16x16 digits: 0.95).
+    "digits-bcm_ft-nfe2": Recipe("ancestral", (T, 1.19, EPS), note="bcm tune"),
+    "digits-bcm_ft-nfe3": Recipe("zigzag", (T, EPS), ((0.167, 1.0),), note="bcm tune"),
+    "digits-bcm_ft-nfe4": Recipe("combined", (T, 1.19, EPS), ((0.167, 0.25),), note="bcm tune"),
+    "digits-bcm_scratch-nfe2": Recipe("ancestral", (T, 0.649, EPS), note="bcm tune"),
+    "digits-bcm_scratch-nfe3": Recipe("zigzag", (T, EPS), ((0.218, 1.0),), note="bcm tune"),
+    "digits-bcm_scratch-nfe4": Recipe("combined", (T, 0.649, EPS), ((0.218, 1.0),), note="bcm tune"),
 }
 
 SCHEDULES = {

@@ -144,8 +144,9 @@ def test_whole_dag_on_a_shrunk_demo(demo):
     }
 
     for exp in ("ict", "bcm_ft", "bcm_scratch", "igct", "edm"):
-        with Image.open(d / "grids" / exp / "samples.png") as im:  # 4 digits of 16x16, 1-pixel gaps
-            assert im.size == (35, 35)
+        # 4 digits of 8x8, shown 4x (report.MIN_TILE), 1-pixel gaps
+        with Image.open(d / "grids" / exp / "samples.png") as im:
+            assert im.size == (2 * 33 + 1, 2 * 33 + 1)
         assert (d / "runs" / exp / "config.json").is_file() and (
             d / "eval" / exp / "spec.json"
         ).is_file()
@@ -157,7 +158,7 @@ def test_whole_dag_on_a_shrunk_demo(demo):
         "edm/edit-class",
     ):  # 2 rows: the source, then one edit per class 0..9
         with Image.open(d / "grids" / f"{app}.png") as im:
-            assert im.size == (11 * 17 + 1, 2 * 17 + 1)
+            assert im.size == (11 * 33 + 1, 2 * 33 + 1)
 
     again = snakemake(tmp_path, "-n", "all", timeout=300)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout[-3000:]
