@@ -202,7 +202,7 @@ def test_report_as_a_user_sees_it(demo, tmp_path):
     grids.assert_drawn()
     for model in ("bcm_ft", "edm"):
         grid = report.show(f"results/digits/grids/{model}/samples.png", f"grid-{model}")
-        assert grid.image_sizes == [(35, 35)], grid.image_sizes
+        assert grid.image_sizes == [(67, 67)], grid.image_sizes  # 2x2 digits of 8x8, shown 4x
         grid.assert_shows(cwd / f"results/digits/grids/{model}/samples.png")
 
     apps = report.view("Applications", "apps")
