@@ -12,9 +12,12 @@ lighter step is used: the fewer FLOPs per image, the more images the GPU eats.
 Loader supply. `data.num_workers` DataLoader processes per GPU, at most cpus_per_task - 1 of them
 on their own core (the train stage's cpus_per_task, cluster/slurm/stages.yaml or the dataset's
 `launch.train`; the training process keeps one core). Per-worker rate: decoded img/s per CPU
-second of the process doing all the work (read, CRC-32, PNG decode, flip, batch, uint8 -> float;
-bcmcore.data_bench's natural-photo shards at the preset's resolution), i.e. what one core delivers,
-independent of how busy a shared machine is. Paired experiments (iGCT) decode two images per sample.
+second of one single-threaded process doing all the work (read, CRC-32, PNG decode, flip, batch,
+uint8 -> float; bcmcore.data_bench's natural-photo shards at the preset's resolution), i.e. what one
+core delivers: CPU seconds, not wall time, so a busy shared machine does not make the loader look
+slower than it is (contention still costs a little: the figure is conservative). With
+`data.in_memory` the training process itself gathers from RAM (no workers). Paired experiments
+(iGCT) decode two images per sample.
 """
 
 import csv
@@ -32,6 +35,7 @@ COLUMNS = (
     "preset",
     "experiment",
     "res",
+    "loader",
     "gflop_per_img",
     "gpu_need_img_s",
     "workers",
@@ -79,63 +83,69 @@ def train_cpus(preset):
     return int(launch.get("cpus_per_task", stages["train"]["cpus_per_task"]))
 
 
-def per_worker_rates(resolutions, rounds=3, batch=32, batches=8, dir=None):
-    """{res: (median, min, max)} decoded img/s per CPU second of one single-threaded process
-    (workers=0: it reads, checks, decodes, batches and converts), rounds interleaved over the
-    resolutions."""
+def per_worker_rates(modes, rounds=3, batch=32, batches=8, dir=None):
+    """{(res, in_memory): (median, min, max)} decoded img/s per CPU second of one single-threaded
+    process, for each mode (res, in_memory) of `modes`, rounds interleaved over the modes. Shards
+    (in_memory False): workers=0, so this process reads, checks, decodes, batches and converts as a
+    worker would (plus the uint8 -> float of the training process); in memory: the loader's batched
+    gather of the decoded split, done by the training process itself (no workers)."""
     import tempfile
 
     from bcmcore.data import DataConfig, make_loader
     from bcmcore.data_bench import default_n, write_shards
 
-    rates, threads = {r: [] for r in resolutions}, torch.get_num_threads()
+    rates, threads = {m: [] for m in modes}, torch.get_num_threads()
     torch.set_num_threads(1)  # as in a DataLoader worker (and no OpenMP spin in the CPU time)
     try:
         with tempfile.TemporaryDirectory() as tmp:
+            shards = {r: write_shards(dir or tmp, r, default_n(r))[0] for r, _ in modes}
             loaders = {}
-            for r in resolutions:
-                shards, _ = write_shards(dir or tmp, r, default_n(r))
-                cfg = DataConfig(shards=str(shards), xflip=True, in_memory=False, num_workers=0)
-                loaders[r] = make_loader(cfg, batch, seed=0)
-                next(loaders[r])  # warm-up: open files, first allocation
+            for r, mem in modes:
+                cfg = DataConfig(shards=str(shards[r]), xflip=True, in_memory=mem, num_workers=0)
+                loaders[r, mem] = make_loader(cfg, batch, seed=0)
+                next(loaders[r, mem])  # warm-up: open files, first allocation
             for _ in range(rounds):
-                for r in resolutions:
+                for m in modes:
                     t = time.process_time()
                     for _ in range(batches):
-                        next(loaders[r])
-                    rates[r].append(batch * batches / (time.process_time() - t))
+                        next(loaders[m])
+                    rates[m].append(batch * batches / (time.process_time() - t))
     finally:
         torch.set_num_threads(threads)
-    return {r: (sorted(v)[len(v) // 2], min(v), max(v)) for r, v in rates.items()}
+    return {m: (sorted(v)[len(v) // 2], min(v), max(v)) for m, v in rates.items()}
 
 
-def need_rows(experiments, rates, flops=None, batch=1, peak=PEAK, mfu=MFU, bar=BAR):
-    """One row (dict of COLUMNS) per "<preset>/<experiment>"; rates: {res: (img/s per worker, ...)}
-    from per_worker_rates; flops: optional {name: FLOPs per image} (counted when missing)."""
+def need_rows(experiments, rates, flops=None, batch=1, peak=PEAK, mfu=MFU, bar=BAR, runs=None):
+    """One row (dict of COLUMNS) per "<preset>/<experiment>"; rates: {(res, in_memory): (img/s per
+    worker, ...)} from per_worker_rates; flops: optional {name: FLOPs per image} (counted when
+    missing); runs: optional {name: run config} (default: presets.run_config of the name)."""
     from bcmcore import presets
 
     rows = []
     for name in experiments:
         preset, exp = name.split("/")
-        run = presets.run_config(preset, exp)
+        run = (runs or {}).get(name) or presets.run_config(preset, exp)
         res = run["model"]["net"]["resolution"]
         fpi = (flops or {}).get(name) or flops_per_image(name, batch)
         need = gpu_need(fpi, peak, mfu)
-        supply, workers = delivered(
-            rates[res][0],
-            run["data"].get("num_workers", 2),
-            train_cpus(preset),
-            run["data"].get("paired", False),
-        )
+        paired, in_memory = run["data"].get("paired", False), bool(run["data"].get("in_memory"))
+        per_worker = rates[res, in_memory][0]
+        if in_memory:  # the training process gathers from RAM; no workers are started
+            supply, workers = per_worker / (2 if paired else 1), 0
+        else:
+            supply, workers = delivered(
+                per_worker, run["data"].get("num_workers", 2), train_cpus(preset), paired
+            )
         rows.append(
             dict(
                 preset=preset,
                 experiment=exp,
                 res=res,
+                loader="in memory" if in_memory else "shards",
                 gflop_per_img=fpi / 1e9,
                 gpu_need_img_s=need,
                 workers=workers,
-                img_s_per_worker=rates[res][0],
+                img_s_per_worker=per_worker,
                 delivered_img_s=supply,
                 ratio=supply / need,
                 verdict=verdict(supply / need, bar),

@@ -44,21 +44,35 @@ def test_flops_per_image_counts_every_pass_and_divides_by_batch():
     assert loader_need.flops_per_image(TINY_ICT, batch=3) == pytest.approx(per_image)
 
 
-def test_rows_use_the_presets_workers_and_pairing():
-    rates = {32: (1000.0, 900.0, 1100.0), 256: (100.0, 90.0, 110.0)}
-    flops = {"cifar10/ict": 1e11, "cifar10/igct": 1e11, "lsun256/bcm_scratch": 4e12}
-    rows = {
-        r["experiment"]: r
-        for r in loader_need.need_rows(list(flops), rates, flops, peak=1e15, mfu=0.5)
-    }
-    ict, igct, lsun = rows["ict"], rows["igct"], rows["bcm_scratch"]
-    assert ict["res"] == 32 and ict["workers"] == 4  # cifar10: data.num_workers 4
+def test_rows_use_the_presets_loader_workers_and_pairing():
+    rates = {(32, False): (1000.0, 1.0, 1.0), (64, False): (1000.0, 1.0, 1.0)}
+    rates[256, False] = (100.0, 90.0, 110.0)
+    flops = {"cifar10/ict": 1e11, "cifar10/igct": 1e11, "ffhq64/bcm_scratch": 1e12}
+    flops["lsun256/bcm_scratch"] = 4e12
+    rows = loader_need.need_rows(list(flops), rates, flops, peak=1e15, mfu=0.5)
+    ict, igct, ffhq, lsun = rows
+    assert (ict["res"], ict["loader"], ict["workers"]) == (32, "shards", 4)  # num_workers 4
     assert ict["gpu_need_img_s"] == pytest.approx(5000)
     assert ict["delivered_img_s"] == pytest.approx(4000) and ict["ratio"] == pytest.approx(0.8)
     assert ict["verdict"].startswith("STARVES")
-    assert igct["delivered_img_s"] == pytest.approx(2000)  # paired
-    assert lsun["res"] == 256 and lsun["workers"] == 7  # 8 workers, cpus_per_task 8 - 1
-    assert lsun["ratio"] == pytest.approx(700 / 125) and lsun["verdict"].startswith("ok")
+    assert igct["delivered_img_s"] == pytest.approx(2000)  # paired: x and x_src
+    # 8 workers, cpus_per_task 8 - 1 for the training process
+    assert (ffhq["loader"], ffhq["workers"], ffhq["delivered_img_s"]) == ("shards", 7, 7000)
+    assert ffhq["ratio"] == pytest.approx(14) and ffhq["verdict"].startswith("ok")
+    assert lsun["res"] == 256 and lsun["ratio"] == pytest.approx(700 / 125)
+    low = loader_need.need_rows(["lsun256/bcm_scratch"], rates, {"lsun256/bcm_scratch": 1e12})
+    assert low[0]["ratio"] == pytest.approx(700 / 395.6) and low[0]["verdict"].startswith("STA")
+
+
+def test_in_memory_rows_are_gathered_by_the_training_process():
+    run = presets.run_config("cifar10", "igct")
+    run["data"]["in_memory"] = True
+    rates = {(32, True): (20000.0, 1.0, 1.0)}
+    (row,) = loader_need.need_rows(
+        ["cifar10/igct"], rates, {"cifar10/igct": 1e11}, runs={"cifar10/igct": run}
+    )
+    assert (row["loader"], row["workers"]) == ("in memory", 0)
+    assert row["delivered_img_s"] == pytest.approx(10000)  # paired: two gathers per sample
 
 
 def test_train_cpus_reads_the_datasets_launch_override(tmp_path):
@@ -78,11 +92,12 @@ def test_bench_loader_command_writes_consistent_csv(tmp_path, capsys):
     assert bcm(argv + ["--flops-from", str(flops_csv), "--mfu", "0.5", "--out", str(out)]) == 0
     (row,) = list(csv.DictReader(out.open()))
     assert float(row["gpu_need_img_s"]) == pytest.approx(989e12 * 0.5 / 100e9)
+    assert (row["loader"], row["workers"]) == ("shards", "4")
     assert float(row["delivered_img_s"]) == pytest.approx(4 * float(row["img_s_per_worker"]))
     ratio = float(row["delivered_img_s"]) / float(row["gpu_need_img_s"])
     assert float(row["ratio"]) == pytest.approx(ratio)
     assert row["verdict"] == loader_need.verdict(ratio)
-    assert "| cifar10 | ict | 32 | 100.0 |" in capsys.readouterr().out
+    assert "| cifar10 | ict | 32 | shards | 100.0 |" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -141,18 +141,23 @@ def _loader(args):
     for n in names:
         if n.count("/") != 1:
             raise UserError(f"--experiments: expected <preset>/<experiment>, got {n!r}")
-        presets.run_config(*n.split("/"))  # unknown names stop here, before any measurement
     for key in ("peak", "mfu", "bar"):
         if not getattr(args, key) > 0:
             raise UserError(f"--{key}: expected a positive number, got {getattr(args, key)}")
     flops = loader_need.read_flops(args.flops_from) if args.flops_from else {}
-    res = sorted({presets.run_config(*n.split("/"))["model"]["net"]["resolution"] for n in names})
-    rates = loader_need.per_worker_rates(res, rounds=args.rounds)
-    for r, (med, lo, hi) in rates.items():
-        print(
-            f"  {r}x{r}: {med:.0f} img/s per worker (min {lo:.0f}, max {hi:.0f} of {args.rounds})"
-        )
-    rows = loader_need.need_rows(names, rates, flops, args.batch, args.peak, args.mfu, args.bar)
+    runs = {n: presets.run_config(*n.split("/")) for n in names}  # unknown names stop here
+    # every resolution from shards (the workers' rate), and in memory where an experiment is
+    modes = {(r["model"]["net"]["resolution"], False) for r in runs.values()}
+    modes |= {
+        (r["model"]["net"]["resolution"], True) for r in runs.values() if r["data"].get("in_memory")
+    }
+    rates = loader_need.per_worker_rates(sorted(modes), rounds=args.rounds)
+    for (r, mem), (med, lo, hi) in rates.items():
+        label = "in memory (gathered by the training process)" if mem else "per worker, shards"
+        print(f"  {r}x{r}: {med:.0f} img/s {label} (min {lo:.0f}, max {hi:.0f} of {args.rounds})")
+    rows = loader_need.need_rows(
+        names, rates, flops, args.batch, args.peak, args.mfu, args.bar, runs
+    )
     loader_need.print_table(rows)
     print(
         f"(GPU: {args.peak / 1e12:.0f} TFLOP/s at {args.mfu:.0%} MFU; workers: data.num_workers, "
