@@ -106,6 +106,7 @@ def test_bench_loader_command_writes_consistent_csv(tmp_path, capsys):
         (["cifar10"], "--experiments: expected <preset>/<experiment>, got 'cifar10'"),
         (["cifar10/nope"], "preset 'cifar10': no experiment 'nope'"),
         (["cifar10/ict", "--mfu", "0"], "--mfu: expected a positive number"),
+        (["cifar10/ict", "--rounds", "0"], "--rounds: expected an integer >= 1, got 0"),
     ],
 )
 def test_bench_loader_rejects_bad_input(args, message, capsys):

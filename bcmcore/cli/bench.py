@@ -144,6 +144,9 @@ def _loader(args):
     for key in ("peak", "mfu", "bar"):
         if not getattr(args, key) > 0:
             raise UserError(f"--{key}: expected a positive number, got {getattr(args, key)}")
+    for key in ("batch", "rounds"):
+        if getattr(args, key) < 1:
+            raise UserError(f"--{key}: expected an integer >= 1, got {getattr(args, key)}")
     flops = loader_need.read_flops(args.flops_from) if args.flops_from else {}
     runs = {n: presets.run_config(*n.split("/")) for n in names}  # unknown names stop here
     # every resolution from shards (the workers' rate), and in memory where an experiment is
