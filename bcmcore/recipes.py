@@ -78,7 +78,9 @@ RECIPES = {
     "digits-bcm_ft-nfe4": Recipe("combined", (T, 1.19, EPS), ((0.167, 0.25),), note="bcm tune"),
     "digits-bcm_scratch-nfe2": Recipe("ancestral", (T, 0.649, EPS), note="bcm tune"),
     "digits-bcm_scratch-nfe3": Recipe("zigzag", (T, EPS), ((0.218, 1.0),), note="bcm tune"),
-    "digits-bcm_scratch-nfe4": Recipe("combined", (T, 0.649, EPS), ((0.218, 1.0),), note="bcm tune"),
+    "digits-bcm_scratch-nfe4": Recipe(
+        "combined", (T, 0.649, EPS), ((0.218, 1.0),), note="bcm tune"
+    ),
 }
 
 SCHEDULES = {
