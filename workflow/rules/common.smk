@@ -1,4 +1,5 @@
-"""Helpers only: config validation at start-up, run-config resolution, the `bcm launch` prefix of heavy rules.
+"""Helpers only: config validation at start-up, run-config resolution (job sizes: launch.smk; imported
+weights: imports.smk).
 
 Paths: results/<ds>/shards (data), results/<ds>/runs/<exp> (training), results/<ds>/eval/<exp> (sweeps),
 results/<ds>/grids/<exp> (PNG grids), results/<ds>/*_table.csv + plots/ (the dataset's tables).
@@ -6,7 +7,6 @@ results/<ds>/grids/<exp> (PNG grids), results/<ds>/*_table.csv + plots/ (the dat
 
 import copy
 import json
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -153,86 +153,6 @@ def check_raw_files(ds):
     if missing:
         lines = "\n".join(f"  {r['path']}  <- {r['how']}" for r in missing)
         stop(f"dataset '{ds}': raw files missing (nothing was run). Put them here:\n{lines}")
-
-
-# ---------------------------------------------------------------------------------------------- launching
-
-
-def site_file(name):
-    """A file of the launcher site (relative paths: from the working directory, else from the workflow)."""
-    site = Path(config["site"])
-    if not site.is_absolute() and not site.exists():
-        site = REPO / site
-    return site / name
-
-
-def launcher_settings(ds, stage):
-    """Per-stage job size: the site's stages.yaml, then datasets.<ds>.launch.<stage>. Checked against the
-    launcher file by bcmcore.launch itself (unknown executor, bad keys -> stop here, before any job).
-    """
-    from bcmcore.config import UserError
-    from bcmcore.launch import LAUNCH_KEYS, load_launcher
-
-    stages = {}
-    if site_file("stages.yaml").is_file():
-        stages = yaml.safe_load(site_file("stages.yaml").read_text()) or {}
-        unknown = sorted(set(stages) - set(STAGES))
-        if unknown:
-            stop(
-                f"{site_file('stages.yaml')}: unknown stage '{unknown[0]}' (known: {', '.join(STAGES)})"
-            )
-    settings = merged(
-        stages.get(stage) or {}, config["datasets"][ds].get("launch", {}).get(stage, {})
-    )
-    unknown = sorted(set(settings) - set(LAUNCH_KEYS))
-    if unknown:
-        stop(
-            f"launcher for stage '{stage}' of dataset '{ds}': unknown key '{unknown[0]}' "
-            f"(known: {', '.join(LAUNCH_KEYS)})"
-        )
-    try:
-        load_launcher(site_file("launcher.yaml"), **settings)
-    except UserError as e:
-        stop(f"launcher for stage '{stage}' of dataset '{ds}': {e}")
-    return settings
-
-
-def launch_slots(ds, stage):
-    """The `launches` of a heavy stage: 1 where a stage on this machine takes its GPUs (the local profile
-    allows one such stage at a time), 0 on CPUs (stages share the cores through `threads`, stage_threads)
-    and where stages go to a cluster (as many queued at once as the DAG allows)."""
-    from bcmcore.launch import load_launcher
-
-    cfg = load_launcher(site_file("launcher.yaml"), **launcher_settings(ds, stage))
-    return 1 if cfg.executor in ("local", "debug") and cfg.gpus_per_node > 0 else 0
-
-
-def stage_threads(ds, stage):
-    """Cores a heavy stage takes from Snakemake's `--cores`: on this machine, its tasks x cpus_per_task
-    (unset: all of them, one stage at a time), so CPU stages with cpus_per_task 1 run side by side; a
-    stage sent to a cluster only waits here (1)."""
-    from bcmcore.launch import load_launcher
-
-    cfg = load_launcher(site_file("launcher.yaml"), **launcher_settings(ds, stage))
-    if cfg.executor not in ("local", "debug"):
-        return 1
-    return cfg.num_tasks * cfg.cpus_per_task if cfg.cpus_per_task else workflow.cores
-
-
-def flags(options):
-    """{key: value} -> ' --key value ...', every token shell-quoted (checked in check_flags)."""
-    from bcmcore.cli.flags import render
-
-    return render(options)
-
-
-def launch(ds, stage, job_dir):
-    """The `bcm launch ... --` prefix running one stage as one job. Rules pass it as a resource: the job's
-    size never triggers a rerun (the global batch, and so the result, does not depend on it)."""
-    site = shlex.quote(str(site_file("launcher.yaml")))
-    return (
-        f"bcm launch --launcher {site} --job-dir {job_dir}{flags(launcher_settings(ds, stage))} --"
-    )
 
 
 # ---------------------------------------------------------------------------------------------- run configs
@@ -411,96 +331,3 @@ def all_outputs(wildcards):
 def json_text(obj, indent=2):
     """A config as shell-quoted, readable JSON (rules write it with printf: no Python process per file)."""
     return shlex.quote(json.dumps(obj, indent=indent, sort_keys=True))
-
-
-# ---------------------------------------------------------------------------------------------- imports
-# Experiments that import the authors' released weights instead of training (`import: {format, path}`):
-# rule import_network (train.smk) writes their network-final.pt with `bcm import`, and every evaluation,
-# grid and application then runs on it. They join the DAG once their file is staged; until then the
-# workflow says where to put it and plans everything else.
-
-IMPORT_FLAGS = ("kind", "resolution", "head_channels", "clsloc_labels")
-
-
-def import_spec(ds, exp):
-    """The experiment's `import` section, or None for a trained experiment."""
-    return config["datasets"][ds]["experiments"][exp].get("import")
-
-
-def imported_names():
-    """Names of imported experiments in any dataset (they must not also name a trained one)."""
-    return sorted(
-        {
-            exp
-            for d in config["datasets"].values()
-            for exp, e in d.get("experiments", {}).items()
-            if e.get("import")
-        }
-    )
-
-
-def imported_regex():
-    """Wildcard constraint of {exp} for the import rule; the train rule takes the rest."""
-    names = imported_names()
-    return f"(?:{'|'.join(map(re.escape, names))})" if names else "(?!x)x"
-
-
-def trained_regex():
-    names = imported_names()
-    if not names:
-        return "[a-z][a-z0-9_]*"
-    # not one of the names (a name ends where the wildcard's characters end, not at the path's end)
-    return f"(?!(?:{'|'.join(map(re.escape, names))})(?![a-z0-9_]))[a-z][a-z0-9_]*"
-
-
-def staged(ds, exp):
-    spec = import_spec(ds, exp)
-    return spec is None or Path(spec["path"]).exists()
-
-
-def unstaged_notice(ds):
-    """One line per imported experiment whose checkpoint is not staged yet (it is left out of `all`)."""
-    lines = []
-    for exp, e in config["datasets"][ds]["experiments"].items():
-        spec = e.get("import")
-        if spec and e.get("enabled", True) and not Path(spec["path"]).exists():
-            lines.append(f"  {spec['path']}  <- {spec['how']}  (experiment {exp})")
-    if lines:
-        listing = "\n".join(lines)
-        print(
-            f"bcm workflow: dataset '{ds}': authors' checkpoints not staged, their experiments are "
-            f"skipped. Put them here to evaluate them:\n{listing}",
-            file=sys.stderr,
-        )
-
-
-def model_kind(ds, exp):
-    """The model kind of an experiment: trained (model.kind) or imported (the import format's)."""
-    spec = import_spec(ds, exp)
-    if spec is None:
-        return run_config(ds, exp)["model"]["kind"]
-    return "igct" if spec["format"] == "igct-edm" else spec.get("kind", "bcm")
-
-
-def check_import(ds, exp):
-    where = f"datasets.{ds}.experiments.{exp}"
-    e = config["datasets"][ds]["experiments"][exp]
-    for key in ("model", "loss", "train", "data", "init_from"):
-        if key in e:
-            stop(f"{where}.{key}: an imported experiment does not train (remove '{key}')")
-    if e["import"]["format"] == "bcm-ict-torch" and e["import"].get("kind") not in ("cm", "bcm"):
-        stop(f"{where}.import.kind: bcm-ict-torch needs kind cm (iCT) or bcm")
-    trained = {
-        x
-        for d in config["datasets"].values()
-        for x, v in d.get("experiments", {}).items()
-        if not v.get("import")
-    }
-    if exp in trained:
-        stop(f"{where}: the name '{exp}' is also a trained experiment; name imported ones apart")
-
-
-def import_flags(ds, exp):
-    spec = import_spec(ds, exp)
-    options = {"format": spec["format"], **{k: spec[k] for k in IMPORT_FLAGS if k in spec}}
-    return flags(options)

@@ -1,0 +1,83 @@
+"""Helpers: where and how big each heavy stage's job is (the launcher site, per-stage settings, the `bcm
+launch` prefix of heavy rules, how local stages share the machine). Included after common.smk."""
+
+import shlex
+
+import yaml
+
+
+def site_file(name):
+    """A file of the launcher site (relative paths: from the working directory, else from the workflow)."""
+    site = Path(config["site"])
+    if not site.is_absolute() and not site.exists():
+        site = REPO / site
+    return site / name
+
+
+def launcher_settings(ds, stage):
+    """Per-stage job size: the site's stages.yaml, then datasets.<ds>.launch.<stage>. Checked against the
+    launcher file by bcmcore.launch itself (unknown executor, bad keys -> stop here, before any job).
+    """
+    from bcmcore.config import UserError
+    from bcmcore.launch import LAUNCH_KEYS, load_launcher
+
+    stages = {}
+    if site_file("stages.yaml").is_file():
+        stages = yaml.safe_load(site_file("stages.yaml").read_text()) or {}
+        unknown = sorted(set(stages) - set(STAGES))
+        if unknown:
+            stop(
+                f"{site_file('stages.yaml')}: unknown stage '{unknown[0]}' (known: {', '.join(STAGES)})"
+            )
+    settings = merged(
+        stages.get(stage) or {}, config["datasets"][ds].get("launch", {}).get(stage, {})
+    )
+    unknown = sorted(set(settings) - set(LAUNCH_KEYS))
+    if unknown:
+        stop(
+            f"launcher for stage '{stage}' of dataset '{ds}': unknown key '{unknown[0]}' "
+            f"(known: {', '.join(LAUNCH_KEYS)})"
+        )
+    try:
+        load_launcher(site_file("launcher.yaml"), **settings)
+    except UserError as e:
+        stop(f"launcher for stage '{stage}' of dataset '{ds}': {e}")
+    return settings
+
+
+def launch_slots(ds, stage):
+    """The `launches` of a heavy stage: 1 where a stage on this machine takes its GPUs (the local profile
+    allows one such stage at a time), 0 on CPUs (stages share the cores through `threads`, stage_threads)
+    and where stages go to a cluster (as many queued at once as the DAG allows)."""
+    from bcmcore.launch import load_launcher
+
+    cfg = load_launcher(site_file("launcher.yaml"), **launcher_settings(ds, stage))
+    return 1 if cfg.executor in ("local", "debug") and cfg.gpus_per_node > 0 else 0
+
+
+def stage_threads(ds, stage):
+    """Cores a heavy stage takes from Snakemake's `--cores`: on this machine, its tasks x cpus_per_task
+    (unset: all of them, one stage at a time), so CPU stages with cpus_per_task 1 run side by side; a
+    stage sent to a cluster only waits here (1)."""
+    from bcmcore.launch import load_launcher
+
+    cfg = load_launcher(site_file("launcher.yaml"), **launcher_settings(ds, stage))
+    if cfg.executor not in ("local", "debug"):
+        return 1
+    return cfg.num_tasks * cfg.cpus_per_task if cfg.cpus_per_task else workflow.cores
+
+
+def flags(options):
+    """{key: value} -> ' --key value ...', every token shell-quoted (checked in check_flags)."""
+    from bcmcore.cli.flags import render
+
+    return render(options)
+
+
+def launch(ds, stage, job_dir):
+    """The `bcm launch ... --` prefix running one stage as one job. Rules pass it as a resource: the job's
+    size never triggers a rerun (the global batch, and so the result, does not depend on it)."""
+    site = shlex.quote(str(site_file("launcher.yaml")))
+    return (
+        f"bcm launch --launcher {site} --job-dir {job_dir}{flags(launcher_settings(ds, stage))} --"
+    )
