@@ -1,6 +1,7 @@
 """Helpers: where and how big each heavy stage's job is (the launcher site, per-stage settings, the `bcm
 launch` prefix of heavy rules, how local stages share the machine). Included after common.smk."""
 
+import functools
 import shlex
 
 import yaml
@@ -15,9 +16,15 @@ def site_file(name):
 
 
 def launcher_settings(ds, stage):
-    """Per-stage job size: the site's stages.yaml, then datasets.<ds>.launch.<stage>. Checked against the
-    launcher file by bcmcore.launch itself (unknown executor, bad keys -> stop here, before any job).
-    """
+    """Per-stage job size: the site's stages.yaml, then datasets.<ds>.launch.<stage> (a copy)."""
+    return dict(stage_launcher(ds, stage)[0])
+
+
+@functools.cache
+def stage_launcher(ds, stage):
+    """(settings, LauncherConfig) of one stage, resolved and checked once per run: every heavy rule asks
+    for its launch prefix, slot and threads. Checked against the launcher file by bcmcore.launch itself
+    (unknown executor, bad keys -> stop here, before any job)."""
     from bcmcore.config import UserError
     from bcmcore.launch import LAUNCH_KEYS, load_launcher
 
@@ -39,19 +46,16 @@ def launcher_settings(ds, stage):
             f"(known: {', '.join(LAUNCH_KEYS)})"
         )
     try:
-        load_launcher(site_file("launcher.yaml"), **settings)
+        return settings, load_launcher(site_file("launcher.yaml"), **settings)
     except UserError as e:
         stop(f"launcher for stage '{stage}' of dataset '{ds}': {e}")
-    return settings
 
 
 def launch_slots(ds, stage):
     """The `launches` of a heavy stage: 1 where a stage on this machine takes its GPUs (the local profile
     allows one such stage at a time), 0 on CPUs (stages share the cores through `threads`, stage_threads)
     and where stages go to a cluster (as many queued at once as the DAG allows)."""
-    from bcmcore.launch import load_launcher
-
-    cfg = load_launcher(site_file("launcher.yaml"), **launcher_settings(ds, stage))
+    cfg = stage_launcher(ds, stage)[1]
     return 1 if cfg.executor in ("local", "debug") and cfg.gpus_per_node > 0 else 0
 
 
@@ -59,9 +63,7 @@ def stage_threads(ds, stage):
     """Cores a heavy stage takes from Snakemake's `--cores`: on this machine, its tasks x cpus_per_task
     (unset: all of them, one stage at a time), so CPU stages with cpus_per_task 1 run side by side; a
     stage sent to a cluster only waits here (1)."""
-    from bcmcore.launch import load_launcher
-
-    cfg = load_launcher(site_file("launcher.yaml"), **launcher_settings(ds, stage))
+    cfg = stage_launcher(ds, stage)[1]
     if cfg.executor not in ("local", "debug"):
         return 1
     return cfg.num_tasks * cfg.cpus_per_task if cfg.cpus_per_task else workflow.cores
