@@ -204,16 +204,9 @@ def bench_train(
 
 
 def _ddp_worker(rank, world, port, name, batch, steps, warmup, out):
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
     from bcmcore import dist
 
+    os.environ.update(dist.local_env(rank, world, port))
     _, _, _, device = dist.init(device="cpu")
     stepper, batches = _setup(name, batch * world, device)
     sec = time_steps(stepper, batches, steps, warmup, device)
@@ -226,17 +219,16 @@ def _ddp_worker(rank, world, port, name, batch, steps, warmup, out):
 def bench_ddp(name="tiny", batch=None, steps=20, warmup=3, world=2):
     """CPU: per-process batch b on `world` gloo processes vs one process; ideal step-time ratio 1.0
     (given enough cores), ideal per-sample-time ratio 1/world."""
-    import socket
     import tempfile
 
     import torch.multiprocessing as mp
 
+    from bcmcore.dist import free_port
+
     batch = batch or bench_config(name)["cpu_batch"]
     times = {}
     for w in (1, world):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "r.json")
             mp.spawn(

@@ -49,6 +49,27 @@ def _slurm_env():
     )
 
 
+def free_port():
+    """A free TCP port on this host: where processes started here meet (benchmarks, tests)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def local_env(rank, world, port):
+    """torchrun's variables for rank `rank` of `world` processes on this host, meeting at `port`."""
+    return dict(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+
+
 def init(device=None, timeout_min=30):
     """Join (or create) the process group. Returns (rank, world_size, local_rank, device).
 

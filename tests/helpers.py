@@ -7,7 +7,6 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import yaml
 
 import bcmcore
 from bcmcore import presets, sampling
+from bcmcore.dist import free_port, local_env
 from bcmcore.nets.facts import data_shape
 from bcmcore.recipes import Recipe
 from bcmcore.toy import DEMO_GMM, GaussianMixture
@@ -70,12 +70,6 @@ def make_run(run_dir, shards, model=TINY_BCM, loss=None, **train):
     return run_dir
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def train_procs(run_dir, world=1, device_args=()):
     """Start `python -m bcmcore train` as `world` gloo processes (torchrun-style env). Rank 0's
     stdout piped."""
@@ -84,14 +78,7 @@ def train_procs(run_dir, world=1, device_args=()):
     for rank in range(world):
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         if world > 1:
-            env.update(
-                RANK=str(rank),
-                WORLD_SIZE=str(world),
-                LOCAL_RANK=str(rank),
-                LOCAL_WORLD_SIZE=str(world),
-                MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=str(port),
-            )
+            env.update(local_env(rank, world, port))
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-m", "bcmcore", "train", "--run-dir", str(run_dir), *device_args],
@@ -233,6 +220,18 @@ class ZeroRNG:
 
     def randn(self, shape, dtype=torch.float32):
         return torch.zeros((1, *shape), dtype=dtype)
+
+
+def save_untrained_networks(directory, tiny, num_classes, step):
+    """{bcm, igct, edm}.pt of untrained networks `tiny(kind, classes)`: bcm unconditional, the
+    guided kinds with `num_classes` labels, each saved as if at `step`."""
+    from bcmcore.nets import save_network
+
+    paths = {}
+    for kind, classes in (("bcm", 0), ("igct", num_classes), ("edm", num_classes)):
+        paths[kind] = directory / f"{kind}.pt"
+        save_network(paths[kind], tiny(kind, classes), step, {"note": "untrained test network"})
+    return paths
 
 
 def gmm_points(n=16, seed=0):

@@ -3,7 +3,6 @@ batches agree."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 from bcmcore import cli
+from bcmcore.dist import free_port, local_env
 from bcmcore.nets import ModelConfig, NetConfig, build_model, save_network
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,9 +100,7 @@ def test_bcm_sample_explicit_steps_and_labels(nets, tmp_path):
 def test_bcm_sample_on_two_ranks_equals_one_rank(nets, tmp_path):
     """Real torch.distributed (gloo): each rank takes every 2nd seed; rank 0 merges in seed
     order."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cmd = [
         sys.executable,
         "-m",
@@ -125,14 +123,7 @@ def test_bcm_sample_on_two_ranks_equals_one_rank(nets, tmp_path):
         subprocess.Popen(
             cmd,
             cwd=REPO,
-            env={
-                **os.environ,
-                "RANK": str(r),
-                "WORLD_SIZE": "2",
-                "LOCAL_RANK": str(r),
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(port),
-            },
+            env={**os.environ, **local_env(r, 2, port)},
         )
         for r in range(2)
     ]

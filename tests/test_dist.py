@@ -11,7 +11,6 @@ test runs the helpers on a real nccl group.
 import ast
 import json
 import os
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,28 +20,15 @@ import torch
 from helpers import DIST_FILE, install_guard, make_run
 
 import bcmcore
+from bcmcore.dist import free_port, local_env
 
 PACKAGE = Path(bcmcore.__file__).resolve().parent
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _guarded_rank(rank, world, port, run_dir, out_dir):
     """One gloo rank: the training loop (broadcast, gradient and loss all-reduces, barriers), then
     the eval sweep's gathers (item_sweep: gather_rows + the NFE agreement), all under the guard."""
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        OMP_NUM_THREADS="1",
-    )
+    os.environ.update(local_env(rank, world, port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     record = install_guard()
     from bcmcore import dist
@@ -82,7 +68,7 @@ def test_collectives_only_through_dist_and_on_its_device(tmp_path, shards):  # n
     run = make_run(tmp_path / "run", shards, total_steps=2, checkpoint_every=2)
     mp.start_processes(
         _guarded_rank,
-        args=(2, _free_port(), str(run), str(tmp_path)),
+        args=(2, free_port(), str(run), str(tmp_path)),
         nprocs=2,
         start_method="spawn",
     )

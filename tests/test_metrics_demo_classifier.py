@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import save_untrained_networks
 
 from bcmcore import guided
 from bcmcore.cli import main as bcm
@@ -13,7 +14,7 @@ from bcmcore.data import load_split
 from bcmcore.metrics import demo_classifier, fid
 from bcmcore.metrics.features import demo_extractor
 from bcmcore.metrics.report import read_csv
-from bcmcore.nets import ModelConfig, NetConfig, build_model, save_network
+from bcmcore.nets import ModelConfig, NetConfig, build_model
 
 
 def test_demo_classifier_is_accurate_and_cached(digits):
@@ -137,12 +138,7 @@ def _tiny(kind, num_classes=0):
 
 @pytest.fixture(scope="module")
 def networks(tmp_path_factory):
-    d = tmp_path_factory.mktemp("nets")
-    paths = {}
-    for name, kind, classes in (("bcm", "bcm", 0), ("igct", "igct", 10), ("edm", "edm", 10)):
-        paths[name] = d / f"{name}.pt"
-        save_network(paths[name], _tiny(kind, classes), 7, {"note": "untrained test network"})
-    return paths
+    return save_untrained_networks(tmp_path_factory.mktemp("nets"), _tiny, 10, 7)
 
 
 def _spec(tmp_path, digits, networks, **over):

@@ -4,17 +4,18 @@ saved networks (raw features), spec and checkpoint errors, and a 2-rank gloo run
 
 import json
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
+from helpers import save_untrained_networks
 
 from bcmcore.cli import main as bcm
 from bcmcore.config import ConfigError, UserError
+from bcmcore.dist import free_port, local_env
 from bcmcore.metrics.report import read_csv
 from bcmcore.metrics.spec import EvalSpec, FeaturesConfig, load_spec
-from bcmcore.nets import ModelConfig, NetConfig, build_model, save_network
+from bcmcore.nets import ModelConfig, NetConfig, build_model
 from bcmcore.recipes import Recipe
 from bcmcore.toy import DEMO_GMM, ExactFlowMap
 
@@ -58,12 +59,7 @@ def _tiny(kind, num_classes=0):
 
 @pytest.fixture(scope="module")
 def networks(tmp_path_factory):
-    d = tmp_path_factory.mktemp("nets")
-    paths = {}
-    for name, kind, classes in (("bcm", "bcm", 0), ("igct", "igct", 4), ("edm", "edm", 4)):
-        paths[name] = d / f"{name}.pt"
-        save_network(paths[name], _tiny(kind, classes), 3, {"note": "untrained test network"})
-    return paths
+    return save_untrained_networks(tmp_path_factory.mktemp("nets"), _tiny, 4, 3)
 
 
 def _spec_file(tmp_path, gmm, networks, **over):
@@ -316,20 +312,8 @@ def test_too_few_samples_for_the_features_is_a_clear_error(tmp_path, gmm, networ
 # distributed
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_main(rank, world, port, spec, out):
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+    os.environ.update(local_env(rank, world, port))
     torch.set_num_threads(1)
     from helpers import install_guard
 
@@ -373,7 +357,7 @@ def test_two_gloo_ranks_give_the_single_process_numbers(tmp_path, gmm, networks)
     )
     mp.start_processes(
         _rank_main,
-        args=(2, _free_port(), spec, str(tmp_path / "two")),
+        args=(2, free_port(), spec, str(tmp_path / "two")),
         nprocs=2,
         start_method="spawn",
     )
