@@ -97,25 +97,24 @@ SCHEDULES = {
 }
 
 
+def _named(table, name, what, other, hint):
+    """table[name], or a UserError naming the known ones (and `hint` when `other` has the name)."""
+    if name not in table:
+        raise UserError(
+            f"--recipe: unknown {what} {name!r}"
+            + (hint if name in other else "")
+            + f" (known: {', '.join(sorted(table))})"
+        )
+    return table[name]
+
+
 def get_recipe(name):
     """A generation recipe by name (UserError naming the known ones, and the schedules apart)."""
-    if name not in RECIPES:
-        other = " (an inversion/editing schedule: use it with bcm invert / edit)"
-        raise UserError(
-            f"--recipe: unknown generation recipe {name!r}"
-            + (other if name in SCHEDULES else "")
-            + f" (known: {', '.join(sorted(RECIPES))})"
-        )
-    return RECIPES[name]
+    hint = " (an inversion/editing schedule: use it with bcm invert / edit)"
+    return _named(RECIPES, name, "generation recipe", SCHEDULES, hint)
 
 
 def get_schedule(name):
     """An inversion / editing schedule by name."""
-    if name not in SCHEDULES:
-        other = " (a generation recipe: use it with bcm sample)"
-        raise UserError(
-            f"--recipe: unknown inversion/editing schedule {name!r}"
-            + (other if name in RECIPES else "")
-            + f" (known: {', '.join(sorted(SCHEDULES))})"
-        )
-    return SCHEDULES[name]
+    hint = " (a generation recipe: use it with bcm sample)"
+    return _named(SCHEDULES, name, "inversion/editing schedule", RECIPES, hint)
