@@ -1,7 +1,9 @@
-"""Applications of bidirectional consistency: inversion, interpolation, inpainting, JPEG
-restoration.
+"""Every inversion and edit: inversion, interpolation, inpainting, JPEG restoration, and class
+editing with guidance (iGCT, CFG-EDM).
 
-BCM Alg. 5-7 and App. B/C.3, CM Alg. 4 (zero-shot inpainting) and EDM ODE inversion as baselines.
+BCM Alg. 5-7 and App. B/C.3, CM Alg. 4 (zero-shot inpainting), EDM ODE inversion as a baseline,
+iGCT's 2-NFE class edit (docs/methods.md §9-10). iGCT's guided generation is the `igct` sampler in
+bcmcore.sampling.
 Every routine validates its inputs before the first network call and returns (result, nfe).
 Masks use BCM's convention: 1 = missing pixel (to be filled), 0 = known.
 """
@@ -15,6 +17,7 @@ import torch
 from bcmcore.config import UserError
 from bcmcore.images import from_uint8_nhwc, to_uint8, to_uint8_nhwc
 from bcmcore.nets.facts import check_kind, class_labels, is_vector
+from bcmcore.nets.igct import check_w
 from bcmcore.sampling import (
     Calls,
     ancestral,
@@ -112,9 +115,10 @@ def invert_and_reconstruct(
         latent, n_inv = invert(model, x, times, rng if initial_noise else _ZeroNoise(), y)
         x_hat, n_gen = reconstruct(model, latent, float(times[-1]), y, gen_times or None)
     elif model.kind == "edm":
-        up = karras_times(steps, model.sigma_min, model.sigma_max)[::-1]  # sigma_min .. T
-        latent, n_inv = heun_invert(model, x, up, y)
-        x_hat, n_gen = heun(model, latent, up[::-1] + [0.0], y)
+        latent, n_inv = edm_invert(model, x, y, steps)
+        x_hat, n_gen = heun(
+            model, latent, karras_times(steps, model.sigma_min, model.sigma_max, zero=True), y
+        )
     else:
         latent, n_inv = igct_invert(model, x, y)
         y = class_labels(model, y, x.shape[0], x.device)
@@ -174,6 +178,60 @@ def heun_invert(model, x, times, y=None, w=1.0):
     check_guidance(y, w, "heun_invert")
     net = Calls(model, y)
     return heun_ode(net, x, times, w), net.n
+
+
+@torch.no_grad()
+def edm_invert(model, x, y=None, steps=18):
+    """EDM ODE inversion up a `steps`-point Karras grid sigma_min .. T (EDM Eq. 5) with the class y,
+    no CFG (docs/methods.md §10): the one inversion of `invert_and_reconstruct` and `edm_edit`."""
+    check_kind(model, ("edm",), "edm_invert")
+    return heun_invert(model, x, karras_times(steps, model.sigma_min, model.sigma_max)[::-1], y)
+
+
+# ----------------------------------------------------------------------------------------------
+# Class editing with guidance: iGCT (noiser + guided denoiser, 2 NFE) and the CFG-EDM baseline
+# (docs/methods.md §10); w in the paper convention (w = 1: no guidance).
+
+
+@torch.no_grad()
+def igct_edit(model, x, y_src, y_tar, w=1.0, clamp=True):
+    """Class editing x_edit = clip(D(N(x, sigma_min, c_src), T, c_tar, w)): 2 NFE (docs/methods.md
+    §9-10). y_tar = y_src: recon."""
+    check_kind(model, ("igct",), "igct_edit")
+    check_w(w)
+    y_src = class_labels(model, y_src, x.shape[0], x.device, "source class")
+    y_tar = class_labels(model, y_tar, x.shape[0], x.device, "target class")
+    z_lat, _ = igct_invert(model, x, y_src)
+    x_edit = model.denoiser(z_lat, model.sigma_max, y_tar, w)
+    return (x_edit.clamp(-1, 1) if clamp else x_edit), 2
+
+
+@torch.no_grad()
+def edm_edit(model, x, y_src, y_tar, w=1.0, steps=18, clamp=True):
+    """EDM class editing: invert with c_src (ODE), then Heun-CFG sample from that latent with c_tar
+    and w."""
+    check_kind(model, ("edm",), "edm_edit")
+    check_w(w)
+    y_tar = class_labels(model, y_tar, x.shape[0], x.device, "target class")
+    y_src = class_labels(model, y_src, x.shape[0], x.device, "source class")
+    z_lat, nfe_inv = edm_invert(model, x, y_src, steps)
+    x_edit, nfe_gen = heun(
+        model,
+        z_lat,
+        karras_times(steps, model.sigma_min, model.sigma_max, zero=True),
+        y_tar,
+        float(w),
+    )
+    return (x_edit.clamp(-1, 1) if clamp else x_edit), nfe_inv + nfe_gen
+
+
+def edit(model, x, y_src, y_tar, w=1.0, steps=18, clamp=True):
+    """Class editing for either family: iGCT (noiser + guided denoiser) or EDM (ODE inversion +
+    CFG)."""
+    check_kind(model, ("igct", "edm"), "class editing")
+    if model.kind == "igct":
+        return igct_edit(model, x, y_src, y_tar, w, clamp)
+    return edm_edit(model, x, y_src, y_tar, w, steps, clamp)
 
 
 # ----------------------------------------------------------------------------------------------

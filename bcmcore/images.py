@@ -1,10 +1,13 @@
-"""Pixels <-> model inputs, in one place: uint8 [0, 255] <-> float [-1, 1] (docs/methods.md §1).
+"""Pixels <-> model inputs, in one place: uint8 [0, 255] <-> float [-1, 1] (docs/methods.md §1), and
+the PNG grid every sample, sweep and edit grid is written with.
 
 Quantisation rounds to the nearest level and clamps, as the ADM / EDM evaluators do.
 """
 
 import numpy as np
 import torch
+
+from bcmcore.util import atomic_path
 
 
 def to_float(x):
@@ -27,3 +30,29 @@ def to_uint8_nhwc(x):
 def from_uint8_nhwc(a, device="cpu"):
     """uint8 NHWC (numpy or tensor) -> float32 NCHW in [-1, 1] on device."""
     return to_float(torch.as_tensor(np.asarray(a)).permute(0, 3, 1, 2)).to(device)
+
+
+MIN_TILE = 32  # grid tiles smaller than this are enlarged for viewing (the npz keeps the pixels)
+
+
+def save_grid(path, images, ncol=None):
+    """uint8 images [N, C, H, W] -> one PNG grid (1-pixel gaps), written atomically. Images under
+    MIN_TILE pixels (the 8x8 demo digits) are enlarged by the smallest integer factor that reaches
+    it, nearest-neighbour, so every pixel stays a sharp square."""
+    from PIL import Image
+
+    images = np.asarray(images)
+    scale = -(-MIN_TILE // max(images.shape[2:]))  # ceil; 1 from MIN_TILE pixels up
+    if scale > 1:
+        images = images.repeat(scale, axis=2).repeat(scale, axis=3)
+    n, c, h, w = images.shape
+    ncol = ncol or int(np.ceil(np.sqrt(n)))
+    nrow = int(np.ceil(n / ncol))
+    grid = np.zeros((nrow * (h + 1) + 1, ncol * (w + 1) + 1, c), np.uint8)
+    for i, img in enumerate(images):
+        r, q = divmod(i, ncol)
+        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = (
+            img.transpose(1, 2, 0)
+        )
+    with atomic_path(path) as tmp:
+        Image.fromarray(grid[..., 0] if c == 1 else grid).save(tmp, format="PNG")

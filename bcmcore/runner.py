@@ -52,7 +52,7 @@ def run_sharded(n, batch, fn, out, name):
 
 def write_outputs(out, name, arrays, grid_images, grid_n, ncol=None, info=None):
     """Rank 0: name.npz (uint8 NHWC images as arr_0, ADM-evaluator style), name.png, name.json."""
-    from bcmcore.metrics.report import save_grid
+    from bcmcore.images import save_grid
 
     remove_tmp(out, f"{name}.")  # left by a killed earlier run of this command
     save_npz(out / f"{name}.npz", arrays)

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from bcmcore.bench import bench_train
+from bcmcore.bench.step import bench_train
 from bcmcore.cli import main as bcm
 from bcmcore.config import UserError
 
@@ -63,7 +63,7 @@ def test_bench_vs_interleaves_two_workers_and_reports_b_over_a(tmp_path, capsys)
     times in every round, median and range over the rounds, each side's overrides applied."""
     import statistics
 
-    from bcmcore import bench_vs
+    from bcmcore.bench import vs as bench_vs
 
     out = tmp_path / "vs.json"
     argv = ["bench", "train", "--vs", "tiny@threads=1", "tiny@threads=1@net.channels=64@batch=8"]
@@ -119,14 +119,14 @@ def test_bench_vs_baseline_tree_runs_side_a_with_that_trees_code(tmp_path, capsy
     times prove which code ran."""
     import shutil
 
-    from bcmcore import bench_vs
+    from bcmcore.bench import vs as bench_vs
 
     base = tmp_path / "base"
     shutil.copytree(bench_vs.THIS_TREE / "bcmcore", base / "bcmcore")
     marked = (
         "\n_timed = time_steps\n\n\ndef time_steps(*args):\n    _timed(*args)\n    return 1.0\n"
     )
-    with open(base / "bcmcore" / "bench.py", "a") as f:
+    with open(base / "bcmcore" / "bench" / "step.py", "a") as f:
         f.write(marked)
     out = tmp_path / "vs.json"
     argv = ["bench", "train", "--baseline-tree", str(base), "--config", "tiny", "--out", str(out)]
@@ -142,11 +142,38 @@ def test_bench_vs_baseline_tree_runs_side_a_with_that_trees_code(tmp_path, capsy
     assert "no bcmcore package there" in capsys.readouterr().err
 
 
+OLD_LAYOUT = "acea26b"  # the last commit with bcmcore/bench.py and bcmcore/bench_worker.py
+
+
+def test_bench_vs_baseline_tree_of_the_old_layout_runs_its_own_worker(tmp_path):
+    """A checkout from before bcmcore/bench/ (bench.py, bench_worker.py, bench._setup) still
+    serves as --baseline-tree: its own worker runs with its own code."""
+    import subprocess
+
+    from bcmcore.bench import vs as bench_vs
+
+    base = tmp_path / "old"
+    base.mkdir()
+    tar = subprocess.run(
+        ["git", "-C", str(bench_vs.THIS_TREE), "archive", OLD_LAYOUT, "bcmcore"],
+        capture_output=True,
+    )
+    if tar.returncode:
+        pytest.skip(f"commit {OLD_LAYOUT} not in this checkout's history")
+    subprocess.run(["tar", "-x", "-C", str(base)], input=tar.stdout, check=True)
+    assert bench_vs.worker_of(base) == base / "bcmcore" / "bench_worker.py"
+    out = tmp_path / "vs.json"
+    argv = ["bench", "train", "--baseline-tree", str(base), "--config", "tiny", "--out", str(out)]
+    assert bcm(argv + VS_FAST) == 0
+    a = json.loads(out.read_text())["sides"]["A"]
+    assert a["code"] == str(base / "bcmcore")
+
+
 def test_bench_config_of_the_demo():
     """digits/<experiment> is the demo's experiment (workflow/config/config.yaml) at its own
     train.batch."""
     from bcmcore import presets
-    from bcmcore.bench import bench_config
+    from bcmcore.bench.step import bench_config
 
     c, run = bench_config("digits/ict"), presets.run_config("digits", "ict")
     assert c["model"] == run["model"] and c["loss"] == run["loss"]

@@ -65,7 +65,7 @@ def test_bcm_sample_writes_npz_grid_and_info_and_ignores_batch_size(nets, tmp_pa
     assert info["nfe"] == 4 and info["sampler"] == "combined"
     from PIL import Image
 
-    # 10 images, 4 per row; 8x8 pixels shown 4x (report.MIN_TILE)
+    # 10 images, 4 per row; 8x8 pixels shown 4x (images.MIN_TILE)
     assert Image.open(tmp_path / "a" / "samples.png").size == (4 * 33 + 1, 3 * 33 + 1)
     assert run(*args, "--out", str(tmp_path / "b"), "--batch", "3") == 0
     assert np.array_equal(np.load(tmp_path / "b" / "samples.npz")["arr_0"], d["arr_0"])
@@ -210,7 +210,7 @@ def test_bcm_invert_and_edit_write_results(nets, images_npz, tmp_path):
 
 
 def test_bcm_edit_class_shows_the_source_then_each_target_class(nets, images_npz, tmp_path):
-    from bcmcore import guided
+    from bcmcore import editing
     from bcmcore.nets import load_network
 
     model, _ = load_network(nets["igct"])
@@ -246,7 +246,7 @@ def test_bcm_edit_class_shows_the_source_then_each_target_class(nets, images_npz
             r[:, 0], d["images"][:3]
         )
         for col, c in enumerate(classes, 1):  # column k = the 2-NFE iGCT edit into class k (w = 3)
-            want, _ = guided.edit(model, x, y, torch.full_like(y, c), 3.0)
+            want, _ = editing.edit(model, x, y, torch.full_like(y, c), 3.0)
             want = ((want + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
             assert np.abs(r[:, col].astype(int) - want).max() <= 1, (target, c)
         assert json.loads((tmp_path / "edit-class.json").read_text())["nfe"] == 2

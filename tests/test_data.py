@@ -187,7 +187,7 @@ def test_vector_shards_batch_shape(tmp_path):
 
 
 def test_benchmark_runs_and_reports_ratio(capsys):
-    from bcmcore.data_bench import benchmark
+    from bcmcore.bench.loader_rate import benchmark
 
     rows = benchmark([8], [0, 2], n=64, batch=8, batches=2)
     assert [r[:2] for r in rows] == [(8, 0), (8, 2)]
@@ -201,7 +201,7 @@ def test_benchmark_runs_and_reports_ratio(capsys):
 
 @pytest.mark.parametrize("content", ["photo", "smooth", "noise"])
 def test_benchmark_images_and_their_png_cost(tmp_path, content):
-    from bcmcore.data_bench import _images, write_shards
+    from bcmcore.bench.loader_rate import _images, write_shards
 
     x = _images(6, 40, content)  # what write_shards writes (seed 0)
     assert x.shape == (6, 40, 40, 3) and x.dtype == np.uint8
@@ -213,7 +213,7 @@ def test_benchmark_images_and_their_png_cost(tmp_path, content):
 
 
 def test_benchmark_rejects_unknown_content():
-    from bcmcore.data_bench import _images
+    from bcmcore.bench.loader_rate import _images
 
     with pytest.raises(UserError, match="--content: expected photo, smooth or noise"):
         _images(2, 8, "fractal")

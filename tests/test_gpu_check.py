@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bcmcore import gpu_check
+from bcmcore.bench import gpu_check
 from bcmcore.cli import main as bcm
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,7 +5,7 @@ import pytest
 import torch
 from helpers import igct_generate
 
-from bcmcore import editing, guided, param
+from bcmcore import editing, param
 from bcmcore.config import ConfigError, UserError
 from bcmcore.losses import build_loss
 from bcmcore.losses.dropout import shared_dropout
@@ -220,9 +220,9 @@ def test_bad_input_one_clear_error_each():
         with pytest.raises(UserError, match="guidance weight w"):
             igct_generate(model, range(4), 0, w=w)
     with pytest.raises(UserError, match="target class must be an integer in 0..2"):
-        guided.igct_edit(model, x, 0, 3, w=2.0)
+        editing.igct_edit(model, x, 0, 3, w=2.0)
     with pytest.raises(UserError, match="source class"):
-        guided.igct_edit(model, x, -1, 1)
+        editing.igct_edit(model, x, -1, 1)
     cm = build_model(
         ModelConfig(
             kind="cm",
@@ -230,7 +230,7 @@ def test_bad_input_one_clear_error_each():
         )
     )
     with pytest.raises(UserError, match="has no noiser"):
-        guided.edit(cm, x, 0, 1, w=2.0)
+        editing.edit(cm, x, 0, 1, w=2.0)
     with pytest.raises(ConfigError, match="loss.w_min"):
         build_loss({"kind": "igct", "w_min": 0.5}, cfg)
     with pytest.raises(ConfigError, match="model.kind 'igct'"):
@@ -253,7 +253,7 @@ def test_generate_invert_edit_shapes_nfe_and_seeds():
     torch.testing.assert_close(x1[2:], x3)  # sample i depends on seed i only
     z, nfe = editing.igct_invert(model, x1, [0, 1, 2])
     assert nfe == 1 and z.shape == x1.shape
-    xe, nfe = guided.edit(model, x1, torch.tensor([0, 1, 2]), 1, w=3.0)
+    xe, nfe = editing.edit(model, x1, torch.tensor([0, 1, 2]), 1, w=3.0)
     assert nfe == 2 and xe.shape == x1.shape
     torch.testing.assert_close(
         xe,

@@ -16,7 +16,7 @@ import torch
 from helpers import igct_generate
 from scipy.stats import gaussian_kde
 
-from bcmcore import guided, sampling
+from bcmcore import editing, sampling
 from bcmcore.losses import build_loss
 from bcmcore.nets import ModelConfig, NetConfig, build_model
 
@@ -98,7 +98,7 @@ def test_igct_keeps_the_class_mode_under_guidance():
     # other side
     gen = torch.Generator().manual_seed(7)
     x, y = toy_batch(500, gen)
-    x_edit, nfe = guided.igct_edit(model, x, y, 1 - y, 4.0, clamp=False)
+    x_edit, nfe = editing.igct_edit(model, x, y, 1 - y, 4.0, clamp=False)
     assert nfe == 2 and (torch.sign(x_edit[:, 0]) == 1 - 2 * y).float().mean() > 0.95
 
 

@@ -17,7 +17,7 @@ import torch
 
 from bcmcore import param
 from bcmcore.config import UserError
-from bcmcore.guided import igct_edit
+from bcmcore.editing import igct_edit
 from bcmcore.imports import import_checkpoint, import_model
 from bcmcore.nets import load_network
 from bcmcore.recipes import get_recipe

@@ -6,7 +6,8 @@ import pytest
 import torch
 import yaml
 
-from bcmcore import loader_need, presets
+from bcmcore import presets
+from bcmcore.bench import loader_need
 from bcmcore.cli import main as bcm
 
 # a real small config of the `bcm bench` form: the MLP consistency model trained by iCT

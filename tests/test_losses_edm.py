@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from bcmcore import guided, sampling
+from bcmcore import editing, sampling
 from bcmcore.config import ConfigError, UserError
 from bcmcore.losses import build_loss
-from bcmcore.metrics.edit_rate import edit_rate_table
+from bcmcore.metrics.edit_rate import edit_rate_table, edit_success_rate
 from bcmcore.nets import ModelConfig, NetConfig
 from bcmcore.toy import GaussianMixture
 
@@ -67,14 +67,14 @@ def test_edm_edit_is_the_exact_affine_transport():
     x = 2 + S * torch.randn(64, 1, dtype=torch.float64)
     gain = (S**2 + 80.0**2) ** 0.5 / S
     z = 2 + (x - 2) * gain
-    x_edit, nfe = guided.edm_edit(model, x, 1, 0, w=1.0, steps=40, clamp=False)
+    x_edit, nfe = editing.edm_edit(model, x, 1, 0, w=1.0, steps=40, clamp=False)
     torch.testing.assert_close(x_edit, -2 + (z + 2) / gain, rtol=0, atol=2e-3)
     assert nfe == (2 * 40 - 2) + (
         2 * 40 - 1
     )  # Heun 39 steps up (78 calls), 40 down (last is Euler)
-    x_rec, _ = guided.edm_edit(model, x, 1, 1, w=1.0, steps=40, clamp=False)
+    x_rec, _ = editing.edm_edit(model, x, 1, 1, w=1.0, steps=40, clamp=False)
     torch.testing.assert_close(x_rec, x, rtol=0, atol=2e-3)
-    x_cfg, nfe = guided.edit(model, x, 1, 0, w=3.0, steps=18, clamp=False)
+    x_cfg, nfe = editing.edit(model, x, 1, 0, w=3.0, steps=18, clamp=False)
     assert nfe == 34 + 2 * 35 and (
         x_cfg.mean() < -2
     )  # CFG doubles the sampling calls and overshoots
@@ -118,9 +118,9 @@ def test_edm_bad_input():
         build_loss({"kind": "edm", "label_dropout": 1.5}, None)
     model, x = ExactToyDenoiser(), torch.full((2, 1), 2.0, dtype=torch.float64)
     with pytest.raises(UserError, match="guidance weight"):
-        guided.edm_edit(model, x, 1, 0, w=0.0)
+        editing.edm_edit(model, x, 1, 0, w=0.0)
     with pytest.raises(UserError, match="target class must be an integer in 0..1"):
-        guided.edm_edit(model, x, 1, 2, w=2.0)
+        editing.edm_edit(model, x, 1, 2, w=2.0)
 
 
 def test_edit_success_rate_counts_target_class_hits():
@@ -129,13 +129,9 @@ def test_edit_success_rate_counts_target_class_hits():
     model = ExactToyDenoiser()
     y = torch.tensor([0, 1] * 8)
     x = (4.0 * y - 2.0)[:, None].double() + S * torch.randn(16, 1, dtype=torch.float64)
-    rates = guided.edit_success_rate(
-        model, lambda v: (v[:, 0] > 0).long(), x, y, ws=[1.0, 3.0], steps=18
-    )
+    rates = edit_success_rate(model, lambda v: (v[:, 0] > 0).long(), x, y, ws=[1.0, 3.0], steps=18)
     assert rates == {1.0: 1.0, 3.0: 1.0}
     # a judge that always answers the source class scores 0
-    assert (
-        guided.edit_success_rate(model, lambda v: (v[:, 0] < 0).long(), x, y, ws=[1.0])[1.0] == 0.0
-    )
+    assert edit_success_rate(model, lambda v: (v[:, 0] < 0).long(), x, y, ws=[1.0])[1.0] == 0.0
     with pytest.raises(UserError, match="guidance weight"):
         edit_rate_table("n.pt", "s", "o.csv", [0.5])

@@ -250,7 +250,7 @@ def test_grids_enlarge_small_images_pixel_for_pixel(tmp_path):
     """8x8 demo digits are shown 4x (nearest: each pixel a 4x4 square); 32 px and up stay 1:1."""
     from PIL import Image
 
-    from bcmcore.metrics.report import save_grid
+    from bcmcore.images import save_grid
 
     rng = np.random.default_rng(0)
     small = rng.integers(0, 256, (3, 1, 8, 8), dtype=np.uint8)

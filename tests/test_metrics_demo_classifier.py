@@ -8,10 +8,10 @@ import pytest
 import torch
 from helpers import save_untrained_networks
 
-from bcmcore import guided
 from bcmcore.cli import main as bcm
 from bcmcore.data import load_split
 from bcmcore.metrics import demo_classifier, fid
+from bcmcore.metrics.edit_rate import edit_success_rate
 from bcmcore.metrics.features import demo_extractor
 from bcmcore.metrics.report import read_csv
 from bcmcore.nets import ModelConfig, NetConfig, build_model
@@ -261,7 +261,7 @@ def test_bcm_eval_digits_end_to_end_writes_tables_plots_and_grids(
     clf = demo_classifier.load_demo_classifier(digits)
     for r in guid:  # the sweep's rate is the edit-rate command's rate on the same images
         model, _ = load_network(networks["igct" if r["kind"] == "igct" else "edm"])
-        want = guided.edit_success_rate(
+        want = edit_success_rate(
             model, clf.classify, x[:6].float() / 127.5 - 1, y[:6], [float(r["w"])], steps=5
         )[float(r["w"])]
         assert float(r["edit_rate"]) == pytest.approx(want, abs=1e-6), r

@@ -265,7 +265,7 @@ def test_presets_module_resolves_what_the_workflow_writes(tmp_path, preset):
 def test_bench_configs_are_the_presets():
     """`bcm bench train --config adm-64` builds the ImageNet-64 BCM preset net (279.9 M; it was a
     284.1 M variant with 32x32 attention before the configs came from the presets)."""
-    from bcmcore.bench import bench_config
+    from bcmcore.bench.step import bench_config
 
     for name, (preset, exp) in {
         "adm-64": ("imagenet64", "bcm_ft"),

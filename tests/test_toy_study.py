@@ -1,11 +1,11 @@
-"""The plateau study's pieces (bcmcore/toy_study.py): CD's teacher point is one exact-score Euler
-step, the sliced Wasserstein distance, and one tiny run end to end."""
+"""The plateau study's pieces (bcmcore/bench/toy_study.py): CD's teacher point is one exact-score
+Euler step, the sliced Wasserstein distance, and one tiny run end to end."""
 
 import numpy as np
 import pytest
 import torch
 
-from bcmcore import toy_study
+from bcmcore.bench import toy_study
 from bcmcore.nets import ModelConfig, NetConfig
 from bcmcore.toy import DEMO_GMM
 

@@ -144,7 +144,7 @@ def test_whole_dag_on_a_shrunk_demo(demo):
     }
 
     for exp in ("ict", "bcm_ft", "bcm_scratch", "igct", "edm"):
-        # 4 digits of 8x8, shown 4x (report.MIN_TILE), 1-pixel gaps
+        # 4 digits of 8x8, shown 4x (images.MIN_TILE), 1-pixel gaps
         with Image.open(d / "grids" / exp / "samples.png") as im:
             assert im.size == (2 * 33 + 1, 2 * 33 + 1)
         assert (d / "runs" / exp / "config.json").is_file() and (

@@ -52,6 +52,10 @@ def exp(name, **section):
             exp("igct", apps={"class": {"target_clas": "all"}}),
             ["datasets.digits.experiments.igct.apps.class.target_clas: unknown flag"],
         ),
+        (
+            exp("igct", apps={"clas": {"target_class": "all"}}),
+            ["datasets.digits.experiments.igct.apps.clas: unknown edit task", "class"],
+        ),
         (exp("ict", grid={"out": "elsewhere"}), ["experiments.ict.grid.out: unknown flag"]),
         (
             exp("ict", train={"lr": float("nan")}),
@@ -70,6 +74,7 @@ def exp(name, **section):
         "grid-bad-type",
         "grid-nan",
         "apps-typo",
+        "apps-unknown-task",
         "grid-reserved-key",
         "nan-lr",
         "inf-ema",

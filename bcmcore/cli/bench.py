@@ -1,5 +1,6 @@
-"""`bcm bench train | ddp | data`: how fast one training step is, how it scales over processes, and
-the data loader's throughput (bcmcore.bench, bcmcore.data_bench)."""
+"""`bcm bench train | ddp | data | loader`: how fast one training step is, how it scales over
+processes, the data loader's throughput and what a GPU needs of it (bcmcore/bench/); one handler per
+subcommand."""
 
 import json
 
@@ -8,7 +9,7 @@ from bcmcore.config import UserError
 
 
 def bench(argv):
-    from bcmcore.bench import CONFIGS
+    from bcmcore.bench.step import CONFIGS
 
     ap = parser("bcm bench", "Training-step, DDP-scaling and data-loader benchmarks.")
     sub = ap.add_subparsers(dest="what", required=True)
@@ -25,7 +26,7 @@ def bench(argv):
         help="time two sides interleaved (A B, B A, ...) in one worker process each and print "
         "the B/A ratio of sec/step with its spread; a side is CONFIG[@OVERRIDE]..., overrides "
         "threads=N, batch=N, net.K=V, model.K=V, loss.K=V, train.K=V or a variant token "
-        "(bcmcore/bench_vs.py), e.g. digits/ict@threads=1",
+        "(bcmcore/bench/vs.py), e.g. digits/ict@threads=1",
     )
     tr.add_argument("--rounds", type=int, default=7, help="--vs: rounds of --steps per side")
     tr.add_argument(
@@ -83,55 +84,71 @@ def bench(argv):
     lo.add_argument("--flops-from", help="reuse the FLOPs of an earlier --out CSV")
     lo.add_argument("--out", help="also write the rows as CSV here (e.g. docs/loader.csv)")
     args = ap.parse_args(argv)
-    if args.what == "loader":
-        return _loader(args)
-    if args.what == "data":
-        from bcmcore.data_bench import benchmark
+    return HANDLERS[args.what](args)
 
-        res = [int(r) for r in args.res.split(",")]
-        workers = [int(w) for w in args.workers.split(",")]
-        benchmark(res, workers, args.n, args.batch, args.batches, args.dir, args.content)
-        return 0
+
+def _device(args):
     import torch
 
-    from bcmcore.bench import bench_ddp, bench_train
+    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
-    device = torch.device(
-        getattr(args, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
-    )
-    if args.what == "train" and (args.vs or args.baseline_tree):
-        from bcmcore.bench_vs import compare
 
-        if (args.vs and args.config) or args.variants:
-            raise UserError(
-                "--vs / --baseline-tree: configs and variant tokens go in the side specs (e.g. "
-                "--vs tiny tiny@compile), not in --config (with --vs) or --variants"
-            )
-        a, b = args.vs or [args.config or "tiny"] * 2
-        rows = compare(
-            a, b, device, args.batch, args.steps, args.warmup, args.rounds, args.baseline_tree
-        )
-    elif args.what == "train":
-        variants = (
-            args.variants.split(",")
-            if args.variants
-            else (None if device.type == "cuda" else ["fp32", "channels_last"])
-        )
-        rows = bench_train(
-            args.config or "tiny", device, args.batch, args.steps, args.warmup, variants
-        )
-    else:
-        rows = [bench_ddp(args.config, args.batch, args.steps)]
-    if args.out:
+def _write_rows(rows, out):
+    if out:
         from bcmcore.util import atomic_write_text
 
-        atomic_write_text(args.out, json.dumps(rows, indent=1) + "\n")
+        atomic_write_text(out, json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+def _train(args):
+    if args.vs or args.baseline_tree:
+        return _vs(args)
+    from bcmcore.bench.step import bench_train
+
+    device = _device(args)
+    variants = (
+        args.variants.split(",")
+        if args.variants
+        else (None if device.type == "cuda" else ["fp32", "channels_last"])
+    )
+    rows = bench_train(args.config or "tiny", device, args.batch, args.steps, args.warmup, variants)
+    return _write_rows(rows, args.out)
+
+
+def _vs(args):
+    from bcmcore.bench.vs import compare
+
+    if (args.vs and args.config) or args.variants:
+        raise UserError(
+            "--vs / --baseline-tree: configs and variant tokens go in the side specs (e.g. "
+            "--vs tiny tiny@compile), not in --config (with --vs) or --variants"
+        )
+    a, b = args.vs or [args.config or "tiny"] * 2
+    rows = compare(
+        a, b, _device(args), args.batch, args.steps, args.warmup, args.rounds, args.baseline_tree
+    )
+    return _write_rows(rows, args.out)
+
+
+def _ddp(args):
+    from bcmcore.bench.step import bench_ddp
+
+    return _write_rows([bench_ddp(args.config, args.batch, args.steps)], args.out)
+
+
+def _data(args):
+    from bcmcore.bench.loader_rate import benchmark
+
+    res = [int(r) for r in args.res.split(",")]
+    workers = [int(w) for w in args.workers.split(",")]
+    benchmark(res, workers, args.n, args.batch, args.batches, args.dir, args.content)
     return 0
 
 
 def _loader(args):
-    from bcmcore import loader_need, presets
-    from bcmcore.config import UserError
+    from bcmcore import presets
+    from bcmcore.bench import loader_need
 
     names = (
         args.experiments.split(",")
@@ -171,4 +188,5 @@ def _loader(args):
     return 0
 
 
+HANDLERS = {"train": _train, "ddp": _ddp, "data": _data, "loader": _loader}
 COMMANDS = {"bench": bench}

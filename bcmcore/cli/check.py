@@ -1,4 +1,5 @@
-"""`bcm check gpu [--cpu]`: the one-shot GPU acceptance check (bcmcore/gpu_check.py), one table."""
+"""`bcm check gpu [--cpu]`: the one-shot GPU acceptance check (bcmcore/bench/gpu_check.py), one
+table."""
 
 from bcmcore.cli._args import parser
 
@@ -14,7 +15,7 @@ def check(argv):
     )
     g.add_argument("--no-tests", action="store_true", help="skip the gpu-marked pytest run")
     args = ap.parse_args(argv)
-    from bcmcore.gpu_check import run
+    from bcmcore.bench.gpu_check import run
 
     run(cpu=args.cpu, out_dir=args.out, budget_s=args.budget_s, tests=not args.no_tests)
     return 0

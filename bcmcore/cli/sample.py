@@ -8,6 +8,7 @@ import torch
 
 from bcmcore import dist, editing, runner, sampling
 from bcmcore.cli._args import parse_ids, parse_pairs, parse_times, parser
+from bcmcore.cli.flags import EDIT_TASKS
 from bcmcore.config import UserError
 from bcmcore.images import to_float, to_uint8_nhwc
 from bcmcore.nets.facts import data_shape, is_vector, num_classes
@@ -266,7 +267,6 @@ def invert(argv):
 
 # ---------------------------------------------------------------------------------------------- bcm
 # edit
-TASKS = ("interpolate", "inpaint", "inpaint-refine", "cm-inpaint", "jpeg", "class")
 
 
 def _mask(args, x):
@@ -282,7 +282,7 @@ def _mask(args, x):
 
 def edit_parser():
     p = _common("bcm edit")
-    p.add_argument("task", choices=TASKS)
+    p.add_argument("task", choices=EDIT_TASKS)
     _input_args(p)
     p.add_argument(
         "--steps", help="inversion times t0,..,tM (increasing); cm-inpaint: decreasing taus"
@@ -305,82 +305,157 @@ def edit_parser():
     return p
 
 
-def edit(argv):
-    args = edit_parser().parse_args(argv)
-    model, meta, device = _setup(args)
-    x_all, y_all, idx_all = load_inputs(args)
-    out, task = Path(args.out), args.task
-    if task == "class":
-        if args.target_class is None or y_all is None:
-            raise UserError(
-                "class editing needs --target-class and source labels (from --data or the npz)"
-            )
-        num = num_classes(model)
-        targets = (
-            list(range(num))
-            if args.target_class == "all"
-            else parse_ids(args.target_class, "--target-class")
-        )
-        if not targets or min(targets) < 0 or max(targets) >= num:
-            raise UserError(
-                f"--target-class: expected 'all' or class ids in 0..{num - 1}, got "
-                f"{args.target_class!r}"
-            )
-    else:
-        times, gen = _times(args, model)
-        gen = (
-            parse_times(args.gen_steps, "--gen-steps")
-            if args.gen_steps
-            else (gen or [times[-1], model.sigma_min])
-        )
-    n = len(idx_all)
-    if task == "interpolate":
-        if n % 2:
-            raise UserError(f"--indices: interpolation takes images in pairs, got {n} images")
-        n //= 2
+def _edit_times(args, model):
+    """Inversion times and generation times of an inversion-based task (--gen-steps, else the
+    recipe's, else one step t_M -> eps)."""
+    times, gen = _times(args, model)
+    if args.gen_steps:
+        return times, parse_times(args.gen_steps, "--gen-steps")
+    return times, gen or [times[-1], model.sigma_min]
+
+
+def _per_image(args, model, data, device, apply):
+    """(items, batch fn) of a task that edits each image alone: apply(x, y, rng) -> (images shown
+    before the results, results, nfe); the MSE is each result's against the clean input (JPEG:
+    not the compressed one, App. B.1.2), averaged over the results."""
+    x_all, y_all, idx_all = data
 
     def fn(pos):
-        if task == "interpolate":  # pairs (indices[2k], indices[2k+1]), different initial noises
-            x1, y1, r1 = _batch_inputs(model, args, x_all, y_all, idx_all, 2 * pos, device)
-            x2, y2, _ = _batch_inputs(model, args, x_all, y_all, idx_all, 2 * pos + 1, device)
-            r2 = sampling.SeededRNG(args.seed + idx_all[2 * pos + 1] + SECOND_IMAGE_SEED, device)
-            res, nfe = editing.interpolate(
-                model, x1, x2, times, parse_times(args.alphas, "--alphas"), r1, r2, y1, y2
-            )
-            rows = [_images(model, x1)] + [_images(model, r) for r in res] + [_images(model, x2)]
-            return {"result": np.stack(rows, 1), "nfe": np.full(len(pos), nfe)}
         x, y, rng = _batch_inputs(model, args, x_all, y_all, idx_all, pos, device)
-        if task in ("inpaint", "inpaint-refine", "cm-inpaint"):
-            mask = _mask(args, x)
-            shown = x * (1 - mask) + (-1 if not is_vector(model) else 0) * mask
-            if task == "inpaint":
-                res, nfe = editing.inpaint(model, x, mask, times, gen, rng, y)
-            elif task == "inpaint-refine":
-                refine = parse_times(args.refine_steps or "", "--refine-steps")
-                res, nfe = editing.inpaint_refine(
-                    model, x, mask, times, gen, refine, rng, y, args.clamp
-                )
-            else:
-                res, nfe = editing.cm_inpaint(model, x, mask, times, rng, y, clamp=args.clamp)
-        elif task == "jpeg":
-            shown = editing.jpeg_compress(x, args.quality)
-            res, nfe = editing.jpeg_restore(model, shown, times, rng, y)
-        else:  # source, then its edit into each target class (its own class: the reconstruction)
-            from bcmcore import guided
-
-            edits = [
-                guided.edit(model, x, y, torch.full_like(y, c), args.w, args.num_steps)
-                for c in targets
-            ]
-            nfe, inputs, results = edits[0][1], [x], [r for r, _ in edits]
-        if task != "class":
-            inputs, results = [x, shown], [res]
+        inputs, results, nfe = apply(x, y, rng)
         mse = sum(editing.mse_per_item(r.cpu(), x.cpu(), is_vector(model)) for r in results) / len(
             results
         )
         rows = [_images(model, v) for v in inputs + results]
         return {"result": np.stack(rows, 1), "mse": mse.numpy(), "nfe": np.full(len(pos), nfe)}
 
+    return len(idx_all), fn
+
+
+def _masked(args, model, x):
+    """The mask (1 = missing) and the input as shown: missing pixels black (vectors: 0)."""
+    mask = _mask(args, x)
+    return mask, x * (1 - mask) + (-1 if not is_vector(model) else 0) * mask
+
+
+def _edit_interpolate(args, model, data, device):
+    """Pairs (indices[2k], indices[2k+1]) inverted with different initial noises, slerped (BCM
+    App. C.3.1); a row: x1, the interpolants, x2."""
+    times, _ = _edit_times(args, model)
+    x_all, y_all, idx_all = data
+    if len(idx_all) % 2:
+        raise UserError(
+            f"--indices: interpolation takes images in pairs, got {len(idx_all)} images"
+        )
+
+    def fn(pos):
+        x1, y1, r1 = _batch_inputs(model, args, x_all, y_all, idx_all, 2 * pos, device)
+        x2, y2, _ = _batch_inputs(model, args, x_all, y_all, idx_all, 2 * pos + 1, device)
+        r2 = sampling.SeededRNG(args.seed + idx_all[2 * pos + 1] + SECOND_IMAGE_SEED, device)
+        res, nfe = editing.interpolate(
+            model, x1, x2, times, parse_times(args.alphas, "--alphas"), r1, r2, y1, y2
+        )
+        rows = [_images(model, x1)] + [_images(model, r) for r in res] + [_images(model, x2)]
+        return {"result": np.stack(rows, 1), "nfe": np.full(len(pos), nfe)}
+
+    return len(idx_all) // 2, fn
+
+
+def _edit_inpaint(args, model, data, device):
+    """BCM Alg. 6."""
+    times, gen = _edit_times(args, model)
+
+    def apply(x, y, rng):
+        mask, shown = _masked(args, model, x)
+        res, nfe = editing.inpaint(model, x, mask, times, gen, rng, y)
+        return [x, shown], [res], nfe
+
+    return _per_image(args, model, data, device, apply)
+
+
+def _edit_inpaint_refine(args, model, data, device):
+    """BCM Alg. 7."""
+    times, gen = _edit_times(args, model)
+
+    def apply(x, y, rng):
+        mask, shown = _masked(args, model, x)
+        refine = parse_times(args.refine_steps or "", "--refine-steps")
+        res, nfe = editing.inpaint_refine(model, x, mask, times, gen, refine, rng, y, args.clamp)
+        return [x, shown], [res], nfe
+
+    return _per_image(args, model, data, device, apply)
+
+
+def _edit_cm_inpaint(args, model, data, device):
+    """CM Alg. 4 (zero-shot)."""
+    times, _ = _edit_times(args, model)
+
+    def apply(x, y, rng):
+        mask, shown = _masked(args, model, x)
+        res, nfe = editing.cm_inpaint(model, x, mask, times, rng, y, clamp=args.clamp)
+        return [x, shown], [res], nfe
+
+    return _per_image(args, model, data, device, apply)
+
+
+def _edit_jpeg(args, model, data, device):
+    """Blind JPEG restoration (BCM App. B.1.2)."""
+    times, _ = _edit_times(args, model)
+
+    def apply(x, y, rng):
+        shown = editing.jpeg_compress(x, args.quality)
+        res, nfe = editing.jpeg_restore(model, shown, times, rng, y)
+        return [x, shown], [res], nfe
+
+    return _per_image(args, model, data, device, apply)
+
+
+def _edit_class(args, model, data, device):
+    """Class editing (iGCT, CFG-EDM): the source, then its edit into each target class (its own
+    class: the reconstruction)."""
+    if args.target_class is None or data[1] is None:
+        raise UserError(
+            "class editing needs --target-class and source labels (from --data or the npz)"
+        )
+    num = num_classes(model)
+    targets = (
+        list(range(num))
+        if args.target_class == "all"
+        else parse_ids(args.target_class, "--target-class")
+    )
+    if not targets or min(targets) < 0 or max(targets) >= num:
+        raise UserError(
+            f"--target-class: expected 'all' or class ids in 0..{num - 1}, got "
+            f"{args.target_class!r}"
+        )
+
+    def apply(x, y, rng):
+        edits = [
+            editing.edit(model, x, y, torch.full_like(y, c), args.w, args.num_steps)
+            for c in targets
+        ]
+        return [x], [r for r, _ in edits], edits[0][1]
+
+    return _per_image(args, model, data, device, apply)
+
+
+# `bcm edit <task>`: one handler per task (the task names: bcmcore.cli.flags.EDIT_TASKS)
+EDIT_HANDLERS = {
+    "interpolate": _edit_interpolate,
+    "inpaint": _edit_inpaint,
+    "inpaint-refine": _edit_inpaint_refine,
+    "cm-inpaint": _edit_cm_inpaint,
+    "jpeg": _edit_jpeg,
+    "class": _edit_class,
+}
+
+
+def edit(argv):
+    args = edit_parser().parse_args(argv)
+    model, meta, device = _setup(args)
+    x_all, y_all, idx_all = load_inputs(args)
+    out, task = Path(args.out), args.task
+    n, fn = EDIT_HANDLERS[task](args, model, (x_all, y_all, idx_all), device)
     res = runner.run_sharded(n, args.batch, fn, out, task)
     if res is not None:
         info = {
@@ -390,9 +465,7 @@ def edit(argv):
             "nfe": int(res["nfe"][0]),
             "items": n,
         }
-        if (
-            "mse" in res
-        ):  # always against the clean input (JPEG: not the compressed one, App. B.1.2)
+        if "mse" in res:  # always against the clean input (JPEG: not the compressed one)
             info["mse_vs_clean"] = float(res["mse"].mean())
         per_row = res["result"].shape[1]
         grid = (

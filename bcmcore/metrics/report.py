@@ -1,5 +1,5 @@
-"""Tables (CSV), plots (matplotlib, Agg) and sample grids of an evaluation sweep; every file written
-atomically.
+"""Tables (CSV) and plots (matplotlib, Agg) of an evaluation sweep; every file written atomically
+(sample grids: bcmcore.images.save_grid).
 
 Numbers come only from the rows the sweep measured.
 """
@@ -8,8 +8,6 @@ import csv
 import io
 import json
 from pathlib import Path
-
-import numpy as np
 
 from bcmcore.util import atomic_path, atomic_write_text
 
@@ -95,32 +93,6 @@ def write_csv(path, rows, columns):
 def read_csv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
-
-
-MIN_TILE = 32  # grid tiles smaller than this are enlarged for viewing (the npz keeps the pixels)
-
-
-def save_grid(path, images, ncol=None):
-    """uint8 images [N, C, H, W] -> one PNG grid (1-pixel gaps), written atomically. Images under
-    MIN_TILE pixels (the 8x8 demo digits) are enlarged by the smallest integer factor that reaches
-    it, nearest-neighbour, so every pixel stays a sharp square."""
-    from PIL import Image
-
-    images = np.asarray(images)
-    scale = -(-MIN_TILE // max(images.shape[2:]))  # ceil; 1 from MIN_TILE pixels up
-    if scale > 1:
-        images = images.repeat(scale, axis=2).repeat(scale, axis=3)
-    n, c, h, w = images.shape
-    ncol = ncol or int(np.ceil(np.sqrt(n)))
-    nrow = int(np.ceil(n / ncol))
-    grid = np.zeros((nrow * (h + 1) + 1, ncol * (w + 1) + 1, c), np.uint8)
-    for i, img in enumerate(images):
-        r, q = divmod(i, ncol)
-        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = (
-            img.transpose(1, 2, 0)
-        )
-    with atomic_path(path) as tmp:
-        Image.fromarray(grid[..., 0] if c == 1 else grid).save(tmp, format="PNG")
 
 
 def _savefig(fig, path):

@@ -11,12 +11,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bcmcore import dist, editing, guided, sampling
+from bcmcore import dist, editing, sampling
 from bcmcore.config import UserError
 from bcmcore.editing import mse_per_item
-from bcmcore.images import to_float, to_uint8
+from bcmcore.images import save_grid, to_float, to_uint8
 from bcmcore.metrics import fid as fidlib
 from bcmcore.metrics import image_quality, perceptual, prdc, report, vgg16
+from bcmcore.metrics.edit_rate import edit_hits
 from bcmcore.metrics.features import build_extractor
 from bcmcore.metrics.inception_score import inception_score
 from bcmcore.metrics.kid import kid
@@ -191,7 +192,7 @@ class Evaluator:
         local = np.concatenate(feats) if feats else np.zeros((0, width))
         all_feats = gather_rows(local, self.mine, len(self.seeds)).astype(np.float64)
         if grid_path is not None and dist.is_main() and first is not None and not self.vector:
-            report.save_grid(grid_path, first[: self.spec.grid])
+            save_grid(grid_path, first[: self.spec.grid])
         nfe = _agree(nfe)
         return all_feats, nfe, time.time() - t0
 
@@ -358,7 +359,7 @@ def edit_rate_sweep(ev, model, x_all, y_all, w, steps):
     lp = None if ev.lpips is None else (lambda a, b: torch.from_numpy(ev.lpips(_q(a), _q(b))))
 
     def per_item(x, y, rng):
-        hits, nfe, dists = guided.edit_hits(model, classify, x, y, w, steps, distance=lp)
+        hits, nfe, dists = edit_hits(model, classify, x, y, w, steps, distance=lp)
         dists = dists.numpy() if dists is not None else np.full(len(x), np.nan)
         return np.stack([hits.double().numpy(), dists], 1) / (num - 1), nfe, nfe
 

@@ -293,13 +293,17 @@ def check_prep(ds):
 def check_flags(ds, exp):
     """grid and apps.<task> are flags of `bcm sample` / `bcm edit` (from their own parsers)."""
     from bcmcore.config import UserError
-    from bcmcore.cli.flags import check, parser
+    from bcmcore.cli.flags import EDIT_TASKS, check, parser
 
     e, where = config["datasets"][ds]["experiments"][exp], f"datasets.{ds}.experiments.{exp}"
     fixed = ("out", "network", "data")  # set by the rules themselves
     try:
         check(parser("sample"), e.get("grid"), f"{where}.grid", reserved=fixed)
         for task, options in e.get("apps", {}).items():
+            if task not in EDIT_TASKS:
+                stop(
+                    f"{where}.apps.{task}: unknown edit task (expected one of {', '.join(EDIT_TASKS)})"
+                )
             check(parser("edit"), options, f"{where}.apps.{task}", reserved=fixed)
     except UserError as err:
         stop(str(err))

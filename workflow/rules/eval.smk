@@ -1,6 +1,7 @@
 # Evaluation of every trained model, each as one job: the `bcm eval` sweep (FID / precision / recall against
 # NFE, inversion MSE, guidance sweeps), the model's sample grid (`bcm sample`) and its application grids
 # (`bcm edit`: interpolation, inpainting, JPEG restoration, class editing).
+from bcmcore.cli.flags import EDIT_TASKS
 
 
 rule eval_spec:
@@ -80,7 +81,7 @@ rule app_grid:
     log:
         "results/{ds}/logs/edit-{exp}-{task}.log",
     wildcard_constraints:
-        task="interpolate|inpaint|inpaint-refine|cm-inpaint|jpeg|class",
+        task="|".join(EDIT_TASKS),
     localrule: True
     conda:
         "../../environment.yml"

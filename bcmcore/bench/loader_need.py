@@ -4,16 +4,16 @@ beside the images/s its loader workers decode, and a verdict at a 2x margin.
 
 GPU need. No GPU table exists for this project yet (README, `make gpu-check`), so the need is
 estimated: need = peak * mfu / flops_per_image, with flops_per_image = FLOPs of one real training
-step (bcmcore.bench.step_flops: every loss pass, teacher and student, + backward; counted on the
-CPU by torch.utils.flop_counter) / batch. Default peak: an H100's dense bf16 989 TFLOP/s, MFU 40 %.
-Where a step's cost depends on the step (iGCT's reconstruction pass every `recon_every` steps), the
-lighter step is used: the fewer FLOPs per image, the more images the GPU eats.
+step (bcmcore.bench.step.step_flops: every loss pass, teacher and student, + backward; counted on
+the CPU by torch.utils.flop_counter) / batch. Default peak: an H100's dense bf16 989 TFLOP/s, MFU
+40 %. Where a step's cost depends on the step (iGCT's reconstruction pass every `recon_every`
+steps), the lighter step is used: the fewer FLOPs per image, the more images the GPU eats.
 
 Loader supply. `data.num_workers` DataLoader processes per GPU, at most cpus_per_task - 1 of them
 on their own core (the train stage's cpus_per_task, cluster/slurm/stages.yaml or the dataset's
-`launch.train`; the training process keeps one core). Per-worker rate: decoded img/s per CPU
-second of one single-threaded process doing all the work (read, CRC-32, PNG decode, flip, batch,
-uint8 -> float; bcmcore.data_bench's natural-photo shards at the preset's resolution), i.e. what one
+`launch.train`; the training process keeps one core). Per-worker rate: decoded img/s per CPU second
+of one single-threaded process doing all the work (read, CRC-32, PNG decode, flip, batch, uint8 ->
+float; bcmcore.bench.loader_rate's natural-photo shards at the preset's resolution), i.e. what one
 core delivers: CPU seconds, not wall time, so a busy shared machine does not make the loader look
 slower than it is (contention still costs a little: the figure is conservative). With
 `data.in_memory` the training process itself gathers from RAM (no workers). Paired experiments
@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 import yaml
 
-PEAK = 989e12  # H100 SXM dense bf16 (bcmcore.bench.PEAK_BF16)
+PEAK = 989e12  # H100 SXM dense bf16 (bcmcore.bench.step.PEAK_BF16)
 MFU = 0.4
 BAR = 2.0  # workers must deliver at least twice what the GPU consumes
-STAGES = Path(__file__).resolve().parents[1] / "cluster" / "slurm" / "stages.yaml"
+STAGES = Path(__file__).resolve().parents[2] / "cluster" / "slurm" / "stages.yaml"
 COLUMNS = (
     "preset",
     "experiment",
@@ -62,13 +62,13 @@ def verdict(ratio, bar=BAR):
 
 
 def flops_per_image(name, batch=1):
-    """FLOPs of one training step per image for `name` (a bcmcore.bench config name,
+    """FLOPs of one training step per image for `name` (a bcmcore.bench.step config name,
     "<preset>/<experiment>" or a dict of that form), on the CPU; the lighter of two consecutive
     steps (see above)."""
-    from bcmcore.bench import _setup, bench_config, step_flops
+    from bcmcore.bench.step import bench_config, build_step, step_flops
 
     c = bench_config(name) if isinstance(name, str) else name
-    stepper, batches = _setup(c, batch, torch.device("cpu"))
+    stepper, batches = build_step(c, batch, torch.device("cpu"))
     steps = (200_000, 200_001) if c["loss"].get("kind") == "igct" else (200_000,)
     return min(step_flops(stepper, batches, s) for s in steps) / batch
 
@@ -91,8 +91,8 @@ def per_worker_rates(modes, rounds=3, batch=32, batches=8, dir=None):
     gather of the decoded split, done by the training process itself (no workers)."""
     import tempfile
 
+    from bcmcore.bench.loader_rate import default_n, write_shards
     from bcmcore.data import DataConfig, make_loader
-    from bcmcore.data_bench import default_n, write_shards
 
     rates, threads = {m: [] for m in modes}, torch.get_num_threads()
     torch.set_num_threads(1)  # as in a DataLoader worker (and no OpenMP spin in the CPU time)

@@ -7,7 +7,8 @@ batches after a warm-up that absorbs worker start-up. PNG decoding time depends 
 the real photographs shipped with scikit-image and scikit-learn (1.6 PNG bytes per pixel at 256 px,
 typical of LSUN / FFHQ PNGs). The reference is the usual TensorDataset + DataLoader over decoded
 uint8 tensors with the same number of workers; the loader's own in-memory mode (one batched gather,
-no workers) is printed as the absolute ceiling. What one GPU needs per preset: bcmcore.loader_need.
+no workers) is printed as the absolute ceiling. What one GPU needs per preset:
+bcmcore.bench.loader_need.
 """
 
 import tempfile

@@ -1,12 +1,12 @@
 """`bcm bench train --vs A B`: two training-step configs, or one config under two code trees, timed
-interleaved in two persistent worker processes (bcmcore/bench_worker.py); the ratio B/A of sec/step
+interleaved in two persistent worker processes (bcmcore/bench/worker.py); the ratio B/A of sec/step
 per round, its median and spread. Both sides share the machine's drift within a round, so the ratio
 holds on a shared, noisy machine where either time alone does not. Each step is timed alone, and
 the ratio of each round's fastest steps is reported too: another process's load only ever adds
 time, so the fastest step is the closest to the step's own cost.
 
 A side is CONFIG[@OVERRIDE]..., overrides separated by '@' (a value may hold commas: [1,2]):
-  CONFIG               a bench config (bcmcore.bench.CONFIGS), <preset>/<experiment>, or
+  CONFIG               a bench config (bcmcore.bench.step.CONFIGS), <preset>/<experiment>, or
                        digits/<experiment> (the demo, workflow/config/config.yaml)
   threads=N            torch intra-op threads of the side's worker (default: torch's, all cores)
   batch=N              the side's batch (default: --batch, else the config's CPU / GPU batch)
@@ -36,7 +36,7 @@ EXPECTED = (
     "threads=N, batch=N, net.<key>=V, model.<key>=V, loss.<key>=V, train.<key>=V, or a variant "
     f"token ({', '.join(TOKENS)})"
 )
-THIS_TREE = Path(__file__).resolve().parents[1]
+THIS_TREE = Path(__file__).resolve().parents[2]
 
 
 def _positive(where, key, text):
@@ -62,7 +62,7 @@ def parse_side(spec, label, device, batch=None):
     the whole config is built (on the meta device) here, so a bad key stops before any worker."""
     import torch
 
-    from bcmcore.bench import bench_config, variant_keys
+    from bcmcore.bench.step import bench_config, variant_keys
     from bcmcore.losses import build_loss
     from bcmcore.nets import ModelConfig, build_model
     from bcmcore.nets.facts import data_shape
@@ -129,15 +129,30 @@ def parse_side(spec, label, device, batch=None):
 
 
 def check_tree(path):
-    """A --baseline-tree: a directory holding a bcmcore package with bench.py."""
+    """A --baseline-tree: a directory holding a bcmcore package with its step benchmark (bench/
+    since the bench package, bench.py before)."""
     tree = Path(path).resolve()
-    if not all((tree / "bcmcore" / f).is_file() for f in ("__init__.py", "bench.py")):
+    pkg = tree / "bcmcore"
+    if not (pkg / "__init__.py").is_file() or not any(
+        (pkg / f).is_file() for f in ("bench/step.py", "bench.py")
+    ):
         raise UserError(
             f"--baseline-tree {path}: no bcmcore package there (expected "
-            f"{tree}/bcmcore/__init__.py and bench.py: a checkout such as made by "
-            "`git worktree add /tmp/base <rev>`)"
+            f"{tree}/bcmcore/__init__.py and bench/step.py or bench.py: a checkout such as made "
+            "by `git worktree add /tmp/base <rev>`)"
         )
     return tree
+
+
+def worker_of(tree):
+    """The worker script to run for `tree`: the tree's own (bcmcore/bench/worker.py, or
+    bcmcore/bench_worker.py in checkouts from before the bench package), so each side imports
+    its own code by its own paths; a checkout older than both gets this tree's worker, which
+    falls back to the old import path."""
+    for rel in ("bench/worker.py", "bench_worker.py"):
+        if (tree / "bcmcore" / rel).is_file():
+            return tree / "bcmcore" / rel
+    return Path(__file__).with_name("worker.py")
 
 
 def git_rev(tree):
@@ -171,9 +186,8 @@ class Worker:
         if side["threads"]:
             env.update(OMP_NUM_THREADS=str(side["threads"]), MKL_NUM_THREADS=str(side["threads"]))
         self.stderr = tempfile.TemporaryFile(mode="w+")
-        worker = Path(__file__).with_name("bench_worker.py")
         self.proc = subprocess.Popen(
-            [sys.executable, "-P", str(worker)],
+            [sys.executable, "-P", str(worker_of(tree))],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.stderr,

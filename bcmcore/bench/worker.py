@@ -1,13 +1,15 @@
-"""One side of `bcm bench train --vs` (bcmcore/bench_vs.py): a persistent process that builds the
+"""One side of `bcm bench train --vs` (bcmcore/bench/vs.py): a persistent process that builds the
 training step with the bcmcore on its PYTHONPATH (this tree's, or --baseline-tree's) and times
 optimizer steps each time the parent asks.
 
-The parent runs this file by path with `python -P` (no script directory on sys.path), so the
-bcmcore imported is the tree's that PYTHONPATH names, and of it only bcmcore.bench._setup and
-time_steps are used: a baseline tree needs nothing newer. Protocol, one JSON object a line: the
-parent writes {"setup": {...}} once, then {"steps": n} per round, then closes stdin; each line is
-answered with one line on the worker's stdout ({"error": traceback} on failure, then exit 1).
-Anything else printed goes to stderr, so it never mixes into the answers.
+The parent runs this file by path with `python -P` (no script directory on sys.path), so the bcmcore
+imported is the tree's that PYTHONPATH names, and of it only bcmcore.bench.step.build_step and
+time_steps are used. The parent runs each tree's own worker (bench/vs.py:worker_of); this one also
+serves checkouts older than any worker (bcmcore.bench._setup, the name before the package).
+Protocol, one JSON object a line: the parent writes {"setup": {...}} once, then {"steps": n} per
+round, then closes stdin; each line is answered with one line on the worker's stdout ({"error":
+traceback} on failure, then exit 1). Anything else printed goes to stderr, so it never mixes into
+the answers.
 """
 
 import json
@@ -31,10 +33,17 @@ def main():
         if setup["threads"]:
             torch.set_num_threads(setup["threads"])
         import bcmcore
-        from bcmcore.bench import _setup, time_steps
+
+        try:
+            from bcmcore.bench.step import build_step, time_steps
+        except ImportError:  # a checkout from before bcmcore/bench/ and before bench_worker.py
+            from bcmcore.bench import _setup as build_step
+            from bcmcore.bench import time_steps
 
         device = torch.device(setup["device"])
-        stepper, batches = _setup(setup["config"], setup["batch"], device, **setup["train_keys"])
+        stepper, batches = build_step(
+            setup["config"], setup["batch"], device, **setup["train_keys"]
+        )
         if setup["warmup"]:
             time_steps(stepper, batches, setup["warmup"], 0, device)
         answer(

@@ -5,7 +5,7 @@ train  img/s and sec/step of the real training step (train/step.py: loss passes,
        they apply; MFU on CUDA (FLOPs counted by torch.utils.flop_counter, bf16 dense peak of the
        GPU as denominator).
 ddp    2 gloo CPU processes vs 1, same per-process batch: step-time and per-sample-time ratios.
-data   the data loader's own benchmark: bcmcore.data_bench.
+data   the data loader's own benchmark: bcmcore.bench.loader_rate.
 """
 
 import json
@@ -77,7 +77,7 @@ PEAK_BF16 = {
 }
 
 
-def _setup(name, batch, device, **train_keys):
+def build_step(name, batch, device, **train_keys):
     """A Stepper for `name` (a CONFIGS key, or a dict of the same form); train_keys are TrainConfig
     device keys (bf16, tf32, compile, channels_last, ...), applied as training applies them."""
     from bcmcore.losses import build_loss
@@ -173,7 +173,7 @@ def bench_train(
             continue  # autocast runs on CUDA only (train.bf16); channels_last is for images
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
-        stepper, batches = _setup(c, batch, device, **opts)
+        stepper, batches = build_step(c, batch, device, **opts)
         sec = time_steps(stepper, batches, steps, warmup, device)
         row = {
             "config": name,
@@ -208,7 +208,7 @@ def _ddp_worker(rank, world, port, name, batch, steps, warmup, out):
 
     os.environ.update(dist.local_env(rank, world, port))
     _, _, _, device = dist.init(device="cpu")
-    stepper, batches = _setup(name, batch * world, device)
+    stepper, batches = build_step(name, batch * world, device)
     sec = time_steps(stepper, batches, steps, warmup, device)
     if rank == 0:
         with open(out, "w") as f:

@@ -29,7 +29,7 @@ import torch
 
 from bcmcore.config import UserError
 
-ROOT = Path(__file__).resolve().parent.parent  # the repository (tests/, workflow/config/)
+ROOT = Path(__file__).resolve().parents[2]  # the repository (tests/, workflow/config/)
 # (name, preset, experiment, per-GPU batch): the presets set the global batch; per GPU it is
 # CIFAR-10 1024 / 8 GPUs and ImageNet-64 4096 / 64 GPUs, as the papers trained.
 NETS = (
@@ -277,7 +277,7 @@ def eval_check(work, cpu):
 
 def train_row(device, cpu, net, variant):
     """bcm bench's training step on one preset network and variant -> the row's numbers."""
-    from bcmcore.bench import bench_train
+    from bcmcore.bench.step import bench_train
 
     name, preset, exp, batch = net
     c = preset_config(preset, exp, tiny=cpu)
@@ -295,7 +295,7 @@ def train_row(device, cpu, net, variant):
 
 def compiled_row(net, variant, timeout_s, cpu=False):
     """A compiled variant in a child process, killed at `timeout_s` (compile time is unbounded)."""
-    cmd = [sys.executable, "-m", "bcmcore.gpu_check", "row", net[0], variant] + ["cpu"] * cpu
+    cmd = [sys.executable, "-m", "bcmcore.bench.gpu_check", "row", net[0], variant] + ["cpu"] * cpu
     try:
         p = subprocess.run(cmd, env=_env(cpu), capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -306,7 +306,7 @@ def compiled_row(net, variant, timeout_s, cpu=False):
 
 
 def _child(argv):
-    """`python -m bcmcore.gpu_check row NAME VARIANT [cpu]`: one train row as JSON."""
+    """`python -m bcmcore.bench.gpu_check row NAME VARIANT [cpu]`: one train row as JSON."""
     _, name, variant, *cpu = argv
     net = next(n for n in NETS if n[0] == name)
     device = torch.device("cpu") if cpu else torch.device("cuda", torch.cuda.current_device())
@@ -354,7 +354,7 @@ class _Run:
 def fill_compiled_mfu(rows):
     """Compiled rows get the FLOPs counted for the same network uncompiled (FlopCounterMode does
     not see inside compiled graphs): MFU = FLOPs per step x steps per second / peak."""
-    from bcmcore.bench import PEAK_BF16
+    from bcmcore.bench.step import PEAK_BF16
 
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
     peak = next((p for k, p in PEAK_BF16.items() if k in name), None)

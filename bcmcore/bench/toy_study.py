@@ -5,7 +5,7 @@ One training run per call, in the setup of tests/test_groundtruth.py: width-64 r
 errors against the exact flow map (relative RMS, as in that test) and sliced Wasserstein distances
 to fresh data, for the EMA and the online weights:
 
-    python -m bcmcore.toy_study NAME KIND LOSS STEPS ['{"huber_c": 0.1, ...}'] >> table.jsonl
+    python -m bcmcore.bench.toy_study NAME KIND LOSS STEPS ['{"huber_c": 0.1, ...}'] >> table.jsonl
 
 KIND cm|bcm; LOSS ict|bct|cd. `cd` is consistency distillation with the mixture's exact denoiser
 (CM Eq. 7 with an exact-score Euler step), the control that removes CT's one-sample target. Options:
