@@ -161,7 +161,10 @@ def test_igct_noiser_and_denoiser_at_several_w(igct_model, igct_cases, one_threa
 def test_igct_guidance_embedding_is_the_authors(igct_cases):
     from bcmcore.nets.embedding import guidance_features
 
-    assert torch.equal(guidance_features(igct_cases["w_paper"]), igct_cases["w_embeds"])
+    # the argument order is what matters (another order moves e(w) by ~1e-3 at w = 15); sin/cos
+    # themselves differ by a few ulp between CPU vector units (CI's machine is not this one)
+    got = guidance_features(igct_cases["w_paper"])
+    assert (got - igct_cases["w_embeds"]).abs().max() < 1e-5
 
 
 def test_igct_one_step_and_two_step_generation(igct_model, igct_cases, one_thread):
