@@ -6,6 +6,7 @@ width with every tensor randomised, together with the outputs of the authors' ow
 row 1e-5 (1 + |c_skip| + |c_out|); iGCT outputs 1e-4 + 1e-5 max|ref|.
 """
 
+import math
 import os
 import pickle
 import subprocess
@@ -161,10 +162,18 @@ def test_igct_noiser_and_denoiser_at_several_w(igct_model, igct_cases, one_threa
 def test_igct_guidance_embedding_is_the_authors(igct_cases):
     from bcmcore.nets.embedding import guidance_features
 
-    # the argument order is what matters (another order moves e(w) by ~1e-3 at w = 15); sin/cos
-    # themselves differ by a few ulp between CPU vector units (CI's machine is not this one)
-    got = guidance_features(igct_cases["w_paper"])
-    assert (got - igct_cases["w_embeds"]).abs().max() < 1e-5
+    # e(w) = [sin | cos](1000 (w - 1) phi_k) (docs/methods.md §12.4), checked two ways: against
+    # float64 sin/cos of our own fp32 arguments (sin first, the 1000 scale and the w - 1 shift; a
+    # swap or a missing shift moves entries by O(1)), and against the authors' recorded e(w). The
+    # recording machine's fp32 sin/cos are off by up to ~1e-3 at arguments of ~1e4 rad (its
+    # values differ from float64 sin of any fp32 rounding of the argument), so that bound is 2e-3.
+    w = igct_cases["w_paper"]
+    got = guidance_features(w)
+    phi = torch.exp(torch.arange(128, dtype=torch.float32) * -(math.log(1e4) / 127))
+    a = ((1000.0 * (w.float() - 1.0))[:, None] * phi[None]).double()
+    exact = torch.cat([a.sin(), a.cos()], dim=1)
+    assert (got.double() - exact).abs().max() < 1e-6
+    assert (got - igct_cases["w_embeds"]).abs().max() < 2e-3
 
 
 def test_igct_one_step_and_two_step_generation(igct_model, igct_cases, one_thread):
