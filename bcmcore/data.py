@@ -93,8 +93,7 @@ def load_labels(shard_dir, split):
     return torch.tensor([int(reader.members(i)["cls"]) for i in range(reader.n)], dtype=torch.long)
 
 
-# ---------------------------------------------------------------------------------------------- the
-# stream
+# --------------------------------------------------------------------------------------- the stream
 
 
 def _hash(seed, pos, salt):

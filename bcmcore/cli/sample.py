@@ -14,9 +14,8 @@ from bcmcore.images import to_float, to_uint8_nhwc
 from bcmcore.nets.facts import data_shape, is_vector, num_classes
 from bcmcore.recipes import RECIPES, Recipe, get_recipe, get_schedule
 
-SECOND_IMAGE_SEED = (
-    1_000_000_007  # interpolation: the second image's initial noise uses seed + this
-)
+# interpolation: the second image's initial noise uses seed + this
+SECOND_IMAGE_SEED = 1_000_000_007
 
 
 def _common(prog):
@@ -60,8 +59,7 @@ def _labels(model, spec, seeds, positions, device):
     return torch.as_tensor([ids[p % len(ids)] for p in positions], device=device)
 
 
-# ---------------------------------------------------------------------------------------------- bcm
-# sample
+# --------------------------------------------------------------------------------------- bcm sample
 def _recipe(args, model):
     """The generation recipe of --recipe, or of --sampler/--steps/--zigzag/--num-steps."""
     if args.recipe:
@@ -196,8 +194,7 @@ def _times(args, model, flag="--steps"):
     return parse_times(args.steps, flag), []
 
 
-# ---------------------------------------------------------------------------------------------- bcm
-# invert
+# --------------------------------------------------------------------------------------- bcm invert
 def invert(argv):
     p = _common("bcm invert")
     _input_args(p)
@@ -265,8 +262,7 @@ def invert(argv):
     return 0
 
 
-# ---------------------------------------------------------------------------------------------- bcm
-# edit
+# ----------------------------------------------------------------------------------------- bcm edit
 
 
 def _mask(args, x):
