@@ -39,4 +39,3 @@ def test_the_map_check_sees_a_missing_module():
     assert "bcmcore/editing.py" in listed and len(listed) > 50
     cut = "\n".join(line for line in text.splitlines() if "`bcmcore/editing.py`" not in line)
     assert tree_entries() - set(map_entries(cut)) == {"bcmcore/editing.py"}
-
