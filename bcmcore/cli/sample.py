@@ -218,11 +218,7 @@ def invert(argv):
         lat, rec, n_inv, n = editing.invert_and_reconstruct(
             model, x, rng, y, times, gen, args.num_steps
         )
-        mse = (
-            ((rec - x) ** 2).flatten(1).mean(1).cpu()
-            if is_vector(model)
-            else editing.mse_uint8(rec, x)
-        )
+        mse = editing.mse_per_item(rec.cpu(), x.cpu(), is_vector(model))  # as the sweep's
         return {
             "latents": lat.float().cpu().numpy(),
             "recon": _images(model, rec),
