@@ -84,10 +84,6 @@ class TimeEmbedding(nn.Module):
             self.align = nn.Linear(2 * emb_dim, emb_dim, bias=False)
 
     @property
-    def two_time(self):
-        return self.mode != "single"
-
-    @property
     def in_dim(self):
         """Width of the time MLP's input: the features of t (or of [t, u] for concat)."""
         return self.mlp_t[0].in_features
