@@ -52,10 +52,11 @@ def check_config():
         for stage in STAGES:
             launcher_settings(ds, stage)
         unstaged_notice(ds)
-        for exp in experiments(ds):
-            if import_spec(ds, exp):
+        for exp, e in config["datasets"][ds]["experiments"].items():
+            if e.get("import") and e.get("enabled", True):  # staged or not: its flags now
                 check_import(ds, exp)
-            else:
+        for exp in experiments(ds):
+            if not import_spec(ds, exp):
                 check_run_config(ds, exp)
             check_eval_spec(ds, exp)
             check_recipes(ds, exp)
