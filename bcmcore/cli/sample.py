@@ -353,41 +353,37 @@ def _edit_interpolate(args, model, data, device):
     return len(idx_all) // 2, fn
 
 
-def _edit_inpaint(args, model, data, device):
-    """BCM Alg. 6."""
-    times, gen = _edit_times(args, model)
+def _masked_task(routine):
+    """The handler of a masked task: routine(args, model, x, mask, times, gen, rng, y) -> (result,
+    nfe); a row: the input, the input as shown (missing pixels black), the result."""
 
-    def apply(x, y, rng):
-        mask, shown = _masked(args, model, x)
-        res, nfe = editing.inpaint(model, x, mask, times, gen, rng, y)
-        return [x, shown], [res], nfe
+    def handler(args, model, data, device):
+        times, gen = _edit_times(args, model)
 
-    return _per_image(args, model, data, device, apply)
+        def apply(x, y, rng):
+            mask, shown = _masked(args, model, x)
+            res, nfe = routine(args, model, x, mask, times, gen, rng, y)
+            return [x, shown], [res], nfe
 
+        return _per_image(args, model, data, device, apply)
 
-def _edit_inpaint_refine(args, model, data, device):
-    """BCM Alg. 7."""
-    times, gen = _edit_times(args, model)
-
-    def apply(x, y, rng):
-        mask, shown = _masked(args, model, x)
-        refine = parse_times(args.refine_steps or "", "--refine-steps")
-        res, nfe = editing.inpaint_refine(model, x, mask, times, gen, refine, rng, y, args.clamp)
-        return [x, shown], [res], nfe
-
-    return _per_image(args, model, data, device, apply)
+    return handler
 
 
-def _edit_cm_inpaint(args, model, data, device):
-    """CM Alg. 4 (zero-shot)."""
-    times, _ = _edit_times(args, model)
+@_masked_task
+def _edit_inpaint(args, model, x, mask, times, gen, rng, y):
+    return editing.inpaint(model, x, mask, times, gen, rng, y)  # BCM Alg. 6
 
-    def apply(x, y, rng):
-        mask, shown = _masked(args, model, x)
-        res, nfe = editing.cm_inpaint(model, x, mask, times, rng, y, clamp=args.clamp)
-        return [x, shown], [res], nfe
 
-    return _per_image(args, model, data, device, apply)
+@_masked_task
+def _edit_inpaint_refine(args, model, x, mask, times, gen, rng, y):
+    refine = parse_times(args.refine_steps or "", "--refine-steps")  # BCM Alg. 7
+    return editing.inpaint_refine(model, x, mask, times, gen, refine, rng, y, args.clamp)
+
+
+@_masked_task
+def _edit_cm_inpaint(args, model, x, mask, times, gen, rng, y):
+    return editing.cm_inpaint(model, x, mask, times, rng, y, clamp=args.clamp)  # CM Alg. 4
 
 
 def _edit_jpeg(args, model, data, device):
