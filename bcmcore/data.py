@@ -25,7 +25,7 @@ _SALT_PERM, _SALT_FLIP, _SALT_SRC, _SALT_SRC_FLIP = 0x5EED, 1, 2, 3
 
 @dataclass(frozen=True)
 class DataConfig:
-    shards: str = "results/demo/shards"  # directory holding manifest.json
+    shards: str = "results/digits/shards"  # directory holding manifest.json
     split: str = "train"
     xflip: bool = False  # random horizontal flip (seeded per stream position)
     shuffle: bool = True  # seeded permutation per epoch (replaces a shuffle buffer)
@@ -93,8 +93,7 @@ def load_labels(shard_dir, split):
     return torch.tensor([int(reader.members(i)["cls"]) for i in range(reader.n)], dtype=torch.long)
 
 
-# ---------------------------------------------------------------------------------------------- the
-# stream
+# --------------------------------------------------------------------------------------- the stream
 
 
 def _hash(seed, pos, salt):

@@ -4,8 +4,10 @@ wait for it.
 The executor comes from a launcher YAML file (site settings live in cluster/, never in the science
 config):
   slurm  AutoExecutor on Slurm: nodes x tasks_per_node tasks (one per GPU), requeued on
-  preemption/timeout local  LocalExecutor: tasks_per_node processes on this machine (CPU DDP with
-  gloo), same requeue logic debug  in this process (one task; for tests and breakpoints)
+         preemption / timeout
+  local  LocalExecutor: tasks_per_node processes on this machine (CPU DDP with gloo), same requeue
+         logic
+  debug  in this process (one task; for tests and breakpoints)
 Each task exports the torch.distributed variables (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK)
 and runs `bcm <command>`; `bcmcore.dist.init` picks them up. On preemption or timeout the task's
 checkpoint() only resubmits the same command: the training loop's own checkpoints carry the state,

@@ -2,11 +2,10 @@
 The demo (the embedded default config, workflow/config/config.yaml) is read as the preset "digits",
 the name of its dataset.
 
-The resolution is the one of `run_config` in workflow/rules/common.smk (dataset defaults deep-merged
-under the experiment's model / train, the dataset's data section under the experiment's, the shards
-path and the fine-tuning init added). tests/test_presets.py checks, for every experiment of every
-preset, that it equals the config.json the workflow itself writes, so `bcm bench train --config
-<preset>/<experiment>` and the parameter-count tests build exactly the network the workflow trains.
+`resolve` is the one run-config resolution: the workflow's `run_config` (workflow/rules/common.smk)
+calls it on its live config, and `run_config` here on a preset file, so `bcm bench train --config
+<preset>/<experiment>` and the parameter-count tests build exactly the network the workflow trains
+(tests/test_presets.py compares them with the config.json the workflow writes).
 """
 
 import copy
@@ -21,11 +20,12 @@ PRESETS = ("cifar10", "imagenet64", "ffhq64", "lsun256")
 DEMO = "digits"  # the dataset of config.yaml, the workflow's default config (`make demo`)
 
 
-def _merged(base, override):
+def merged(base, override):
+    """Deep merge of two mappings (override wins); neither argument is modified."""
     out = copy.deepcopy(base)
     for key, value in (override or {}).items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merged(out[key], value)
+            out[key] = merged(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -73,12 +73,19 @@ def run_config(preset, exp):
         raise UserError(
             f"preset {preset!r}: no experiment {exp!r} (known: {', '.join(d['experiments'])})"
         )
+    return resolve(ds, d, exp)
+
+
+def resolve(ds, d, exp):
+    """The run config of experiment `exp` of dataset `ds` (its config section `d`): the dataset's
+    defaults deep-merged under the experiment's model / train, its data section under the
+    experiment's, the shards path and the fine-tuning init (`init_from`) added."""
     e, defaults = d["experiments"][exp], d.get("defaults", {})
     out = {
-        "model": _merged(defaults.get("model", {}), e["model"]),
+        "model": merged(defaults.get("model", {}), e["model"]),
         "loss": copy.deepcopy(e["loss"]),
-        "data": _merged(_merged(d["data"], e.get("data", {})), {"shards": f"results/{ds}/shards"}),
-        "train": _merged(defaults.get("train", {}), e.get("train", {})),
+        "data": merged(merged(d["data"], e.get("data", {})), {"shards": f"results/{ds}/shards"}),
+        "train": merged(defaults.get("train", {}), e.get("train", {})),
     }
     if e.get("init_from"):
         out["train"]["init"] = f"results/{ds}/runs/{e['init_from']}/network-final.pt"

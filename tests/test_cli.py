@@ -115,8 +115,7 @@ def test_every_family_module_declares_its_commands():
     assert cli.main(["no-such-command"]) == 2
 
 
-# ---------------------------------------------------------------------------------------------- one
-# sampler registry
+# ----------------------------------------------------------------------------- one sampler registry
 
 
 def _mlp(kind, path, **model):
@@ -173,8 +172,7 @@ def test_a_registered_sampler_reaches_bcm_sample_the_spec_and_the_sweep(tmp_path
     assert row["sampler"] == toy_sampler and int(row["nfe"]) == 3
 
 
-# ---------------------------------------------------------------------------------------------- one
-# inversion routine
+# ---------------------------------------------------------------------------- one inversion routine
 
 
 def test_sweep_and_bcm_invert_agree_on_a_model_with_its_own_sigma_max(tmp_path):

@@ -197,8 +197,7 @@ def test_imagenet_npz_roundtrip(tmp_path):
     )
 
 
-# ------------------------------------------------------------------------------------------ image
-# folders
+# ------------------------------------------------------------------------------------ image folders
 
 
 def test_imagenet_jpeg_folder_roundtrip(tmp_path):
@@ -269,8 +268,7 @@ def test_flat_folder_split_rule_and_adm_crop(tmp_path):
     assert y.tolist() == [-1] * 3 and yt.tolist() == [-1] * 2
 
 
-# ------------------------------------------------------------------------------------------ demo
-# sets
+# ---------------------------------------------------------------------------------------- demo sets
 
 
 def test_digits_roundtrip(tmp_path):
@@ -344,8 +342,7 @@ def test_bcm_prep_dispatch(tmp_path):
     assert list(read_manifest(tmp_path / "s")["splits"]) == ["train"]
 
 
-# ------------------------------------------------------------------------------------------ bad
-# input
+# ---------------------------------------------------------------------------------------- bad input
 
 
 def test_missing_source_file(tmp_path, capsys):

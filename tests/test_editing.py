@@ -208,8 +208,7 @@ def test_uint8_round_trip():
     assert np.array_equal(pixels.to_uint8_nhwc(pixels.from_uint8_nhwc(a)), a)
 
 
-# ---------------------------------------------------------------------------------------------- bad
-# input
+# ---------------------------------------------------------------------------------------- bad input
 X = images(2)
 BAD = {
     "inversion times decreasing": (

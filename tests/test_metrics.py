@@ -264,3 +264,15 @@ def test_grids_enlarge_small_images_pixel_for_pixel(tmp_path):
     g = np.array(Image.open(tmp_path / "b.png"))
     assert g.shape == (33 + 1, 2 * 33 + 1, 3)
     assert np.array_equal(g[1:33, 34:66], big[1].transpose(1, 2, 0))
+
+
+def test_metric_column_types_name_columns_of_the_tables():
+    """The numeric column types (metrics/report.py, read back by workflow/scripts/tables.py) name
+    only columns of the tables, each once, and `typed` turns them into numbers."""
+    from bcmcore.metrics import report
+
+    columns = {c for cols in report.COLUMNS.values() for c in cols}
+    numeric = report.INTS + report.FLOATS
+    assert len(numeric) == len(set(numeric)) and set(numeric) <= columns
+    row = report.typed({"nfe": "2", "fid": "3.5", "model": "ict", "mse": ""})
+    assert row == {"nfe": 2, "fid": 3.5, "model": "ict", "mse": ""}

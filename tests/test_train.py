@@ -199,8 +199,7 @@ def test_bcm_finetune_starts_from_the_cm_network(tmp_path, shards):
     assert (ft / "network-final.pt").is_file()
 
 
-# ------------------------------------------------------------------------------------------ bad
-# input
+# ---------------------------------------------------------------------------------------- bad input
 
 
 def test_unknown_loss_kind(tmp_path, shards):

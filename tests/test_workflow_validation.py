@@ -56,6 +56,13 @@ def exp(name, **section):
             exp("igct", apps={"clas": {"target_class": "all"}}),
             ["datasets.digits.experiments.igct.apps.clas: unknown edit task", "class"],
         ),
+        (
+            exp(
+                "authors",
+                **{"import": {"format": "igct-edm", "path": "a.pkl", "how": "h", "kin": 1}},
+            ),
+            ["datasets.digits.experiments.authors.import.kin: unknown flag"],
+        ),
         (exp("ict", grid={"out": "elsewhere"}), ["experiments.ict.grid.out: unknown flag"]),
         (
             exp("ict", train={"lr": float("nan")}),
@@ -75,6 +82,7 @@ def exp(name, **section):
         "grid-nan",
         "apps-typo",
         "apps-unknown-task",
+        "import-flag-typo",
         "grid-reserved-key",
         "nan-lr",
         "inf-ema",

@@ -29,6 +29,7 @@ PARSERS = {
     "prep": "bcmcore.cli.prep:_parser",
     "sample": "bcmcore.cli.sample:sample_parser",
     "edit": "bcmcore.cli.sample:edit_parser",
+    "import": "bcmcore.cli.imports:import_parser",
 }
 
 

@@ -3,7 +3,8 @@
 from bcmcore.cli._args import parser
 
 
-def import_(argv):
+def import_parser():
+    """The parser of `bcm import` (also what checks a workflow experiment's `import` flags)."""
     from bcmcore.imports import FORMATS
 
     p = parser(
@@ -21,7 +22,10 @@ def import_(argv):
         help="network file to write, e.g. results/<ds>/runs/<exp>/network-final.pt",
     )
     p.add_argument(
-        "--kind", default=None, help="bcm-ict-torch: cm (iCT) or bcm; default: read off the tensors"
+        "--kind",
+        default=None,
+        choices=["cm", "bcm"],
+        help="bcm-ict-torch: cm (iCT) or bcm; default: read off the tensors",
     )
     p.add_argument(
         "--resolution", type=int, default=64, help="bcm-ict-torch image size (released: 64)"
@@ -40,7 +44,11 @@ def import_(argv):
         "class k+1 "
         "(for shards from the imagenet-npz prep); default: the authors' sorted-WNID labels",
     )
-    a = p.parse_args(argv)
+    return p
+
+
+def import_(argv):
+    a = import_parser().parse_args(argv)
     from bcmcore.imports import import_checkpoint
 
     model = import_checkpoint(

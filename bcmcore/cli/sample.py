@@ -14,9 +14,8 @@ from bcmcore.images import to_float, to_uint8_nhwc
 from bcmcore.nets.facts import data_shape, is_vector, num_classes
 from bcmcore.recipes import RECIPES, Recipe, get_recipe, get_schedule
 
-SECOND_IMAGE_SEED = (
-    1_000_000_007  # interpolation: the second image's initial noise uses seed + this
-)
+# interpolation: the second image's initial noise uses seed + this
+SECOND_IMAGE_SEED = 1_000_000_007
 
 
 def _common(prog):
@@ -60,8 +59,7 @@ def _labels(model, spec, seeds, positions, device):
     return torch.as_tensor([ids[p % len(ids)] for p in positions], device=device)
 
 
-# ---------------------------------------------------------------------------------------------- bcm
-# sample
+# --------------------------------------------------------------------------------------- bcm sample
 def _recipe(args, model):
     """The generation recipe of --recipe, or of --sampler/--steps/--zigzag/--num-steps."""
     if args.recipe:
@@ -196,8 +194,7 @@ def _times(args, model, flag="--steps"):
     return parse_times(args.steps, flag), []
 
 
-# ---------------------------------------------------------------------------------------------- bcm
-# invert
+# --------------------------------------------------------------------------------------- bcm invert
 def invert(argv):
     p = _common("bcm invert")
     _input_args(p)
@@ -221,11 +218,7 @@ def invert(argv):
         lat, rec, n_inv, n = editing.invert_and_reconstruct(
             model, x, rng, y, times, gen, args.num_steps
         )
-        mse = (
-            ((rec - x) ** 2).flatten(1).mean(1).cpu()
-            if is_vector(model)
-            else editing.mse_uint8(rec, x)
-        )
+        mse = editing.mse_per_item(rec.cpu(), x.cpu(), is_vector(model))  # as the sweep's
         return {
             "latents": lat.float().cpu().numpy(),
             "recon": _images(model, rec),
@@ -265,8 +258,7 @@ def invert(argv):
     return 0
 
 
-# ---------------------------------------------------------------------------------------------- bcm
-# edit
+# ----------------------------------------------------------------------------------------- bcm edit
 
 
 def _mask(args, x):
@@ -361,41 +353,37 @@ def _edit_interpolate(args, model, data, device):
     return len(idx_all) // 2, fn
 
 
-def _edit_inpaint(args, model, data, device):
-    """BCM Alg. 6."""
-    times, gen = _edit_times(args, model)
+def _masked_task(routine):
+    """The handler of a masked task: routine(args, model, x, mask, times, gen, rng, y) -> (result,
+    nfe); a row: the input, the input as shown (missing pixels black), the result."""
 
-    def apply(x, y, rng):
-        mask, shown = _masked(args, model, x)
-        res, nfe = editing.inpaint(model, x, mask, times, gen, rng, y)
-        return [x, shown], [res], nfe
+    def handler(args, model, data, device):
+        times, gen = _edit_times(args, model)
 
-    return _per_image(args, model, data, device, apply)
+        def apply(x, y, rng):
+            mask, shown = _masked(args, model, x)
+            res, nfe = routine(args, model, x, mask, times, gen, rng, y)
+            return [x, shown], [res], nfe
 
+        return _per_image(args, model, data, device, apply)
 
-def _edit_inpaint_refine(args, model, data, device):
-    """BCM Alg. 7."""
-    times, gen = _edit_times(args, model)
-
-    def apply(x, y, rng):
-        mask, shown = _masked(args, model, x)
-        refine = parse_times(args.refine_steps or "", "--refine-steps")
-        res, nfe = editing.inpaint_refine(model, x, mask, times, gen, refine, rng, y, args.clamp)
-        return [x, shown], [res], nfe
-
-    return _per_image(args, model, data, device, apply)
+    return handler
 
 
-def _edit_cm_inpaint(args, model, data, device):
-    """CM Alg. 4 (zero-shot)."""
-    times, _ = _edit_times(args, model)
+@_masked_task
+def _edit_inpaint(args, model, x, mask, times, gen, rng, y):
+    return editing.inpaint(model, x, mask, times, gen, rng, y)  # BCM Alg. 6
 
-    def apply(x, y, rng):
-        mask, shown = _masked(args, model, x)
-        res, nfe = editing.cm_inpaint(model, x, mask, times, rng, y, clamp=args.clamp)
-        return [x, shown], [res], nfe
 
-    return _per_image(args, model, data, device, apply)
+@_masked_task
+def _edit_inpaint_refine(args, model, x, mask, times, gen, rng, y):
+    refine = parse_times(args.refine_steps or "", "--refine-steps")  # BCM Alg. 7
+    return editing.inpaint_refine(model, x, mask, times, gen, refine, rng, y, args.clamp)
+
+
+@_masked_task
+def _edit_cm_inpaint(args, model, x, mask, times, gen, rng, y):
+    return editing.cm_inpaint(model, x, mask, times, rng, y, clamp=args.clamp)  # CM Alg. 4
 
 
 def _edit_jpeg(args, model, data, device):

@@ -1,13 +1,12 @@
 """Bidirectional consistency training (BCM Eq. 10, Algorithm 1).
 
 L_BCT = E[ lambda(t_n) d(A, B) + lambda'(t_{n+1}, u) d(E, B) ] with
-  A = f_theta(x_{t_{n+1}}, t_{n+1}, eps)         student (CT term, Eq. 6)
-  B = f_sg(theta)(x_{t_n}, t_n, eps)            teacher, the shared target of both terms
-  C = f_theta(x_{t_{n+1}}, t_{n+1}, u)          student jump to u (u > t: inversion, u < t:
-  denoising) E = f_sg(theta)(C, u, eps)                    frozen weights, but the gradient flows
-  through its input C
-lambda(t_n) = 1/(t_{n+1} - t_n), lambda'(t, u) = 1/|t - u| (soft trajectory term, Eq. 9 tied to Eq.
-6). All four passes share one dropout seed.
+  A = f_theta(x_{t_{n+1}}, t_{n+1}, eps)    student (CT term, Eq. 6)
+  B = f_sg(theta)(x_{t_n}, t_n, eps)        teacher, the shared target of both terms
+  C = f_theta(x_{t_{n+1}}, t_{n+1}, u)      student jump to u (u > t: inversion, u < t: denoising)
+  E = f_sg(theta)(C, u, eps)                frozen weights; the gradient flows through its input C
+lambda(t_n) = 1/(t_{n+1} - t_n), lambda'(t, u) = 1/|t - u| (soft trajectory term, Eq. 9 tied to
+Eq. 6). All four passes share one dropout seed.
 """
 
 from dataclasses import dataclass

@@ -74,6 +74,21 @@ COLUMNS = {
     ],
 }
 
+# The numeric columns of COLUMNS, by type: what `typed` turns back into numbers when a table is read
+# (the workflow's merge sorts and plots them).
+INTS = ("nfe", "inversion_nfe", "samples", "images", "step", "edits", "edit_nfe")
+FLOATS = ("fid", "precision", "recall", "w", "mse", "seconds", "edit_rate", "is", "is_std", "kid")
+FLOATS += ("kid_std", "psnr", "ssim", "lpips", "vgg_precision", "vgg_recall", "edit_lpips")
+
+
+def typed(row):
+    """CSV strings -> the numbers the plots sort and draw (empty cells stay empty)."""
+    out = dict(row)
+    for key in INTS + FLOATS:
+        if out.get(key) not in (None, ""):
+            out[key] = int(float(out[key])) if key in INTS else float(out[key])
+    return out
+
 
 def _fmt(v):
     if isinstance(v, float):

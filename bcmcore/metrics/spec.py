@@ -4,13 +4,13 @@ dataclasses.
 Example (demo digits; CIFAR-10 would use features {kind: inception, mode: legacy_tensorflow,
 inception_path: ...}):
 
-    dataset: results/demo/shards        # shard dir (manifest.json); reference split for FID/PR
+    dataset: results/digits/shards        # shard dir (manifest.json); reference split for FID/PR
     ref_split: train
     features: {kind: demo}
     num_samples: 1000                    # seeds seed .. seed+num_samples-1
     models:
       - name: bcm
-        network: results/demo/runs/bcm/network-final.pt
+        network: results/digits/runs/bcm/network-final.pt
         kind: bcm
         samplers: [{recipe: demo-nfe1}, {recipe: demo-nfe2}, {recipe: demo-nfe4}]
         inversions: [{times: [0.07, 80]}, {times: [0.07, 2.0, 80]}]

@@ -1,11 +1,9 @@
 """Noise-level, two-time, class and guidance embeddings shared by every architecture.
 
 One module, `TimeEmbedding`, covers all three ways of conditioning on (t, u):
-  single  : emb = MLP_t(feat(c_t))                                       (CM / iCT)
-  concat  : emb = MLP_tu([feat(c_t), feat(c_u)]), MLP widened 2x         (BCM from scratch, BCM C.1
-  NCSN++)
-  project : emb = W_align [MLP_t(feat(c_t)), MLP_u(feat(c_u))], no bias   (BCM fine-tuning, BCM §3.2
-  / C.1)
+  single  : emb = MLP_t(feat(c_t))                               CM / iCT
+  concat  : emb = MLP_tu([feat(c_t), feat(c_u)]), MLP 2x wide     BCM from scratch (C.1, NCSN++)
+  project : emb = W_align [MLP_t(feat(c_t)), MLP_u(feat(c_u))]    BCM fine-tuning (§3.2), no bias
 `project` initialised with W_align = [I | 0] and MLP_u = copy of MLP_t reproduces `single` exactly
 (see `bcmcore.nets.finetune.bcm_from_cm`).
 """
@@ -84,10 +82,6 @@ class TimeEmbedding(nn.Module):
         if mode == "project":
             self.mlp_u = mlp2(feat_dim, emb_dim)
             self.align = nn.Linear(2 * emb_dim, emb_dim, bias=False)
-
-    @property
-    def two_time(self):
-        return self.mode != "single"
 
     @property
     def in_dim(self):

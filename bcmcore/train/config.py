@@ -1,7 +1,6 @@
 """TrainConfig (the run config's `train` section) and the resolved run config {model, loss, data,
 train}."""
 
-import dataclasses
 import hashlib
 from dataclasses import dataclass
 
@@ -108,7 +107,6 @@ class RunConfig:
     loss: dict  # {"kind", ...}: parsed by losses.build_loss
     data: object  # data.DataConfig
     train: TrainConfig
-    path: str | None = None
 
     def as_dict(self):
         """Normalised plain dict (defaults filled in): stored in every checkpoint and network
@@ -142,12 +140,7 @@ def parse_run_config(d, where="config.json"):
         loss=dict(d["loss"]),
         data=from_dict(DataConfig, d["data"], "data"),
         train=from_dict(TrainConfig, d.get("train", {}), "train"),
-        path=where,
     )
-
-
-def replace_train(cfg: RunConfig, **changes):
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes))
 
 
 def check_data_fits(cfg: RunConfig):

@@ -5,7 +5,6 @@ Paths: results/<ds>/shards (data), results/<ds>/runs/<exp> (training), results/<
 results/<ds>/grids/<exp> (PNG grids), results/<ds>/*_table.csv + plots/ (the dataset's tables).
 """
 
-import copy
 import json
 import shlex
 import sys
@@ -15,6 +14,8 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from bcmcore.presets import merged  # the deep merge of the one run-config resolution
+
 STAGES = ("prep", "train", "sample", "eval")
 REPO = Path(workflow.basedir).parent  # the Snakefile lives in workflow/
 PRESETS = Path(workflow.basedir) / "config"  # config.yaml (the demo) + one preset per dataset
@@ -23,17 +24,6 @@ PRESETS = Path(workflow.basedir) / "config"  # config.yaml (the demo) + one pres
 def stop(message):
     """Stop before any job runs, with one readable message."""
     raise WorkflowError(f"bcm workflow: {message}")
-
-
-def merged(base, override):
-    """Deep merge of two mappings (override wins); neither argument is modified."""
-    out = copy.deepcopy(base)
-    for key, value in (override or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merged(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def check_config():
@@ -62,10 +52,11 @@ def check_config():
         for stage in STAGES:
             launcher_settings(ds, stage)
         unstaged_notice(ds)
-        for exp in experiments(ds):
-            if import_spec(ds, exp):
+        for exp, e in config["datasets"][ds]["experiments"].items():
+            if e.get("import") and e.get("enabled", True):  # staged or not: its flags now
                 check_import(ds, exp)
-            else:
+        for exp in experiments(ds):
+            if not import_spec(ds, exp):
                 check_run_config(ds, exp)
             check_eval_spec(ds, exp)
             check_recipes(ds, exp)
@@ -171,19 +162,12 @@ def shards(ds):
 
 
 def run_config(ds, exp):
-    """The resolved run config {model, loss, data, train} of one experiment (docs/interfaces.md)."""
-    d = config["datasets"][ds]
-    e = d["experiments"][exp]
-    defaults = d.get("defaults", {})
-    cfg = {
-        "model": merged(defaults.get("model", {}), e["model"]),
-        "loss": copy.deepcopy(e["loss"]),
-        "data": merged(merged(d["data"], e.get("data", {})), {"shards": shards(ds)}),
-        "train": merged(defaults.get("train", {}), e.get("train", {})),
-    }
-    if e.get("init_from"):
-        cfg["train"]["init"] = network(ds, e["init_from"])
-    return cfg
+    """The resolved run config {model, loss, data, train} of one experiment (docs/interfaces.md):
+    bcmcore.presets.resolve, the one resolution (bcm bench and the tests read presets through it).
+    """
+    from bcmcore.presets import resolve
+
+    return resolve(ds, config["datasets"][ds], exp)
 
 
 def recipe(ds, exp):

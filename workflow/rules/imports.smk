@@ -8,7 +8,7 @@ import re
 # grid and application then runs on it. They join the DAG once their file is staged; until then the
 # workflow says where to put it and plans everything else.
 
-IMPORT_FLAGS = ("kind", "resolution", "head_channels", "clsloc_labels")
+NOT_FLAGS = ("path", "how")  # of an `import` section: the workflow's own keys; the rest are flags
 
 
 def import_spec(ds, exp):
@@ -77,6 +77,13 @@ def check_import(ds, exp):
     for key in ("model", "loss", "train", "data", "init_from"):
         if key in e:
             stop(f"{where}.{key}: an imported experiment does not train (remove '{key}')")
+    from bcmcore.config import UserError
+    from bcmcore.cli.flags import check, parser
+
+    try:  # the flags of `bcm import`, from its own parser
+        check(parser("import"), import_options(ds, exp), f"{where}.import", reserved=("out",))
+    except UserError as err:
+        stop(str(err))
     if e["import"]["format"] == "bcm-ict-torch" and e["import"].get("kind") not in ("cm", "bcm"):
         stop(f"{where}.import.kind: bcm-ict-torch needs kind cm (iCT) or bcm")
     trained = {
@@ -89,7 +96,11 @@ def check_import(ds, exp):
         stop(f"{where}: the name '{exp}' is also a trained experiment; name imported ones apart")
 
 
-def import_flags(ds, exp):
+def import_options(ds, exp):
+    """The `import` section's flags of `bcm import` (format first, as the command line had it)."""
     spec = import_spec(ds, exp)
-    options = {"format": spec["format"], **{k: spec[k] for k in IMPORT_FLAGS if k in spec}}
-    return flags(options)
+    return {"format": spec["format"], **{k: v for k, v in spec.items() if k not in NOT_FLAGS}}
+
+
+def import_flags(ds, exp):
+    return flags(import_options(ds, exp))

@@ -7,25 +7,11 @@ from pathlib import Path
 
 from bcmcore.metrics import report
 
-INTS = ("nfe", "inversion_nfe", "samples", "images", "step", "edits", "edit_nfe")
-FLOATS = ("fid", "precision", "recall", "w", "mse", "seconds", "edit_rate")
-FLOATS += ("is", "is_std", "kid", "kid_std", "psnr", "ssim", "lpips", "vgg_precision", "vgg_recall")
-FLOATS += ("edit_lpips",)
-
-
-def typed(row):
-    """CSV strings -> the numbers the plots sort and draw (empty cells stay empty)."""
-    out = dict(row)
-    for key in INTS + FLOATS:
-        if out.get(key) not in (None, ""):
-            out[key] = int(float(out[key])) if key in INTS else float(out[key])
-    return out
-
 
 def main(sm):
     out = Path(sm.output.fid).parent
     rows = {
-        name: [typed(r) for path in sm.input[name] for r in report.read_csv(path)]
+        name: [report.typed(r) for path in sm.input[name] for r in report.read_csv(path)]
         for name in report.COLUMNS
     }
     info = {"models": {}}
