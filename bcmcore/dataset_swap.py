@@ -24,6 +24,9 @@ from bcmcore.config import UserError
 
 CACHE_RE = re.compile(r"^(demo-classifier\.pt|fid-ref-[A-Za-z0-9_.-]+\.npz)$")
 MANIFEST = "manifest.json"
+# The files a prep wrote, recorded beside the manifest: Snakemake deletes a job's declared output
+# (manifest.json) before rerunning it, and the shards must still be known as ours.
+RECORD = ".bcm-prep-files.json"
 
 
 def _listed(manifest):
@@ -41,14 +44,17 @@ def owned_entries(folder):
     other entry is a UserError naming it."""
     folder = Path(folder)
     names = {p.name for p in folder.iterdir()}
-    ours = set()
-    if MANIFEST in names:
+    ours = {MANIFEST, RECORD}
+    for listing in (MANIFEST, RECORD):
+        if listing not in names:
+            continue
         try:
-            ours = _listed(json.loads((folder / MANIFEST).read_text())) | {MANIFEST}
+            d = json.loads((folder / listing).read_text())
+            ours |= _listed(d) if listing == MANIFEST else set(d["files"])
         except (OSError, ValueError, AttributeError, KeyError, TypeError) as e:
             raise UserError(
-                f"{folder / MANIFEST}: not a readable shard manifest ({e}); the folder's files "
-                f"cannot be told apart from yours: move it away or give another --out"
+                f"{folder / listing}: not readable ({e}); the folder's files cannot be told apart "
+                f"from yours: move it away or give another --out"
             ) from None
     out = {}
     for name in sorted(names):
@@ -56,7 +62,7 @@ def owned_entries(folder):
         if base in ours or CACHE_RE.match(base):
             out[name] = bool(CACHE_RE.match(base)) and base == name
             continue
-        why = "not listed in its manifest.json" if MANIFEST in names else "no manifest.json"
+        why = "not written by bcm prep" if names & {MANIFEST, RECORD} else "no manifest.json"
         raise UserError(
             f"{folder / name}: unexpected in the dataset folder ({why}); bcm prep replaces the "
             f"folder as a whole and never deletes what it did not write: move it away"
@@ -123,6 +129,8 @@ def replacing(out, digest_of):
     )
     try:
         yield build
+        files = sorted(p.name for p in build.iterdir())
+        (build / RECORD).write_text(json.dumps({"files": files}, indent=1) + "\n")
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(build, 0o777 & ~umask)  # mkdtemp makes 0700

@@ -138,7 +138,9 @@ def test_conversion_is_deterministic(tmp_path):
         == 0
     )  # a process pool this time
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert names == sorted(p.name for p in (tmp_path / "b").iterdir()) and len(names) == 11
+    assert (
+        names == sorted(p.name for p in (tmp_path / "b").iterdir()) and len(names) == 12
+    )  # + .bcm-prep-files.json
     for n in names:
         if n != "manifest.json":
             assert (tmp_path / "a" / n).read_bytes() == (tmp_path / "b" / n).read_bytes(), n

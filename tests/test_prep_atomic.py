@@ -41,9 +41,7 @@ def test_a_shard_named_user_file_is_named_and_kept(tmp_path):
         timeout=120,
     )
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
-    assert "notes.txt: unexpected in the dataset folder (not listed in its manifest.json)" in (
-        res.stderr
-    )
+    assert "notes.txt: unexpected in the dataset folder (not written by bcm prep)" in (res.stderr)
     assert snapshot(out) == before
 
 
@@ -60,6 +58,7 @@ def test_reprep_replaces_shards_and_drops_stale_caches(tmp_path):
     gmm(out, "--shard-size", "64", "--seed", "3")
     assert data_digest(out) != first and not cache.exists()
     assert sorted(p.name for p in out.iterdir()) == [
+        ".bcm-prep-files.json",
         "manifest.json",
         "test-000000.idx",
         "test-000000.tar",
@@ -67,6 +66,15 @@ def test_reprep_replaces_shards_and_drops_stale_caches(tmp_path):
         "train-000000.tar",
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_shards_stay_known_when_snakemake_removed_the_manifest(tmp_path):
+    """Snakemake deletes a job's output (manifest.json) before it reruns prep."""
+    out = tmp_path / "s"
+    gmm(out, "--shard-size", "16")
+    (out / "manifest.json").unlink()
+    gmm(out, "--shard-size", "64", "--seed", "1")
+    assert len(list(out.glob("train-*.tar"))) == 1
 
 
 def test_interrupted_prep_leaves_the_dataset_and_no_build_folder(tmp_path, monkeypatch):
