@@ -18,12 +18,16 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
+# PATH is exported by make, not written into the command: a checkout path with spaces or quotes
+# never becomes shell syntax.
+demo test gpu-check: export PATH := $(CURDIR)/$(BIN):$(PATH)
+
 demo: venv
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --profile cluster/local all
+	$(BIN)/snakemake --profile cluster/local all
 
 # Everything, slow and slurm tests included. Starts the dev Slurm cluster when it can (root + apt).
 test: venv lint chromium
-	PATH=$(CURDIR)/$(BIN):$$PATH bash cluster/dev/with_slurm.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
+	bash cluster/dev/with_slurm.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Quick loop for developers: no slow, no slurm.
 test-fast: venv lint
@@ -31,7 +35,7 @@ test-fast: venv lint
 
 # One-shot GPU acceptance check, one table (under 8 minutes on one GPU); ARGS=--cpu for tiny CPU sizes.
 gpu-check: venv
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bcmcore check gpu $(ARGS)
+	$(BIN)/python -m bcmcore check gpu $(ARGS)
 
 # Headless Chromium for the report test (tests/report_browser.py): the Debian package, installed as
 # root with apt-get like the dev Slurm cluster. Elsewhere the test skips; under CI=true it must be there.

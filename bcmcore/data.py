@@ -35,6 +35,9 @@ class DataConfig:
     in_memory: bool | None = None  # decode the whole split once; None: auto for small splits
     verify_sha256: bool = False  # hash every shard against the manifest before reading
     pin_memory: bool = True  # only when make_loader is given a CUDA device
+    # Content digest of the shards (bcmcore.shards.data_digest), part of the recipe: re-prepared
+    # data starts training over. `bcm train` fills it in from the manifest; if set, it must match.
+    digest: str | None = None
 
 
 def iter_split(shard_dir, split, chunk=50_000, num_workers=None):

@@ -4,6 +4,8 @@ the PNG grid every sample, sweep and edit grid is written with.
 Quantisation rounds to the nearest level and clamps, as the ADM / EDM evaluators do.
 """
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -56,3 +58,66 @@ def save_grid(path, images, ncol=None):
         )
     with atomic_path(path) as tmp:
         Image.fromarray(grid[..., 0] if c == 1 else grid).save(tmp, format="PNG")
+
+
+# ----------------------------------------------------------------------------------------------
+# User image files -> 8-bit RGB or grey, by what each PIL mode means (every reader of user images:
+# folder prep, `bcm invert/edit --input`). PIL's own convert("RGB") clips wider modes: a 16-bit
+# mid-grey 0x8000 would come out white.
+
+WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit grey (PIL may open it as 32-bit I)
+ALPHA = ("RGBA", "RGBa", "LA", "PA")
+PLAIN = ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "HSV")  # PIL converts these faithfully
+
+
+def convert_image(img, channels=3, where="image"):
+    """PIL image of any mode -> PIL image in mode "RGB" (channels=3) or "L" (channels=1).
+
+    - 16-bit grey (I;16, I;16B, I;16L; 32-bit I when its values fit 0..65535, as PIL opens some
+      16-bit files): v * 255 / 65535, rounded (0x8000 -> 128).
+    - float grey (F): values must lie in [0, 1] (v * 255, rounded); anything else is refused.
+    - transparency (RGBA, LA, PA, palette with a transparent colour): composited over white.
+    - bilevel (1), palette, CMYK, YCbCr, HSV: PIL's conversions; grey -> RGB repeats the value,
+      colour -> grey is ITU-R 601-2 luma (PIL's "L").
+    Any other mode (LAB, La, ...) or out-of-range values: UserError naming `where` and the mode.
+    """
+    from PIL import Image
+
+    from bcmcore.config import UserError
+
+    mode, target = img.mode, "RGB" if channels == 3 else "L"
+    if mode in WIDE_GREY or mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        top = 1.0 if mode == "F" else 65535.0
+        if not np.isfinite(a).all() or lo < 0 or hi > top:
+            raise UserError(
+                f"{where}: image mode {mode} with values {lo:g}..{hi:g}: expected 0..{top:g} "
+                f"(convert it to 8- or 16-bit grey first)"
+            )
+        img = Image.fromarray(np.rint(a * (255 / top)).astype(np.uint8), mode="L")
+    elif mode == "P" and "transparency" in img.info or mode in ALPHA:
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), rgba)
+    elif mode not in PLAIN:
+        raise UserError(
+            f"{where}: image mode {mode} is not supported (expected one of "
+            f"{', '.join(PLAIN + ALPHA + WIDE_GREY + ('F',))}): convert it to RGB first"
+        )
+    return img if img.mode == target else img.convert(target)
+
+
+def read_image(path, channels=3):
+    """An image file -> PIL image in mode "RGB" or "L" (convert_image); unreadable files and
+    unsupported modes are a UserError naming the file."""
+    from PIL import Image
+
+    from bcmcore.config import UserError
+
+    with contextlib.ExitStack() as stack:
+        try:
+            img = stack.enter_context(Image.open(path))
+            img.load()
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise UserError(f"{path}: not a readable image ({e})") from None
+        return convert_image(img, channels, where=str(path))

@@ -88,12 +88,19 @@ def load_inputs(data=None, split="test", input=None):
         return load_split(data, split)
     path = Path(input)
     if path.is_dir():
-        from PIL import Image
+        from bcmcore.images import read_image
 
         files = sorted(path.glob("*.png"))
         if not files:
             raise UserError(f"{path}: no .png files")
-        x = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+        x = [np.asarray(read_image(f)) for f in files]  # every PIL mode by its meaning
+        for f, a in zip(files, x):
+            if a.shape != x[0].shape:
+                raise UserError(
+                    f"{f}: image is {a.shape[1]}x{a.shape[0]}, {files[0].name} is "
+                    f"{x[0].shape[1]}x{x[0].shape[0]} (one size per --input folder)"
+                )
+        x = np.stack(x)
         y = None
     elif path.suffix == ".npz" and path.is_file():
         d = np.load(path)

@@ -14,9 +14,13 @@ Shards of format 1 (no CRCs) stay readable: each shard's sha256 is checked once 
 
 Determinism: members are written in key order with fixed headers (USTAR, mtime 0, uid/gid 0, empty
 owner names, mode 0444) and PNGs with fixed encoder settings, so the same input gives byte-identical
-shards whatever the number of processes. Atomicity: the old manifest is removed first, each shard is
-written to a temporary name and renamed, and the manifest is written last, so a crash never leaves a
-manifest that points at half-written shards.
+shards whatever the number of processes. Atomicity: a dataset is written into a build folder beside
+the target and swapped in whole when complete (bcmcore/dataset_swap.py): a failed prep leaves the
+previous dataset as it was, and only files bcm wrote are ever removed.
+
+Identity: `data_digest(shard_dir)` hashes what the samples are (every shard's and index's sha256,
+the counts, the image geometry and classes; not the source path or the prep flags), so the training
+recipe, the demo classifier and the reference statistics start over when the data changes.
 """
 
 import collections
@@ -25,7 +29,6 @@ import io
 import json
 import multiprocessing
 import os
-import re
 import tarfile
 import zlib
 from pathlib import Path
@@ -40,7 +43,6 @@ FORMAT = "bcm-shards/2"  # 2: per-sample CRC-32 in the index; 1 is still read (h
 READABLE = ("bcm-shards/1", FORMAT)
 KEY = "{:08d}"
 PNG_OPTIONS = {"format": "PNG", "compress_level": 6, "optimize": False}
-SHARD_RE = re.compile(r"^[A-Za-z0-9_]+-\d{6}\.(tar|idx)$")
 
 
 class ArrayChunk:
@@ -150,17 +152,6 @@ def _bounded_map(fn, tasks, workers, depth):
             yield pending.popleft().get()
 
 
-def _prepare_dir(out):
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: --out must be a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").unlink(missing_ok=True)  # from now on the directory is "incomplete"
-    for p in out.glob(".tmp-*"):
-        p.unlink()
-    return out
-
-
 def write_dataset(out, splits, meta, workers=None, totals=None):
     """Write every split's chunks as shards, then `manifest.json` (atomically, last).
 
@@ -169,28 +160,19 @@ def write_dataset(out, splits, meta, workers=None, totals=None):
     meta: dataset-level manifest fields (dataset, kind, resolution, channels/dim, num_classes,
     class_names, source, options, ...); totals: optional {split: sample count} for the progress bar.
     """
-    out = _prepare_dir(out)
+    from bcmcore.dataset_swap import replacing
+
     workers = workers or os.cpu_count() or 1
     manifest = {"format": FORMAT, **meta, "splits": {}}
     total = sum((totals or {}).values()) or None
-    try:
-        _write_splits(out, splits, workers, total, manifest)
-    except BaseException:
-        for p in out.glob(".tmp-*"):  # workers killed mid-shard leave only temp names: remove them
-            p.unlink(missing_ok=True)
-        raise
-    empty = [s for s, v in manifest["splits"].items() if not v["count"]]
-    if not manifest["splits"] or empty:
-        raise UserError(
-            f"{out}: nothing to write for split '{empty[0]}'" if empty else f"{out}: no samples"
-        )
-    keep = {
-        e[k] for s in manifest["splits"].values() for e in s["shards"] for k in ("name", "index")
-    }
-    for p in out.iterdir():  # shards of an earlier, larger conversion
-        if SHARD_RE.match(p.name) and p.name not in keep:
-            p.unlink()
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
+    with replacing(out, data_digest) as build:
+        _write_splits(build, splits, workers, total, manifest)
+        empty = [s for s, v in manifest["splits"].items() if not v["count"]]
+        if not manifest["splits"] or empty:
+            raise UserError(
+                f"{out}: nothing to write for split '{empty[0]}'" if empty else f"{out}: no samples"
+            )
+        atomic_write_text(build / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 
@@ -234,6 +216,21 @@ def read_manifest(shard_dir):
             f"{man.get('format') if isinstance(man, dict) else man!r}): rerun `bcm prep`"
         )
     return man
+
+
+def data_digest(shard_dir):
+    """Content digest (16 hex) of the dataset in `shard_dir`; None without a readable manifest."""
+    try:
+        man = json.loads((Path(shard_dir) / "manifest.json").read_text())
+        what = {k: man.get(k) for k in ("kind", "resolution", "channels", "dim", "num_classes")}
+        what["class_names"] = man.get("class_names")
+        what["splits"] = {
+            split: [[e["sha256"], e.get("index_sha256"), e["count"]] for e in v["shards"]]
+            for split, v in sorted(man["splits"].items())
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _split_info(man, split, shard_dir):

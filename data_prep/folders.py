@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from bcmcore.config import UserError
+from bcmcore.images import read_image
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
@@ -28,11 +29,7 @@ def adm_center_crop(img, resolution):
 
 
 def load_image(path, resolution, channels=3):
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB" if channels == 3 else "L")
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"{path}: not a readable image ({e})") from None
+    img = read_image(path, channels)  # every PIL mode by its meaning (16-bit grey, alpha, ...)
     if min(img.size) < resolution:
         raise UserError(
             f"{path}: image is {img.width}x{img.height}, smaller than the {resolution}px target "

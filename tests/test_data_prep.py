@@ -138,7 +138,9 @@ def test_conversion_is_deterministic(tmp_path):
         == 0
     )  # a process pool this time
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert names == sorted(p.name for p in (tmp_path / "b").iterdir()) and len(names) == 11
+    assert (
+        names == sorted(p.name for p in (tmp_path / "b").iterdir()) and len(names) == 12
+    )  # + .bcm-prep-files.json
     for n in names:
         if n != "manifest.json":
             assert (tmp_path / "a" / n).read_bytes() == (tmp_path / "b" / n).read_bytes(), n
@@ -398,7 +400,11 @@ def test_npz_wrong_keys_and_wrong_size(tmp_path):
     assert not (tmp_path / "s" / "manifest.json").exists() and no_temp_files(tmp_path / "s")
 
 
-def test_bad_image_midway_leaves_no_manifest(tmp_path):
+def snapshot(d):
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+def test_bad_image_midway_leaves_the_previous_dataset(tmp_path):
     rng = np.random.default_rng(6)
     src = tmp_path / "imgs"
     src.mkdir()
@@ -415,9 +421,10 @@ def test_bad_image_midway_leaves_no_manifest(tmp_path):
         "--shard-size",
         "1",
     )
+    before = snapshot(tmp_path / "s")
     Image.fromarray(rng.integers(0, 256, (4, 9, 3), dtype=np.uint8)).save(
         src / "9.png"
-    )  # too small
+    )  # too small, sorted last: three shards are written before it fails
     with pytest.raises(UserError, match=r"9\.png: image is 9x4, smaller than the 8px target"):
         prep(
             [
@@ -434,11 +441,10 @@ def test_bad_image_midway_leaves_no_manifest(tmp_path):
                 "2",
             ]
         )
-    # The earlier complete manifest is gone (the directory is now incomplete) and no temp file
-    # remains.
-    assert not (tmp_path / "s" / "manifest.json").exists() and no_temp_files(tmp_path / "s")
-    with pytest.raises(UserError, match="manifest not found"):
-        load_split(tmp_path / "s", "train")
+    # The previous dataset is exactly as it was, and no build folder or temp file remains.
+    assert snapshot(tmp_path / "s") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "s"]
+    assert len(load_split(tmp_path / "s", "train")[0]) == 3
 
 
 def test_corrupt_cifar_pickle_is_refused(tmp_path):

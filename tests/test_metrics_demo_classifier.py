@@ -281,3 +281,29 @@ def test_bcm_eval_digits_end_to_end_writes_tables_plots_and_grids(
     info = json.loads((out / "eval_info.json").read_text())
     assert info["demo_classifier_test_accuracy"] > 0.95 and info["reference_count"] == 1497
     assert not list(out.rglob(".tmp-*"))
+
+
+def test_classifier_and_reference_stats_of_old_data_are_not_reused(tmp_path):
+    """Data identity (shards.data_digest): a re-prepared dataset never gets the classifier or the
+    reference statistics of the old one, even when their files are copied back beside it."""
+    from bcmcore.cli.prep import prep
+
+    out = tmp_path / "s"
+    flags = ["--out", str(out), "--resolution", "8", "--workers", "1"]
+    prep(["digits", *flags])
+    first = demo_classifier.load_demo_classifier(out)
+    ext = demo_extractor(out)
+    ref = fid.reference_stats(out, "test", ext, ext.features, pr_count=50)
+    saved = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith("m")}
+    saved = {n: b for n, b in saved.items() if n.endswith((".pt", ".npz"))}
+    assert len(saved) == 2
+    prep(["digits", *flags, "--seed", "1"])  # another test split
+    assert not any((out / n).exists() for n in saved)  # the swap left the old caches behind
+    for name, data in saved.items():
+        (out / name).write_bytes(data)
+    second = demo_classifier.load_demo_classifier(out)
+    assert second.digest != first.digest
+    ext2 = demo_extractor(out)
+    ref2 = fid.reference_stats(out, "test", ext2, ext2.features, pr_count=50)
+    assert ref2["meta"]["manifest"] != ref["meta"]["manifest"]
+    assert not np.allclose(ref2["mu"], ref["mu"])

@@ -154,6 +154,36 @@ def test_changing_lr_still_starts_over(tmp_path, shards):  # noqa: F811
     assert final_state(run)["step"] == STEPS
 
 
+def test_a_re_prepared_dataset_starts_over(tmp_path):
+    """The shards' content digest is part of the recipe: other data (another prep seed) is a new
+    run, like a changed lr (it used to resume: 'steps N->N' on the old network)."""
+    from bcmcore.cli.prep import prep
+
+    shards = tmp_path / "shards"
+    flags = ["--out", str(shards), "--n-train", "64", "--n-test", "16", "--shard-size", "32"]
+    prep(["gmm2d", *flags])
+    run = tiny(tmp_path / "run", shards, total_steps=4)
+    training_loop(run, device="cpu")
+    first = final_state(run)["config"]["data"]["digest"]
+    prep(["gmm2d", *flags, "--seed", "1"])
+    mark = len((run / "log.txt").read_text())
+    training_loop(run, device="cpu")
+    log = log_since(run, mark)
+    assert f"data.digest '{first}' -> " in log and "starting over" in log, log
+    assert (run / "superseded-1" / "network-final.pt").is_file()
+    state = final_state(run)
+    assert state["config"]["data"]["digest"] != first and state["step"] == 4
+    # the same data again (a prep flag that changes nothing): resumed, nothing to do
+    prep(["gmm2d", *flags, "--seed", "1", "--workers", "1"])
+    mark = len((run / "log.txt").read_text())
+    training_loop(run, device="cpu")
+    assert "nothing to do" in log_since(run, mark) and not (run / "superseded-2").exists()
+    # a config that pins other data is refused, naming both
+    edit(run, "data", digest="0123456789abcdef")
+    with pytest.raises(ConfigError, match=r"config\.json: data\.digest 0123456789abcdef but .*"):
+        training_loop(run, device="cpu")
+
+
 def test_a_key_added_later_with_its_default_does_not_restart(tmp_path, shards, reference):  # noqa: F811
     """Simulated code update: the states were written by code that did not know some keys yet (their
     stored config lacks them); the new code fills their defaults and resumes."""
@@ -162,7 +192,12 @@ def test_a_key_added_later_with_its_default_does_not_restart(tmp_path, shards, r
     cut_back(run)
     _, path = find_states(run)[-1]
     state = load_state(path)
-    for section, key in (("train", "grad_clip"), ("train", "schedule_steps"), ("data", "xflip")):
+    for section, key in (
+        ("train", "grad_clip"),
+        ("train", "schedule_steps"),
+        ("data", "xflip"),
+        ("data", "digest"),  # a state from before data identity resumes (its data is unknown)
+    ):
         del state["config"][section][key]
     state["config"]["loss"] = {"kind": "ict"}  # a loss section from before its defaults were stored
     del state["config"]["model"]["net"]["dropout"]

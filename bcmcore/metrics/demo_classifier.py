@@ -144,6 +144,14 @@ def _load(path, device):
     return net.to(device).eval().requires_grad_(False)
 
 
+def _data_of(path):
+    """The data digest a cached classifier was trained on (None: unreadable or from before)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True).get("data_digest")
+    except Exception:
+        return None
+
+
 def load_demo_classifier(shard_dir, device="cpu", path=None, train_if_missing=True):
     """The demo classifier for a shard dir; trained (rank 0, deterministic) and cached on first use.
 
@@ -152,9 +160,15 @@ def load_demo_classifier(shard_dir, device="cpu", path=None, train_if_missing=Tr
     """
     from bcmcore import dist
     from bcmcore.data import load_split
-    from bcmcore.shards import read_manifest
+    from bcmcore.shards import data_digest, read_manifest
 
     path = Path(path) if path is not None else Path(shard_dir) / FILE
+    data = data_digest(shard_dir)
+    if path.is_file() and train_if_missing and _data_of(path) != data:
+        if dist.is_main():
+            print(f"{path}: trained on other data than {shard_dir} holds now: retraining")
+            path.unlink()  # our own cache file, of a dataset that no longer exists
+        dist.barrier()
     if not path.is_file():
         if not train_if_missing:
             raise UserError(f"{path}: demo classifier not found")
@@ -171,6 +185,7 @@ def load_demo_classifier(shard_dir, device="cpu", path=None, train_if_missing=Tr
                     "test_accuracy": accuracy(net, xt, yt),
                     "accuracy_split": test,
                     "train_count": int(len(x)),
+                    "data_digest": data,  # the shards it was trained on (shards.data_digest)
                 },
             )
         dist.barrier()

@@ -6,7 +6,6 @@ part, so our numbers are clean-fid's numbers. Reference statistics of a dataset 
 its shards.
 """
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -79,9 +78,11 @@ def reference_path(shard_dir, split, extractor_key):
 
 
 def _manifest_digest(shard_dir):
-    """Ties a cache file to the shards it came from (a re-prepared dataset invalidates it)."""
-    m = Path(shard_dir) / "manifest.json"
-    return hashlib.sha256(m.read_bytes()).hexdigest()[:16] if m.is_file() else "none"
+    """Ties a cache file to the data it came from (a re-prepared dataset invalidates it): the
+    content digest of the shards (bcmcore.shards.data_digest)."""
+    from bcmcore.shards import data_digest
+
+    return data_digest(shard_dir) or "none"
 
 
 def save_reference(path, mu, sigma, pr_feats, meta):

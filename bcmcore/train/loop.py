@@ -103,6 +103,7 @@ def training_loop(run_dir, device=None):
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     check_data_fits(cfg)
+    cfg = recipe.with_data_identity(cfg, where=str(run_dir / "config.json"))
     rank, world, _, device = dist.init(device)
     configure_backends(cfg.train, device)  # before any CUDA matmul (cuBLAS reads its workspace env)
     with runlock.hold(run_dir, dist.is_main(), dist.barrier), interrupt.on_signals() as stop:

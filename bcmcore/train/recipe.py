@@ -8,7 +8,9 @@
 - `train.total_steps` is the run's length: raising it continues from the newest state; lowering it
   below the state's step is an error (a shorter run is a new run: move the run directory away).
 - Every other key is the recipe (model, loss, data content, seed, global batch, lr schedule, EMA,
-  init): a change starts over, the old files kept in superseded-<k>/.
+  init): a change starts over, the old files kept in superseded-<k>/. The data content is
+  `data.digest`, the shards' content digest, which `with_data_identity` fills in at start: a
+  re-prepared dataset (another seed, other files) starts over like a changed lr.
 
 Configs are compared normalised, every default filled in by the code that reads the state, so a
 key added later with a default equal to the old behaviour does not start old runs over.
@@ -42,6 +44,7 @@ RUNTIME = {
     "data": ("num_workers", "prefetch", "in_memory", "pin_memory", "verify_sha256"),
 }
 LENGTH = "train.total_steps"
+DIGEST = "data.digest"
 HORIZON = "train.schedule_steps"
 
 
@@ -134,6 +137,8 @@ def compare(state_config, cfg, step, where="config.json"):
     except ConfigError as e:
         return Decision(True, (f"(the state's config no longer reads: {e})",))
     new = _flat(normalized(cfg.as_dict(), where=where))
+    if old.get(DIGEST) is None:  # a state from before data identity: its data is unknown, kept
+        old[DIGEST] = new.get(DIGEST)
     horizon = old[HORIZON] or old[LENGTH]  # the schedule length the state was trained with
     old[HORIZON] = horizon
     if new[HORIZON] is None:  # unset: the run keeps the length it started with
@@ -150,6 +155,20 @@ def compare(state_config, cfg, step, where="config.json"):
         )
     pinned = replace(cfg, train=replace(cfg.train, schedule_steps=horizon))
     return Decision(False, changes, pinned)
+
+
+def with_data_identity(cfg, where="config.json"):
+    """cfg with data.digest = the content digest of its shards (checked when the config sets it)."""
+    from bcmcore.shards import data_digest, read_manifest
+
+    read_manifest(cfg.data.shards)  # a missing or foreign manifest: its own message
+    actual = data_digest(cfg.data.shards)
+    if cfg.data.digest not in (None, actual):
+        raise ConfigError(
+            f"{where}: data.digest {cfg.data.digest} but {cfg.data.shards} holds data {actual} "
+            f"(the dataset was re-prepared: remove data.digest to train on it)"
+        )
+    return replace(cfg, data=replace(cfg.data, digest=actual))
 
 
 def start(cfg):
