@@ -4,6 +4,7 @@ from bcmcore.cli._args import parser
 
 
 def import_(argv):
+    """Convert an authors' released checkpoint into a project network file."""
     from bcmcore.imports import FORMATS
 
     p = parser(
