@@ -183,8 +183,8 @@ def build(sampler, times=(), pairs=(), steps=None, kind=None, keys=CLI_KEYS):
     s = sampling.get_sampler(sampler, keys.get("sampler", "--sampler"))
     if kind is not None and kind not in s.kinds:
         raise UserError(
-            f"sampler {sampler!r} runs on {' or '.join(s.kinds)} networks, not on this {kind!r} one"
-            f" (its default: {default_sampler(kind)})"
+            f"sampler {sampler!r} runs on kind {' or '.join(s.kinds)}, not on this {kind!r} model"
+            f" (its default sampler: {default_sampler(kind)})"
         )
     times, pairs = tuple(times or ()), tuple(tuple(p) for p in pairs or ())
     if sampler not in ("heun", "igct") and steps is not None:

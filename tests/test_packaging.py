@@ -45,4 +45,4 @@ def test_bcm_console_script_lists_commands():
     )
     assert out.returncode == 0
     for cmd in ("train", "launch", "sample", "invert", "edit", "eval", "prep", "bench"):
-        assert cmd in out.stderr
+        assert cmd in out.stdout

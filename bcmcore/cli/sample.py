@@ -125,7 +125,7 @@ def sample_parser():
 
 
 def sample(argv):
-    """Generate samples from a network file (npz, PNG grid, info.json)."""
+    """Generate samples from a network file (npz, PNG grid, json)."""
     args = sample_parser().parse_args(argv)
     seeds = np.asarray(parse_ids(args.seeds, "--seeds"))
     model, meta, device = _setup(args)
