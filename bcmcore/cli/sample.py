@@ -181,7 +181,9 @@ def _input_args(p):
     p.add_argument(
         "--input", help="instead of --data: an .npz (arr_0/images uint8 NHWC) or a folder of PNGs"
     )
-    p.add_argument("--indices", default="0-15", help="which images, e.g. 0-63")
+    p.add_argument(
+        "--indices", help="which images, e.g. 0-63 (default: 0-15 of --data, all of --input)"
+    )
     p.add_argument("--seed", type=int, default=0, help="image i's noise uses seed + i")
 
 
@@ -189,7 +191,10 @@ def load_inputs(args, model):
     """-> (x, y or None, indices) for the selected --indices of --data or --input, converted to the
     network's channels and checked against its size."""
     x, y = runner.load_inputs(args.data, args.split, args.input, data_shape(model))
-    idx = parse_ids(args.indices, "--indices")
+    if args.indices is None:  # a folder of a user's PNGs: all of them; shards: the first 16
+        idx = list(range(len(x) if args.input else min(16, len(x))))
+    else:
+        idx = parse_ids(args.indices, "--indices")
     if max(idx) >= len(x):
         raise UserError(f"--indices: only {len(x)} images available, asked for index {max(idx)}")
     return x[idx], (None if y is None else y[idx]), np.asarray(idx)
