@@ -84,6 +84,8 @@ def exp(name, **section):
         "prep-args-bad-value",
         "grid-typo",
         "grid-bad-type",
+        "grid-igct-steps",
+        "grid-sampler-kind",
         "grid-nan",
         "apps-typo",
         "apps-unknown-task",
