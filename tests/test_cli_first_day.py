@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import save_untrained_networks
+from helpers import demo_tiny, save_untrained_networks
 from PIL import Image
 
 from bcmcore.cli import commands
@@ -17,31 +17,12 @@ from bcmcore.cli.flags import subcommands
 from bcmcore.cli.sample import sample_parser, sample_recipe
 from bcmcore.config import ConfigError, UserError, from_dict
 from bcmcore.metrics.spec import SamplerSpec
-from bcmcore.nets import build_model
-from bcmcore.nets.config import ModelConfig, NetConfig
 from bcmcore.recipes import RECIPES, SCHEDULES, build
-
-
-def _tiny(kind, num_classes=0, channels=1):
-    """A demo-shaped untrained network: 8x8 pixels, 1 channel (the digits)."""
-    net = NetConfig(
-        arch="ncsnpp",
-        data_channels=channels,
-        resolution=8,
-        channels=8,
-        ch_mult=(1, 2),
-        num_blocks=1,
-        attn_res=(),
-        two_time=(kind == "bcm"),
-        num_classes=num_classes,
-    )
-    torch.manual_seed(0)
-    return build_model(ModelConfig(kind=kind, net=net))
 
 
 @pytest.fixture(scope="module")
 def networks(tmp_path_factory):
-    return save_untrained_networks(tmp_path_factory.mktemp("nets"), _tiny, 10, 5)
+    return save_untrained_networks(tmp_path_factory.mktemp("nets"), demo_tiny, 10, 5)
 
 
 # ------------------------------------------------------------------------------ first-day paths

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import save_untrained_networks
+from helpers import demo_tiny, save_untrained_networks
 from PIL import Image
 
 from bcmcore.cli import main as bcm
@@ -44,18 +44,18 @@ def test_the_section_covers_every_first_day_command():
 @pytest.fixture(scope="module")
 def demo_outputs(tmp_path_factory):
     """A folder laid out like a clone after `make demo` (stand-in networks, real shards)."""
-    from test_cli_first_day import _tiny
-
     root = tmp_path_factory.mktemp("clone")
     shards = root / "results/digits/shards"
     assert bcm(["prep", "digits", "--out", str(shards), "--resolution", "8", "--workers", "1"]) == 0
-    nets = save_untrained_networks(root, _tiny, 10, 5)
+    nets = save_untrained_networks(root, demo_tiny, 10, 5)
     runs = root / "results/digits/runs"
     for exp, kind in (("bcm_ft", "bcm"), ("igct", "igct"), ("edm", "edm")):
         (runs / exp).mkdir(parents=True)
         nets[kind].rename(runs / exp / "network-final.pt")
     (runs / "ict").mkdir()
-    save_network(runs / "ict/network-final.pt", _tiny("cm"), 5, {"note": "untrained test network"})
+    save_network(
+        runs / "ict/network-final.pt", demo_tiny("cm"), 5, {"note": "untrained test network"}
+    )
     spec = {  # the demo's bcm_ft sweep, shrunk (the workflow writes the real one)
         "dataset": "results/digits/shards",
         "features": {"kind": "demo"},
