@@ -35,9 +35,9 @@ def test_the_section_covers_every_first_day_command():
     first = {shlex.split(c)[1] for c in cmds}
     assert {"sample", "invert", "edit", "eval", "tune", "import"} <= first
     tasks = {shlex.split(c)[2] for c in cmds if c.startswith("bcm edit ")}
-    from bcmcore.cli.sample import TASKS
+    from bcmcore.cli.flags import EDIT_TASKS
 
-    assert tasks == set(TASKS)
+    assert tasks == set(EDIT_TASKS)
     assert all("results/digits/" in c or "my/" in c for c in cmds)
 
 
