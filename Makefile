@@ -2,19 +2,23 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-# torch/torchvision pinned: this machine kind has these wheels on disk (PyPI's torchvision does not import
-# beside other torch builds; an unpinned torch would pull a multi-GB download).
-TORCH   := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast lint gpu-check slurm-up slurm-down chromium clean
+.PHONY: venv lock demo test test-fast lint gpu-check slurm-up slurm-down chromium clean
 
-$(BIN)/.installed: pyproject.toml
+# The venv installs requirements.lock: every package pinned and hashed (torch 2.14.1 / torchvision
+# 0.29.1: this machine kind has these wheels on disk), then the project itself without resolving.
+$(BIN)/.installed: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[test]' $(TORCH)
+	$(BIN)/pip install -q --require-hashes --no-deps -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e '.[test]'
+	$(BIN)/pip check
 	touch $@
+
+# Re-resolve requirements.lock after a dependency change in pyproject.toml (then commit it).
+lock: venv
+	$(BIN)/python tools/lock.py
 
 venv: $(BIN)/.installed
 

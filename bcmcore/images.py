@@ -121,3 +121,50 @@ def read_image(path, channels=3):
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             raise UserError(f"{path}: not a readable image ({e})") from None
         return convert_image(img, channels, where=str(path))
+
+
+PIL_MODES = {1: "L", 3: "RGB"}  # a network's data channels -> the PIL mode its inputs convert to
+
+
+def to_channels(image, channels, where="image"):
+    """A PIL image in any mode -> uint8 HWC numpy with `channels` (1 or 3) channels, through
+    convert_image (16-bit grey scaled, transparency over white, unsupported modes refused)."""
+    from bcmcore.config import UserError
+
+    if channels not in PIL_MODES:
+        raise UserError(f"{where}: a network of {channels} channels takes no image files (1 or 3)")
+    a = np.asarray(convert_image(image, channels, where), dtype=np.uint8)
+    return a[..., None] if a.ndim == 2 else a
+
+
+def array_to_channels(x, channels, where="images"):
+    """uint8 NHWC numpy with 1, 3 or 4 channels -> `channels` channels, through `to_channels`."""
+    from PIL import Image
+
+    from bcmcore.config import UserError
+
+    if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):
+        raise UserError(
+            f"{where}: expected uint8 images N x H x W x C (C 1, 3 or 4), got {x.shape}"
+        )
+    if x.shape[-1] == channels:
+        return x
+    return np.stack(
+        [
+            to_channels(Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a), channels, where)
+            for a in x
+        ]
+    )
+
+
+def check_size(x, shape, where="images"):
+    """x [N, C, H, W] against a network's (C, H, W): one clear error naming the source."""
+    from bcmcore.config import UserError
+
+    if tuple(x.shape[1:]) != tuple(shape):
+        c, h, w = shape
+        raise UserError(
+            f"{where}: the network takes {c}-channel {h}x{w} images, got {x.shape[1]}-channel "
+            f"{x.shape[2]}x{x.shape[3]} (resize them to {h}x{w} first; no resampling is done here)"
+        )
+    return x

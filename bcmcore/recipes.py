@@ -5,6 +5,11 @@ A recipe states its interior levels as published; its ends are the model's own T
 eps = sigma_min, and Karras-grid recipes are built on the model's sigmas, when it is resolved for a
 model (`Recipe.for_model`). A model trained with another sigma_max gets its own grid everywhere:
 `bcm sample`, `bcm invert` and the eval sweep resolve the same way.
+
+`build` is the one rule that turns a sampler + times (+ zigzag pairs) into a recipe, for every
+front door: `bcm sample --sampler/--steps/--zigzag/--num-steps`, a sweep spec's
+`{sampler, times, pairs, steps}` and the workflow's `grid` (docs/interfaces.md, "One rule for
+sampler times"): generation ends at eps.
 """
 
 from dataclasses import dataclass, replace
@@ -35,6 +40,8 @@ class Recipe:
             return tuple(hi if t == T else lo if t == EPS else float(t) for t in v)
 
         times = ends(self.times)
+        if len(times) > 1 and self.times[-1] == EPS and times[-2] <= lo:
+            times = times[:-1]  # `build` appended eps to times that already reached it
         if self.karras:  # decreasing Karras grid T .. eps (EDM Eq. 5), optionally then EDM's 0
             n, idx, zero = self.karras
             grid = param.karras_grid(n, lo, hi).flip(0).tolist() + ([0.0] if zero else [])
@@ -97,6 +104,31 @@ SCHEDULES = {
 }
 
 
+def describe(table):
+    """One line per named recipe / schedule (`bcm sample | invert | edit --help`): name, sampler,
+    times (T, eps: the model's own), zigzag rounds, note."""
+
+    def num(v):
+        return v if isinstance(v, str) else f"{v:g}"
+
+    lines = []
+    for name, r in sorted(table.items()):
+        if r.karras:
+            n, idx, zero = r.karras
+            what = f"{n}-point Karras grid" + (f" at {list(idx)}" if idx else "")
+            what += ", then 0" if zero else ""
+        elif r.sampler == "igct":
+            what = f"{r.steps} guided denoiser call" + ("s" if r.steps > 1 else "")
+        elif r.sampler == "multistep":
+            what = "levels " + ", ".join(num(t) for t in r.times) + ", each denoised to eps"
+        else:
+            what = " -> ".join(num(t) for t in r.times)
+        what += "".join(f", zigzag {num(e)}:{num(t)}" for e, t in r.pairs)
+        what += f"; generate {' -> '.join(num(t) for t in r.gen_times)}" if r.gen_times else ""
+        lines.append(f"  {name:26s}{r.sampler:11s}{what}" + (f"  ({r.note})" if r.note else ""))
+    return "\n".join(lines)
+
+
 def _named(table, name, what, other, hint):
     """table[name], or a UserError naming the known ones (and `hint` when `other` has the name)."""
     if name not in table:
@@ -118,3 +150,71 @@ def get_schedule(name):
     """An inversion / editing schedule by name."""
     hint = " (a generation recipe: use it with bcm sample)"
     return _named(SCHEDULES, name, "inversion/editing schedule", RECIPES, hint)
+
+
+# ------------------------------------------------------------------------------------------------
+# sampler + times (+ pairs) -> a recipe: one rule for the CLI, the sweep spec and the workflow
+
+HEUN_POINTS = 18  # EDM's CIFAR-10 Heun grid (edm-18): 18 points, NFE 35
+IGCT_STEPS = 1  # iGCT's one guided denoiser call
+CLI_KEYS = {"times": "--steps", "pairs": "--zigzag", "steps": "--num-steps"}
+SPEC_KEYS = {"times": "times", "pairs": "pairs", "steps": "steps"}
+
+
+def default_sampler(kind):
+    """The sampler a network kind generates with when none is named."""
+    return {"edm": "heun", "igct": "igct"}.get(kind, "onestep")
+
+
+def build(sampler, times=(), pairs=(), steps=None, kind=None, keys=CLI_KEYS):
+    """The Recipe of a sampler with explicit times / pairs / steps. Generation always ends at eps:
+
+    - onestep: T -> eps (no times). zigzag: T -> eps, then the rounds (BCM Alg. 3; pairs only).
+    - ancestral, combined: down `times`, then to eps (BCM Alg. 2 / 4): [80, 2.4] is 80, 2.4, eps.
+    - multistep: CM Alg. 1 at the levels `times` (each step denoises to eps).
+    - heun: EDM Alg. 1 along `times`, then EDM's final 0 (an Euler step); without times a
+      `steps`-point Karras grid (EDM Eq. 5, default 18) and 0.
+    - igct: `steps` guided denoiser calls (1 or 2, default 1; docs/methods.md §9).
+
+    kind: the model kind the recipe must run on (None: not checked). keys: the names of times,
+    pairs and steps in error messages (the CLI's flags or the spec's keys)."""
+    from bcmcore import sampling
+
+    s = sampling.get_sampler(sampler, keys.get("sampler", "--sampler"))
+    if kind is not None and kind not in s.kinds:
+        raise UserError(
+            f"sampler {sampler!r} runs on kind {' or '.join(s.kinds)}, not on this {kind!r} model"
+            f" (its default sampler: {default_sampler(kind)})"
+        )
+    times, pairs = tuple(times or ()), tuple(tuple(p) for p in pairs or ())
+    if sampler not in ("heun", "igct") and steps is not None:
+        raise UserError(f"{keys['steps']}: only heun (grid points) and igct (1 or 2) take it")
+    if sampler in ("onestep", "zigzag", "igct") and times:
+        raise UserError(f"{keys['times']}: sampler {sampler} takes no times (it starts at T)")
+    if s.times and sampler != "heun" and not times:
+        raise UserError(f"{keys['times']}: sampler {sampler} needs time steps, e.g. 80,2.4")
+    if pairs and not s.pairs:
+        raise UserError(f"{keys['pairs']}: sampler {sampler} takes no zigzag rounds")
+    if s.pairs and not pairs:
+        raise UserError(
+            f"{keys['pairs']}: sampler {sampler} needs zigzag rounds eps:t, e.g. 0.1:1.2"
+        )
+    if sampler == "igct":
+        steps = IGCT_STEPS if steps is None else steps
+        if steps not in (1, 2):
+            raise UserError(f"{keys['steps']}: igct takes 1 or 2 denoiser calls, got {steps}")
+        return Recipe("igct", steps=steps)
+    if sampler == "heun":
+        if times and steps is not None:
+            raise UserError(f"heun: give either {keys['times']} or {keys['steps']}, not both")
+        if not times:  # EDM Heun on the model's Karras grid, then 0
+            steps = HEUN_POINTS if steps is None else steps
+            if steps < 2:
+                raise UserError(f"{keys['steps']}: a Karras grid needs >= 2 points, got {steps}")
+            return Recipe("heun", karras=(steps, (), True))
+        return Recipe("heun", times if times[-1] in (0, 0.0) else times + (0.0,))
+    if sampler in ("onestep", "zigzag"):
+        return Recipe(sampler, (T, EPS), pairs)
+    if sampler in ("ancestral", "combined") and times[-1] != EPS:
+        times += (EPS,)  # ends at eps; `Recipe.for_model` drops it if times already reached eps
+    return Recipe(sampler, times, pairs)

@@ -75,17 +75,23 @@ def pairs_grid(*columns_and_n):
     return np.stack([c[:n] for c in cols], 1).reshape(-1, *cols[0].shape[1:])
 
 
-def load_inputs(data=None, split="test", input=None):
+def load_inputs(data=None, split="test", input=None, shape=None):
     """Images to invert or edit -> (x uint8 [N, C, H, W] or float [N, d], y long [N] or None).
 
     data: a shard directory (its `split`), or input: an .npz (arr_0/images uint8 NHWC, optional
-    labels/arr_1) or a folder of PNGs."""
+    labels/arr_1) or a folder of PNGs. shape: the network's (C, H, W): image files and npz images
+    are converted to its C channels (bcmcore.images.convert_image) and their size checked."""
+    from bcmcore.images import array_to_channels, check_size
+
     if bool(data) == bool(input):
         raise UserError("give exactly one of --data SHARD_DIR or --input FILE.npz|PNG_DIR")
     if data:
         from bcmcore.data import load_split
 
-        return load_split(data, split)
+        x, y = load_split(data, split)
+        if shape and len(shape) == 3 and x.ndim == 4:
+            x = check_size(x, shape, f"--data {data} ({split})")
+        return x, y
     path = Path(input)
     if path.is_dir():
         from bcmcore.images import read_image
@@ -93,22 +99,29 @@ def load_inputs(data=None, split="test", input=None):
         files = sorted(path.glob("*.png"))
         if not files:
             raise UserError(f"{path}: no .png files")
-        x = [np.asarray(read_image(f)) for f in files]  # every PIL mode by its meaning
+        channels = shape[0] if shape and len(shape) == 3 else 3
+        x = []
+        for f in files:  # every PIL mode by its meaning (images.convert_image)
+            a = np.asarray(read_image(f, channels))
+            x.append(a[..., None] if a.ndim == 2 else a)
         for f, a in zip(files, x):
             if a.shape != x[0].shape:
                 raise UserError(
                     f"{f}: image is {a.shape[1]}x{a.shape[0]}, {files[0].name} is "
                     f"{x[0].shape[1]}x{x[0].shape[0]} (one size per --input folder)"
                 )
-        x = np.stack(x)
-        y = None
+        x, y = np.stack(x), None
     elif path.suffix == ".npz" and path.is_file():
         d = np.load(path)
         key = "images" if "images" in d else "arr_0"
         if key not in d:
             raise UserError(f"{path}: expected an array 'images' or 'arr_0' (uint8 NHWC)")
         x, y = d[key], (d["labels"] if "labels" in d else d["arr_1"] if "arr_1" in d else None)
+        if shape and len(shape) == 3:
+            x = array_to_channels(x, shape[0], f"{path} ({key})")
     else:
         raise UserError(f"--input {path}: expected an existing .npz file or a folder of PNGs")
     x = torch.as_tensor(x).permute(0, 3, 1, 2) if x.ndim == 4 else torch.as_tensor(x)
+    if shape and len(shape) == 3:
+        x = check_size(x, shape, f"--input {path}")
     return x, (None if y is None else torch.as_tensor(y).long())

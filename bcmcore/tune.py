@@ -275,7 +275,12 @@ def tune_spec(
                 flush=True,
             )
             samplers.append(
-                type(s)(sampler=sampler, times=best.times, pairs=best.pairs, name=label)
+                type(s)(  # zigzag starts at T by definition: its spec takes no times
+                    sampler=sampler,
+                    times=() if sampler == "zigzag" else best.times,
+                    pairs=best.pairs,
+                    name=label,
+                )
             )
         new_models.append(dataclasses.replace(m, samplers=tuple(samplers)))
         del model

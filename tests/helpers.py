@@ -222,6 +222,26 @@ class ZeroRNG:
         return torch.zeros((1, *shape), dtype=dtype)
 
 
+def demo_tiny(kind, num_classes=0, channels=1):
+    """A demo-shaped untrained network (8x8 pixels, 1 channel: the digits) of `kind`."""
+    from bcmcore.nets import build_model
+    from bcmcore.nets.config import ModelConfig, NetConfig
+
+    net = NetConfig(
+        arch="ncsnpp",
+        data_channels=channels,
+        resolution=8,
+        channels=8,
+        ch_mult=(1, 2),
+        num_blocks=1,
+        attn_res=(),
+        two_time=(kind == "bcm"),
+        num_classes=num_classes,
+    )
+    torch.manual_seed(0)
+    return build_model(ModelConfig(kind=kind, net=net))
+
+
 def save_untrained_networks(directory, tiny, num_classes, step):
     """{bcm, igct, edm}.pt of untrained networks `tiny(kind, classes)`: bcm unconditional, the
     guided kinds with `num_classes` labels, each saved as if at `step`."""

@@ -43,7 +43,19 @@ def exp(name, **section):
             exp("ict", grid={"recipee": "demo-nfe2"}),
             ["datasets.digits.experiments.ict.grid.recipee"],
         ),
-        (exp("ict", grid={"num_steps": "two"}), ["experiments.ict.grid.num_steps: expected int"]),
+        (
+            exp("ict", grid={"num_steps": "two"}),
+            ["experiments.ict.grid.num_steps: expected a positive integer"],
+        ),
+        # the grid's recipe is built by bcm sample's own rule (recipes.build) at start-up
+        (
+            exp("igct", grid={"num_steps": 18}),
+            ["experiments.igct.grid: --num-steps: igct takes 1 or 2 denoiser calls, got 18"],
+        ),
+        (
+            exp("igct", grid={"sampler": "ancestral", "steps": "80,1"}),
+            ["experiments.igct.grid: sampler 'ancestral' runs on kind cm or bcm"],
+        ),
         (
             exp("igct", grid={"w": float("nan")}),
             ["experiments.igct.grid.w: expected a finite number"],
@@ -79,6 +91,8 @@ def exp(name, **section):
         "prep-args-bad-value",
         "grid-typo",
         "grid-bad-type",
+        "grid-igct-steps",
+        "grid-sampler-kind",
         "grid-nan",
         "apps-typo",
         "apps-unknown-task",

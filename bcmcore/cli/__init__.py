@@ -6,6 +6,7 @@ without COMMANDS (flags.py: workflow options -> checked flags) and _x modules ar
 library below never parses arguments: a handler turns flags into plain values and calls it.
 """
 
+import difflib
 import importlib
 import pkgutil
 import sys
@@ -68,12 +69,55 @@ def _own_module(command):
     return table if command in table else {}
 
 
+def version():
+    """The installed distribution's version (the package's own when run from a bare checkout)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("bcm-pipeline")
+    except metadata.PackageNotFoundError:
+        from bcmcore import __version__
+
+        return __version__
+
+
+def summary(handler):
+    """A command's one-line summary: the first line of its handler's docstring."""
+    return (handler.__doc__ or "").strip().split("\n")[0]
+
+
+def usage(table):
+    """`bcm --help`: every command with its one-line summary."""
+    width = max(map(len, table)) + 2
+    rows = "\n".join(f"  {name:{width}}{summary(table[name])}" for name in sorted(table))
+    return (
+        "usage: bcm <command> [options]   (bcm <command> --help: its options and defaults)\n\n"
+        "Train, sample, invert, edit and evaluate consistency models (iCT, BCM, iGCT, EDM).\n\n"
+        f"commands:\n{rows}\n\n"
+        "  -h, --help   this list\n  --version    the installed version\n\n"
+        "The whole pipeline: snakemake --profile cluster/local all (README.md)."
+    )
+
+
+def unknown(command, table):
+    """The error line of a mistyped command, with the closest commands (difflib)."""
+    near = difflib.get_close_matches(command, list(table), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(near)}?" if near else ""
+    return f"bcm: error: unknown command {command!r}{hint} (bcm --help lists them)"
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--version"]:
+        print(f"bcm {version()}")
+        return 0
     table = (argv and _own_module(argv[0])) or commands()
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in table:
-        print("usage: bcm {" + ",".join(sorted(table)) + "} ...", file=sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(table), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    if argv[0] not in table:
+        print(unknown(argv[0], table), file=sys.stderr)
+        return 2
     try:
         rc = table[argv[0]](argv[1:])
     except Exception as e:  # the one clear line for the user's mistakes; tracebacks for ours

@@ -2,13 +2,45 @@
 numbers."""
 
 import argparse
+import inspect
 import math
 
 from bcmcore.config import UserError
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that shows every option's default (as EDM's and k-diffusion's scripts do), and keeps
+    the line breaks of descriptions and epilogs (recipe tables)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" in text or not action.option_strings or not shows_default(action.default):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def shows_default(default):
+    """A default worth printing: not unset (None), not a store_true's False, not suppressed."""
+    return not (default is None or default is False or default == argparse.SUPPRESS)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with defaults shown; subcommand parsers (`add_subparsers`) are of this class too."""
+
+    def __init__(self, *args, **kw):
+        kw.setdefault("formatter_class", HelpFormatter)
+        if kw.get("description"):
+            kw["description"] = inspect.cleandoc(kw["description"])
+        super().__init__(*args, **kw)
+
+    def add_argument(self, *args, **kw):
+        if kw.get("help") is None and shows_default(kw.get("default")):
+            kw["help"] = "(default: %(default)s)"  # an option without help still shows its default
+        return super().add_argument(*args, **kw)
+
+
 def parser(prog, description=None, **kw):
-    return argparse.ArgumentParser(prog=prog, description=description, **kw)
+    return Parser(prog=prog, description=description, **kw)
 
 
 def parse_ids(text, flag):

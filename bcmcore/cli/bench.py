@@ -9,6 +9,7 @@ from bcmcore.config import UserError
 
 
 def bench(argv):
+    """Benchmark the training step, DDP scaling and the data loader."""
     from bcmcore.bench.step import CONFIGS
 
     ap = parser("bcm bench", "Training-step, DDP-scaling and data-loader benchmarks.")

@@ -5,6 +5,7 @@ from bcmcore.cli._args import parser
 
 
 def check(argv):
+    """Acceptance checks of a machine (bcm check gpu: one table)."""
     ap = parser("bcm check", "Acceptance checks of a machine.")
     sub = ap.add_subparsers(dest="what", required=True)
     g = sub.add_parser("gpu", help="tests, resume, sampling, eval and training throughput; 1 table")

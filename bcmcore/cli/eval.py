@@ -5,6 +5,7 @@ from bcmcore.cli._args import parser
 
 
 def evaluate(argv):
+    """Run an evaluation sweep: FID, precision/recall, IS, KID, inversion MSE, guidance."""
     p = parser(
         "bcm eval",
         "FID / precision / recall / IS / KID / inversion MSE, PSNR, SSIM, LPIPS sweep "
@@ -40,8 +41,7 @@ def evaluate(argv):
 
 
 def edit_rate(argv):
-    """`bcm edit-rate --network FILE --shards DIR --out CSV`: editing success rate per w (demo
-    digits)."""
+    """Class-editing success rate per guidance weight w (demo digits), outside a sweep."""
     p = parser("bcm edit-rate", edit_rate.__doc__)
     p.add_argument(
         "--network", required=True, help="network-final.pt of an iGCT or EDM (CFG) model"

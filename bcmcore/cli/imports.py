@@ -48,6 +48,7 @@ def import_parser():
 
 
 def import_(argv):
+    """Convert an authors' released checkpoint into a project network file."""
     a = import_parser().parse_args(argv)
     from bcmcore.imports import import_checkpoint
 

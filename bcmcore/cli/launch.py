@@ -5,6 +5,7 @@ from bcmcore.cli._args import parser
 
 
 def launch(argv):
+    """Run any bcm command as one (multi-node) job through submitit, and wait for it."""
     from bcmcore import cli
     from bcmcore import launch as lib
 

@@ -104,6 +104,7 @@ def _splits(args):
 
 
 def prep(argv):
+    """Convert a raw dataset into WebDataset shards + manifest.json."""
     from bcmcore.shards import write_dataset
 
     args = _parser().parse_args(argv)

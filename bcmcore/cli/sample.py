@@ -7,19 +7,29 @@ import numpy as np
 import torch
 
 from bcmcore import dist, editing, runner, sampling
-from bcmcore.cli._args import parse_ids, parse_pairs, parse_times, parser
+from bcmcore.cli._args import parse_ids, parse_pairs, parse_times, parser, positive_int
 from bcmcore.cli.flags import EDIT_TASKS
 from bcmcore.config import UserError
 from bcmcore.images import to_float, to_uint8_nhwc
 from bcmcore.nets.facts import data_shape, is_vector, num_classes
-from bcmcore.recipes import RECIPES, Recipe, get_recipe, get_schedule
+from bcmcore.recipes import (
+    HEUN_POINTS,
+    IGCT_STEPS,
+    RECIPES,
+    SCHEDULES,
+    build,
+    default_sampler,
+    describe,
+    get_recipe,
+    get_schedule,
+)
 
 # interpolation: the second image's initial noise uses seed + this
 SECOND_IMAGE_SEED = 1_000_000_007
 
 
-def _common(prog):
-    p = parser(prog)
+def _common(prog, handler):
+    p = parser(prog, handler.__doc__)
     p.add_argument("--network", required=True, help="network-*.pt written by `bcm train`")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--batch", type=int, default=64, help="batch per rank")
@@ -60,41 +70,48 @@ def _labels(model, spec, seeds, positions, device):
 
 
 # --------------------------------------------------------------------------------------- bcm sample
-def _recipe(args, model):
-    """The generation recipe of --recipe, or of --sampler/--steps/--zigzag/--num-steps."""
+def sample_recipe(args, kind):
+    """The generation recipe of --recipe, or of --sampler/--steps/--zigzag/--num-steps by the one
+    rule of `recipes.build` (the sweep spec and the workflow's grid use it too)."""
     if args.recipe:
-        if args.sampler or args.steps or args.zigzag:
-            raise UserError("give either --recipe or --sampler/--steps/--zigzag, not both")
+        if args.sampler or args.steps or args.zigzag or args.num_steps is not None:
+            raise UserError("give either --recipe or --sampler/--steps/--zigzag/--num-steps")
         return get_recipe(args.recipe)
-    s = args.sampler or {"edm": "heun", "igct": "igct"}.get(model.kind, "onestep")
-    sampler = sampling.get_sampler(s, "--sampler")
-    times = parse_times(args.steps) if args.steps else []
-    if s in ("ancestral", "combined") and times and times[-1] > model.sigma_min:
-        times.append(model.sigma_min)  # "--steps 80,2.4" means 80 -> 2.4 -> eps
-    if s == "heun" and not times:  # EDM Heun on the model's Karras grid
-        return Recipe("heun", karras=(args.num_steps, (), True))
-    if sampler.times and not times:
-        raise UserError(
-            f"--steps: sampler {s} needs time steps, e.g. --steps 80,2.4 (or use --recipe)"
-        )
-    pairs = parse_pairs(args.zigzag) if args.zigzag else []
-    if sampler.pairs and not pairs:
-        raise UserError(f"--zigzag: sampler {s} needs zigzag rounds eps:t, e.g. --zigzag 0.1:1.2")
-    return Recipe(s, tuple(times), tuple(pairs), steps=args.num_steps)
+    return build(
+        args.sampler or default_sampler(kind),
+        parse_times(args.steps) if args.steps else (),
+        parse_pairs(args.zigzag) if args.zigzag else (),
+        args.num_steps,
+        kind,
+    )
 
 
 def sample_parser():
-    p = _common("bcm sample")
+    p = _common("bcm sample", sample)
+    p.epilog = (
+        "Without --sampler/--recipe a network generates with its kind's default: onestep (cm, "
+        "bcm),\nheun on an 18-point Karras grid (edm), igct with 1 call (igct). Times end at eps:"
+        "\n--sampler ancestral --steps 80,2.4 runs 80 -> 2.4 -> eps (docs/interfaces.md).\n\n"
+        "named recipes (--recipe; T, eps: the network's sigma_max, sigma_min):\n"
+        + describe(RECIPES)
+    )
     p.add_argument("--seeds", default="0-63", help="one sample per seed, e.g. 0-49999")
     p.add_argument(
-        "--sampler", choices=list(sampling.SAMPLERS), help="default onestep (edm: heun, igct: igct)"
+        "--sampler",
+        choices=list(sampling.SAMPLERS),
+        help="default: by network kind, onestep (cm, bcm), heun (edm), igct (igct)",
     )
-    p.add_argument("--steps", help="time steps, e.g. 80,2.4 (ancestral; eps is appended)")
+    p.add_argument(
+        "--steps", help="time steps, e.g. 80,2.4 (ancestral/combined: eps is appended; heun: 0)"
+    )
     p.add_argument("--zigzag", help="zigzag rounds eps:t, e.g. 0.1:1.2,0.05:0.4")
     p.add_argument(
-        "--num-steps", type=int, default=18, help="heun: Karras grid points; igct: 1 or 2"
+        "--num-steps",
+        type=positive_int,
+        help=f"heun: Karras grid points (default {HEUN_POINTS}); igct: denoiser calls, 1 or 2 "
+        f"(default {IGCT_STEPS})",
     )
-    p.add_argument("--recipe", help=f"named recipe: {', '.join(sorted(RECIPES))}")
+    p.add_argument("--recipe", help="a named recipe (below)")
     p.add_argument("--class-labels", help="random (default), or ids/ranges cycled over the seeds")
     p.add_argument(
         "--w", type=float, default=1.0, help="guidance weight (paper convention, 1 = none)"
@@ -106,12 +123,13 @@ def sample_parser():
 
 
 def sample(argv):
+    """Generate samples from a network file (npz, PNG grid, json)."""
     args = sample_parser().parse_args(argv)
     seeds = np.asarray(parse_ids(args.seeds, "--seeds"))
     model, meta, device = _setup(args)
     out = Path(args.out)
     shape = data_shape(model)
-    recipe = _recipe(args, model).for_model(model)
+    recipe = sample_recipe(args, model.kind).for_model(model)
 
     def gen(rng, y, s):
         clamp = True if args.clamp else None  # None: the sampler's own rule
@@ -161,14 +179,20 @@ def _input_args(p):
     p.add_argument(
         "--input", help="instead of --data: an .npz (arr_0/images uint8 NHWC) or a folder of PNGs"
     )
-    p.add_argument("--indices", default="0-15", help="which images, e.g. 0-63")
+    p.add_argument(
+        "--indices", help="which images, e.g. 0-63 (default: 0-15 of --data, all of --input)"
+    )
     p.add_argument("--seed", type=int, default=0, help="image i's noise uses seed + i")
 
 
-def load_inputs(args):
-    """-> (x, y or None, indices) for the selected --indices of --data or --input."""
-    x, y = runner.load_inputs(args.data, args.split, args.input)
-    idx = parse_ids(args.indices, "--indices")
+def load_inputs(args, model):
+    """-> (x, y or None, indices) for the selected --indices of --data or --input, converted to the
+    network's channels and checked against its size."""
+    x, y = runner.load_inputs(args.data, args.split, args.input, data_shape(model))
+    if args.indices is None:  # a folder of a user's PNGs: all of them; shards: the first 16
+        idx = list(range(len(x) if args.input else min(16, len(x))))
+    else:
+        idx = parse_ids(args.indices, "--indices")
     if max(idx) >= len(x):
         raise UserError(f"--indices: only {len(x)} images available, asked for index {max(idx)}")
     return x[idx], (None if y is None else y[idx]), np.asarray(idx)
@@ -196,17 +220,19 @@ def _times(args, model, flag="--steps"):
 
 # --------------------------------------------------------------------------------------- bcm invert
 def invert(argv):
-    p = _common("bcm invert")
+    """Invert images to noise and reconstruct them (BCM Alg. 5; iGCT noiser; EDM ODE)."""
+    p = _common("bcm invert", invert)
+    p.epilog = f"named schedules (--recipe):\n{describe(SCHEDULES)}"
     _input_args(p)
     p.add_argument(
         "--steps", help="increasing inversion times t0,...,tM (BCM Alg. 5), e.g. 0.07,15,80"
     )
-    p.add_argument("--recipe", help="e.g. imagenet64-invert-nfe2")
+    p.add_argument("--recipe", help="a named schedule (below), e.g. demo-invert-nfe2")
     p.add_argument("--gen-steps", help="decode along these times (default 1 step tM -> eps)")
     p.add_argument("--num-steps", type=int, default=18, help="edm: Heun ODE Karras grid points")
     args = p.parse_args(argv)
     model, meta, device = _setup(args)
-    x_all, y_all, idx_all = load_inputs(args)
+    x_all, y_all, idx_all = load_inputs(args, model)
     out = Path(args.out)
     times, gen = (), ()
     if model.kind == "bcm":
@@ -273,13 +299,20 @@ def _mask(args, x):
 
 
 def edit_parser():
-    p = _common("bcm edit")
+    p = _common("bcm edit", edit)
+    p.epilog = (
+        "tasks: interpolate (invert a pair, slerp, regenerate), inpaint (BCM Alg. 6),\n"
+        "inpaint-refine (BCM Alg. 7), cm-inpaint (CM's zero-shot inpainting), jpeg (restore\n"
+        "JPEG-compressed images), class (iGCT / CFG-EDM class editing; --target-class).\n\n"
+        f"named schedules (--recipe; T, eps: the network's sigma_max, sigma_min):\n"
+        f"{describe(SCHEDULES)}"
+    )
     p.add_argument("task", choices=EDIT_TASKS)
     _input_args(p)
     p.add_argument(
         "--steps", help="inversion times t0,..,tM (increasing); cm-inpaint: decreasing taus"
     )
-    p.add_argument("--recipe", help="named schedule, e.g. demo-inpaint, cm-inpaint-18")
+    p.add_argument("--recipe", help="a named schedule (below), e.g. demo-inpaint, cm-inpaint-18")
     p.add_argument("--gen-steps", help="inpaint: generation times tM,..,eps (default one step)")
     p.add_argument(
         "--refine-steps", help="inpaint-refine: decreasing refinement levels (BCM Alg. 7)"
@@ -439,9 +472,10 @@ EDIT_HANDLERS = {
 
 
 def edit(argv):
+    """Edit images: interpolate, inpaint, restore JPEG, change the class."""
     args = edit_parser().parse_args(argv)
     model, meta, device = _setup(args)
-    x_all, y_all, idx_all = load_inputs(args)
+    x_all, y_all, idx_all = load_inputs(args, model)
     out, task = Path(args.out), args.task
     n, fn = EDIT_HANDLERS[task](args, model, (x_all, y_all, idx_all), device)
     res = runner.run_sharded(n, args.batch, fn, out, task)

@@ -4,6 +4,7 @@ from bcmcore.cli._args import parser
 
 
 def train(argv):
+    """Train one stage from RUN_DIR/config.json, resuming automatically."""
     ap = parser("bcm train", __doc__)
     ap.add_argument(
         "--run-dir",

@@ -5,6 +5,7 @@ from bcmcore.cli._args import parser
 
 
 def tune(argv):
+    """Choose a sweep's sampler times by measurement (FID on held-out seeds)."""
     p = parser(
         "bcm tune",
         "search the time steps of every ancestral / zigzag / combined / multistep sampler of the "

@@ -44,22 +44,24 @@ class FeaturesConfig:
 @dataclass(frozen=True)
 class SamplerSpec:
     """One generation setting: a named `recipes.RECIPES` entry, or a `sampling.SAMPLERS` name +
-    times/pairs explicitly."""
+    times/pairs/steps turned into a recipe by `recipes.build`, the rule of `bcm sample`:
+    generation ends at eps ({sampler: ancestral, times: [80, 2.4]} is 80 -> 2.4 -> eps; heun
+    without times: an 18-point Karras grid, then 0; docs/interfaces.md)."""
 
     recipe: str = ""
     sampler: str = ""  # a sampling.SAMPLERS name
     times: tuple[float, ...] = ()
     pairs: tuple[tuple[float, float], ...] = ()  # zigzag rounds (eps_i, t_i)
-    steps: int = 1  # igct: 1 or 2 denoiser calls
+    steps: int | None = None  # heun: Karras grid points (default 18); igct: 1 or 2 (default 1)
     name: str = ""  # label in tables/plots; default: the sampler
 
     def resolve(self, where, kind=None):
         """The Recipe this setting names (resolved on a model's sigmas by the sweep); kind: the
         model kind it must run on."""
         if self.recipe:
-            if self.sampler or self.times or self.pairs:
+            if self.sampler or self.times or self.pairs or self.steps is not None:
                 raise ConfigError(
-                    f"{where}: give either 'recipe' or 'sampler'/'times'/'pairs', not both"
+                    f"{where}: give either 'recipe' or 'sampler'/'times'/'pairs'/'steps', not both"
                 )
             try:
                 r = recipes.get_recipe(self.recipe)
@@ -71,7 +73,12 @@ class SamplerSpec:
                 f"got {self.sampler!r}"
             )
         else:
-            r = recipes.Recipe(self.sampler, tuple(self.times), tuple(self.pairs), steps=self.steps)
+            try:
+                return recipes.build(
+                    self.sampler, self.times, self.pairs, self.steps, kind, recipes.SPEC_KEYS
+                )
+            except UserError as e:
+                raise ConfigError(f"{where}: {e}") from None
         kinds = sampling.SAMPLERS[r.sampler].kinds
         if kind is not None and kind not in kinds:
             raise ConfigError(

@@ -59,8 +59,8 @@ def check_config():
             if not import_spec(ds, exp):
                 check_run_config(ds, exp)
             check_eval_spec(ds, exp)
+            check_flags(ds, exp)  # before check_recipes, which parses the grid's flags
             check_recipes(ds, exp)
-            check_flags(ds, exp)
 
 
 def enabled_datasets():
@@ -242,20 +242,29 @@ def check_eval_spec(ds, exp):
 
 
 def check_recipes(ds, exp):
-    """Named recipes of the sample grid and schedules of the application grids exist (bcm sample /
+    """The sample grid's recipe builds by `bcm sample`'s own rule (recipes.build: a named recipe, or
+    sampler + steps on this model kind) and the application grids' schedules exist (bcm sample /
     edit would fail later)."""
+    import shlex
+
     from bcmcore.config import UserError
-    from bcmcore.recipes import get_recipe, get_schedule
+    from bcmcore.cli.flags import parser, render
+    from bcmcore.cli.sample import sample_recipe
+    from bcmcore.recipes import get_schedule
 
     e = config["datasets"][ds]["experiments"][exp]
-    for where, options, get in [("grid", e.get("grid", {}), get_recipe)] + [
-        (f"apps.{t}", o, get_schedule) for t, o in e.get("apps", {}).items()
-    ]:
+    where = f"datasets.{ds}.experiments.{exp}"
+    try:
+        argv = ["--network", "-", "--out", "-"] + shlex.split(render(e.get("grid", {})))
+        sample_recipe(parser("sample").parse_args(argv), model_kind(ds, exp))
+    except UserError as err:
+        stop(f"{where}.grid: {err}")
+    for task, options in e.get("apps", {}).items():
         if options.get("recipe"):
             try:
-                get(options["recipe"])
+                get_schedule(options["recipe"])
             except UserError as err:
-                stop(f"datasets.{ds}.experiments.{exp}.{where}: {err}")
+                stop(f"{where}.apps.{task}: {err}")
 
 
 def check_prep(ds):
