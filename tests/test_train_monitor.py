@@ -31,7 +31,7 @@ def digits8(tmp_path_factory):
 @pytest.fixture(scope="module")
 def demo_run(digits8, tmp_path_factory, one_thread):
     """8 steps of the demo's iCT stage (its model, loss and data), snapshots every 4 steps with a
-    quick FID of 64 samples in demo-classifier features."""
+    quick FID of 128 samples in demo-classifier features."""
     cfg = presets.run_config("digits", "ict")
     cfg["data"]["shards"] = str(digits8)
     cfg["train"].update(
@@ -41,7 +41,7 @@ def demo_run(digits8, tmp_path_factory, one_thread):
         checkpoint_every=4,
         snapshot_every=4,
         snapshot_grid=16,
-        snapshot_fid=64,
+        snapshot_fid=128,
     )
     run = tmp_path_factory.mktemp("monitor") / "ict"
     run.mkdir()
@@ -78,14 +78,14 @@ def test_tensorboard_events_read_back_by_tensorboard(demo_run):
     fids = acc.Scalars("eval/snapshot_fid")
     assert [e.step for e in fids] == [r["step"] for r in fid_rows] == [4, 8]
     assert np.allclose([e.value for e in fids], [r["snapshot_fid"] for r in fid_rows])
-    assert all(r["fid_samples"] == 64 and r["fid_features"].startswith("demo-") for r in fid_rows)
+    assert all(r["fid_samples"] == 128 and r["fid_features"].startswith("demo-") for r in fid_rows)
     # the grid: the same PNG as grid-<step>.png, decoded from the event file
     images = acc.Images("samples")
     assert [e.step for e in images] == [4, 8]
     import io
 
     with Image.open(io.BytesIO(images[-1].encoded_image_string)) as shown:
-        with Image.open(run / "grid-00000008.png") as png:
+        with Image.open(run / "grid-0000008.png") as png:
             assert np.array_equal(np.asarray(shown.convert("L")), np.asarray(png.convert("L")))
             assert png.size == (4 * 33 + 1, 4 * 33 + 1)  # 16 digits of 8x8, shown 4x
 
@@ -98,11 +98,11 @@ def test_snapshot_grid_is_fixed_seed_ema_samples(demo_run):
     from bcmcore.train.monitor import generate_uint8
 
     run, _, _ = demo_run
-    model, _ = load_network(run / "network-snapshot-00000008.pt")
+    model, _ = load_network(run / "network-snapshot-0000008.pt")
     again = run.parent / "again.png"
     save_grid(again, generate_uint8(model, np.arange(16), "cpu", batch=5))
-    assert again.read_bytes() == (run / "grid-00000008.png").read_bytes()
-    assert (run / "grid-00000004.png").read_bytes() != (run / "grid-00000008.png").read_bytes()
+    assert again.read_bytes() == (run / "grid-0000008.png").read_bytes()
+    assert (run / "grid-0000004.png").read_bytes() != (run / "grid-0000008.png").read_bytes()
 
 
 def test_status_lines_carry_timestamp_elapsed_and_eta(demo_run):
@@ -116,9 +116,7 @@ def test_status_lines_carry_timestamp_elapsed_and_eta(demo_run):
     for line in lines:
         m = pat.match(line)
         assert m, line
-        when = datetime.datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S").replace(
-            tzinfo=started.tzinfo
-        )
+        when = datetime.datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=started.tzinfo)
         # the wall clock, to the second
         assert started.replace(microsecond=0) <= when <= ended, (line, started, ended)
     assert lines[-1].endswith("eta 0:00:00")

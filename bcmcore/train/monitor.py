@@ -41,7 +41,7 @@ def hms(seconds):
 def snapshot_recipe(model):
     """The grid's and the quick FID's sampler: one network evaluation for the consistency models
     (CM Alg. 1, BCM Alg. 1, iGCT 1-step generation), EDM's 18-step Heun (EDM Alg. 1) otherwise."""
-    from bcmcore.recipes import EPS, T, Recipe, get_recipe
+    from bcmcore.recipes import EPS, Recipe, T, get_recipe
 
     kind = getattr(model, "kind", None) or model.cfg.kind
     if kind == "edm":
@@ -216,7 +216,7 @@ class Monitor:
         try:
             row = {"step": step}
             if self.t.snapshot_grid:
-                path = self.run_dir / f"grid-{step:08d}.png"
+                path = self.run_dir / f"grid-{step:07d}.png"
                 images = generate_uint8(ema_model, np.arange(self.t.snapshot_grid), self.device)
                 self._grid(step, path, images)
             if self.fid is not None:

@@ -33,7 +33,8 @@ def sync_grads(params):
 
 def grad_norm(params):
     """Global L2 norm of the gradients (the norm clip_grad_norm_ clips), without changing them."""
-    norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in params if p.grad is not None]
+    grads = [p.grad.detach().float() for p in params if p.grad is not None]
+    norms = [torch.linalg.vector_norm(g) for g in grads]
     return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
 
 
