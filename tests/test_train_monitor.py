@@ -93,7 +93,7 @@ def test_tensorboard_events_read_back_by_tensorboard(demo_run):
 def test_snapshot_grid_is_fixed_seed_ema_samples(demo_run):
     """The grid is the EMA network's samples of seeds 0..15: the same images as generating them
     again from the snapshot file (so a later grid differs only because the weights changed)."""
-    from bcmcore.metrics.report import save_grid
+    from bcmcore.images import save_grid
     from bcmcore.nets import load_network
     from bcmcore.train.monitor import generate_uint8
 

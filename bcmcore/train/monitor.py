@@ -233,7 +233,7 @@ class Monitor:
             ema_model.train(was_training)
 
     def _grid(self, step, path, images):
-        from bcmcore.metrics.report import save_grid
+        from bcmcore.images import save_grid
 
         save_grid(path, images)
         if self.tb is not None or self.wandb is not None:
