@@ -204,9 +204,19 @@ class BcmTask(submitit.helpers.Checkpointable):
             sys.stderr.flush()
 
 
+def job_name(argv):
+    """Default job name: <dataset>-<experiment>-<command> for a run directory
+    results/<dataset>/runs/<experiment> (what the workflow names its jobs), else bcm-<command>."""
+    if "--run-dir" in argv[:-1]:
+        parts = Path(argv[argv.index("--run-dir") + 1]).parts
+        if len(parts) >= 3 and parts[-2] == "runs":
+            return f"{parts[-3]}-{parts[-1]}-{argv[0]}"
+    return f"bcm-{argv[0]}"
+
+
 def submit(argv, cfg: LauncherConfig, folder, name, entry):
     """Submit `entry(argv)` as one job (entry = bcmcore.cli.main: `bcm <argv>`); returns the Job."""
-    ex = make_executor(cfg, folder, name or f"bcm-{argv[0]}")
+    ex = make_executor(cfg, folder, name or job_name(argv))
     # A shell's background job (nohup snakemake ... &) starts with SIGINT ignored, and children
     # inherit that. submitit's local controller would then survive cancel() (a SIGINT): no deadline
     # or Ctrl-C could stop it.

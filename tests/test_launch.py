@@ -255,3 +255,15 @@ def test_bcm_launch_and_the_workflow_side_do_not_import_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout
+
+
+def test_default_job_name_tells_experiments_apart():
+    """squeue shows <dataset>-<experiment>-<command> for a run directory of the workflow's
+    layout (was bcm-<command> for every job)."""
+    from bcmcore.launch import job_name
+
+    assert job_name(["train", "--run-dir", "results/digits/runs/bcm_ft"]) == "digits-bcm_ft-train"
+    assert job_name(["train", "--run-dir", "/scratch/x/results/cifar10/runs/ict/"]) == (
+        "cifar10-ict-train"
+    )
+    assert job_name(["eval", "--spec", "s.json"]) == "bcm-eval"

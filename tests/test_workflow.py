@@ -66,7 +66,9 @@ def test_demo_dag_of_all(tmp_path):
             assert launch.startswith(
                 f"bcm launch --launcher {launcher} --job-dir results/digits/"
             ), j
-        if j["rule"] == "train":
+        if j["rule"] == "train":  # squeue tells experiments apart: <dataset>-<experiment>-<stage>
+            exp = re.search(r"results/digits/runs/([a-z_]+)/runtime\.json", j["shell"])[1]
+            assert f"--name digits-{exp}-train " in j["shell"], j
             assert j["shell"].startswith("printf '%s\\n' '{"), j
             assert "/runtime.json && bcm launch" in j["shell"], j
 
@@ -247,7 +249,7 @@ def test_job_sizes_come_from_the_site_then_the_dataset(tmp_path):
     assert "--nodes 4 --gpus-per-node 8 -- train" in by_rule["train"]
     assert "--nodes 1 -- eval" in by_rule["evaluate"]
     assert re.search(
-        r"--job-dir \S+ -- prep", by_rule["prep"]
+        r"--job-dir \S+ --name [a-z0-9_]+-prep -- prep", by_rule["prep"]
     )  # no stage entry: the site file alone
 
 

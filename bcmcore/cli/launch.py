@@ -26,7 +26,11 @@ def launch(argv):
     ap.add_argument(
         "--deadline-min", type=float, help="cancel the job and exit 124 after this many minutes"
     )
-    ap.add_argument("--name", help="job name (default: bcm-<command>)")
+    ap.add_argument(
+        "--name",
+        help="job name, what squeue shows (default: <dataset>-<experiment>-<command> for "
+        "--run-dir results/<dataset>/runs/<experiment>, else bcm-<command>)",
+    )
     for key, tp in lib.LAUNCH_KEYS.items():
         ap.add_argument(
             f"--{key.replace('_', '-')}", type=tp, help=f"override the launcher file's {key}"

@@ -90,6 +90,10 @@ def supersede(run_dir):
     dest = run_dir / f"superseded-{k}"
     dest.mkdir()
     for p in sorted(run_dir.iterdir()):
-        if _STATE_RE.match(p.name) or p.name.startswith("network-") or p.name == "stats.jsonl":
+        if (
+            _STATE_RE.match(p.name)
+            or p.name.startswith(("network-", "grid-", "events.out.tfevents"))  # train/monitor.py
+            or p.name == "stats.jsonl"
+        ):
             p.rename(dest / p.name)
     return dest

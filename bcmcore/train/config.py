@@ -32,6 +32,14 @@ class TrainConfig:
     checkpoint_every: int = 1000  # steps between training-state files
     snapshot_every: int = 0  # steps between network-snapshot files; 0 = none
     keep_last: int = 2  # training-state files kept (older ones are deleted)
+    # Watching keys (runtime keys, bcmcore/train/monitor.py): what is logged, never what is trained.
+    tensorboard: bool = True  # TensorBoard event files in the run directory
+    wandb: str = ""  # "" (off), "online" or "offline" (RUN_DIR/wandb/, `wandb sync` later)
+    wandb_project: str = "bcm-pipeline"
+    snapshot_grid: int = 64  # fixed-seed EMA samples in each snapshot's grid PNG; 0 = none
+    snapshot_fid: int = 0  # EMA samples for a quick FID of each snapshot; 0 = none
+    snapshot_fid_features: str = "demo"  # demo | clean | legacy_tensorflow (Inception modes)
+    inception_path: str = ""  # the staged inception-2015-12-05.pt, for Inception features
     # Device keys (runtime keys, bcmcore/train/device.py): how the run executes, not what it trains.
     tf32: bool = True  # TF32 fp32 matmuls/convolutions on CUDA (both reference repos train so)
     cudnn_benchmark: bool = True  # cuDNN autotuner (off under deterministic)
@@ -65,6 +73,17 @@ class TrainConfig:
             )
         if self.warmup_steps < 0 or self.snapshot_every < 0:
             raise ConfigError("train.warmup_steps / train.snapshot_every: expected >= 0")
+        if self.snapshot_grid < 0 or self.snapshot_fid < 0:
+            raise ConfigError("train.snapshot_grid / train.snapshot_fid: expected >= 0")
+        if self.wandb not in ("", "online", "offline"):
+            raise ConfigError(
+                f"train.wandb: expected '' (off), 'online' or 'offline', got {self.wandb!r}"
+            )
+        if self.snapshot_fid_features not in ("demo", "clean", "legacy_tensorflow"):
+            raise ConfigError(
+                "train.snapshot_fid_features: expected demo, clean or legacy_tensorflow, got "
+                f"{self.snapshot_fid_features!r}"
+            )
 
     def lr_at(self, step):
         """Constant lr with optional linear warm-up; a pure function of the step, so resume needs no

@@ -19,6 +19,7 @@ from bcmcore.config import ConfigError, UserError
 from bcmcore.train import checkpoint, interrupt, recipe
 from bcmcore.train.config import check_data_fits
 from bcmcore.train.device import configure_backends
+from bcmcore.train.monitor import Monitor
 from bcmcore.train.recipe import load_run_config
 from bcmcore.train.step import Stepper
 from bcmcore.util import atomic_write_text, remove_tmp
@@ -175,6 +176,7 @@ def _train(run_dir, cfg, rank, world, device, stop):
         f"batch {t.batch} = {batch_gpu} x {rounds} rounds x {world}, "
         f"steps {step}->{t.total_steps}"
     )
+    monitor = Monitor(run_dir, cfg, dist.is_main(), step, device, log)
     loader = make_loader(cfg.data, batch_gpu, rank, world, t.seed, step * t.batch, device=device)
 
     def save(step):
@@ -220,11 +222,7 @@ def _train(run_dir, cfg, rank, world, device, stop):
                 "time_s": now - t_start,
             }
             log.stats(row)
-            losses = "  ".join(f"{k} {row[k]:.4g}" for k in sorted(sums))
-            log(
-                f"step {step}/{t.total_steps}  kimg {row['kimg']:.1f}  {losses}  "
-                f"sec/kimg {row['sec_per_kimg']:.3g}  mem {row['mem_gb']:.2f} GB"
-            )
+            log(monitor.status(row))  # timestamp, elapsed, ETA; TensorBoard / W&B scalars
             sums, n_sum, tick = {}, 0, time.time()
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -232,6 +230,9 @@ def _train(run_dir, cfg, rank, world, device, stop):
             save(step)
         if t.snapshot_every and step % t.snapshot_every == 0 and dist.is_main():
             save_network(checkpoint.snapshot_path(run_dir, step), ema.model, step, config)
+            snap = monitor.snapshot(step, ema.model)  # EMA grid, optional quick FID
+            if snap and len(snap) > 1:
+                log.stats(snap)
         if stop.signum is not None and step < t.total_steps:  # SIGINT/SIGTERM: a state, then exit
             if world == 1 and step % t.checkpoint_every:  # one process: no other rank to agree with
                 save(step)
@@ -240,5 +241,6 @@ def _train(run_dir, cfg, rank, world, device, stop):
     if dist.is_main():
         save_network(final_path, ema.model, step, config)
         log(f"wrote {final_path}")
+    monitor.close()
     dist.barrier()
     return final_path

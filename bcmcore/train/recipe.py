@@ -40,6 +40,13 @@ RUNTIME = {
         "deterministic",
         "channels_last",
         "compile",
+        "tensorboard",  # the watching keys (train/monitor.py)
+        "wandb",
+        "wandb_project",
+        "snapshot_grid",
+        "snapshot_fid",
+        "snapshot_fid_features",
+        "inception_path",
     ),
     "data": ("num_workers", "prefetch", "in_memory", "pin_memory", "verify_sha256"),
 }

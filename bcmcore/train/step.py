@@ -31,6 +31,13 @@ def sync_grads(params):
     dist.all_reduce_mean_(grads)
 
 
+def grad_norm(params):
+    """Global L2 norm of the gradients (the norm clip_grad_norm_ clips), without changing them."""
+    grads = [p.grad.detach().float() for p in params if p.grad is not None]
+    norms = [torch.linalg.vector_norm(g) for g in grads]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+
+
 def reduce_terms(terms):
     """Mean of every logged scalar over processes (same key order everywhere) -> {name: float}."""
     keys = sorted(terms)
@@ -101,6 +108,8 @@ class Stepper:
         sync_grads(self.params)
         if t.grad_clip is not None:
             terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip)
+        else:  # watched either way (train/monitor.py); the gradients are not touched
+            terms["grad_norm"] = grad_norm(self.params)
         return reduce_terms(terms)
 
     def update(self):

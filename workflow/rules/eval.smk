@@ -34,7 +34,7 @@ rule evaluate:
     threads: lambda w: stage_threads(w.ds, "eval")
     resources:
         launches=lambda w: launch_slots(w.ds, "eval"),
-        launch=lambda w: launch(w.ds, "eval", f"results/{w.ds}/eval/{w.exp}/jobs"),
+        launch=lambda w: launch(w.ds, "eval", f"results/{w.ds}/eval/{w.exp}/jobs", w.exp),
     shell:
         "{resources.launch} eval --spec {input.spec} --out results/{wildcards.ds}/eval/{wildcards.exp}"
         " 2>&1 | tee {log}"
@@ -58,7 +58,7 @@ rule sample_grid:
     threads: lambda w: stage_threads(w.ds, "sample")
     resources:
         launches=lambda w: launch_slots(w.ds, "sample"),
-        launch=lambda w: launch(w.ds, "sample", f"results/{w.ds}/grids/{w.exp}/jobs"),
+        launch=lambda w: launch(w.ds, "sample", f"results/{w.ds}/grids/{w.exp}/jobs", w.exp),
     params:
         options=lambda w: config["datasets"][w.ds]["experiments"][w.exp].get("grid", {}),
         flags=lambda w: flags(config["datasets"][w.ds]["experiments"][w.exp].get("grid")),
@@ -88,7 +88,7 @@ rule app_grid:
     threads: lambda w: stage_threads(w.ds, "sample")
     resources:
         launches=lambda w: launch_slots(w.ds, "sample"),
-        launch=lambda w: launch(w.ds, "sample", f"results/{w.ds}/grids/{w.exp}/jobs"),
+        launch=lambda w: launch(w.ds, "sample", f"results/{w.ds}/grids/{w.exp}/jobs", w.exp),
     params:
         options=lambda w: config["datasets"][w.ds]["experiments"][w.exp]["apps"][w.task],
         flags=lambda w: flags(config["datasets"][w.ds]["experiments"][w.exp]["apps"][w.task]),

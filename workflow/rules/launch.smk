@@ -76,10 +76,14 @@ def flags(options):
     return render(options)
 
 
-def launch(ds, stage, job_dir):
+def launch(ds, stage, job_dir, exp=None):
     """The `bcm launch ... --` prefix running one stage as one job. Rules pass it as a resource: the job's
-    size never triggers a rerun (the global batch, and so the result, does not depend on it)."""
+    size never triggers a rerun (the global batch, and so the result, does not depend on it). The job is
+    named <dataset>-<experiment>-<stage> (<dataset>-<stage> for the dataset's own stages): what squeue
+    shows."""
     site = shlex.quote(str(site_file("launcher.yaml")))
+    name = shlex.quote("-".join(p for p in (ds, exp, stage) if p))
     return (
-        f"bcm launch --launcher {site} --job-dir {job_dir}{flags(launcher_settings(ds, stage))} --"
+        f"bcm launch --launcher {site} --job-dir {job_dir} --name {name}"
+        f"{flags(launcher_settings(ds, stage))} --"
     )

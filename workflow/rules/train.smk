@@ -40,7 +40,7 @@ rule train:
     threads: lambda w: stage_threads(w.ds, "train")
     resources:
         launches=lambda w: launch_slots(w.ds, "train"),
-        launch=lambda w: launch(w.ds, "train", f"results/{w.ds}/runs/{w.exp}/jobs"),
+        launch=lambda w: launch(w.ds, "train", f"results/{w.ds}/runs/{w.exp}/jobs", w.exp),
         runtime_keys=lambda w: json_text(runtime_keys(w.ds, w.exp), indent=None),  # never a trigger
     shell:
         "printf '%s\\n' {resources.runtime_keys} > results/{wildcards.ds}/runs/{wildcards.exp}/runtime.json"
