@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 TORCH   := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast lint gpu-check slurm-up slurm-down chromium clean
+.PHONY: venv demo demo-long test test-fast lint gpu-check slurm-up slurm-down chromium clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,6 +20,12 @@ venv: $(BIN)/.installed
 
 demo: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --profile cluster/local all
+
+# The demo with a BCM that uses u (workflow/config/demo_long.yaml over config.yaml; docs/u_use.md).
+# --configfile last: it takes every word after it as another config file.
+demo-long: venv
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --profile cluster/local all \
+	  --configfile workflow/config/demo_long.yaml
 
 # Everything, slow and slurm tests included. Starts the dev Slurm cluster when it can (root + apt).
 test: venv lint chromium
