@@ -120,6 +120,7 @@ def test_probe_is_exact_on_the_flow_map_and_flags_a_lazy_model():
     assert lazy[1.0]["inv_perp"] == pytest.approx(0.0, abs=1e-6)
     # a u-blind network: f is then the Euler step of its own denoiser (BCM Eq. 5 is linear in u)
     assert lazy[0.05]["inv"] == pytest.approx(lazy[0.05]["euler"])
+    assert lazy[0.05]["rel_L"] == 0.0  # and the u-use diagnostic calls it u-blind
 
 
 def test_energy_distance_is_zero_for_equal_sets_and_grows_with_a_shift():

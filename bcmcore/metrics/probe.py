@@ -69,7 +69,10 @@ def u_blind_target(x_t, d, t, u, eps):
 def rel_l(x_u, x_t, d, t, u, eps):
     """RMS(f(x_t, t, u) - L) / RMS(L - x_t) over the batch: 0 for a u-blind network."""
     ell = u_blind_target(x_t, d, t, u, eps)
-    return _rms(x_u - ell) / _rms(ell - x_t)
+    num, den = _rms(x_u - ell), _rms(ell - x_t)
+    if den == 0:  # D = x_t: no denoising, L = x_t; f = x_t for every u is u-blind too
+        return 0.0 if num == 0 else float("inf")
+    return num / den
 
 
 def u_use_summary(rows, pairs=U_USE_PAIRS):
