@@ -1,6 +1,6 @@
 """Which training makes the demo's BCM use u, and what it buys (docs/u_use.md).
 
-    python -m bcmcore.u_study RUN_DIR [RUN_DIR ...] --shards results/digits/shards --out DIR
+    python -m bcmcore.bench.u_study RUN_DIR [RUN_DIR ...] --shards results/digits/shards --out DIR
 
 For every training state of each run (`training-state-<step>.pt`: keep them with a large
 `train.keep_last`), EMA and online weights, one row of DIR/u_use_steps.csv: rel_L at the summary
@@ -113,7 +113,7 @@ def sweep(run_dir, shards, out, ema, step, config):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m bcmcore.u_study", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m bcmcore.bench.u_study", description=__doc__)
     ap.add_argument("runs", nargs="+", help="bcm train run directories")
     ap.add_argument("--shards", required=True, help="the demo's shard folder")
     ap.add_argument("--out", required=True, help="output folder")
