@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: venv lock demo test test-fast lint gpu-check slurm-up slurm-down chromium clean
+.PHONY: venv lock demo demo-long test test-fast lint gpu-check slurm-up slurm-down chromium clean
 
 # The venv installs requirements.lock: every package pinned and hashed (torch 2.14.1 / torchvision
 # 0.29.1: this machine kind has these wheels on disk), then the project itself without resolving.
@@ -24,10 +24,15 @@ venv: $(BIN)/.installed
 
 # PATH is exported by make, not written into the command: a checkout path with spaces or quotes
 # never becomes shell syntax.
-demo test gpu-check: export PATH := $(CURDIR)/$(BIN):$(PATH)
+demo demo-long test gpu-check: export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 demo: venv
 	$(BIN)/snakemake --profile cluster/local all
+
+# The demo with a BCM that uses u (workflow/config/demo_long.yaml over config.yaml; docs/u_use.md).
+# --configfile last: it takes every word after it as another config file.
+demo-long: venv
+	$(BIN)/snakemake --profile cluster/local all --configfile workflow/config/demo_long.yaml
 
 # Everything, slow and slurm tests included. Starts the dev Slurm cluster when it can (root + apt).
 test: venv lint chromium

@@ -342,7 +342,7 @@ def probe_spec(spec, out_dir, models=None, device=None):
     """probe-<model>.csv for every bcm model: the per-(t, u) inversion probe on the inversion
     split, with the exact columns where the reference split spans a subspace."""
     from bcmcore.data import load_split
-    from bcmcore.metrics.probe import COLUMNS, data_subspace, inversion_probe
+    from bcmcore.metrics.probe import COLUMNS, data_subspace, inversion_probe, u_use_summary
     from bcmcore.metrics.sweep import load_model
 
     out = Path(out_dir)
@@ -350,19 +350,29 @@ def probe_spec(spec, out_dir, models=None, device=None):
     x_ref = load_split(spec.dataset, spec.ref_split)[0]
     basis = data_subspace(_to_float(x_ref))
     x, y = load_split(spec.dataset, spec.inversion_split, limit=spec.inversion_count)
+    summary = []
     for m in spec.models:
         if m.kind != "bcm" or (models is not None and m.name not in models):
             continue
         model, _ = load_model(m, device or "cpu")
         num = getattr(getattr(model.cfg, "net", None), "num_classes", 0)
         rows = inversion_probe(model, _to_float(x).float(), y if num else None, basis=basis)
-        cols = [c for c in COLUMNS if c in rows[0]]
+        cols = [c for c in COLUMNS if any(c in r for r in rows)]  # rel_L: not at t = eps
         with open(out / f"probe-{m.name}.csv", "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=cols)
             w.writeheader()
             for r in rows:
-                w.writerow({k: f"{r[k]:.4g}" for k in cols})
+                w.writerow({k: f"{r[k]:.4g}" if k in r else "" for k in cols})
         print(f"[tune] probe of {m.name}: {out / f'probe-{m.name}.csv'}", flush=True)
+        if any("rel_L" in r for r in rows):
+            summary.append({"model": m.name, **u_use_summary(rows)})
+    if summary:  # the u-use diagnostic (docs/u_use.md): one row per model, 0 = u-blind
+        with open(out / "u_use.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(summary[0]))
+            w.writeheader()
+            w.writerows(
+                {k: v if k == "model" else f"{v:.4g}" for k, v in r.items()} for r in summary
+            )
 
 
 def _to_float(x):

@@ -342,6 +342,23 @@ def test_huber_c_override_is_used():
     assert big["loss"].item() < 0.1 * small["loss"].item()
 
 
+def test_authors_huber_form_is_c_006_over_sqrt_d():
+    # BCM-iCT-torch: (sqrt(||a - b||^2 + 0.06^2) - 0.06) / sqrt(D); ours: c = 0.00054 sqrt(D), no /
+    x = torch.zeros(2, 1, 8, 8)  # D = 64
+    a, b = torch.full_like(x, 0.01), torch.zeros_like(x)  # ||a - b|| = 0.08 per sample
+    authors = build_loss({"kind": "bct", "huber_c": 0.06, "huber_per_sqrt_dim": True}, BCM_CFG)
+    assert authors.distance(a, b, x).tolist() == pytest.approx([(0.1 - 0.06) / 8] * 2, rel=1e-5)
+    ours = build_loss({"kind": "bct"}, BCM_CFG)
+    c = 0.00054 * 8
+    expect = (0.08**2 + c**2) ** 0.5 - c
+    assert ours.distance(a, b, x).tolist() == pytest.approx([expect] * 2, rel=1e-5)
+    # and it reaches the objective: same draws, the loss divided by sqrt(D) = 8
+    model, xs = PointMassFlow(torch.zeros(64) + 0.3), torch.zeros(16, 64)
+    plain = run(build_loss({"kind": "bct", "huber_c": 0.06}, BCM_CFG), model, xs)
+    scaled = run(authors, model, xs)
+    assert scaled["loss"].item() == pytest.approx(plain["loss"].item() / 8, rel=1e-5)
+
+
 # --- configuration errors
 # ------------------------------------------------------------------------------------
 def test_unknown_loss_kind_names_key_and_known_kinds():

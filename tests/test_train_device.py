@@ -142,3 +142,21 @@ def test_loader_batches_arrive_on_the_gpu_from_pinned_memory(shards):  # noqa: F
     assert gpu["x"].is_cuda and gpu["y"].is_cuda
     torch.testing.assert_close(gpu["x"].cpu(), cpu["x"], rtol=0, atol=1e-6)  # same batch
     assert torch.equal(gpu["y"].cpu(), cpu["y"])
+
+
+def test_grad_clip_bounds_the_global_norm_and_reports_it_unclipped(one_thread):
+    def step(clip):
+        torch.manual_seed(0)
+        model = build_model(TINY_NCSNPP)
+        t = TrainConfig(total_steps=100, batch=4, grad_clip=clip)
+        stepper = Stepper(model, build_loss({"kind": "bct"}, TINY_NCSNPP), t, torch.device("cpu"))
+        x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+        terms = stepper.backward(iter([{"x": x, "y": None}]), step=50)
+        norm = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        return terms, float(norm.norm())
+
+    free_terms, free_norm = step(None)
+    assert free_norm > 1.0 and "grad_norm" not in free_terms  # the clip must have work to do
+    terms, norm = step(1.0)  # the BCM authors' fp32 path (BCM-iCT-torch)
+    assert norm == pytest.approx(1.0, rel=1e-4)
+    assert terms["grad_norm"] == pytest.approx(free_norm, rel=1e-4)

@@ -120,6 +120,7 @@ def test_probe_is_exact_on_the_flow_map_and_flags_a_lazy_model():
     assert lazy[1.0]["inv_perp"] == pytest.approx(0.0, abs=1e-6)
     # a u-blind network: f is then the Euler step of its own denoiser (BCM Eq. 5 is linear in u)
     assert lazy[0.05]["inv"] == pytest.approx(lazy[0.05]["euler"])
+    assert lazy[0.05]["rel_L"] == 0.0  # and the u-use diagnostic calls it u-blind
 
 
 def test_energy_distance_is_zero_for_equal_sets_and_grows_with_a_shift():
@@ -246,7 +247,10 @@ def test_bcm_tune_writes_table_recipes_and_a_spec_the_sweep_reads(tmp_path):
         == 0
     )
     probe = (out / "probe-bcm.csv").read_text().splitlines()
-    assert probe[0] == "t,u,den,inv,euler,cos,rt,ctrl"  # 2-D data fill the plane: no exact columns
+    # 2-D data fill the plane: no exact columns; rel_L is empty at t = eps
+    assert probe[0] == "t,u,den,inv,euler,cos,rt,ctrl,rel_L"
+    u_use = (out / "u_use.csv").read_text().splitlines()
+    assert u_use[0] == "model,rel_L_t0.1_u1,rel_L_t0.5_u2,rel_L_t1_u4,rel_L_max" and len(u_use) == 2
     assert len(probe) - 1 == sum(
         u > t for t in (0.002, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2) for u in (0.2, 0.4, 1, 2, 4, 8, 80)
     )

@@ -299,3 +299,25 @@ def test_imported_experiment_is_evaluated_without_training(tmp_path, preset, exp
     )
     res = snakemake(tmp_path, "-n", "all", *cfg)  # and `all` now includes it
     assert res.returncode == 0 and f"results/{ds}/grids/{exp}/samples.png" in res.stdout
+
+
+def test_demo_long_overlay_changes_bcm_ft_steps_only_and_never_the_plain_demo(tmp_path):
+    """`make demo-long` = the demo + workflow/config/demo_long.yaml; the overlay sits beside the
+    presets but must not reach `make demo` (common.smk skips demo_*.yaml)."""
+    import json
+
+    def run_configs(cwd, *extra):
+        cwd.mkdir()
+        res = snakemake(cwd, "--until", "run_config", "--cores", "1", *extra)
+        assert res.returncode == 0, res.stdout[-3000:]
+        runs = cwd / "results/digits/runs"
+        return {p.name: json.loads((p / "config.json").read_text()) for p in runs.iterdir()}
+
+    plain = run_configs(tmp_path / "demo")
+    long = run_configs(
+        tmp_path / "long", "--configfile", str(ROOT / "workflow/config/demo_long.yaml")
+    )
+    assert plain["bcm_ft"]["train"]["total_steps"] == 300
+    assert long["bcm_ft"]["train"]["total_steps"] == 3000
+    long["bcm_ft"]["train"]["total_steps"] = 300
+    assert long == plain  # nothing else differs

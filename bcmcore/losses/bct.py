@@ -78,15 +78,14 @@ class BCTLoss(ICTLoss):
         t_next, t_cur, u = as_t(grid[n + 1]), as_t(grid[n]), as_t(grid[m])
         w_ct = as_t(1.0 / (grid[n + 1] - grid[n]))  # lambda(t_n) = 1/dt
         w_soft = as_t(1.0 / (grid[n + 1] - grid[m]).abs())  # lambda'(t, u) = 1/|t - u|
-        hc = self.huber_c(x)
         a, b = self.ct_pair(model, x, y, t_next, t_cur, z, seed)  # passes 1, 2
         sync = self.cfg.sync_dropout
         with same_dropout(seed, x.device, sync):
             c = model(x + param.append_dims(t_next, x.ndim) * z, t_next, u, y=y)  # pass 3
         with same_dropout(seed, x.device, sync):
             e = self.teacher_map(model, c, u, y)  # pass 4
-        loss_ct = w_ct * param.pseudo_huber(a, b, hc)  # BCM Eq. 6
-        loss_soft = w_soft * param.pseudo_huber(e, b, hc)  # BCM Eq. 10, soft term
+        loss_ct = w_ct * self.distance(a, b, x)  # BCM Eq. 6
+        loss_soft = w_soft * self.distance(e, b, x)  # BCM Eq. 10, soft term
         loss = (loss_ct + loss_soft).mean()
         return {
             "loss": loss,

@@ -7,6 +7,7 @@ weights under stop-gradient (no EMA teacher). Student and teacher passes see the
 """
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -66,6 +67,9 @@ class ICTLoss:
         P_mean: float = param.P_MEAN  # lognormal location of ln t (iCT)
         P_std: float = param.P_STD
         huber_c: float | None = None  # pseudo-Huber c; None: 0.00054 sqrt(D) from the batch
+        # d / sqrt(D): the BCM authors' released code (BCM-iCT-torch, c = 0.06), docs/methods.md §3;
+        # with huber_c: 0.06 it is their Huber form (RAdam alone is nearly blind to the scale)
+        huber_per_sqrt_dim: bool = False
         sync_dropout: bool = True  # same dropout masks in student and teacher passes (iCT)
 
     model_kinds = ("cm", "bcm")
@@ -92,6 +96,11 @@ class ICTLoss:
 
     def huber_c(self, x):
         return self.cfg.huber_c if self.cfg.huber_c is not None else param.huber_c(x[0].numel())
+
+    def distance(self, a, b, x):
+        """Per-sample pseudo-Huber d(a, b) (iCT §3.3), / sqrt(D) in the authors' form."""
+        d = param.pseudo_huber(a, b, self.huber_c(x))
+        return d / math.sqrt(x[0].numel()) if self.cfg.huber_per_sqrt_dim else d
 
     def ct_pair(self, model, x, y, t_next, t_cur, z, seed):
         """Student A = f(x + t_{n+1} z, t_{n+1}) and teacher B = f_sg(x + t_n z, t_n), same z, same
@@ -120,7 +129,7 @@ class ICTLoss:
             x.device, torch.float32
         )  # lambda(t_n) = 1/dt (iCT)
         a, b = self.ct_pair(model, x, y, t_next, t_cur, z, seed)
-        loss_ct = weight * param.pseudo_huber(a, b, self.huber_c(x))  # BCM Eq. 6
+        loss_ct = weight * self.distance(a, b, x)  # BCM Eq. 6
         loss = loss_ct.mean()
         return {
             "loss": loss,

@@ -11,6 +11,10 @@ For held-out images x0 and noise z, x_t = x0 + t z. Columns (RMS over pixels and
   cos    cosine between f(x_t, t, u) - x0 and z (1: the injected noise was amplified, 0: lost)
   rt     RMS(f(f(x_t, t, u), u, eps) - x0): one zigzag round on a real image
   ctrl   RMS(f(x0 + u z, u, eps) - x0): decoding an exactly noised image (the floor of rt)
+  rel_L  RMS(f(x_t, t, u) - L) / RMS(L - x_t), L = x_t + (u - t)(x_t - D)/(t - eps): how far the
+         network's inversion departs from what a u-blind network returns (docs/u_use.md). BCM Eq. 5
+         is linear in u when F ignores u, and equals x_t at u = t and D at u = eps, so a u-blind net
+         gives exactly L: rel_L = 0. Empty for t = eps.
 
 Exact columns where the data span a linear subspace (the demo digits: 8x8 images upscaled
 bilinearly to 16x16 span ~61 of 256 dimensions). The posterior mean lies in the subspace, so in its
@@ -26,7 +30,22 @@ import torch
 
 TS = (0.002, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 US = (0.2, 0.4, 1.0, 2.0, 4.0, 8.0, 80.0)
-COLUMNS = ("t", "u", "den", "inv", "euler", "cos", "rt", "ctrl", "den_perp", "amp_perp", "inv_perp")
+COLUMNS = (
+    "t",
+    "u",
+    "den",
+    "inv",
+    "euler",
+    "cos",
+    "rt",
+    "ctrl",
+    "rel_L",
+    "den_perp",
+    "amp_perp",
+    "inv_perp",
+)
+# the (t, u) pairs that summarise u-use (docs/u_use.md): a short, a middle and a long inversion
+U_USE_PAIRS = ((0.1, 1.0), (0.5, 2.0), (1.0, 4.0))
 
 
 def _rms(a):
@@ -41,6 +60,29 @@ def data_subspace(x, rel_tol=1e-3):
     return vh[: int((s > rel_tol * s[0]).sum())].T
 
 
+def u_blind_target(x_t, d, t, u, eps):
+    """L = x_t + (u - t)(x_t - D)/(t - eps): f(x_t, t, u) of a network whose F ignores u (BCM Eq. 5
+    is then linear in u, with f = D at u = eps and f = x_t at u = t)."""
+    return x_t + (u - t) * (x_t - d) / (t - eps)
+
+
+def rel_l(x_u, x_t, d, t, u, eps):
+    """RMS(f(x_t, t, u) - L) / RMS(L - x_t) over the batch: 0 for a u-blind network."""
+    ell = u_blind_target(x_t, d, t, u, eps)
+    num, den = _rms(x_u - ell), _rms(ell - x_t)
+    if den == 0:  # D = x_t: no denoising, L = x_t; f = x_t for every u is u-blind too
+        return 0.0 if num == 0 else float("inf")
+    return num / den
+
+
+def u_use_summary(rows, pairs=U_USE_PAIRS):
+    """{"rel_L_t<t>_u<u>": value for each summary pair, "rel_L_max": max over every probed pair}."""
+    found = {(r["t"], r["u"]): r["rel_L"] for r in rows if "rel_L" in r}
+    out = {f"rel_L_t{t:g}_u{u:g}": found.get((t, u), float("nan")) for t, u in pairs}
+    out["rel_L_max"] = max(found.values(), default=float("nan"))
+    return out
+
+
 def _perp(a, basis):
     a = a.reshape(len(a), -1).double()
     return a - (a @ basis) @ basis.T
@@ -48,8 +90,9 @@ def _perp(a, basis):
 
 @torch.no_grad()
 def inversion_probe(model, x0, y=None, ts=TS, us=US, seed=0, basis=None):
-    """Rows {t, u, den, inv, euler, cos, rt, ctrl[, *_perp]} for every u > t (module docstring);
-    the *_perp columns need `basis`, the data's subspace (`data_subspace`) of dimension < D."""
+    """Rows {t, u, den, inv, euler, cos, rt, ctrl[, rel_L][, *_perp]} for every u > t (module
+    docstring); the *_perp columns need `basis`, the data's subspace (`data_subspace`) of
+    dimension < D."""
     if basis is not None and basis.shape[1] >= basis.shape[0]:
         basis = None  # the data fill the space: no exact columns
     g = torch.Generator().manual_seed(seed)
@@ -85,6 +128,8 @@ def inversion_probe(model, x0, y=None, ts=TS, us=US, seed=0, basis=None):
                     "ctrl": _rms(f(ref, u, eps) - x0),
                 }
             )
+            if t > eps:
+                rows[-1]["rel_L"] = rel_l(x_u, x_t, d, t, u, eps)
             if basis is not None:
                 p_t, p_d, p_u = (_perp(a, basis) for a in (x_t, d, x_u))
                 scale = _rms(p_t)

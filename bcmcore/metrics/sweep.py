@@ -21,6 +21,7 @@ from bcmcore.metrics.edit_rate import edit_hits
 from bcmcore.metrics.features import build_extractor
 from bcmcore.metrics.inception_score import inception_score
 from bcmcore.metrics.kid import kid
+from bcmcore.metrics.probe import inversion_probe, u_use_summary
 from bcmcore.nets.facts import data_shape, num_classes
 from bcmcore.recipes import Recipe, get_recipe
 
@@ -377,7 +378,7 @@ def run(spec, out_dir, device=None, progress=True):
     out = Path(out_dir)
     rows = {"fid": [], "mse": [], "guidance": []}
     seeds = _seed_text(ev.seeds)
-    inv_data = None
+    inv_data, u_use = None, {}
     for i, m in enumerate(spec.models):
         model, meta = load_model(m, ev.device, ev.shape)
         base = {
@@ -438,6 +439,12 @@ def run(spec, out_dir, device=None, progress=True):
                 }
             )
             dist.print0(f"[eval] {m.name} inversion NFE {n_inv}: MSE {scores['mse']:.5f}")
+        if m.kind == "bcm" and inv_data is not None and not ev.vector and dist.is_main():
+            # does the network use u? rel_L on the inversion split (docs/u_use.md)
+            y_in = y_all.to(ev.device) if num_classes(model) else None
+            probe = inversion_probe(model, to_float(x_all).to(ev.device), y_in)
+            u_use[m.name] = {k: round(v, 4) for k, v in u_use_summary(probe).items()}
+            dist.print0(f"[eval] {m.name} u-use: {u_use[m.name]}")
         for times in m.jpeg:
 
             def restore(x, y, rng, times=times, model=model):
@@ -503,6 +510,8 @@ def run(spec, out_dir, device=None, progress=True):
             "num_samples": spec.num_samples,
             "world_size": ev.world,
         }
+        if u_use:
+            info["u_use"] = u_use
         if ev.extractor is not None and spec.features.kind == "demo":
             from bcmcore.metrics.demo_classifier import load_demo_classifier
 

@@ -74,8 +74,8 @@ def add_known_datasets():
     """
     known, source = {}, {}
     for path in sorted(PRESETS.glob("*.yaml")):
-        if path.name == "config.yaml":
-            continue
+        if path.name == "config.yaml" or path.stem.startswith("demo_"):
+            continue  # the demo and its overlays (demo_long.yaml: `make demo-long`) are no presets
         for ds, d in ((yaml.safe_load(path.read_text()) or {}).get("datasets") or {}).items():
             if not isinstance(d, dict) or not d.get("enabled", True):
                 continue
