@@ -221,23 +221,32 @@ def test_cd_n_is_uniform_over_all_intervals():
 
 
 def test_teacher_file_errors(tmp_path):
+    """The file is read when training starts (prepare), so the workflow can check the config of a
+    distillation stage before its teacher is trained."""
+    student = build_model(CM_CFG)
+
+    def prepared(model_cfg=CM_CFG, **loss):
+        loss_fn = build_loss({"kind": "cd", **loss}, model_cfg)
+        loss_fn.prepare(student)
+        return loss_fn
+
     with pytest.raises(ConfigError, match="loss.teacher: .*not found"):
-        build_loss({"kind": "cd", "teacher": str(tmp_path / "nope.pt")}, CM_CFG)
+        prepared(teacher=str(tmp_path / "nope.pt"))
     with pytest.raises(ConfigError, match="loss.teacher: expected"):
         build_loss({"kind": "cd"}, CM_CFG)
     cm = tmp_path / "cm.pt"
     save_network(cm, build_model(CM_CFG), 0, {})
     with pytest.raises(ConfigError, match="'cm' network; distillation needs an EDM"):
-        build_loss({"kind": "cd", "teacher": str(cm)}, CM_CFG)
+        prepared(teacher=str(cm))
     edm = tmp_path / "edm.pt"
     edm_cfg = ModelConfig(kind="edm", net=NetConfig(arch="mlp", data_channels=2))
     save_network(edm, build_model(edm_cfg), 0, {})
-    loss = build_loss({"kind": "cd", "teacher": str(edm)}, CM_CFG)
+    loss = prepared(teacher=str(edm))
     assert loss.teacher.kind == "edm"
     assert not any(p.requires_grad for p in loss.teacher.parameters())
     wide = ModelConfig(kind="cm", net=NetConfig(arch="mlp", data_channels=3))
     with pytest.raises(ConfigError, match="net.data_channels"):
-        build_loss({"kind": "cd", "teacher": str(edm)}, wide)
+        prepared(wide, teacher=str(edm))
 
 
 @pytest.mark.parametrize(

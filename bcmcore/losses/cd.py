@@ -13,6 +13,8 @@ The teacher is an EDM-kind denoiser D(x, sigma, y) (an `edm` experiment's networ
 one), frozen and in eval mode.
 """
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -60,6 +62,14 @@ def load_teacher(path, model_cfg):
                 f"{getattr(mine, key, None)}"
             )
     return teacher.requires_grad_(False)
+
+
+def teacher_digest(spec):
+    """`loss.teacher_id`: digest of what the teacher network depends on (its recipe, or its
+    import spec), written by the workflow, so a retrained or re-imported teacher starts the
+    student over (bcmcore/train/recipe.py)."""
+    text = json.dumps(spec, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class LPIPSMetric(torch.nn.Module):
@@ -120,17 +130,22 @@ class CDLoss:
             raise ConfigError(
                 "loss.teacher: expected the network file of an EDM teacher (workflow: teacher_from)"
             )
-        self.cfg = cfg
+        self.cfg, self.model_cfg = cfg, model_cfg
         self.sigma_min, self.sigma_max = float(model_cfg.sigma_min), float(model_cfg.sigma_max)
-        self.teacher = teacher if teacher is not None else load_teacher(cfg.teacher, model_cfg)
-        self.lpips = LPIPSMetric(cfg.lpips_path) if cfg.metric == "lpips" else None
+        # the files are read by prepare(), when training starts: the workflow builds the loss to
+        # check its config before the teacher is trained and the LPIPS network staged
+        self.teacher, self.lpips = teacher, None
         self.target = None  # EMA target theta- (mu > 0), made by prepare()
 
     # -- state the training loop carries (bcmcore/train/step.py, loop.py)
     # --------------------------------------------------------------
     def prepare(self, model):
-        """theta- <- theta (CM Alg. 2 line 1), teacher and metric on the model's device."""
+        """Teacher and LPIPS read and put on the model's device; theta- <- theta (CM Alg. 2)."""
         device = next(model.parameters()).device
+        if self.teacher is None:
+            self.teacher = load_teacher(self.cfg.teacher, self.model_cfg)
+        if self.cfg.metric == "lpips" and self.lpips is None:
+            self.lpips = LPIPSMetric(self.cfg.lpips_path)
         self.teacher.to(device).eval()
         if self.lpips is not None:
             self.lpips.to(device).eval().requires_grad_(False)
