@@ -1,6 +1,6 @@
 """Ground truth for distillation: CD and bidirectional CD (bcmcore/losses/cd.py) with the toy
 mixture's exact denoiser as the teacher, against the exact flow map, at the budget of the plateau
-study's CT rows (bcmcore/toy_study.py: width-64 MLP, batch 256, RAdam lr 1e-3, EMA 0.999, 3000
+study's CT rows (bcmcore/bench/toy_study.py: width-64 MLP, batch 256, RAdam lr 1e-3, EMA 0.999, 3000
 steps, seed 0; docs/distillation.md has the table).
 
 CT at this budget (tests/test_groundtruth.py, docs/sampler_times.md §4; seeds 0/1): iCT 1-step
@@ -11,7 +11,7 @@ distilled model must beat the best CT value seen at equal steps. Measured (seed 
 
 import pytest
 
-from bcmcore import toy_study
+from bcmcore.bench import toy_study
 
 pytestmark = pytest.mark.slow
 CT_BEST = {"gen1": 0.29, "gen2": 0.20, "inv": 0.36}  # the lowest CT value at this budget

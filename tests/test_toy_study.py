@@ -1,5 +1,5 @@
-"""The plateau study's pieces (bcmcore/bench/toy_study.py): distillation runs with the exact teacher,
-the sliced Wasserstein distance, and one tiny run end to end."""
+"""The plateau study's pieces (bcmcore/bench/toy_study.py): distillation runs with the exact
+teacher, the sliced Wasserstein distance, and one tiny run end to end."""
 
 import numpy as np
 import pytest
