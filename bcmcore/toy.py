@@ -143,3 +143,19 @@ class ExactFlowMap(torch.nn.Module):
         )
         out = self.gmm.flow(x.detach().double().cpu().numpy(), t.cpu().numpy(), u.cpu().numpy())
         return torch.as_tensor(out, dtype=x.dtype, device=x.device)
+
+
+class ExactDenoiser(torch.nn.Module):
+    """The mixture's ideal denoiser as an EDM-kind network D(x, sigma, y): the exact teacher of
+    consistency distillation (bcmcore/losses/cd.py) on the toy."""
+
+    kind = "edm"
+
+    def __init__(self, gmm):
+        super().__init__()
+        self.gmm = gmm
+
+    def forward(self, x, sigma, y=None):
+        sigma = torch.as_tensor(sigma, dtype=torch.float64).expand(x.shape[0])
+        d = self.gmm.denoise(x.detach().double().cpu().numpy(), sigma.cpu().numpy())
+        return torch.as_tensor(d, dtype=x.dtype, device=x.device)

@@ -61,6 +61,11 @@ AUTHORS = {
         "iGCT --arch adm-small (constructor.json)",
     ),
     ("imagenet64", "edm"): (295_899_267, "EDM DhariwalUNet, ImageNet-64, label_dim 1000"),
+    ("cifar10", "cd"): (56_395_523, "CM CD: the iCT score NCSN++ (cifar10_ncsnpp_continuous)"),
+    ("imagenet64", "cd"): (
+        295_899_267,
+        "CM CD: the teacher's ADM as a CM (openai cm_train.py builds the student like the EDM)",
+    ),
 }
 # BCM from scratch (two-time "concat" nets): the single-time base network's authors' count
 BASE = {
@@ -281,3 +286,23 @@ def test_bench_configs_are_the_presets():
     with torch.device("meta"):
         m = build_model(from_dict(ModelConfig, bench_config("adm-64")["model"], "model"))
     assert count(m) == AUTHORS[("imagenet64", "bcm_ft")][0]
+
+
+@pytest.mark.parametrize(
+    "preset, points, mu, lr, batch, steps, ema",
+    [
+        ("cifar10", 18, 0.0, 4e-4, 512, 800_000, 0.9999),  # CM Table 3
+        ("imagenet64", 40, 0.95, 8e-6, 2048, 600_000, 0.999943),  # CM Table 3 / launch.sh
+    ],
+)
+def test_cd_rows_have_the_papers_settings(preset, points, mu, lr, batch, steps, ema):
+    run = parse_run_config(presets.run_config(preset, "cd"))
+    loss = build_loss(run.loss, run.model)  # the teacher is read when training starts
+    assert (loss.cfg.num_points, loss.cfg.target_ema, loss.cfg.metric) == (points, mu, "lpips")
+    assert (loss.cfg.weighting, loss.cfg.rho) == ("uniform", 7.0)  # lambda = 1 (CM)
+    t = run.train
+    assert (t.lr, t.batch, t.total_steps, t.ema_rate) == (lr, batch, steps, ema)
+    assert loss.cfg.teacher == f"results/{preset}/runs/edm/network-final.pt"
+    teacher = parse_run_config(presets.run_config(preset, "edm"))
+    assert teacher.model.kind == "edm" and teacher.model.net.resolution == run.model.net.resolution
+    assert len(loss.cfg.teacher_id) == 16

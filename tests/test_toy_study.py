@@ -1,42 +1,23 @@
-"""The plateau study's pieces (bcmcore/bench/toy_study.py): CD's teacher point is one exact-score
-Euler step, the sliced Wasserstein distance, and one tiny run end to end."""
+"""The plateau study's pieces (bcmcore/bench/toy_study.py): distillation runs with the exact
+teacher, the sliced Wasserstein distance, and one tiny run end to end."""
 
 import numpy as np
 import pytest
 import torch
 
 from bcmcore.bench import toy_study
-from bcmcore.nets import ModelConfig, NetConfig
-from bcmcore.toy import DEMO_GMM
+from bcmcore.toy import DEMO_GMM, ExactDenoiser
 
 
-class Recorder(torch.nn.Module):
-    kind, sigma_min, sigma_max = "cm", 0.002, 80.0
-
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.ones(()))
-        self.calls = []
-
-    def forward(self, x, t, u=None, y=None):
-        self.calls.append((x.detach().clone(), t.detach().clone()))
-        return self.w * x
-
-
-def test_cd_teacher_point_is_the_exact_score_euler_step():
-    mc = ModelConfig(kind="cm", net=NetConfig(arch="mlp", data_channels=2), sigma_data=1.0)
-    loss = toy_study.CDLoss({"curriculum": {"kind": "ict", "s0": 10, "s1": 10}}, mc)
-    model = Recorder()
-    torch.manual_seed(0)
-    x = torch.as_tensor(DEMO_GMM.sample(64, np.random.default_rng(0))[0], dtype=torch.float32)
-    out = loss(model, {"x": x}, 0, 10)
-    (x1, t1), (x0, t0) = model.calls
-    assert bool((t0 < t1).all())
-    d = torch.as_tensor(DEMO_GMM.denoise(x1.double().numpy(), t1.double().numpy()))
-    euler = x1.double() + ((t0 - t1) / t1).double()[:, None] * (x1.double() - d)
-    torch.testing.assert_close(x0.double(), euler, rtol=0, atol=1e-5)
-    out["loss"].backward()  # the student pass carries the gradient, the teacher pass none
-    assert model.w.grad is not None
+def test_distillation_runs_use_the_registered_loss_with_the_exact_teacher(capsys):
+    """cd / bcd go through bcmcore.losses.cd (one home) with the mixture's exact denoiser."""
+    assert toy_study.main(["tiny", "bcm", "bcd", "3", '{"target_ema": 0.5}']) == 0
+    row = capsys.readouterr().out
+    for key in ("gen1", "gen2", "inv", "target_ema"):
+        assert f'"{key}"' in row
+    den = ExactDenoiser(DEMO_GMM)
+    x = torch.as_tensor(DEMO_GMM.sample(8, np.random.default_rng(0))[0])
+    np.testing.assert_allclose(den(x, 0.3).numpy(), DEMO_GMM.denoise(x.numpy(), 0.3))
 
 
 def test_sliced_wasserstein():

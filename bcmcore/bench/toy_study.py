@@ -7,9 +7,10 @@ to fresh data, for the EMA and the online weights:
 
     python -m bcmcore.bench.toy_study NAME KIND LOSS STEPS ['{"huber_c": 0.1, ...}'] >> table.jsonl
 
-KIND cm|bcm; LOSS ict|bct|cd. `cd` is consistency distillation with the mixture's exact denoiser
-(CM Eq. 7 with an exact-score Euler step), the control that removes CT's one-sample target. Options:
-seed, lr, ema, s1, huber_c, lr_decay (linear to 2 %), u_T_prob (BCT).
+KIND cm|bcm; LOSS ict|bct|cd|bcd. `cd` / `bcd` are (bidirectional) consistency distillation
+(bcmcore/losses/cd.py) with the mixture's exact denoiser as the teacher: the control that removes
+CT's one-sample target. Options: seed, lr, ema, s1, huber_c, lr_decay (linear to 2 %), u_T_prob
+(BCT, BCD); for cd / bcd also metric, num_points, target_ema, weighting (their loss config).
 """
 
 import copy
@@ -22,35 +23,12 @@ import torch
 
 from bcmcore import param
 from bcmcore.config import from_dict
-from bcmcore.losses import build_loss
-from bcmcore.losses.ict import ICTLoss
+from bcmcore.losses import build_loss, get_loss_class
 from bcmcore.nets import ModelConfig, NetConfig, build_model
-from bcmcore.toy import DEMO_GMM
+from bcmcore.toy import DEMO_GMM, ExactDenoiser
 
 EPS, T, T0 = 0.002, 80.0, 0.5
 NET = dict(arch="mlp", data_channels=2, channels=64, emb_mult=2, num_blocks=3)
-
-
-class CDLoss:
-    """Consistency distillation: the teacher point is one exact-score Euler step from the student's
-    (CM Eq. 7), instead of CT's x + t_n z."""
-
-    def __init__(self, cfg, model_cfg):
-        self.ict = ICTLoss(from_dict(ICTLoss.Config, cfg, "loss"), model_cfg)
-
-    def __call__(self, model, batch, step, total_steps):
-        x, ict = batch["x"], self.ict
-        grid = ict.grid(step, total_steps)
-        n = torch.multinomial(ict.interval_mass(grid), x.shape[0], replacement=True)
-        t1, t0 = grid[n + 1].float()[:, None], grid[n].float()[:, None]
-        x1 = x + t1 * torch.randn_like(x)
-        d = DEMO_GMM.denoise(x1.double().numpy(), t1[:, 0].double().numpy())
-        x0 = x1 + (t0 - t1) * (x1 - torch.as_tensor(d, dtype=x.dtype)) / t1  # PF-ODE Euler step
-        a = model(x1, t1[:, 0])
-        with torch.no_grad():
-            b = model(x0, t0[:, 0])
-        w = (1.0 / (grid[n + 1] - grid[n])).float()
-        return {"loss": (w * param.pseudo_huber(a, b, ict.huber_c(x))).mean()}
 
 
 def train(
@@ -64,17 +42,25 @@ def train(
     huber_c=None,
     lr_decay=False,
     u_T_prob=None,
+    **distill,
 ):
-    """-> (EMA model, online model)."""
+    """-> (EMA model, online model). `distill`: further loss keys of cd / bcd."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     mc = ModelConfig(kind=kind, net=NetConfig(**NET, two_time=kind == "bcm"), sigma_data=1.0)
     model = build_model(mc).train()
     avg = copy.deepcopy(model).eval().requires_grad_(False)
-    cfg = {"curriculum": {"kind": "ict", "s0": 10, "s1": s1}, "huber_c": huber_c}
+    cfg = {"huber_c": huber_c}
     if u_T_prob is not None:
         cfg["u_T_prob"] = u_T_prob
-    loss_fn = CDLoss(cfg, mc) if loss == "cd" else build_loss({"kind": loss, **cfg}, mc)
+    if loss in ("cd", "bcd"):  # the exact denoiser as the teacher
+        cls = get_loss_class(loss)
+        options = from_dict(cls.Config, {**cfg, **distill}, "loss")
+        loss_fn = cls(options, mc, ExactDenoiser(DEMO_GMM))
+        loss_fn.prepare(model)
+    else:
+        cfg["curriculum"] = {"kind": "ict", "s0": 10, "s1": s1}
+        loss_fn = build_loss({"kind": loss, **cfg}, mc)
     opt = torch.optim.RAdam(model.parameters(), lr=lr)
     for step in range(steps):
         if lr_decay:
@@ -85,6 +71,8 @@ def train(
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()
+        if hasattr(loss_fn, "after_step"):
+            loss_fn.after_step(model)  # CD's target theta-
         with torch.no_grad():
             for p_avg, p in zip(avg.parameters(), model.parameters()):
                 p_avg.lerp_(p, 1 - ema)

@@ -4,7 +4,8 @@ A loss class has a frozen `Config` dataclass (the `loss` section minus `kind`), 
 `cls(cfg, model_cfg)` (model_cfg: `nets.ModelConfig`, read for kind / sigma_min / sigma_max /
 sigma_data) and is called as `loss(model, batch, step, total_steps) -> {"loss": scalar to backprop,
 <term>: detached scalars}`.
-Kinds: ict, bct (here), igct, edm (imported on first use: they pull in the guided networks).
+Kinds: ict, bct (here), igct, edm, cd, bcd (imported on first use: they pull in the guided
+networks, the teacher and LPIPS).
 """
 
 import importlib
@@ -12,7 +13,12 @@ import importlib
 from bcmcore.config import ConfigError, from_dict
 from bcmcore.losses.registry import LOSSES, register  # noqa: F401 (the registry's API)
 
-_LAZY = {"igct": "bcmcore.losses.igct", "edm": "bcmcore.losses.edm"}
+_LAZY = {
+    "igct": "bcmcore.losses.igct",
+    "edm": "bcmcore.losses.edm",
+    "cd": "bcmcore.losses.cd",
+    "bcd": "bcmcore.losses.cd",
+}
 
 
 def known_kinds():

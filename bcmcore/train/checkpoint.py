@@ -40,9 +40,11 @@ def latest_state(run_dir):
     return states[-1][1] if states else None
 
 
-def save_state(run_dir, *, step, model, ema, optimizer, start_sample, config, keep_last):
+def save_state(
+    run_dir, *, step, model, ema, optimizer, start_sample, config, keep_last, loss_state=None
+):
     """Write training-state-<step>.pt atomically, then delete all but the newest `keep_last`
-    states."""
+    states. `loss_state`: a loss's own tensors (CD's target network), under "loss"."""
     state = {
         "format": FORMAT,
         "step": int(step),
@@ -52,6 +54,8 @@ def save_state(run_dir, *, step, model, ema, optimizer, start_sample, config, ke
         "data": {"start_sample": int(start_sample)},
         "config": config,
     }
+    if loss_state:
+        state["loss"] = loss_state
     path = state_path(run_dir, step)
     atomic_torch_save(state, path)
     for _, old in find_states(run_dir)[:-keep_last]:

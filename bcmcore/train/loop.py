@@ -154,6 +154,8 @@ def _train(run_dir, cfg, rank, world, device, stop):
         model.load_state_dict(state["net"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
+        if hasattr(loss_fn, "load_state_dict"):  # CD's target network theta-
+            loss_fn.load_state_dict(state.get("loss", {}))
         step = state["step"]
         del state
         log(f"resumed from {resume.name} (step {step})")
@@ -190,6 +192,7 @@ def _train(run_dir, cfg, rank, world, device, stop):
                 start_sample=step * t.batch,
                 config=config,
                 keep_last=t.keep_last,
+                loss_state=loss_fn.state_dict() if hasattr(loss_fn, "state_dict") else None,
             )
         dist.barrier()
 

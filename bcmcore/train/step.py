@@ -72,6 +72,8 @@ class Stepper:
             self.params, lr=t.lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay
         )
         self.ema = EMA(model, t.ema_rate)  # BCM fine-tuning: the EMA starts at the initial weights
+        if hasattr(loss_fn, "prepare"):  # a loss with its own state (CD: teacher, target theta-)
+            loss_fn.prepare(model)
         if t.compile:
             device_keys.compile_model(model)
         # bf16 autocast covers every pass inside the loss (BCT's functional_call, both iGCT nets);
@@ -115,3 +117,5 @@ class Stepper:
     def update(self):
         self.optimizer.step()
         self.ema.update(self.model)
+        if hasattr(self.loss_fn, "after_step"):  # CD's target EMA theta- (CM Alg. 2)
+            self.loss_fn.after_step(self.model)

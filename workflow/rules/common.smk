@@ -196,6 +196,11 @@ def check_run_config(ds, exp):
             f"datasets.{ds}.experiments.{exp}.init_from: '{e['init_from']}' is not an enabled experiment "
             f"(enabled: {', '.join(experiments(ds))})"
         )
+    if e.get("teacher_from") and e["teacher_from"] not in experiments(ds):
+        stop(
+            f"datasets.{ds}.experiments.{exp}.teacher_from: '{e['teacher_from']}' is not an enabled "
+            f"experiment (enabled: {', '.join(experiments(ds))})"
+        )
     where = f"datasets.{ds}.experiments.{exp}"
     try:
         cfg = parse_run_config(run_config(ds, exp), where=where)
@@ -207,6 +212,12 @@ def check_run_config(ds, exp):
 def init_network(wildcards):
     """The network a fine-tuning run starts from (an input, so it is trained first)."""
     src = config["datasets"][wildcards.ds]["experiments"][wildcards.exp].get("init_from")
+    return [network(wildcards.ds, src)] if src else []
+
+
+def teacher_network(wildcards):
+    """The EDM a distillation run learns from (an input, so it is trained or imported first)."""
+    src = config["datasets"][wildcards.ds]["experiments"][wildcards.exp].get("teacher_from")
     return [network(wildcards.ds, src)] if src else []
 
 

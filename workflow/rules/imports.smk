@@ -74,7 +74,7 @@ def model_kind(ds, exp):
 def check_import(ds, exp):
     where = f"datasets.{ds}.experiments.{exp}"
     e = config["datasets"][ds]["experiments"][exp]
-    for key in ("model", "loss", "train", "data", "init_from"):
+    for key in ("model", "loss", "train", "data", "init_from", "teacher_from"):
         if key in e:
             stop(f"{where}.{key}: an imported experiment does not train (remove '{key}')")
     from bcmcore.config import UserError

@@ -28,6 +28,7 @@ rule train:
         config="results/{ds}/runs/{exp}/config.json",
         shards="results/{ds}/shards/manifest.json",
         init=init_network,
+        teacher=teacher_network,
     output:
         "results/{ds}/runs/{exp}/network-final.pt",
     log:
