@@ -59,6 +59,8 @@ RECIPES = {
     "cd-imagenet64-nfe2": _karras(40, (0, 22)),
     "ct-imagenet64-nfe2": _karras(201, (0, 106)),
     "ct-lsun256-nfe2": _karras(151, (0, 67)),
+    "cd-lsun256-l2-nfe2": _karras(40, (0, 18)),  # openai's LSUN Bedroom-256 CD 2-step scripts
+    "cd-lsun256-lpips-nfe2": _karras(40, (0, 17)),
     # EDM deterministic Heun: 18 steps = NFE 35 (CIFAR-10), 40 steps = NFE 79 (ImageNet-64)
     "edm-18": _karras(18, zero=True, sampler="heun"),
     "edm-40": _karras(40, zero=True, sampler="heun"),

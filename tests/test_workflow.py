@@ -264,6 +264,8 @@ def test_bad_stage_name_in_site_stops(tmp_path):
     "preset,exp,fmt",
     [
         ("imagenet64", "bcm_authors", "bcm-ict-torch --kind bcm"),
+        ("imagenet64", "edm_openai", "openai-cm --kind edm"),
+        ("lsun256", "cd_lpips_openai", "openai-cm --kind cm"),
         ("cifar10", "igct_authors", "igct-edm"),
     ],
 )
