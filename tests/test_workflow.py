@@ -45,7 +45,7 @@ def test_demo_dag_of_all(tmp_path):
         "eval_spec": n,
         "evaluate": n,
         "sample_grid": n,
-        "app_grid": 5,
+        "app_grid": 6,
         "tables": 1,
         "all": 1,
     }
