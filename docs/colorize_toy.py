@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from bcmcore import editing, recipes, sampling
+from bcmcore.images import save_grid
 from bcmcore.linear_ops import Colorization
-from bcmcore.metrics.report import save_grid
 from bcmcore.toy import ExactFlowMap, GaussianMixture
 
 TINTS = [(1, 0.2, 0.2), (0.2, 1, 0.2), (0.3, 0.3, 1), (1, 1, 0.2), (0.2, 1, 1), (1, 0.2, 1),
