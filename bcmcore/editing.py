@@ -273,12 +273,13 @@ def inpaint(model, x_known, mask, times, gen_times, rng, y=None):
     return x_known * (1 - mask) + x * mask, net.n  # known pixels are kept exactly
 
 
-def _cm_refine(net, model, x_known, x, mask, taus, rng, clamp):
+def _cm_refine(net, model, x, replace, taus, rng, clamp):
+    """CM Alg. 4, lines 5-8: re-noise to tau, map to eps, replace the observed part."""
     eps = model.sigma_min
-    for tau in taus:  # CM Alg. 4, lines 5-8
+    for tau in taus:
         x = x + math.sqrt(tau**2 - eps**2) * _noise(rng, x)
         x = net.f(x, tau, eps)
-        x = x_known * (1 - mask) + (x.clamp(-1, 1) if clamp else x) * mask
+        x = replace(x.clamp(-1, 1) if clamp else x)
     return x
 
 
@@ -294,8 +295,12 @@ def inpaint_refine(model, x_known, mask, times, gen_times, refine_times, rng, y=
     )
     net = Calls(model, y)
     x = _bcm_inpaint(net, x_known, mask, times, gen_times, rng)
-    x = x_known * (1 - mask) + (x.clamp(-1, 1) if clamp else x) * mask
-    return _cm_refine(net, model, x_known, x, mask, refine_times, rng, clamp), net.n
+
+    def replace(v):
+        return x_known * (1 - mask) + v * mask
+
+    x = replace(x.clamp(-1, 1) if clamp else x)
+    return _cm_refine(net, model, x, replace, refine_times, rng, clamp), net.n
 
 
 @torch.no_grad()
@@ -310,8 +315,33 @@ def cm_inpaint(model, x_known, mask, times, rng, y=None, fill=0.0, clamp=False):
         x_known * (1 - mask) + fill * mask
     )  # missing pixels set to a constant (CM Alg. 4, line 1)
     x = net.f(x_known + times[0] * _noise(rng, x_known), times[0], model.sigma_min)
-    x = x_known * (1 - mask) + (x.clamp(-1, 1) if clamp else x) * mask
-    return _cm_refine(net, model, x_known, x, mask, times[1:], rng, clamp), net.n
+
+    def replace(v):
+        return x_known * (1 - mask) + v * mask
+
+    x = replace(x.clamp(-1, 1) if clamp else x)
+    return _cm_refine(net, model, x, replace, times[1:], rng, clamp), net.n
+
+
+@torch.no_grad()
+def cm_linear_edit(model, x_ref, op, times, rng, y=None, clamp=False):
+    """CM Alg. 4 with a linear operator A (bcmcore/linear_ops.py: super-resolution, colorization):
+    start from the observed part P y (line 1), x = f(P y + tau_1 z, tau_1), then x <- x - P x + P y
+    after every step (lines 4 and 8), re-noising to each later tau. observe(output) = observe(y)
+    exactly (up to float rounding); clamp (the CM code) clips before each replacement, so it
+    keeps that identity."""
+    check_kind(model, ("cm", "bcm"), f"cm {op.name}")
+    op.check(x_ref)
+    times = check_times(model, times, f"{op.name} times", "decreasing", min_len=1)
+    net = Calls(model, y)
+    kept = op.project(x_ref)  # A^-1[(A y)(1 - Omega) + 0 Omega]
+
+    def replace(v):  # A^-1[(A y)(1 - Omega) + (A v) Omega]
+        return v - op.project(v) + kept
+
+    x = net.f(kept + times[0] * _noise(rng, x_ref), times[0], model.sigma_min)
+    x = replace(x.clamp(-1, 1) if clamp else x)
+    return _cm_refine(net, model, x, replace, times[1:], rng, clamp), net.n
 
 
 def random_box_mask(shape, frac=0.5, device="cpu"):

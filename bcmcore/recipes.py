@@ -22,7 +22,8 @@ T, EPS = "T", "eps"  # placeholders: the model's sigma_max and sigma_min
 
 @dataclass(frozen=True)
 class Recipe:
-    """A schedule. sampler: a SAMPLERS name (generation), or invert | inpaint | cm_inpaint."""
+    """A schedule. sampler: a SAMPLERS name (generation), or invert | inpaint | cm_inpaint |
+    cm_edit."""
 
     sampler: str
     times: tuple = ()  # ancestral / multistep / heun / inversion times (both ends included)
@@ -66,6 +67,8 @@ RECIPES = {
     "cd-imagenet64-nfe2": _karras(40, (0, 22)),
     "ct-imagenet64-nfe2": _karras(201, (0, 106)),
     "ct-lsun256-nfe2": _karras(151, (0, 67)),
+    "cd-lsun256-l2-nfe2": _karras(40, (0, 18)),  # openai's LSUN Bedroom-256 CD 2-step scripts
+    "cd-lsun256-lpips-nfe2": _karras(40, (0, 17)),
     # EDM deterministic Heun: 18 steps = NFE 35 (CIFAR-10), 40 steps = NFE 79 (ImageNet-64)
     "edm-18": _karras(18, zero=True, sampler="heun"),
     "edm-40": _karras(40, zero=True, sampler="heun"),
@@ -99,6 +102,10 @@ SCHEDULES = {
     "cm-inpaint-18": _karras(18, sampler="cm_inpaint"),
     "cm-inpaint-24": _karras(24, sampler="cm_inpaint"),
     "cm-inpaint-40": _karras(40, sampler="cm_inpaint"),
+    # CM Alg. 4 with a linear operator (super-resolution, colorization): the Karras grid of the CM
+    # code's LSUN editing runs, and an untuned 3-level demo schedule
+    "cm-edit-40": _karras(40, sampler="cm_edit"),
+    "demo-cm-edit": Recipe("cm_edit", (T, 1.0, 0.3), note="untuned"),
     "demo-invert-nfe2": Recipe("invert", (0.07, 2.0, T), note="untuned"),
     "demo-inpaint": Recipe("inpaint", (0.05, 0.5, 2.0), gen_times=(2.0, EPS), note="untuned"),
 }

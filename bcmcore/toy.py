@@ -141,8 +141,9 @@ class ExactFlowMap(torch.nn.Module):
             if u is None
             else torch.as_tensor(u, dtype=torch.float64).expand(n)
         )
-        out = self.gmm.flow(x.detach().double().cpu().numpy(), t.cpu().numpy(), u.cpu().numpy())
-        return torch.as_tensor(out, dtype=x.dtype, device=x.device)
+        flat = x.detach().double().cpu().reshape(n, -1).numpy()  # images: their flattened pixels
+        out = self.gmm.flow(flat, t.cpu().numpy(), u.cpu().numpy())
+        return torch.as_tensor(out, dtype=x.dtype, device=x.device).reshape(x.shape)
 
 
 class ExactDenoiser(torch.nn.Module):

@@ -179,6 +179,8 @@ def test_bcm_invert_and_edit_write_results(nets, images_npz, tmp_path):
         "inpaint": (["--steps", "0.05,2.0"], 2, 3),
         "interpolate": (["--steps", "0.07,80", "--alphas", "0,0.5,1"], 2 * 1 + 3, 5),
         "cm-inpaint": (["--steps", "80,0.5"], 2, 3),
+        "super-resolution": (["--steps", "80,0.5", "--factor", "2"], 2, 3),
+        "colorize": (["--recipe", "demo-cm-edit"], 3, 3),
         "inpaint-refine": (["--steps", "0.05,2.0", "--refine-steps", "0.5,0.2"], 4, 3),
     }
     for task, (extra, nfe, per_row) in cases.items():
@@ -278,6 +280,7 @@ def test_bcm_edit_class_shows_the_source_then_each_target_class(nets, images_npz
         (["sample", "--sampler", "zigzag"], "--zigzag"),
         (["sample", "--seeds", "a-b"], "--seeds"),
         (["edit", "inpaint", "--steps", "0.05,2.0", "--mask", "nope.npy"], "--mask"),
+        (["edit", "super-resolution", "--steps", "80", "--factor", "3"], "3x3 patches"),
     ],
 )
 def test_bad_cli_input_is_one_error_and_exit_2(nets, images_npz, tmp_path, capsys, argv, msg):
@@ -287,3 +290,13 @@ def test_bad_cli_input_is_one_error_and_exit_2(nets, images_npz, tmp_path, capsy
     err = capsys.readouterr().err
     assert msg in err and err.count("error:") == 1
     assert not list(tmp_path.glob("*.npz"))
+
+
+def test_colorize_refuses_grayscale_data(nets, tmp_path, capsys):
+    gray = tmp_path / "gray.npz"
+    np.savez(gray, images=np.zeros((2, 8, 8, 1), np.uint8))
+    argv = ["edit", "colorize", "--steps", "80", "--network", nets["bcm"], "--input", str(gray)]
+    assert run(*argv, "--indices", "0-1", "--out", str(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "needs 3-channel colour images, got 1-channel data" in err and err.count("error:") == 1
+    assert not list(tmp_path.glob("edit-*"))

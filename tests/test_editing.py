@@ -269,3 +269,85 @@ def test_bad_input_is_one_user_error_before_any_network_call(case):
     with pytest.raises(UserError, match=msg):
         call(model, S.SeededRNG([0, 1]))
     assert model.calls == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# zero-shot super-resolution and colorization (CM Alg. 4 with a linear operator)
+def _paper_replacement(x, y, first_col, blocks):
+    """CM Alg. 4's A^-1[(A y)(1 - Omega) + (A x) Omega] built literally: A an orthogonal matrix
+    from QR with `first_col` (normalised) as its first basis vector, Omega = all but that one.
+    `blocks(v)` -> [..., d] vectors the matrix acts on, and its inverse."""
+    d = first_col.numel()
+    m = torch.eye(d, dtype=torch.float64)
+    m[:, 0] = first_col / first_col.norm()
+    Q, _ = torch.linalg.qr(m)
+    Q = Q * torch.sign(Q[:, 0].sum())
+    to, back = blocks
+    ax, ay = to(x) @ Q, to(y) @ Q  # coordinates in A's basis
+    ax[..., 0] = ay[..., 0]
+    return back(ax @ Q.T)
+
+
+def _sr_blocks(p, shape):
+    B, C, H, W = shape
+    to = lambda v: v.reshape(B, C, H // p, p, W // p, p).permute(0, 1, 2, 4, 3, 5).flatten(-2)
+    back = lambda v: v.reshape(B, C, H // p, W // p, p, p).permute(0, 1, 2, 4, 3, 5).reshape(shape)
+    return to, back
+
+
+COLOR_BLOCKS = (lambda v: v.permute(0, 2, 3, 1), lambda v: v.permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("task", ["super-resolution", "colorize"])
+def test_projection_is_the_cm_papers_orthogonal_operator(task):
+    """x - P x + P y equals Alg. 4's replacement with an explicit orthogonal A (a wrong P, e.g.
+    bilinear upsampling or unnormalised luma weights, fails here)."""
+    from bcmcore.linear_ops import LUMA, make_operator
+
+    g = torch.Generator().manual_seed(3)
+    x, y = (torch.randn(2, 3, 16, 16, generator=g, dtype=torch.float64) for _ in range(2))
+    op = make_operator(task, factor=4)
+    if task == "super-resolution":
+        ref = _paper_replacement(x, y, torch.ones(16, dtype=torch.float64), _sr_blocks(4, x.shape))
+    else:
+        ref = _paper_replacement(x, y, torch.tensor(LUMA, dtype=torch.float64), COLOR_BLOCKS)
+    torch.testing.assert_close(x - op.project(x) + op.project(y), ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("task", ["super-resolution", "colorize"])
+def test_linear_editing_keeps_the_observation_and_follows_algorithm_4(task):
+    from bcmcore.linear_ops import make_operator
+
+    x, seeds, taus = images(2), [4, 5], [T, 0.8]
+    op = make_operator(task, factor=4)
+    model = Counted(GaussFlow(), kind="cm")
+    out, nfe = E.cm_linear_edit(model, x, op, taus, S.SeededRNG(seeds))
+    assert nfe == model.calls == 2
+    # A(output) = A(input): the low-resolution image / the luminance is kept exactly
+    torch.testing.assert_close(op.observe(out), op.observe(x), rtol=0, atol=1e-12)
+    z1, z2 = draws(seeds, (3, 16, 16), 2)
+    kept = op.project(x)
+
+    def replace(v):
+        return v - op.project(v) + kept
+
+    first = replace(phi(kept + T * z1, T, EPS))  # Alg. 4 lines 1-4
+    ref = replace(phi(first + math.sqrt(0.8**2 - EPS**2) * z2, 0.8, EPS))  # lines 5-8
+    torch.testing.assert_close(out, ref)
+    assert (out - kept).abs().max() > 0.05  # the model filled in what A does not observe
+    clamped, _ = E.cm_linear_edit(GaussFlow(), x, op, taus, S.SeededRNG(seeds), clamp=True)
+    torch.testing.assert_close(op.observe(clamped), op.observe(x), rtol=0, atol=1e-12)
+
+
+def test_linear_editing_errors():
+    from bcmcore.linear_ops import make_operator
+
+    gray = images(1)[:, :1]
+    with pytest.raises(UserError, match="colorization: needs 3-channel colour images, got 1-ch"):
+        E.cm_linear_edit(GaussFlow(), gray, make_operator("colorize"), [T], S.SeededRNG([0]))
+    with pytest.raises(UserError, match="do not split into 3x3 patches"):
+        E.cm_linear_edit(
+            GaussFlow(), images(1), make_operator("super-resolution", 3), [T], S.SeededRNG([0])
+        )
+    with pytest.raises(UserError, match="--factor must be an integer >= 2"):
+        make_operator("super-resolution", 1)

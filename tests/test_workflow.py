@@ -45,7 +45,7 @@ def test_demo_dag_of_all(tmp_path):
         "eval_spec": n,
         "evaluate": n,
         "sample_grid": n,
-        "app_grid": 5,
+        "app_grid": 6,
         "tables": 1,
         "all": 1,
     }
@@ -266,6 +266,8 @@ def test_bad_stage_name_in_site_stops(tmp_path):
     "preset,exp,fmt",
     [
         ("imagenet64", "bcm_authors", "bcm-ict-torch --kind bcm"),
+        ("imagenet64", "edm_openai", "openai-cm --kind edm"),
+        ("lsun256", "cd_lpips_openai", "openai-cm --kind cm"),
         ("cifar10", "igct_authors", "igct-edm"),
     ],
 )

@@ -21,7 +21,16 @@ KEY_RE = re.compile(
 
 # The tasks of `bcm edit <task>`, in one place: the command's choices and handlers
 # (cli/sample.py), the workflow's app_grid wildcard (eval.smk) and its check of apps.<task> keys.
-EDIT_TASKS = ("interpolate", "inpaint", "inpaint-refine", "cm-inpaint", "jpeg", "class")
+EDIT_TASKS = (
+    "interpolate",
+    "inpaint",
+    "inpaint-refine",
+    "cm-inpaint",
+    "super-resolution",
+    "colorize",
+    "jpeg",
+    "class",
+)
 
 # command -> "module:function" returning its argparse parser (the parser `bcm <command>` itself
 # parses with)

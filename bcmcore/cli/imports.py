@@ -13,7 +13,9 @@ def import_parser():
         "EDM .pkl files are read without executing the code they embed.",
     )
     p.add_argument(
-        "src", help="ema_<rate>_<step>.pt (bcm-ict-torch) or network-snapshot-*.pkl (igct-edm)"
+        "src",
+        help="ema_<rate>_<step>.pt (bcm-ict-torch), cd_*/ct_*/edm_*.pt (openai-cm) or "
+        "network-snapshot-*.pkl (igct-edm)",
     )
     p.add_argument("--format", required=True, help=f"checkpoint format: {' | '.join(FORMATS)}")
     p.add_argument(
@@ -24,25 +26,30 @@ def import_parser():
     p.add_argument(
         "--kind",
         default=None,
-        choices=["cm", "bcm"],
-        help="bcm-ict-torch: cm (iCT) or bcm; default: read off the tensors",
+        choices=["cm", "bcm", "edm"],
+        help="bcm-ict-torch: cm (iCT) or bcm, default read off the tensors; openai-cm: cm (CD/CT) "
+        "or edm (teacher), default from the file name (cd_*, ct_* / edm_*)",
     )
     p.add_argument(
-        "--resolution", type=int, default=64, help="bcm-ict-torch image size (released: 64)"
+        "--resolution",
+        type=int,
+        default=None,
+        help="image size (bcm-ict-torch default 64; openai-cm default 64 or 256, read off the "
+        "released widths)",
     )
     p.add_argument(
         "--head-channels",
         type=int,
         default=64,
-        help="bcm-ict-torch attention head width (released: 64)",
+        help="attention head width (bcm-ict-torch, openai-cm; released: 64)",
     )
     p.add_argument(
         "--clsloc-labels",
         default=None,
         metavar="MAP_CLSLOC_TXT",
-        help="bcm-ict-torch: permute the class embedding so label k is the npz/map_clsloc "
-        "class k+1 "
-        "(for shards from the imagenet-npz prep); default: the authors' sorted-WNID labels",
+        help="bcm-ict-torch, openai-cm: permute the class embedding so label k is the "
+        "npz/map_clsloc class k+1 (for shards from the imagenet-npz prep); default: the authors' "
+        "sorted-WNID labels",
     )
     return p
 

@@ -310,7 +310,9 @@ def edit_parser():
     p.add_argument("task", choices=EDIT_TASKS)
     _input_args(p)
     p.add_argument(
-        "--steps", help="inversion times t0,..,tM (increasing); cm-inpaint: decreasing taus"
+        "--steps",
+        help="inversion times t0,..,tM (increasing); cm-inpaint, super-resolution, colorize: "
+        "decreasing taus",
     )
     p.add_argument("--recipe", help="a named schedule (below), e.g. demo-inpaint, cm-inpaint-18")
     p.add_argument("--gen-steps", help="inpaint: generation times tM,..,eps (default one step)")
@@ -323,6 +325,9 @@ def edit_parser():
     p.add_argument("--mask-frac", type=float, default=0.5)
     p.add_argument("--alphas", default="0,0.25,0.5,0.75,1", help="interpolate: slerp weights")
     p.add_argument("--quality", type=int, default=20, help="jpeg: PIL quality factor")
+    p.add_argument(
+        "--factor", type=int, default=4, help="super-resolution: average-pooling factor p (p x p)"
+    )
     p.add_argument("--target-class", help="class: the target label, or 'all' (a column per class)")
     p.add_argument("--w", type=float, default=1.0, help="class: guidance weight (paper convention)")
     p.add_argument("--num-steps", type=int, default=18, help="class (edm): Heun Karras grid points")
@@ -419,6 +424,23 @@ def _edit_cm_inpaint(args, model, x, mask, times, gen, rng, y):
     return editing.cm_inpaint(model, x, mask, times, rng, y, clamp=args.clamp)  # CM Alg. 4
 
 
+def _edit_linear(args, model, data, device):
+    """CM Alg. 4 with a linear operator: super-resolution (A = p x p average pooling) or
+    colorization (A = luminance; bcmcore/linear_ops.py). Bad data or factor: one error before any
+    work."""
+    from bcmcore.linear_ops import make_operator
+
+    times, _ = _edit_times(args, model)
+    op = make_operator(args.task, args.factor)
+    op.check(_to_model(model, data[0][:1], "cpu"))
+
+    def apply(x, y, rng):
+        res, nfe = editing.cm_linear_edit(model, x, op, times, rng, y, clamp=args.clamp)
+        return [x, op.shown(x)], [res], nfe
+
+    return _per_image(args, model, data, device, apply)
+
+
 def _edit_jpeg(args, model, data, device):
     """Blind JPEG restoration (BCM App. B.1.2)."""
     times, _ = _edit_times(args, model)
@@ -466,6 +488,8 @@ EDIT_HANDLERS = {
     "inpaint": _edit_inpaint,
     "inpaint-refine": _edit_inpaint_refine,
     "cm-inpaint": _edit_cm_inpaint,
+    "super-resolution": _edit_linear,
+    "colorize": _edit_linear,
     "jpeg": _edit_jpeg,
     "class": _edit_class,
 }

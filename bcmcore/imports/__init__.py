@@ -3,6 +3,8 @@
 Formats (docs/imports.md):
   bcm-ict-torch  Mosasaur5526/BCM-iCT-torch `ema_<rate>_<step>.pt` state dicts (ImageNet-64 iCT
                  and BCM, ADM)
+  openai-cm      openai/consistency_models state dicts (ImageNet-64 and LSUN-256 CD, CT and
+                 their EDM teachers, ADM)
   igct-edm       swimmincatt35/iGCT `network-snapshot-<tick>.pkl` EDM persistence pickles
                  (CIFAR-10 NCSN++), read by a restricted unpickler that never executes the source
                  code embedded in them
@@ -13,16 +15,20 @@ from pathlib import Path
 
 from bcmcore.config import UserError, from_dict
 
-FORMATS = ("bcm-ict-torch", "igct-edm")
+FORMATS = ("bcm-ict-torch", "openai-cm", "igct-edm")
 
 
 def _step(src):
-    m = re.search(r"(\d+)\.(?:pt|pkl)$", Path(src).name)
+    """The training step in a snapshot name (ema_0.99997_234000.pt, network-snapshot-000800.pkl);
+    0 for names without one (openai's cd_imagenet64_l2.pt)."""
+    m = re.search(r"[_-](\d{6,})\.(?:pt|pkl)$", Path(src).name)
     return int(m[1]) if m else 0
 
 
-def import_model(fmt, src, kind=None, resolution=64, head_channels=64, clsloc_labels=None):
-    """-> (model.eval(), provenance dict). Raises UserError for an unknown format or a bad file."""
+def import_model(fmt, src, kind=None, resolution=None, head_channels=64, clsloc_labels=None):
+    """-> (model.eval(), provenance dict). Raises UserError for an unknown format or a bad file.
+
+    resolution None: bcm-ict-torch 64 (released), openai-cm read off the released widths."""
     from bcmcore.nets import ModelConfig, build_model
 
     src = Path(src)
@@ -36,13 +42,18 @@ def import_model(fmt, src, kind=None, resolution=64, head_channels=64, clsloc_la
         from bcmcore.imports import bcm_ict_torch as mod
 
         sd = mod.load_state_dict(src)
+        cfg = mod.infer_model_config(sd, src, kind, resolution or 64, head_channels)
+    elif fmt == "openai-cm":
+        from bcmcore.imports import openai_cm as mod
+
+        sd = mod.load_state_dict(src)
         cfg = mod.infer_model_config(sd, src, kind, resolution, head_channels)
     else:
         from bcmcore.imports import igct_edm as mod
 
         if clsloc_labels:
             raise UserError(
-                "--clsloc-labels applies to ImageNet-64 (bcm-ict-torch) checkpoints only"
+                "--clsloc-labels applies to ImageNet-64 (bcm-ict-torch, openai-cm) checkpoints only"
             )
         if kind not in (None, "igct"):
             raise UserError(f"--kind: igct-edm checkpoints hold iGCT models, got --kind {kind}")

@@ -86,6 +86,8 @@ def check_import(ds, exp):
         stop(str(err))
     if e["import"]["format"] == "bcm-ict-torch" and e["import"].get("kind") not in ("cm", "bcm"):
         stop(f"{where}.import.kind: bcm-ict-torch needs kind cm (iCT) or bcm")
+    if e["import"]["format"] == "openai-cm" and e["import"].get("kind") not in ("cm", "edm"):
+        stop(f"{where}.import.kind: openai-cm needs kind cm (CD / CT) or edm (their EDM teacher)")
     trained = {
         x
         for d in config["datasets"].values()
