@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Literal
 
 from bcmcore import recipes, sampling
-from bcmcore.config import ConfigError, UserError, from_dict
+from bcmcore.paths import check_name
+from bcmcore.config import ConfigError, UserError, from_dict, load_yaml
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,11 @@ class EvalSpec:
 
 
 def _check(spec, path):
+    for i, m in enumerate(spec.models):  # names become grid / table file names (bcmcore/paths.py)
+        check_name(m.name, f"models[{i}].name")
+        for j, s in enumerate(m.samplers):
+            if s.name:
+                check_name(s.name, f"models[{i}].samplers[{j}].name")
     names = [m.name for m in spec.models]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -183,9 +189,9 @@ def load_spec(path):
         if path.suffix == ".json":
             data = json.loads(text)
         else:
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = load_yaml(path, text)
+    except ConfigError:
+        raise
     except Exception as e:
         raise UserError(
             f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({e})"

@@ -11,7 +11,6 @@ import shlex
 import sys
 from pathlib import Path
 
-import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
@@ -36,8 +35,20 @@ def merged(base, override):
     return out
 
 
+def checked_yaml(path):
+    """A YAML file read by the project's one loader (duplicate keys stop the workflow, naming file and line)."""
+    from bcmcore.config import UserError, load_yaml
+
+    try:
+        return load_yaml(path)
+    except UserError as e:
+        stop(str(e))
+
+
 def check_config():
     """Schema (unknown keys stop the workflow), then the site's launcher, then each enabled dataset."""
+    for path in dict.fromkeys(workflow.configfiles):  # Snakemake's own reader keeps the last duplicate
+        checked_yaml(path)
     try:
         validate(config, str(Path(workflow.basedir) / "schemas/config.schema.yaml"))
     except WorkflowError as e:
@@ -85,7 +96,7 @@ def add_known_datasets():
     for path in sorted(PRESETS.glob("*.yaml")):
         if path.name == "config.yaml":
             continue
-        for ds, d in ((yaml.safe_load(path.read_text()) or {}).get("datasets") or {}).items():
+        for ds, d in ((checked_yaml(path) or {}).get("datasets") or {}).items():
             if not isinstance(d, dict) or not d.get("enabled", True):
                 continue
             if ds in known:
