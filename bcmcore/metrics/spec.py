@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Literal
 
 from bcmcore import recipes, sampling
-from bcmcore.paths import check_name
 from bcmcore.config import ConfigError, UserError, from_dict, load_yaml
+from bcmcore.paths import check_name
 
 
 @dataclass(frozen=True)
