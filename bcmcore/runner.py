@@ -96,11 +96,17 @@ def load_inputs(data=None, split="test", input=None):
         x = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
         y = None
     elif path.suffix == ".npz" and path.is_file():
-        d = np.load(path)
+        from bcmcore.images import require_uint8_nhwc
+
+        try:
+            d = np.load(path)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: not a readable .npz file ({e})") from None
         key = "images" if "images" in d else "arr_0"
         if key not in d:
             raise UserError(f"{path}: expected an array 'images' or 'arr_0' (uint8 NHWC)")
         x, y = d[key], (d["labels"] if "labels" in d else d["arr_1"] if "arr_1" in d else None)
+        require_uint8_nhwc(x, f"{path}: {key}")
     else:
         raise UserError(f"--input {path}: expected an existing .npz file or a folder of PNGs")
     x = torch.as_tensor(x).permute(0, 3, 1, 2) if x.ndim == 4 else torch.as_tensor(x)

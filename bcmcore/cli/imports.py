@@ -1,6 +1,6 @@
 """`bcm import --format FMT SRC --out NET.pt`: an authors' checkpoint -> a project network file."""
 
-from bcmcore.cli._args import parser
+from bcmcore.cli._args import parser, positive_int
 
 
 def import_(argv):
@@ -24,11 +24,14 @@ def import_(argv):
         "--kind", default=None, help="bcm-ict-torch: cm (iCT) or bcm; default: read off the tensors"
     )
     p.add_argument(
-        "--resolution", type=int, default=64, help="bcm-ict-torch image size (released: 64)"
+        "--resolution",
+        type=positive_int,
+        default=64,
+        help="bcm-ict-torch image size (released: 64)",
     )
     p.add_argument(
         "--head-channels",
-        type=int,
+        type=positive_int,
         default=64,
         help="bcm-ict-torch attention head width (released: 64)",
     )
