@@ -21,13 +21,27 @@ inception_path: ...}):
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from bcmcore import recipes, sampling
-from bcmcore.config import ConfigError, UserError, from_dict, load_yaml
+from bcmcore.config import (
+    Bound,
+    ConfigError,
+    NonNegative,
+    Positive,
+    UserError,
+    checked,
+    from_dict,
+    load_yaml,
+)
 from bcmcore.paths import check_name
 
+Pos = Annotated[int, Positive]
+Count = Annotated[int, NonNegative]
+Time = Annotated[float, Positive]  # noise levels t (EDM sigma): > 0
 
+
+@checked
 @dataclass(frozen=True)
 class FeaturesConfig:
     kind: Literal["inception", "demo", "raw"] = (
@@ -42,6 +56,7 @@ class FeaturesConfig:
     lpips_path: str = ""
 
 
+@checked
 @dataclass(frozen=True)
 class SamplerSpec:
     """One generation setting: a named `recipes.RECIPES` entry, or a `sampling.SAMPLERS` name +
@@ -49,9 +64,9 @@ class SamplerSpec:
 
     recipe: str = ""
     sampler: str = ""  # a sampling.SAMPLERS name
-    times: tuple[float, ...] = ()
+    times: tuple[Time, ...] = ()
     pairs: tuple[tuple[float, float], ...] = ()  # zigzag rounds (eps_i, t_i)
-    steps: int = 1  # igct: 1 or 2 denoiser calls
+    steps: Annotated[int, Bound(ge=1, le=2)] = 1  # igct: 1 or 2 denoiser calls
     name: str = ""  # label in tables/plots; default: the sampler
 
     def resolve(self, where, kind=None):
@@ -82,26 +97,29 @@ class SamplerSpec:
         return r
 
 
+@checked
 @dataclass(frozen=True)
 class InversionSpec:
     """bcm: Alg. 5 along increasing `times`, decode along `gen_times` (default 1 step t_M -> eps);
     igct: noiser + denoiser (no times); edm: Heun ODE over a `steps`-point Karras grid both ways."""
 
-    times: tuple[float, ...] = ()
-    gen_times: tuple[float, ...] = ()
-    steps: int = 18
+    times: tuple[Time, ...] = ()
+    gen_times: tuple[Time, ...] = ()
+    steps: Pos = 18
     initial_noise: bool = True  # BCM's small noise t_0 z before inverting (off: exact-model tests)
 
 
+@checked
 @dataclass(frozen=True)
 class GuidanceSpec:
-    ws: tuple[float, ...] = (1.0,)  # paper convention, w = 1: no guidance
-    steps: int = 1  # iGCT denoiser calls
+    ws: tuple[Annotated[float, NonNegative], ...] = (1.0,)  # paper convention, w = 1: no guidance
+    steps: Pos = 1  # iGCT denoiser calls
     recipe: str = "edm-18"  # CFG-EDM Heun schedule
-    edits: int = 0  # class editing: this many inversion-split images, each edited into
+    edits: Count = 0  # class editing: this many inversion-split images, each edited into
     # every other class per w; the demo classifier scores the target hits
 
 
+@checked
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -113,27 +131,28 @@ class ModelSpec:
     guidance: GuidanceSpec | None = None
 
 
+@checked
 @dataclass(frozen=True)
 class EvalSpec:
     dataset: str
     models: tuple[ModelSpec, ...]
     ref_split: str = "train"
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
-    num_samples: int = 50_000
-    seed: int = 0
-    batch_size: int = 256
+    num_samples: Pos = 50_000
+    seed: Count = 0
+    batch_size: Pos = 256
     labels: Literal["uniform", "data"] = (
         "uniform"  # class labels of conditional samples (iGCT: data)
     )
-    pr_k: int = 3
-    pr_real: int = 50_000  # real features kept for precision/recall (iGCT's VGG16 P/R: up to 200k)
-    kid_subsets: int = 100  # KID: MMD^2 over this many random subsets ...
-    kid_subset_size: int = 1000  # ... of at most this many samples from each set
-    is_splits: int = 10  # Inception Score splits
+    pr_k: Pos = 3
+    pr_real: Pos = 50_000  # real features kept for precision/recall (iGCT's VGG16 P/R: up to 200k)
+    kid_subsets: Pos = 100  # KID: MMD^2 over this many random subsets ...
+    kid_subset_size: Pos = 1000  # ... of at most this many samples from each set
+    is_splits: Pos = 10  # Inception Score splits
     inversion_split: str = "test"
-    inversion_count: int = 10_000
-    jpeg_quality: int = 20
-    grid: int = 64  # samples per PNG grid
+    inversion_count: Pos = 10_000
+    jpeg_quality: Annotated[int, Bound(ge=1, le=95)] = 20
+    grid: Count = 64  # samples per PNG grid
     clamp: bool = True  # clip generated images to [-1, 1]
 
 
