@@ -86,7 +86,8 @@ def _bound_errors(value, tp, key):
 
 
 def checked(cls):
-    """Class decorator: every field's Bound is checked when an instance is made, before the class's
+    """Class decorator (below @dataclass, which calls __post_init__ only if the class has one when
+    it is made): every field's Bound is checked when an instance is made, before the class's
     own __post_init__ (its relations between fields, e.g. sigma_min < sigma_max)."""
     own = cls.__dict__.get("__post_init__")
 

@@ -41,8 +41,8 @@ Count = Annotated[int, NonNegative]
 Time = Annotated[float, Positive]  # noise levels t (EDM sigma): > 0
 
 
-@checked
 @dataclass(frozen=True)
+@checked
 class FeaturesConfig:
     kind: Literal["inception", "demo", "raw"] = (
         "demo"  # raw: vector data are their own features (toy)
@@ -56,8 +56,8 @@ class FeaturesConfig:
     lpips_path: str = ""
 
 
-@checked
 @dataclass(frozen=True)
+@checked
 class SamplerSpec:
     """One generation setting: a named `recipes.RECIPES` entry, or a `sampling.SAMPLERS` name +
     times/pairs explicitly."""
@@ -97,8 +97,8 @@ class SamplerSpec:
         return r
 
 
-@checked
 @dataclass(frozen=True)
+@checked
 class InversionSpec:
     """bcm: Alg. 5 along increasing `times`, decode along `gen_times` (default 1 step t_M -> eps);
     igct: noiser + denoiser (no times); edm: Heun ODE over a `steps`-point Karras grid both ways."""
@@ -109,8 +109,8 @@ class InversionSpec:
     initial_noise: bool = True  # BCM's small noise t_0 z before inverting (off: exact-model tests)
 
 
-@checked
 @dataclass(frozen=True)
+@checked
 class GuidanceSpec:
     ws: tuple[Annotated[float, NonNegative], ...] = (1.0,)  # paper convention, w = 1: no guidance
     steps: Pos = 1  # iGCT denoiser calls
@@ -119,8 +119,8 @@ class GuidanceSpec:
     # every other class per w; the demo classifier scores the target hits
 
 
-@checked
 @dataclass(frozen=True)
+@checked
 class ModelSpec:
     name: str
     network: str
@@ -131,8 +131,8 @@ class ModelSpec:
     guidance: GuidanceSpec | None = None
 
 
-@checked
 @dataclass(frozen=True)
+@checked
 class EvalSpec:
     dataset: str
     models: tuple[ModelSpec, ...]

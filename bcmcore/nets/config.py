@@ -11,8 +11,8 @@ Pos = Annotated[int, Positive]
 Count = Annotated[int, NonNegative]
 
 
-@checked
 @dataclass(frozen=True)
+@checked
 class NetConfig:
     """Raw network F(x_in, c_t, c_u=None, y=None, w=None). Defaults: NCSN++ CIFAR-10 widths
     (docs/methods.md §12)."""
@@ -60,8 +60,8 @@ class NetConfig:
         return self.embedding or ("fourier" if self.arch == "ncsnpp" else "positional")
 
 
-@checked
 @dataclass(frozen=True)
+@checked
 class ModelConfig:
     """Preconditioned model: kind cm/bcm -> ConsistencyModel, edm -> EDMDenoiser, igct ->
     IGCTModel."""

@@ -22,8 +22,8 @@ PosFloat = Annotated[float, Positive]
 Prob = Annotated[float, Probability]
 
 
-@checked
 @dataclass(frozen=True)
+@checked
 class TrainConfig:
     """One training stage. Progress is counted in optimizer steps; schedules are functions of the
     step."""
