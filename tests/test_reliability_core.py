@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the probe table keeps one case per line)
 """Issue 26, the core mechanisms: one name rule + inside() for output paths, an announced and
 bounded rendezvous, one bounds layer for config dataclasses and CLI numbers, network files checked
 on load, the `bcm` error boundary, and one YAML loader. Ends with the probe: bad inputs and faults

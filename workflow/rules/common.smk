@@ -47,7 +47,9 @@ def checked_yaml(path):
 
 def check_config():
     """Schema (unknown keys stop the workflow), then the site's launcher, then each enabled dataset."""
-    for path in dict.fromkeys(workflow.configfiles):  # Snakemake's own reader keeps the last duplicate
+    for path in dict.fromkeys(
+        workflow.configfiles
+    ):  # Snakemake's own reader keeps the last duplicate
         checked_yaml(path)
     try:
         validate(config, str(Path(workflow.basedir) / "schemas/config.schema.yaml"))

@@ -5,7 +5,6 @@ import functools
 import shlex
 
 
-
 def site_file(name):
     """A file of the launcher site (relative paths: from the working directory, else from the workflow)."""
     site = Path(config["site"])
@@ -33,7 +32,9 @@ def stage_launcher(ds, stage):
             stages = load_yaml(site_file("stages.yaml")) or {}
         except UserError as e:
             stop(str(e))
-        if not isinstance(stages, dict) or not all(isinstance(v, (dict, type(None))) for v in stages.values()):
+        if not isinstance(stages, dict) or not all(
+            isinstance(v, (dict, type(None))) for v in stages.values()
+        ):
             stop(f"{site_file('stages.yaml')}: expected a mapping stage -> {{launch key: value}}")
         unknown = sorted(set(stages) - set(STAGES))
         if unknown:
