@@ -351,7 +351,7 @@ PROBE = [
     ("eval: model name a/b", "eval --spec {spec_slash} --out {dir}/o", {}, 2, "models[0].name: 'a/b' is not a valid name"),
     ("eval: num_samples 0", "eval --spec {spec_zero} --out {dir}/o", {}, 2, "spec.num_samples: expected a number > 0"),
     ("eval: jpeg_quality 200", "eval --spec {spec_quality} --out {dir}/o", {}, 2, "spec.jpeg_quality"),
-    ("eval: negative inversion time", "eval --spec {spec_times} --out {dir}/o", {}, 2, "times[0]: expected a number > 0"),
+    ("eval: negative inversion time", "eval --spec {spec_times} --out {dir}/o", {}, 2, "times[0]: expected a number >= 0"),
     ("eval: igct steps 3", "eval --spec {spec_steps} --out {dir}/o", {}, 2, "steps: expected a number >= 1 and <= 2"),
     ("eval: duplicate YAML key", "eval --spec {spec_dup} --out {dir}/o", {}, 2, "dup.yaml:3: duplicate key 'num_samples'"),
     ("eval: spec is a list", "eval --spec {spec_list} --out {dir}/o", {}, 2, "expected a mapping"),

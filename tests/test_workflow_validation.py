@@ -43,7 +43,7 @@ def exp(name, **section):
             exp("ict", grid={"recipee": "demo-nfe2"}),
             ["datasets.digits.experiments.ict.grid.recipee"],
         ),
-        (exp("ict", grid={"num_steps": "two"}), ["experiments.ict.grid.num_steps: expected int"]),
+        (exp("ict", grid={"num_steps": "two"}), ["experiments.ict.grid.num_steps: expected a positive integer"]),
         (
             exp("igct", grid={"w": float("nan")}),
             ["experiments.igct.grid.w: expected a finite number"],

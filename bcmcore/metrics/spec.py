@@ -38,7 +38,7 @@ from bcmcore.paths import check_name
 
 Pos = Annotated[int, Positive]
 Count = Annotated[int, NonNegative]
-Time = Annotated[float, Positive]  # noise levels t (EDM sigma): > 0
+Time = Annotated[float, NonNegative]  # noise levels t (EDM sigma): >= 0 (a last step may reach 0)
 
 
 @dataclass(frozen=True)
