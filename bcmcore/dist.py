@@ -70,18 +70,127 @@ def local_env(rank, world, port):
     )
 
 
+GROUP_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+RENDEZVOUS_ENV = "BCM_RENDEZVOUS_TIMEOUT"  # seconds the ranks wait for each other at start-up
+RENDEZVOUS_DEFAULT_S = 300
+
+
+def rendezvous_timeout():
+    """Seconds to wait for the other ranks at start-up ($BCM_RENDEZVOUS_TIMEOUT, default 300)."""
+    from bcmcore.config import UserError
+
+    text = os.environ.get(RENDEZVOUS_ENV, str(RENDEZVOUS_DEFAULT_S))
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1e7:
+        raise UserError(f"{RENDEZVOUS_ENV}: expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _group_source():
+    """Which variables made this a multi-process run (what the user must unset if it is stray)."""
+    names = [k for k in GROUP_VARS if k in os.environ]
+    if "SLURM_PROCID" in os.environ and "SLURM_STEP_ID" in os.environ:
+        names += ["SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_ID"]
+    return ", ".join(f"{k}={os.environ[k]}" for k in names)
+
+
+def _wait_for_port(host, port, seconds):
+    """Return once host:port accepts a connection; TimeoutError after `seconds`."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"nothing listens at {host}:{port} ({e.strerror or e})"
+                ) from None
+            time.sleep(0.5)
+
+
+def _rendezvous(backend, r, ws, dev, use_cuda, timeout_min):
+    """init_process_group with a bounded start-up: the TCP store waits at most
+    rendezvous_timeout() for every rank (a stray WORLD_SIZE must not hang silently for the
+    collective timeout), then collectives get their own `timeout_min`."""
+    from bcmcore.config import UserError
+
+    for key in ("MASTER_ADDR", "MASTER_PORT"):
+        if key not in os.environ:
+            raise UserError(
+                f"WORLD_SIZE={ws} but {key} is not set (variables: {_group_source()}); launch "
+                "with torchrun, srun or bcm launch, or unset WORLD_SIZE for one process"
+            )
+    wait = rendezvous_timeout()
+    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    print(
+        f"[dist] rank {r} of {ws} ({backend}) from {_group_source()}: waiting up to {wait:g} s "
+        f"for the other ranks at {where} (set {RENDEZVOUS_ENV} to change)",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        port = int(os.environ["MASTER_PORT"])
+        if r != 0:  # reach rank 0 from Python first: torch's own retries print C++ stack dumps
+            _wait_for_port(os.environ["MASTER_ADDR"], port, wait)
+        store = dist.TCPStore(
+            os.environ["MASTER_ADDR"],
+            port,
+            ws,
+            is_master=r == 0,
+            timeout=datetime.timedelta(seconds=wait),
+            wait_for_workers=True,
+        )
+        dist.init_process_group(
+            backend,
+            store=store,
+            rank=r,
+            world_size=ws,
+            timeout=datetime.timedelta(minutes=timeout_min),
+            device_id=dev if use_cuda else None,  # binds the nccl group to this rank's GPU
+        )
+        store.set_timeout(datetime.timedelta(minutes=timeout_min))
+    except (
+        RuntimeError,
+        ValueError,
+        OSError,
+    ) as e:  # DistStoreError / DistNetworkError: RuntimeError
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"rank {r} of {ws}: the other ranks did not join at {where} within {wait:g} s "
+            f"({first}); the group came from {_group_source()}: unset them for one process, or "
+            f"raise {RENDEZVOUS_ENV}"
+        ) from None
+
+
 def init(device=None, timeout_min=30):
     """Join (or create) the process group. Returns (rank, world_size, local_rank, device).
 
-    device: None = CUDA if available else CPU; "cpu" forces CPU (and gloo) even on a GPU node.
+    device: None = CUDA if available else CPU; "cpu" forces CPU (and gloo) even on a GPU node;
+    "cuda" requires a working GPU (an error otherwise, never a silent CPU run).
     Idempotent: a second call returns the same values.
     """
+    from bcmcore.config import UserError
+
     if _STATE["device"] is not None:
         return rank(), world_size(), _STATE["local_rank"], _STATE["device"]
+    if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine (use cpu)")
     _slurm_env()
-    ws = int(os.environ.get("WORLD_SIZE", "1"))
-    r = int(os.environ.get("RANK", "0"))
-    lr = int(os.environ.get("LOCAL_RANK", "0"))
+    try:
+        ws = int(os.environ.get("WORLD_SIZE", "1"))
+        r = int(os.environ.get("RANK", "0"))
+        lr = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        raise UserError(f"expected integers in {_group_source()}") from None
+    if ws < 1 or not 0 <= r < ws or lr < 0:
+        raise UserError(f"expected 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0: {_group_source()}")
     use_cuda = torch.cuda.is_available() and device != "cpu"
     if use_cuda:
         n = torch.cuda.device_count()
@@ -95,20 +204,7 @@ def init(device=None, timeout_min=30):
             local_ws = int(os.environ.get("LOCAL_WORLD_SIZE", ws))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_ws))
     if ws > 1 and not dist.is_initialized():
-        for key in ("MASTER_ADDR", "MASTER_PORT"):
-            if key not in os.environ:
-                raise RuntimeError(
-                    f"WORLD_SIZE={ws} but {key} is not set "
-                    "(launch with torchrun, srun or bcm launch)"
-                )
-        dist.init_process_group(
-            "nccl" if use_cuda else "gloo",
-            init_method="env://",
-            rank=r,
-            world_size=ws,
-            timeout=datetime.timedelta(minutes=timeout_min),
-            device_id=dev if use_cuda else None,  # binds the nccl group to this rank's GPU
-        )
+        _rendezvous("nccl" if use_cuda else "gloo", r, ws, dev, use_cuda, timeout_min)
         _STATE["owned"] = True
     _STATE.update(rank=r, world_size=ws, local_rank=lr, device=dev)
     return r, ws, lr, dev

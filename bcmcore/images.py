@@ -29,6 +29,24 @@ def to_uint8_nhwc(x):
     return to_uint8(x).permute(0, 2, 3, 1).numpy()
 
 
+def require_uint8_nhwc(a, where):
+    """`a` if it holds uint8 NHWC pixels (C = 1 or 3), else one UserError naming `where`: float
+    pixels read as uint8 would be silently wrong (values in [0, 1] become near-black)."""
+    from bcmcore.config import UserError
+
+    dtype = getattr(a, "dtype", None)
+    if str(dtype) not in ("uint8", "torch.uint8"):
+        raise UserError(
+            f"{where}: expected uint8 pixels 0..255, got dtype {dtype} (convert floats in [0, 1] "
+            "with (x * 255).round().astype('uint8'))"
+        )
+    if len(a.shape) != 4 or a.shape[-1] not in (1, 3):
+        raise UserError(
+            f"{where}: expected images N x H x W x C (C = 1 or 3), got shape {tuple(a.shape)}"
+        )
+    return a
+
+
 def from_uint8_nhwc(a, device="cpu"):
     """uint8 NHWC (numpy or tensor) -> float32 NCHW in [-1, 1] on device."""
     return to_float(torch.as_tensor(np.asarray(a)).permute(0, 3, 1, 2)).to(device)

@@ -105,7 +105,7 @@ LAUNCH_KEYS = {
 def load_launcher(path=None, **overrides):
     """LauncherConfig from a YAML file (None: defaults) plus CLI overrides (None values are
     ignored)."""
-    import yaml
+    from bcmcore.config import load_yaml
 
     data = {}
     where = "launcher"
@@ -113,10 +113,7 @@ def load_launcher(path=None, **overrides):
         path, where = Path(path), str(path)
         if not path.is_file():
             raise UserError(f"{path}: launcher file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"{path}: not valid YAML ({e})") from None
+        data = load_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of launcher settings")
     data.update({k: v for k, v in overrides.items() if v is not None})

@@ -11,9 +11,7 @@ calls it on its live config, and `run_config` here on a preset file, so `bcm ben
 import copy
 from pathlib import Path
 
-import yaml
-
-from bcmcore.config import UserError
+from bcmcore.config import UserError, load_yaml
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "workflow" / "config"
 PRESETS = ("cifar10", "imagenet64", "ffhq64", "lsun256")
@@ -46,7 +44,9 @@ def load(preset):
     if not path.is_file():
         known = ", ".join((*PRESETS, DEMO))
         raise UserError(f"preset {preset!r}: {path} not found (known: {known})")
-    cfg = yaml.safe_load(path.read_text())
+    cfg = load_yaml(path)
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("datasets", {}), dict):
+        raise UserError(f"{path}: expected a mapping with a 'datasets' mapping")
     enabled = [ds for ds, d in cfg.get("datasets", {}).items() if d.get("enabled", True)]
     if len(enabled) != 1:
         raise UserError(f"{path}: expected exactly one enabled dataset, got {enabled}")

@@ -60,9 +60,17 @@ def _job_token():
     return f"proc:{uuid.uuid4().hex}"
 
 
+def _record(text):
+    """A lock record: a JSON object; anything else (a list, a number, other JSON) is unreadable."""
+    record = json.loads(text)
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    return record
+
+
 def read_record(path):
     try:
-        return json.loads(Path(path).read_text())
+        return _record(Path(path).read_text())
     except (OSError, ValueError):
         return {}
 
@@ -72,7 +80,7 @@ def read(run_dir):
     held)."""
     path = Path(run_dir) / NAME
     try:
-        holder = json.loads(path.read_text())
+        holder = _record(path.read_text())
         holder["age_s"] = time.time() - path.stat().st_mtime
         return holder
     except FileNotFoundError:

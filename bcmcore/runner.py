@@ -112,11 +112,17 @@ def load_inputs(data=None, split="test", input=None, shape=None):
                 )
         x, y = np.stack(x), None
     elif path.suffix == ".npz" and path.is_file():
-        d = np.load(path)
+        from bcmcore.images import require_uint8_nhwc
+
+        try:
+            d = np.load(path)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: not a readable .npz file ({e})") from None
         key = "images" if "images" in d else "arr_0"
         if key not in d:
             raise UserError(f"{path}: expected an array 'images' or 'arr_0' (uint8 NHWC)")
         x, y = d[key], (d["labels"] if "labels" in d else d["arr_1"] if "arr_1" in d else None)
+        require_uint8_nhwc(x, f"{path}: {key}")
         if shape and len(shape) == 3:
             x = array_to_channels(x, shape[0], f"{path} ({key})")
     else:

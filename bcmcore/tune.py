@@ -20,6 +20,7 @@ import torch
 
 from bcmcore import sampling
 from bcmcore.config import UserError
+from bcmcore.paths import inside
 from bcmcore.recipes import Recipe
 
 TUNABLE = ("ancestral", "zigzag", "combined", "multistep")
@@ -358,7 +359,7 @@ def probe_spec(spec, out_dir, models=None, device=None):
         num = getattr(getattr(model.cfg, "net", None), "num_classes", 0)
         rows = inversion_probe(model, _to_float(x).float(), y if num else None, basis=basis)
         cols = [c for c in COLUMNS if any(c in r for r in rows)]  # rel_L: not at t = eps
-        with open(out / f"probe-{m.name}.csv", "w", newline="") as fh:
+        with open(inside(out, f"probe-{m.name}.csv"), "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=cols)
             w.writeheader()
             for r in rows:

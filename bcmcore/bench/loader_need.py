@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
+
+from bcmcore.config import load_yaml
 
 PEAK = 989e12  # H100 SXM dense bf16 (bcmcore.bench.step.PEAK_BF16)
 MFU = 0.4
@@ -78,7 +79,7 @@ def train_cpus(preset):
     from bcmcore import presets
 
     ds, cfg = presets.load(preset)
-    stages = yaml.safe_load(STAGES.read_text())
+    stages = load_yaml(STAGES)
     launch = (cfg["datasets"][ds].get("launch") or {}).get("train") or {}
     return int(launch.get("cpus_per_task", stages["train"]["cpus_per_task"]))
 

@@ -118,12 +118,32 @@ def main(argv=None):
     if argv[0] not in table:
         print(unknown(argv[0], table), file=sys.stderr)
         return 2
+    return run_command(argv[0], table[argv[0]], argv[1:])
+
+
+def environment_error(e):
+    """An OSError of the user's files or machine (read-only, not a directory, exists, missing,
+    permission) -> one UserError line naming the file, else None."""
+    if not isinstance(e, OSError) or isinstance(e, (TimeoutError, ConnectionError)):
+        return None
+    names = [n for n in (e.filename, getattr(e, "filename2", None)) if n is not None]
+    what = e.strerror or type(e).__name__
+    where = " -> ".join(str(n) for n in names) or "a file"
+    return UserError(f"{where}: {what}")
+
+
+def run_command(command, handler, args):
+    """The error boundary of every command: the user's mistakes and a broken environment give one
+    line and an exit code; only our own bugs give a traceback."""
     try:
-        rc = table[argv[0]](argv[1:])
+        rc = handler(args)
+    except KeyboardInterrupt:
+        print(f"bcm {command}: interrupted (files already complete are intact)", file=sys.stderr)
+        return 130
     except Exception as e:  # the one clear line for the user's mistakes; tracebacks for ours
-        e = resource_error(argv[0], e) or e
+        e = resource_error(command, e) or environment_error(e) or e
         if not isinstance(e, UserError):
             raise
-        print(f"bcm {argv[0]}: error: {e}", file=sys.stderr)
+        print(f"bcm {command}: error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)  # 130 / 143 after SIGINT / SIGTERM
     return int(rc or 0)

@@ -80,15 +80,16 @@ def parse_pairs(text, flag="--zigzag"):
     return pairs
 
 
-def _cli_number(kind, low, what):
-    """An argparse `type`: a finite `kind` (int or float) >= low; argparse names the flag."""
+def _cli_number(kind, low, what, high=math.inf):
+    """An argparse `type`: a finite `kind` (int or float) in [low, high]; argparse names the
+    flag."""
 
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or not math.isfinite(value) or value < low:
+        if value is None or not math.isfinite(value) or not low <= value <= high:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
 
@@ -99,3 +100,7 @@ def _cli_number(kind, low, what):
 positive_int = _cli_number(int, 1, "a positive integer")
 nonneg_int = _cli_number(int, 0, "an integer >= 0")
 finite_float = _cli_number(float, -math.inf, "a finite number")
+nonneg_float = _cli_number(float, 0.0, "a number >= 0")
+positive_float = _cli_number(float, 1e-300, "a number > 0")
+fraction = _cli_number(float, 0.0, "a fraction in [0, 1]", 1.0)
+jpeg_quality = _cli_number(int, 1, "a JPEG quality in 1..95", 95)

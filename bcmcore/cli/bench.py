@@ -4,7 +4,7 @@ subcommand."""
 
 import json
 
-from bcmcore.cli._args import parser
+from bcmcore.cli._args import nonneg_int, parser, positive_float, positive_int
 from bcmcore.config import UserError
 
 
@@ -29,7 +29,9 @@ def bench(argv):
         "threads=N, batch=N, net.K=V, model.K=V, loss.K=V, train.K=V or a variant token "
         "(bcmcore/bench/vs.py), e.g. digits/ict@threads=1",
     )
-    tr.add_argument("--rounds", type=int, default=7, help="--vs: rounds of --steps per side")
+    tr.add_argument(
+        "--rounds", type=positive_int, default=7, help="--vs: rounds of --steps per side"
+    )
     tr.add_argument(
         "--baseline-tree",
         metavar="PATH",
@@ -37,10 +39,12 @@ def bench(argv):
         "<rev>`): one config across two code versions; without --vs both sides are --config",
     )
     tr.add_argument(
-        "--batch", type=int, help="per-process batch (default: the config's GPU or CPU batch)"
+        "--batch",
+        type=positive_int,
+        help="per-process batch (default: the config's GPU or CPU batch)",
     )
-    tr.add_argument("--steps", type=int, default=10)
-    tr.add_argument("--warmup", type=int, default=3)
+    tr.add_argument("--steps", type=positive_int, default=10)
+    tr.add_argument("--warmup", type=nonneg_int, default=3)
     tr.add_argument(
         "--variants",
         help="comma list of variants, each tokens joined by '+': fp32 (TF32 matmuls, the train "
@@ -50,14 +54,16 @@ def bench(argv):
     tr.add_argument("--out", help="also write the rows as JSON here")
     dd = sub.add_parser("ddp", help="2-process vs 1-process step time on CPU (gloo)")
     dd.add_argument("--config", default="tiny")
-    dd.add_argument("--batch", type=int, help="per-process batch")
-    dd.add_argument("--steps", type=int, default=20)
+    dd.add_argument("--batch", type=positive_int, help="per-process batch")
+    dd.add_argument("--steps", type=positive_int, default=20)
     dd.add_argument("--out")
     da = sub.add_parser("data", help="shard loader vs in-memory decoded images/s")
     da.add_argument("--res", default="32,64,256", help="resolutions (default 32,64,256)")
     da.add_argument("--workers", default="0,1,2", help="DataLoader worker counts (default 0,1,2)")
     da.add_argument(
-        "--n", type=int, help="images per resolution (default 4096 up to 64 px, 256 at 256 px)"
+        "--n",
+        type=positive_int,
+        help="images per resolution (default 4096 up to 64 px, 256 at 256 px)",
     )
     da.add_argument(
         "--content",
@@ -65,8 +71,8 @@ def bench(argv):
         default="photo",
         help="image content: crops of real photos (default), smooth noise, or uniform noise",
     )
-    da.add_argument("--batch", type=int, default=128, help="batch per rank")
-    da.add_argument("--batches", type=int, default=20, help="timed batches per row")
+    da.add_argument("--batch", type=positive_int, default=128, help="batch per rank")
+    da.add_argument("--batches", type=positive_int, default=20, help="timed batches per row")
     da.add_argument("--dir", default=None, help="where to write the shards (default: a temp dir)")
     lo = sub.add_parser(
         "loader",
@@ -77,11 +83,17 @@ def bench(argv):
         help="comma list of <preset>/<experiment> (default: every trained experiment of "
         "cifar10, imagenet64, ffhq64, lsun256)",
     )
-    lo.add_argument("--peak", type=float, default=989e12, help="GPU FLOP/s (default H100 bf16)")
-    lo.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation (0.4)")
-    lo.add_argument("--bar", type=float, default=2.0, help="required supply/need ratio (2)")
-    lo.add_argument("--batch", type=int, default=1, help="batch of the FLOP-counted CPU step")
-    lo.add_argument("--rounds", type=int, default=3, help="interleaved loader-rate rounds")
+    lo.add_argument(
+        "--peak", type=positive_float, default=989e12, help="GPU FLOP/s (default H100 bf16)"
+    )
+    lo.add_argument("--mfu", type=positive_float, default=0.4, help="model FLOPs utilisation (0.4)")
+    lo.add_argument(
+        "--bar", type=positive_float, default=2.0, help="required supply/need ratio (2)"
+    )
+    lo.add_argument(
+        "--batch", type=positive_int, default=1, help="batch of the FLOP-counted CPU step"
+    )
+    lo.add_argument("--rounds", type=positive_int, default=3, help="interleaved loader-rate rounds")
     lo.add_argument("--flops-from", help="reuse the FLOPs of an earlier --out CSV")
     lo.add_argument("--out", help="also write the rows as CSV here (e.g. docs/loader.csv)")
     args = ap.parse_args(argv)

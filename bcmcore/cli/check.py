@@ -1,7 +1,7 @@
 """`bcm check gpu [--cpu]`: the one-shot GPU acceptance check (bcmcore/bench/gpu_check.py), one
 table."""
 
-from bcmcore.cli._args import parser
+from bcmcore.cli._args import parser, positive_float
 
 
 def check(argv):
@@ -12,7 +12,10 @@ def check(argv):
     g.add_argument("--cpu", action="store_true", help="tiny networks on the CPU (the suite's run)")
     g.add_argument("--out", default="results/gpu-check", help="where gpu-check.{md,json} go")
     g.add_argument(
-        "--budget-s", type=float, default=420, help="seconds for all items (compiled rows last)"
+        "--budget-s",
+        type=positive_float,
+        default=420,
+        help="seconds for all items (compiled rows last)",
     )
     g.add_argument("--no-tests", action="store_true", help="skip the gpu-marked pytest run")
     args = ap.parse_args(argv)

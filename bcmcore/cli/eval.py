@@ -1,7 +1,7 @@
 """`bcm eval --spec FILE --out DIR` (an evaluation sweep, distributed when launched on several
 ranks) and `bcm edit-rate` (class-editing success rate per w outside a sweep)."""
 
-from bcmcore.cli._args import parser
+from bcmcore.cli._args import parser, positive_int
 
 
 def evaluate(argv):
@@ -18,7 +18,9 @@ def evaluate(argv):
     p.add_argument(
         "--device", default=None, help="cpu to force the CPU (default: CUDA when available)"
     )
-    p.add_argument("--num-samples", type=int, default=None, help="override the spec's num_samples")
+    p.add_argument(
+        "--num-samples", type=positive_int, default=None, help="override the spec's num_samples"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
 
@@ -52,10 +54,10 @@ def edit_rate(argv):
     p.add_argument("--out", required=True, help="CSV file to write: w, edit_success_rate, pairs")
     p.add_argument("--split", default="test")
     p.add_argument("--w", default="1,4,7,13", help="comma-separated guidance weights (w = 1: none)")
-    p.add_argument("--limit", type=int, default=200, help="number of source images")
+    p.add_argument("--limit", type=positive_int, default=200, help="number of source images")
     p.add_argument(
         "--steps",
-        type=int,
+        type=positive_int,
         default=18,
         help="EDM only: Heun grid points for inversion and sampling",
     )

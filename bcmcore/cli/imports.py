@@ -1,6 +1,6 @@
 """`bcm import --format FMT SRC --out NET.pt`: an authors' checkpoint -> a project network file."""
 
-from bcmcore.cli._args import parser
+from bcmcore.cli._args import parser, positive_int
 
 
 def import_parser():
@@ -32,14 +32,14 @@ def import_parser():
     )
     p.add_argument(
         "--resolution",
-        type=int,
+        type=positive_int,
         default=None,
         help="image size (bcm-ict-torch default 64; openai-cm default 64 or 256, read off the "
         "released widths)",
     )
     p.add_argument(
         "--head-channels",
-        type=int,
+        type=positive_int,
         default=64,
         help="attention head width (bcm-ict-torch, openai-cm; released: 64)",
     )

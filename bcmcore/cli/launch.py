@@ -1,7 +1,7 @@
 """`bcm launch [options] -- <bcm command> [args]`: run any bcm command as one (multi-task,
 multi-node) job through submitit, and wait for it (bcmcore.launch)."""
 
-from bcmcore.cli._args import parser
+from bcmcore.cli._args import parser, positive_float
 
 
 def launch(argv):
@@ -24,7 +24,9 @@ def launch(argv):
         "--job-dir", help="submitit logs (default: RUN_DIR/submitit when the command has --run-dir)"
     )
     ap.add_argument(
-        "--deadline-min", type=float, help="cancel the job and exit 124 after this many minutes"
+        "--deadline-min",
+        type=positive_float,
+        help="cancel the job and exit 124 after this many minutes",
     )
     ap.add_argument(
         "--name",

@@ -67,11 +67,11 @@ def _parser():
     s.add_argument(
         "--test-count", type=nonneg_int, default=300, help="seeded test split size (default 300)"
     )
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=nonneg_int, default=0)
     s = add("gmm2d", "2-D Gaussian-mixture toy data (bcmcore.toy.DEMO_GMM unless --params)")
     s.add_argument("--n-train", type=positive_int, default=65536)
     s.add_argument("--n-test", type=nonneg_int, default=8192)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=nonneg_int, default=0)
     s.add_argument(
         "--params", default=None, help="JSON file {means, stds, weights} (default DEMO_GMM)"
     )

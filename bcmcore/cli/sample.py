@@ -7,7 +7,17 @@ import numpy as np
 import torch
 
 from bcmcore import dist, editing, runner, sampling
-from bcmcore.cli._args import parse_ids, parse_pairs, parse_times, parser, positive_int
+from bcmcore.cli._args import (
+    fraction,
+    jpeg_quality,
+    nonneg_float,
+    nonneg_int,
+    parse_ids,
+    parse_pairs,
+    parse_times,
+    parser,
+    positive_int,
+)
 from bcmcore.cli.flags import EDIT_TASKS
 from bcmcore.config import UserError
 from bcmcore.images import to_float, to_uint8_nhwc
@@ -32,9 +42,9 @@ def _common(prog, handler):
     p = parser(prog, handler.__doc__)
     p.add_argument("--network", required=True, help="network-*.pt written by `bcm train`")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--batch", type=int, default=64, help="batch per rank")
+    p.add_argument("--batch", type=positive_int, default=64, help="batch per rank")
     p.add_argument("--device", default=None, help="cpu to force CPU; default: CUDA if available")
-    p.add_argument("--grid", type=int, default=64, help="items shown in the PNG grid")
+    p.add_argument("--grid", type=nonneg_int, default=64, help="items shown in the PNG grid")
     return p
 
 
@@ -114,7 +124,7 @@ def sample_parser():
     p.add_argument("--recipe", help="a named recipe (below)")
     p.add_argument("--class-labels", help="random (default), or ids/ranges cycled over the seeds")
     p.add_argument(
-        "--w", type=float, default=1.0, help="guidance weight (paper convention, 1 = none)"
+        "--w", type=nonneg_float, default=1.0, help="guidance weight (paper convention, 1 = none)"
     )
     p.add_argument(
         "--clamp", action="store_true", help="multistep: clamp to [-1, 1] between steps (CM code)"
@@ -182,7 +192,7 @@ def _input_args(p):
     p.add_argument(
         "--indices", help="which images, e.g. 0-63 (default: 0-15 of --data, all of --input)"
     )
-    p.add_argument("--seed", type=int, default=0, help="image i's noise uses seed + i")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="image i's noise uses seed + i")
 
 
 def load_inputs(args, model):
@@ -229,7 +239,9 @@ def invert(argv):
     )
     p.add_argument("--recipe", help="a named schedule (below), e.g. demo-invert-nfe2")
     p.add_argument("--gen-steps", help="decode along these times (default 1 step tM -> eps)")
-    p.add_argument("--num-steps", type=int, default=18, help="edm: Heun ODE Karras grid points")
+    p.add_argument(
+        "--num-steps", type=positive_int, default=18, help="edm: Heun ODE Karras grid points"
+    )
     args = p.parse_args(argv)
     model, meta, device = _setup(args)
     x_all, y_all, idx_all = load_inputs(args, model)
@@ -322,15 +334,22 @@ def edit_parser():
     p.add_argument(
         "--mask", default="box", help="box (centre square) or a .npy of 0/1, 1 = missing"
     )
-    p.add_argument("--mask-frac", type=float, default=0.5)
+    p.add_argument("--mask-frac", type=fraction, default=0.5)
     p.add_argument("--alphas", default="0,0.25,0.5,0.75,1", help="interpolate: slerp weights")
-    p.add_argument("--quality", type=int, default=20, help="jpeg: PIL quality factor")
+    p.add_argument("--quality", type=jpeg_quality, default=20, help="jpeg: PIL quality factor")
     p.add_argument(
-        "--factor", type=int, default=4, help="super-resolution: average-pooling factor p (p x p)"
+        "--factor",
+        type=positive_int,
+        default=4,
+        help="super-resolution: average-pooling factor p (p x p)",
     )
     p.add_argument("--target-class", help="class: the target label, or 'all' (a column per class)")
-    p.add_argument("--w", type=float, default=1.0, help="class: guidance weight (paper convention)")
-    p.add_argument("--num-steps", type=int, default=18, help="class (edm): Heun Karras grid points")
+    p.add_argument(
+        "--w", type=nonneg_float, default=1.0, help="class: guidance weight (paper convention)"
+    )
+    p.add_argument(
+        "--num-steps", type=positive_int, default=18, help="class (edm): Heun Karras grid points"
+    )
     p.add_argument("--clamp", action="store_true", help="clamp to [-1, 1] after each CM-style step")
     return p
 

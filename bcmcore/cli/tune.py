@@ -1,7 +1,7 @@
 """`bcm tune --spec FILE --out DIR`: choose the sweep's sampler times by measurement
 (bcmcore/tune.py), optionally with the per-(t, u) inversion probe (bcmcore/metrics/probe.py)."""
 
-from bcmcore.cli._args import parser
+from bcmcore.cli._args import nonneg_int, parser, positive_int
 
 
 def tune(argv):
@@ -16,14 +16,18 @@ def tune(argv):
     p.add_argument("--spec", required=True, help="sweep spec (YAML or JSON) giving the start times")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", action="append", default=None, help="tune only this model (repeat)")
-    p.add_argument("--budget", type=int, default=30, help="schedules scored per sampler (30)")
+    p.add_argument(
+        "--budget", type=positive_int, default=30, help="schedules scored per sampler (30)"
+    )
     p.add_argument(
         "--seed-offset",
-        type=int,
+        type=nonneg_int,
         default=None,
         help="tuning seeds start at the spec's seed + this (default 1000000)",
     )
-    p.add_argument("--num-samples", type=int, default=None, help="samples per score (spec's)")
+    p.add_argument(
+        "--num-samples", type=positive_int, default=None, help="samples per score (spec's)"
+    )
     p.add_argument(
         "--probe",
         action="store_true",

@@ -69,8 +69,30 @@ def import_model(fmt, src, kind=None, resolution=None, head_channels=64, clsloc_
             raise UserError(f"{src}: --clsloc-labels given, but the model is not class-conditional")
         state[key] = state[key][clsloc_permutation(clsloc_labels, state[key].shape[0])]
         provenance["labels"] = "clsloc (npz order, remapped on import)"
+    check_state(src, model, state)
     model.load_state_dict(state)
     return model.eval(), provenance
+
+
+def check_state(src, model, state):
+    """The converted tensors against the model they fill: a missing or unexpected key or a wrong
+    shape is one error naming the checkpoint, the key and the shapes (not torch's key dump)."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise UserError(
+            f"{src}: the checkpoint does not fit the inferred model ({what}; "
+            f"{len(missing)} missing, {len(unexpected)} unexpected keys): wrong --format/--kind, "
+            f"or not an authors' release"
+        )
+    for key, t in state.items():
+        if tuple(t.shape) != tuple(expected[key].shape):
+            raise UserError(
+                f"{src}: {key} has shape {tuple(t.shape)}, the inferred model expects "
+                f"{tuple(expected[key].shape)} (check --resolution / --head-channels)"
+            )
 
 
 def import_checkpoint(fmt, src, out, **options):

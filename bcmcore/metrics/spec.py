@@ -21,13 +21,28 @@ inception_path: ...}):
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from bcmcore import recipes, sampling
-from bcmcore.config import ConfigError, UserError, from_dict
+from bcmcore.config import (
+    Bound,
+    ConfigError,
+    NonNegative,
+    Positive,
+    UserError,
+    checked,
+    from_dict,
+    load_yaml,
+)
+from bcmcore.paths import check_name
+
+Pos = Annotated[int, Positive]
+Count = Annotated[int, NonNegative]
+Time = Annotated[float, NonNegative]  # noise levels t (EDM sigma): >= 0 (a last step may reach 0)
 
 
 @dataclass(frozen=True)
+@checked
 class FeaturesConfig:
     kind: Literal["inception", "demo", "raw"] = (
         "demo"  # raw: vector data are their own features (toy)
@@ -42,6 +57,7 @@ class FeaturesConfig:
 
 
 @dataclass(frozen=True)
+@checked
 class SamplerSpec:
     """One generation setting: a named `recipes.RECIPES` entry, or a `sampling.SAMPLERS` name +
     times/pairs/steps turned into a recipe by `recipes.build`, the rule of `bcm sample`:
@@ -50,7 +66,7 @@ class SamplerSpec:
 
     recipe: str = ""
     sampler: str = ""  # a sampling.SAMPLERS name
-    times: tuple[float, ...] = ()
+    times: tuple[Time, ...] = ()
     pairs: tuple[tuple[float, float], ...] = ()  # zigzag rounds (eps_i, t_i)
     steps: int | None = None  # heun: Karras grid points (default 18); igct: 1 or 2 (default 1)
     name: str = ""  # label in tables/plots; default: the sampler
@@ -89,26 +105,29 @@ class SamplerSpec:
 
 
 @dataclass(frozen=True)
+@checked
 class InversionSpec:
     """bcm: Alg. 5 along increasing `times`, decode along `gen_times` (default 1 step t_M -> eps);
     igct: noiser + denoiser (no times); edm: Heun ODE over a `steps`-point Karras grid both ways."""
 
-    times: tuple[float, ...] = ()
-    gen_times: tuple[float, ...] = ()
-    steps: int = 18
+    times: tuple[Time, ...] = ()
+    gen_times: tuple[Time, ...] = ()
+    steps: Pos = 18
     initial_noise: bool = True  # BCM's small noise t_0 z before inverting (off: exact-model tests)
 
 
 @dataclass(frozen=True)
+@checked
 class GuidanceSpec:
-    ws: tuple[float, ...] = (1.0,)  # paper convention, w = 1: no guidance
-    steps: int = 1  # iGCT denoiser calls
+    ws: tuple[Annotated[float, NonNegative], ...] = (1.0,)  # paper convention, w = 1: no guidance
+    steps: Pos = 1  # iGCT denoiser calls
     recipe: str = "edm-18"  # CFG-EDM Heun schedule
-    edits: int = 0  # class editing: this many inversion-split images, each edited into
+    edits: Count = 0  # class editing: this many inversion-split images, each edited into
     # every other class per w; the demo classifier scores the target hits
 
 
 @dataclass(frozen=True)
+@checked
 class ModelSpec:
     name: str
     network: str
@@ -120,30 +139,36 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+@checked
 class EvalSpec:
     dataset: str
     models: tuple[ModelSpec, ...]
     ref_split: str = "train"
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
-    num_samples: int = 50_000
-    seed: int = 0
-    batch_size: int = 256
+    num_samples: Pos = 50_000
+    seed: Count = 0
+    batch_size: Pos = 256
     labels: Literal["uniform", "data"] = (
         "uniform"  # class labels of conditional samples (iGCT: data)
     )
-    pr_k: int = 3
-    pr_real: int = 50_000  # real features kept for precision/recall (iGCT's VGG16 P/R: up to 200k)
-    kid_subsets: int = 100  # KID: MMD^2 over this many random subsets ...
-    kid_subset_size: int = 1000  # ... of at most this many samples from each set
-    is_splits: int = 10  # Inception Score splits
+    pr_k: Pos = 3
+    pr_real: Pos = 50_000  # real features kept for precision/recall (iGCT's VGG16 P/R: up to 200k)
+    kid_subsets: Pos = 100  # KID: MMD^2 over this many random subsets ...
+    kid_subset_size: Pos = 1000  # ... of at most this many samples from each set
+    is_splits: Pos = 10  # Inception Score splits
     inversion_split: str = "test"
-    inversion_count: int = 10_000
-    jpeg_quality: int = 20
-    grid: int = 64  # samples per PNG grid
+    inversion_count: Pos = 10_000
+    jpeg_quality: Annotated[int, Bound(ge=1, le=95)] = 20
+    grid: Count = 64  # samples per PNG grid
     clamp: bool = True  # clip generated images to [-1, 1]
 
 
 def _check(spec, path):
+    for i, m in enumerate(spec.models):  # names become grid / table file names (bcmcore/paths.py)
+        check_name(m.name, f"models[{i}].name")
+        for j, s in enumerate(m.samplers):
+            if s.name:
+                check_name(s.name, f"models[{i}].samplers[{j}].name")
     names = [m.name for m in spec.models]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -190,9 +215,9 @@ def load_spec(path):
         if path.suffix == ".json":
             data = json.loads(text)
         else:
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = load_yaml(path, text)
+    except ConfigError:
+        raise
     except Exception as e:
         raise UserError(
             f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({e})"

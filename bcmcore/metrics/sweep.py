@@ -23,6 +23,7 @@ from bcmcore.metrics.inception_score import inception_score
 from bcmcore.metrics.kid import kid
 from bcmcore.metrics.probe import inversion_probe, u_use_summary
 from bcmcore.nets.facts import data_shape, num_classes
+from bcmcore.paths import inside
 from bcmcore.recipes import Recipe, get_recipe
 
 
@@ -391,7 +392,7 @@ def run(spec, out_dir, device=None, progress=True):
             fn, steps = _sampler_fn(ev, model, s, f"models[{i}].samplers[{j}]")
             label = s.name or s.recipe or s.sampler
             feats, nfe, sec = ev.generate(
-                model, fn, f"{m.name} {label}", out / "grids" / f"{m.name}-{label}.png"
+                model, fn, f"{m.name} {label}", inside(out, "grids", f"{m.name}-{label}.png")
             )
             scores = ev.score(feats)
             rows["fid"].append(
@@ -471,7 +472,7 @@ def run(spec, out_dir, device=None, progress=True):
                     model,
                     _guided_fn(ev, model, m.guidance, w),
                     f"{m.name} w={w:g}",
-                    out / "grids" / f"{m.name}-w{w:g}.png",
+                    inside(out, "grids", f"{m.name}-w{w:g}.png"),
                     vgg=True,
                 )
                 scores = ev.score(feats, vgg=True)

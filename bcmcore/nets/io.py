@@ -55,11 +55,12 @@ def load_network(path, device="cpu"):
             f"{path}: not a {FORMAT} network file (format: {got!r}); "
             "training-state files are not networks, use network-snapshot-*.pt or network-final.pt"
         )
+    check_network_dict(path, d)
     try:
         cfg = from_dict(ModelConfig, d["model"], "model")
         model = build_model(cfg).to(device)
         model.load_state_dict(d["state_dict"])
-    except (ConfigError, KeyError, RuntimeError) as e:
+    except (ConfigError, KeyError, RuntimeError, TypeError) as e:
         raise UserError(f"{path}: network file does not match its model config ({e})") from None
     meta = {
         "step": d.get("step"),
@@ -69,3 +70,25 @@ def load_network(path, device="cpu"):
         "path": str(path),
     }
     return model.eval(), meta
+
+
+def check_network_dict(path, d):
+    """The structure of a loaded network file and the finiteness of its weights: a file with NaN or
+    inf weights (a diverged run, a corrupted copy) would give black images, a wrong structure a
+    TypeError deep in the model. One error naming the file and the first bad key."""
+    kinds = {"kind": str, "model": dict, "state_dict": dict, "step": (int, type(None))}
+    for key, tp in kinds.items():
+        if not isinstance(d.get(key), tp):
+            raise UserError(
+                f"{path}: network file key {key!r} is {type(d.get(key)).__name__}, expected "
+                f"{tp.__name__ if isinstance(tp, type) else 'an integer'}"
+            )
+    for name, t in d["state_dict"].items():
+        if not isinstance(t, torch.Tensor):
+            raise UserError(f"{path}: state_dict[{name!r}] is {type(t).__name__}, not a tensor")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise UserError(
+                f"{path}: weight {name!r} holds {bad} non-finite values (NaN/inf): a diverged or "
+                "corrupted network; use an earlier snapshot"
+            )

@@ -3,41 +3,56 @@ train}."""
 
 import hashlib
 from dataclasses import dataclass
+from typing import Annotated
 
-from bcmcore.config import ConfigError, from_dict, to_dict
+from bcmcore.config import (
+    ConfigError,
+    NonNegative,
+    Positive,
+    Probability,
+    checked,
+    from_dict,
+    to_dict,
+)
+
+Pos = Annotated[int, Positive]
+Count = Annotated[int, NonNegative]
+PosFloat = Annotated[float, Positive]
+Prob = Annotated[float, Probability]
 
 
 @dataclass(frozen=True)
+@checked
 class TrainConfig:
     """One training stage. Progress is counted in optimizer steps; schedules are functions of the
     step."""
 
-    total_steps: int = 1000  # optimizer steps of the whole stage; raising it continues the run
+    total_steps: Pos = 1000  # optimizer steps of the whole stage; raising it continues the run
     # length of the step schedules (iCT/BCT curriculum, iGCT stages); None: total_steps at the start
     # of the run, kept when the run is continued with more steps (bcmcore/train/recipe.py)
-    schedule_steps: int | None = None
-    batch: int = 128  # global batch per step (all processes, all accumulation rounds)
-    batch_gpu: int | None = None  # per-process batch per accumulation round; None = batch / world
-    lr: float = 1e-4  # RAdam learning rate (iCT / BCM)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    warmup_steps: int = 0  # linear lr warm-up; 0 = constant lr (iCT / BCM released code)
-    ema_rate: float = 0.99993  # evaluation EMA per step (iCT CIFAR-10); never the teacher
-    grad_clip: float | None = None  # max global gradient norm; None = no clipping
+    schedule_steps: Pos | None = None
+    batch: Pos = 128  # global batch per step (all processes, all accumulation rounds)
+    batch_gpu: Pos | None = None  # per-process batch per accumulation round; None = batch / world
+    lr: PosFloat = 1e-4  # RAdam learning rate (iCT / BCM)
+    betas: tuple[Prob, Prob] = (0.9, 0.999)
+    eps: PosFloat = 1e-8
+    weight_decay: Annotated[float, NonNegative] = 0.0
+    warmup_steps: Count = 0  # linear lr warm-up; 0 = constant lr (iCT / BCM released code)
+    ema_rate: Prob = 0.99993  # evaluation EMA per step (iCT CIFAR-10); never the teacher
+    grad_clip: PosFloat | None = None  # max global gradient norm; None = no clipping
     bf16: bool = False  # bf16 autocast, CUDA only (ignored on CPU)
     seed: int = 0  # init, data order and every noise draw derive from it
     init: str | None = None  # network file to start from (BCM fine-tuning: iCT network-final.pt)
-    status_every: int = 100  # steps between status lines / stats.jsonl rows
-    checkpoint_every: int = 1000  # steps between training-state files
-    snapshot_every: int = 0  # steps between network-snapshot files; 0 = none
-    keep_last: int = 2  # training-state files kept (older ones are deleted)
+    status_every: Pos = 100  # steps between status lines / stats.jsonl rows
+    checkpoint_every: Pos = 1000  # steps between training-state files
+    snapshot_every: Count = 0  # steps between network-snapshot files; 0 = none
+    keep_last: Pos = 2  # training-state files kept (older ones are deleted)
     # Watching keys (runtime keys, bcmcore/train/monitor.py): what is logged, never what is trained.
     tensorboard: bool = True  # TensorBoard event files in the run directory
     wandb: str = ""  # "" (off), "online" or "offline" (RUN_DIR/wandb/, `wandb sync` later)
     wandb_project: str = "bcm-pipeline"
-    snapshot_grid: int = 64  # fixed-seed EMA samples in each snapshot's grid PNG; 0 = none
-    snapshot_fid: int = 0  # EMA samples for a quick FID of each snapshot; 0 = none
+    snapshot_grid: Count = 64  # fixed-seed EMA samples in each snapshot's grid PNG; 0 = none
+    snapshot_fid: Count = 0  # EMA samples for a quick FID of each snapshot; 0 = none
     snapshot_fid_features: str = "demo"  # demo | clean | legacy_tensorflow (Inception modes)
     inception_path: str = ""  # the staged inception-2015-12-05.pt, for Inception features
     # Device keys (runtime keys, bcmcore/train/device.py): how the run executes, not what it trains.
@@ -47,34 +62,7 @@ class TrainConfig:
     channels_last: bool = False  # NHWC weights and batches (convolutional nets; pays on CUDA)
     compile: bool = False  # torch.compile the networks (the first steps compile)
 
-    def __post_init__(self):
-        positive = ("total_steps", "batch", "status_every", "checkpoint_every", "keep_last")
-        for key in positive:
-            if getattr(self, key) < 1:
-                raise ConfigError(
-                    f"train.{key}: expected a positive integer, got {getattr(self, key)}"
-                )
-        if self.schedule_steps is not None and self.schedule_steps < 1:
-            raise ConfigError(
-                f"train.schedule_steps: expected a positive integer or null, got "
-                f"{self.schedule_steps}"
-            )
-        if self.batch_gpu is not None and self.batch_gpu < 1:
-            raise ConfigError(
-                f"train.batch_gpu: expected a positive integer or null, got {self.batch_gpu}"
-            )
-        if not 0 <= self.ema_rate < 1:
-            raise ConfigError(f"train.ema_rate: expected a value in [0, 1), got {self.ema_rate}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr: expected a positive number, got {self.lr}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ConfigError(
-                f"train.grad_clip: expected a positive number or null, got {self.grad_clip}"
-            )
-        if self.warmup_steps < 0 or self.snapshot_every < 0:
-            raise ConfigError("train.warmup_steps / train.snapshot_every: expected >= 0")
-        if self.snapshot_grid < 0 or self.snapshot_fid < 0:
-            raise ConfigError("train.snapshot_grid / train.snapshot_fid: expected >= 0")
+    def __post_init__(self):  # numbers: the Bound annotations (@checked); the choices here
         if self.wandb not in ("", "online", "offline"):
             raise ConfigError(
                 f"train.wandb: expected '' (off), 'online' or 'offline', got {self.wandb!r}"

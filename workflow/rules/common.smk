@@ -10,7 +10,6 @@ import shlex
 import sys
 from pathlib import Path
 
-import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
@@ -26,14 +25,24 @@ def stop(message):
     raise WorkflowError(f"bcm workflow: {message}")
 
 
+def checked_yaml(path):
+    """A YAML file read by the project's one loader (duplicate keys stop the workflow, naming file and line)."""
+    from bcmcore.config import UserError, load_yaml
+
+    try:
+        return load_yaml(path)
+    except UserError as e:
+        stop(str(e))
+
+
 def check_config():
     """Schema (unknown keys stop the workflow), then the site's launcher, then each enabled dataset."""
+    for path in dict.fromkeys(workflow.configfiles):  # Snakemake's reader keeps a duplicate key's last value
+        checked_yaml(path)
     try:
         validate(config, str(Path(workflow.basedir) / "schemas/config.schema.yaml"))
     except WorkflowError as e:
-        cause = (
-            e.__context__
-        )  # the jsonschema ValidationError: its path and message are what users need
+        cause = e.__context__  # the jsonschema ValidationError: its path and message are what users need
         if cause is None or not hasattr(cause, "absolute_path"):
             raise
         where = ".".join(str(p) for p in cause.absolute_path) or "(top level)"
@@ -76,7 +85,7 @@ def add_known_datasets():
     for path in sorted(PRESETS.glob("*.yaml")):
         if path.name == "config.yaml" or path.stem.startswith("demo_"):
             continue  # the demo and its overlays (demo_long.yaml: `make demo-long`) are no presets
-        for ds, d in ((yaml.safe_load(path.read_text()) or {}).get("datasets") or {}).items():
+        for ds, d in ((checked_yaml(path) or {}).get("datasets") or {}).items():
             if not isinstance(d, dict) or not d.get("enabled", True):
                 continue
             if ds in known:

@@ -4,8 +4,6 @@ launch` prefix of heavy rules, how local stages share the machine). Included aft
 import functools
 import shlex
 
-import yaml
-
 
 def site_file(name):
     """A file of the launcher site (relative paths: from the working directory, else from the workflow)."""
@@ -25,12 +23,19 @@ def stage_launcher(ds, stage):
     """(settings, LauncherConfig) of one stage, resolved and checked once per run: every heavy rule asks
     for its launch prefix, slot and threads. Checked against the launcher file by bcmcore.launch itself
     (unknown executor, bad keys -> stop here, before any job)."""
-    from bcmcore.config import UserError
+    from bcmcore.config import UserError, load_yaml
     from bcmcore.launch import LAUNCH_KEYS, load_launcher
 
     stages = {}
     if site_file("stages.yaml").is_file():
-        stages = yaml.safe_load(site_file("stages.yaml").read_text()) or {}
+        try:
+            stages = load_yaml(site_file("stages.yaml")) or {}
+        except UserError as e:
+            stop(str(e))
+        if not isinstance(stages, dict) or not all(
+            isinstance(v, (dict, type(None))) for v in stages.values()
+        ):
+            stop(f"{site_file('stages.yaml')}: expected a mapping stage -> {{launch key: value}}")
         unknown = sorted(set(stages) - set(STAGES))
         if unknown:
             stop(
