@@ -37,16 +37,14 @@ def checked_yaml(path):
 
 def check_config():
     """Schema (unknown keys stop the workflow), then the site's launcher, then each enabled dataset."""
-    for path in dict.fromkeys(
-        workflow.configfiles
-    ):  # Snakemake's reader keeps a duplicate key's last value
+    # Snakemake's own reader keeps a duplicate key's last value: our loader refuses it first
+    for path in dict.fromkeys(workflow.configfiles):
         checked_yaml(path)
     try:
         validate(config, str(Path(workflow.basedir) / "schemas/config.schema.yaml"))
     except WorkflowError as e:
-        cause = (
-            e.__context__
-        )  # the jsonschema ValidationError: its path and message are what users need
+        # the jsonschema ValidationError: its path and message are what users need
+        cause = e.__context__
         if cause is None or not hasattr(cause, "absolute_path"):
             raise
         where = ".".join(str(p) for p in cause.absolute_path) or "(top level)"
