@@ -100,13 +100,22 @@ def run_to_end(run_dir, world=1):
     return out
 
 
+STATUS = re.compile(r"^(?:\[[^\]]*\] )?step (\d+)/")  # "[2026-12-05 13:27:04] step 3/12 ..."
+
+
+def status_step(line):
+    """The step of a training status line (bcmcore/train/monitor.py; timestamped), else None."""
+    m = STATUS.match(line)
+    return int(m.group(1)) if m else None
+
+
 def run_and_kill(run_dir, kill_step, world=1):
     """Start the run and SIGKILL every process as soon as rank 0 reports step `kill_step`."""
     procs = train_procs(run_dir, world)
     seen = []
     for line in procs[0].stdout:
         seen.append(line)
-        if line.startswith(f"step {kill_step}/"):
+        if status_step(line) == kill_step:
             for p in procs:
                 p.send_signal(signal.SIGKILL)
             break

@@ -292,11 +292,18 @@ def test_bad_cli_input_is_one_error_and_exit_2(nets, images_npz, tmp_path, capsy
     assert not list(tmp_path.glob("*.npz"))
 
 
-def test_colorize_refuses_grayscale_data(nets, tmp_path, capsys):
+def test_colorize_takes_grey_photos_and_refuses_a_grey_network(nets, tmp_path, capsys):
+    """Grey inputs to a colour network are repeated to RGB (images.convert_image), then colorized:
+    the classic use. A 1-channel network has no colour to give: one error, nothing written."""
+    import torch
+
+    from bcmcore.config import UserError
+    from bcmcore.linear_ops import Colorization
+
     gray = tmp_path / "gray.npz"
-    np.savez(gray, images=np.zeros((2, 8, 8, 1), np.uint8))
+    np.savez(gray, images=np.full((2, 8, 8, 1), 90, np.uint8))
     argv = ["edit", "colorize", "--steps", "80", "--network", nets["bcm"], "--input", str(gray)]
-    assert run(*argv, "--indices", "0-1", "--out", str(tmp_path)) == 2
-    err = capsys.readouterr().err
-    assert "needs 3-channel colour images, got 1-channel data" in err and err.count("error:") == 1
-    assert not list(tmp_path.glob("edit-*"))
+    assert run(*argv, "--indices", "0-1", "--out", str(tmp_path / "ok")) == 0
+    assert list((tmp_path / "ok").glob("edit-*"))
+    with pytest.raises(UserError, match="needs 3-channel colour images, got 1-channel data"):
+        Colorization().check(torch.zeros(2, 1, 8, 8))

@@ -362,7 +362,7 @@ def test_authors_huber_form_is_c_006_over_sqrt_d():
 # --- configuration errors
 # ------------------------------------------------------------------------------------
 def test_unknown_loss_kind_names_key_and_known_kinds():
-    with pytest.raises(ConfigError, match=r"loss\.kind.*'nope'.*bct, edm, ict, igct"):
+    with pytest.raises(ConfigError, match=r"loss\.kind.*'nope'.*bcd, bct, cd, edm, ict, igct"):
         build_loss({"kind": "nope"}, BCM_CFG)
     with pytest.raises(ConfigError, match=r"loss\.kind"):
         build_loss({}, BCM_CFG)

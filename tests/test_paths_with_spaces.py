@@ -33,7 +33,8 @@ def test_make_demo_passes_the_checkout_path_as_one_word(tmp_path):
     venv.mkdir(parents=True)
     shutil.copy(ROOT / "Makefile", co)
     shutil.copy(ROOT / "pyproject.toml", co)
-    (venv / ".installed").touch()  # newer than pyproject.toml: no venv build
+    shutil.copy(ROOT / "requirements.lock", co)
+    (venv / ".installed").touch()  # newer than pyproject.toml and the lock: no venv build
     stub = venv / "snakemake"
     stub.write_text('#!/bin/sh\nprintf "%s\\n" "$PATH" "$*" "$(command -v snakemake)" > ran.txt\n')
     stub.chmod(stub.stat().st_mode | stat.S_IXUSR)

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from helpers import make_run, train_procs
+from helpers import make_run, status_step, train_procs
 
 from bcmcore.train import training_loop
 
@@ -21,7 +21,7 @@ def start_and_wait_for_lock(run):
     proc, seen = train_procs(run)[0], []
     for line in proc.stdout:
         seen.append(line)
-        if line.startswith("step "):
+        if status_step(line) is not None:
             break
     assert (run / "run.lock").is_file() and proc.poll() is None, "".join(seen)
     return proc

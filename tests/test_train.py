@@ -133,7 +133,9 @@ def test_nonfinite_loss_stops_with_last_good_state(tmp_path, shards, extra_losse
     run = make_run(
         tmp_path / "run", shards, model=TINY_CM, loss={"kind": "test-nan"}, checkpoint_every=1
     )
-    with pytest.raises(UserError, match=r"step 3: non-finite loss.*training-state-0000003\.pt"):
+    with pytest.raises(
+        UserError, match=r"step 3: non-finite grad_norm/loss.*training-state-0000003\.pt"
+    ):
         training_loop(run)
     assert [s for s, _ in find_states(run)] == [2, 3]
     assert all(torch.isfinite(v).all() for v in final_state(run)["net"].values())

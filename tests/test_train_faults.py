@@ -19,6 +19,7 @@ from helpers import (
     make_run,
     run_and_kill,
     run_to_end,
+    status_step,
     train_procs,
 )
 
@@ -58,7 +59,7 @@ def test_signal_writes_a_state_and_exits_128_plus_signal(tmp_path, shards, sig, 
     proc, seen = train_procs(run)[0], []
     for line in proc.stdout:
         seen.append(line)
-        if line.startswith("step 3/"):
+        if status_step(line) == 3:
             proc.send_signal(sig)
             break
     out = "".join(seen) + proc.communicate(timeout=120)[0]

@@ -303,9 +303,10 @@ def test_imported_experiment_is_evaluated_without_training(tmp_path, preset, exp
     assert res.returncode == 0 and f"results/{ds}/grids/{exp}/samples.png" in res.stdout
 
 
-def test_demo_long_overlay_changes_bcm_ft_steps_only_and_never_the_plain_demo(tmp_path):
-    """`make demo-long` = the demo + workflow/config/demo_long.yaml; the overlay sits beside the
-    presets but must not reach `make demo` (common.smk skips demo_*.yaml)."""
+def test_demo_long_overlay_adds_cd_and_bcm_ft_steps_and_never_the_plain_demo(tmp_path):
+    """`make demo-long` = the demo + workflow/config/demo_long.yaml (bcm_ft 3000 steps, the cd / bcd
+    distillation runs); the overlay sits beside the presets but must not reach `make demo`
+    (common.smk skips demo_*.yaml)."""
     import json
 
     def run_configs(cwd, *extra):
@@ -322,4 +323,8 @@ def test_demo_long_overlay_changes_bcm_ft_steps_only_and_never_the_plain_demo(tm
     assert plain["bcm_ft"]["train"]["total_steps"] == 300
     assert long["bcm_ft"]["train"]["total_steps"] == 3000
     long["bcm_ft"]["train"]["total_steps"] = 300
+    assert "cd" not in plain and "bcd" not in plain
+    assert long["cd"]["loss"]["kind"] == "cd" and long["bcd"]["loss"]["kind"] == "bcd"
+    for exp in ("cd", "bcd"):  # the demo's EDM is the teacher
+        assert long.pop(exp)["loss"]["teacher"] == "results/digits/runs/edm/network-final.pt"
     assert long == plain  # nothing else differs

@@ -58,7 +58,7 @@ def exp(name, **section):
         ),
         (
             exp("igct", grid={"w": float("nan")}),
-            ["experiments.igct.grid.w: expected a finite number"],
+            ["experiments.igct.grid.w: expected a number >= 0, got 'nan'"],
         ),
         (
             exp("igct", apps={"class": {"target_clas": "all"}}),

@@ -1,6 +1,6 @@
 """Which training makes the demo's BCM use u, and what it buys (docs/u_use.md).
 
-    python -m bcmcore.bench.u_study RUN_DIR [RUN_DIR ...] --shards results/digits/shards --out DIR
+    bcm bench u-use RUN_DIR [RUN_DIR ...] --shards results/digits/shards --out DIR
 
 For every training state of each run (`training-state-<step>.pt`: keep them with a large
 `train.keep_last`), EMA and online weights, one row of DIR/u_use_steps.csv: rel_L at the summary
@@ -10,13 +10,9 @@ demo's untuned and tuned recipes, and the inversion MSE by NFE. A run is any `bc
 directory; its config.json is the setting.
 """
 
-import argparse
 import csv
 import json
-import sys
 from pathlib import Path
-
-import torch
 
 from bcmcore.config import UserError, from_dict
 from bcmcore.metrics.probe import inversion_probe, u_use_summary
@@ -112,21 +108,17 @@ def sweep(run_dir, shards, out, ema, step, config):
     run(load_spec(out / "spec.json"), out, device="cpu", progress=False)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m bcmcore.bench.u_study", description=__doc__)
-    ap.add_argument("runs", nargs="+", help="bcm train run directories")
-    ap.add_argument("--shards", required=True, help="the demo's shard folder")
-    ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--no-sweep", action="store_true", help="rel_L rows only")
-    args = ap.parse_args(argv)
+def study(runs, shards, out, sweeps=True):
+    """rel_L rows of every state of each run into out/u_use_steps.csv; the sweep of each run's
+    last state into out/<run>/ unless sweeps is False."""
     from bcmcore.data import load_split
 
-    x, y = load_split(args.shards, "test", limit=200)
+    x, y = load_split(shards, "test", limit=200)
     x = x.float() / 127.5 - 1
-    out = Path(args.out)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = out / "u_use_steps.csv"
-    for run_dir in args.runs:
+    for run_dir in runs:
         rows, (ema, step, config) = u_use_rows(run_dir, x, y)
         new = not table.exists()
         with open(table, "a", newline="") as fh:
@@ -134,15 +126,6 @@ def main(argv=None):
             if new:
                 w.writeheader()
             w.writerows(rows)
-        if not args.no_sweep:
-            sweep(run_dir, args.shards, out / Path(run_dir).name, ema, step, config)
+        if sweeps:
+            sweep(run_dir, shards, out / Path(run_dir).name, ema, step, config)
     return 0
-
-
-if __name__ == "__main__":
-    torch.set_num_threads(1)
-    try:
-        sys.exit(main())
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)

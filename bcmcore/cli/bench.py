@@ -97,6 +97,14 @@ def bench(argv):
     lo.add_argument("--flops-from", help="reuse the FLOPs of an earlier --out CSV")
     lo.add_argument("--out", help="also write the rows as CSV here (e.g. docs/loader.csv)")
     args = ap.parse_args(argv)
+    uu = sub.add_parser(
+        "u-use",
+        help="how much a BCM uses u: rel_L per training state and the demo sweep (docs/u_use.md)",
+    )
+    uu.add_argument("runs", nargs="+", help="bcm train run directories")
+    uu.add_argument("--shards", required=True, help="the demo's shard folder")
+    uu.add_argument("--out", required=True, help="output folder")
+    uu.add_argument("--no-sweep", action="store_true", help="rel_L rows only")
     return HANDLERS[args.what](args)
 
 
@@ -201,5 +209,15 @@ def _loader(args):
     return 0
 
 
-HANDLERS = {"train": _train, "ddp": _ddp, "data": _data, "loader": _loader}
+def _u_use(args):
+    import torch
+
+    from bcmcore.bench.u_study import study
+
+    torch.set_num_threads(1)  # the figures in docs/u_use.md were measured on one thread
+    study(args.runs, args.shards, args.out, sweeps=not args.no_sweep)
+    return 0
+
+
+HANDLERS = {"train": _train, "ddp": _ddp, "data": _data, "loader": _loader, "u-use": _u_use}
 COMMANDS = {"bench": bench}

@@ -264,7 +264,7 @@ def check_eval_spec(ds, exp):
 
 
 def check_recipes(ds, exp):
-    """The sample grid's recipe builds by `bcm sample`'s own rule (recipes.build: a named recipe, or
+    """The sample grid's recipe is built as `bcm sample` builds it (recipes.build: a named recipe, or
     sampler + steps on this model kind) and the application grids' schedules exist (bcm sample /
     edit would fail later)."""
     import shlex
