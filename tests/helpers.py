@@ -106,7 +106,7 @@ def run_and_kill(run_dir, kill_step, world=1):
     seen = []
     for line in procs[0].stdout:
         seen.append(line)
-        if line.startswith(f"step {kill_step}/"):
+        if f"] step {kill_step}/" in line:  # "[timestamp] step k/N ..." (train/monitor.py)
             for p in procs:
                 p.send_signal(signal.SIGKILL)
             break
