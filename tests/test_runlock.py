@@ -21,7 +21,7 @@ def start_and_wait_for_lock(run):
     proc, seen = train_procs(run)[0], []
     for line in proc.stdout:
         seen.append(line)
-        if line.startswith("step "):
+        if "] step " in line:  # "[timestamp] step k/N ..." (train/monitor.py)
             break
     assert (run / "run.lock").is_file() and proc.poll() is None, "".join(seen)
     return proc

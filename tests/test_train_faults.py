@@ -58,7 +58,7 @@ def test_signal_writes_a_state_and_exits_128_plus_signal(tmp_path, shards, sig, 
     proc, seen = train_procs(run)[0], []
     for line in proc.stdout:
         seen.append(line)
-        if line.startswith("step 3/"):
+        if "] step 3/" in line:  # "[timestamp] step k/N ..." (train/monitor.py)
             proc.send_signal(sig)
             break
     out = "".join(seen) + proc.communicate(timeout=120)[0]

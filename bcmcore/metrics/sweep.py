@@ -384,7 +384,7 @@ def run(spec, out_dir, device=None, progress=True):
         }
         sweep.sampler_rows(i, m, model, base)
         if m.inversions or m.jpeg or (m.guidance and m.guidance.edits):
-            sweep.load_split()
+            sweep.load_split()  # kept: any later bcm model's u-use probe runs on it too
         sweep.inversion_rows(m, model, base)
         sweep.u_use_probe(m, model)
         sweep.jpeg_rows(m, model, base)
