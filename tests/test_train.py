@@ -51,6 +51,52 @@ def test_resume_after_sigkill_is_bitwise_world1(tmp_path, shards):
     )
 
 
+def test_a_state_with_the_old_data_position_resumes_bitwise(tmp_path, shards):
+    """States no longer carry `data.start_sample` (the loader starts at step * batch); states
+    written before, which do, still resume, to the same bits as an uninterrupted run."""
+    ref = make_run(tmp_path / "ref", shards, total_steps=4, checkpoint_every=2, keep_last=3)
+    run = make_run(tmp_path / "run", shards, total_steps=4, checkpoint_every=2, keep_last=3)
+    training_loop(ref)
+    training_loop(run)
+    assert "data" not in final_state(ref)  # the write-only key is gone
+    old = run / "training-state-0000002.pt"
+    state = torch.load(old, weights_only=True)
+    state["data"] = {"start_sample": 2 * 16}  # as the old code wrote it
+    torch.save(state, old)
+    for p in (run / "training-state-0000004.pt", run / "network-final.pt"):
+        p.unlink()
+    training_loop(run)
+    assert "resumed from training-state-0000002.pt" in (run / "log.txt").read_text()
+    assert_same_state(final_state(ref), final_state(run))
+    assert (run / "network-final.pt").read_bytes() == (ref / "network-final.pt").read_bytes()
+
+
+def test_per_step_quantities_are_computed_once(tmp_path, shards, monkeypatch):
+    """The batch split and the backend flags once per start, the lr once per step; the status
+    row reports the lr of the step just taken (warm-up makes each step's differ)."""
+    from bcmcore.train import device as device_keys
+
+    calls = {"split_batch": 0, "lr_at": 0, "configure_backends": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kw):
+            calls[name] += 1
+            return fn(*args, **kw)
+
+        return wrapper
+
+    for name in ("split_batch", "lr_at"):
+        monkeypatch.setattr(TrainConfig, name, counted(name, getattr(TrainConfig, name)))
+    configure = counted("configure_backends", device_keys.configure_backends)
+    monkeypatch.setattr(device_keys, "configure_backends", configure)
+    run = make_run(tmp_path / "run", shards, total_steps=5, warmup_steps=4, status_every=1)
+    training_loop(run)
+    assert calls == {"split_batch": 1, "lr_at": 5, "configure_backends": 1}
+    rows = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    lr = 1e-3  # make_run's
+    assert [r["lr"] for r in rows] == pytest.approx([lr / 4, lr / 2, 3 * lr / 4, lr, lr])
+
+
 def test_rerun_after_completion_does_nothing(tmp_path, shards):
     run = make_run(tmp_path / "run", shards, total_steps=2)
     training_loop(run)

@@ -373,29 +373,57 @@ def edit_rate_sweep(ev, model, x_all, y_all, w, steps):
 def run(spec, out_dir, device=None, progress=True):
     """The whole sweep; rank 0 writes the tables, plots and grids under out_dir. Returns the
     rows."""
-    from bcmcore.data import load_split
-
-    ev = Evaluator(spec, device, progress)
-    out = Path(out_dir)
-    rows = {"fid": [], "mse": [], "guidance": []}
-    seeds = _seed_text(ev.seeds)
-    inv_data, u_use = None, {}
+    sweep = _Sweep(spec, Evaluator(spec, device, progress), Path(out_dir))
     for i, m in enumerate(spec.models):
-        model, meta = load_model(m, ev.device, ev.shape)
+        model, meta = load_model(m, sweep.ev.device, sweep.ev.shape)
         base = {
             "model": m.name,
             "kind": m.kind,
             "checkpoint": str(m.network),
             "step": meta.get("step"),
         }
+        sweep.sampler_rows(i, m, model, base)
+        if m.inversions or m.jpeg or (m.guidance and m.guidance.edits):
+            sweep.load_split()  # kept: any later bcm model's u-use probe runs on it too
+        sweep.inversion_rows(m, model, base)
+        sweep.u_use_probe(m, model)
+        sweep.jpeg_rows(m, model, base)
+        sweep.guidance_rows(m, model, base)
+        del model
+    if dist.is_main():
+        report.write_all(sweep.out, sweep.rows, sweep.info())
+    dist.barrier()
+    return sweep.rows
+
+
+class _Sweep:
+    """The rows of one sweep so far, one method per row kind; the inversion split, loaded for the
+    first model that needs it and kept for the ones after."""
+
+    def __init__(self, spec, ev, out):
+        self.spec, self.ev, self.out = spec, ev, out
+        self.rows = {"fid": [], "mse": [], "guidance": []}
+        self.seeds = _seed_text(ev.seeds)
+        self.split, self.u_use = None, {}
+
+    def load_split(self):
+        from bcmcore.data import load_split
+
+        if self.split is None:
+            spec = self.spec
+            self.split = load_split(spec.dataset, spec.inversion_split, limit=spec.inversion_count)
+
+    def sampler_rows(self, i, m, model, base):
+        """fid_table: one row per sampler (FID, precision/recall, IS, KID) and its sample grid."""
+        ev = self.ev
         for j, s in enumerate(m.samplers):
             fn, steps = _sampler_fn(ev, model, s, f"models[{i}].samplers[{j}]")
             label = s.name or s.recipe or s.sampler
             feats, nfe, sec = ev.generate(
-                model, fn, f"{m.name} {label}", inside(out, "grids", f"{m.name}-{label}.png")
+                model, fn, f"{m.name} {label}", inside(self.out, "grids", f"{m.name}-{label}.png")
             )
             scores = ev.score(feats)
-            rows["fid"].append(
+            self.rows["fid"].append(
                 {
                     **base,
                     "sampler": label,
@@ -403,106 +431,118 @@ def run(spec, out_dir, device=None, progress=True):
                     "time_steps": steps,
                     **scores,
                     "samples": len(feats),
-                    "seeds": seeds,
+                    "seeds": self.seeds,
                     "seconds": round(sec, 2),
                 }
             )
             dist.print0(f"[eval] {m.name} {label}: NFE {nfe} " + _score_text(scores))
-        if m.inversions or m.jpeg or (m.guidance and m.guidance.edits):
-            if inv_data is None:
-                inv_data = load_split(
-                    spec.dataset, spec.inversion_split, limit=spec.inversion_count
-                )
-            x_all, y_all = inv_data
+
+    def inversion_rows(self, m, model, base):
+        """mse_table: invert the inversion split and decode it back, per inversion schedule."""
+        ev = self.ev
         for inv in m.inversions:
             steps = _steps_text("invert", inv.times) if m.kind == "bcm" else f"{m.kind} inversion"
-            scores, n_inv, n = mse_sweep(
-                ev,
-                model,
-                x_all,
-                y_all,
-                lambda x, y, rng, inv=inv, model=model: (
-                    *reconstruct_batch(model, inv, x, y, rng, not ev.vector),
-                    x,
-                ),
-                f"{m.name} invert",
-            )
-            rows["mse"].append(
-                {
-                    **base,
-                    "task": "inversion",
-                    "inversion_nfe": n_inv,
-                    "nfe": n,
-                    "time_steps": steps,
-                    **scores,
-                    "images": len(x_all),
-                    "seeds": seeds,
-                }
-            )
+
+            def reconstruct(x, y, rng, inv=inv):
+                return (*reconstruct_batch(model, inv, x, y, rng, not ev.vector), x)
+
+            scores, n_inv, n = mse_sweep(ev, model, *self.split, reconstruct, f"{m.name} invert")
+            self._mse_row(base, "inversion", n_inv, n, steps, scores)
             dist.print0(f"[eval] {m.name} inversion NFE {n_inv}: MSE {scores['mse']:.5f}")
-        if m.kind == "bcm" and inv_data is not None and not ev.vector and dist.is_main():
-            # does the network use u? rel_L on the inversion split (docs/u_use.md)
-            y_in = y_all.to(ev.device) if num_classes(model) else None
-            probe = inversion_probe(model, to_float(x_all).to(ev.device), y_in)
-            u_use[m.name] = {k: round(v, 4) for k, v in u_use_summary(probe).items()}
-            dist.print0(f"[eval] {m.name} u-use: {u_use[m.name]}")
+
+    def u_use_probe(self, m, model):
+        """eval_info's u_use: does a BCM network use u? rel_L on the inversion split, where one is
+        loaded (docs/u_use.md)."""
+        ev = self.ev
+        if m.kind != "bcm" or self.split is None or ev.vector or not dist.is_main():
+            return
+        x_all, y_all = self.split
+        y_in = y_all.to(ev.device) if num_classes(model) else None
+        probe = inversion_probe(model, to_float(x_all).to(ev.device), y_in)
+        self.u_use[m.name] = {k: round(v, 4) for k, v in u_use_summary(probe).items()}
+        dist.print0(f"[eval] {m.name} u-use: {self.u_use[m.name]}")
+
+    def jpeg_rows(self, m, model, base):
+        """mse_table: restore JPEG-compressed images, compared with the clean ones (BCM App.
+        B.1.2), per restoration schedule."""
+        quality = self.spec.jpeg_quality
         for times in m.jpeg:
 
-            def restore(x, y, rng, times=times, model=model):
-                x_jpeg = editing.jpeg_compress(x, spec.jpeg_quality)
+            def restore(x, y, rng, times=times):
+                x_jpeg = editing.jpeg_compress(x, quality)
                 x_hat, n = editing.jpeg_restore(model, x_jpeg, times, rng, y)
                 return x_hat, len(times) - 1, n, x  # compared with the CLEAN image (App. B.1.2)
 
-            scores, n_inv, n = mse_sweep(ev, model, x_all, y_all, restore, f"{m.name} jpeg")
-            rows["mse"].append(
-                {
-                    **base,
-                    "task": f"jpeg-q{spec.jpeg_quality}",
-                    "inversion_nfe": n_inv,
-                    "nfe": n,
-                    "time_steps": _steps_text("invert", times),
-                    **scores,
-                    "images": len(x_all),
-                    "seeds": seeds,
-                }
+            scores, n_inv, n = mse_sweep(self.ev, model, *self.split, restore, f"{m.name} jpeg")
+            self._mse_row(base, f"jpeg-q{quality}", n_inv, n, _steps_text("invert", times), scores)
+
+    def _mse_row(self, base, task, n_inv, n, steps, scores):
+        self.rows["mse"].append(
+            {
+                **base,
+                "task": task,
+                "inversion_nfe": n_inv,
+                "nfe": n,
+                "time_steps": steps,
+                **scores,
+                "images": len(self.split[0]),
+                "seeds": self.seeds,
+            }
+        )
+
+    def guidance_rows(self, m, model, base):
+        """guidance_table: one row per guidance weight w (FID, VGG16 precision/recall, and the
+        class-edit success rate where the spec asks for edits)."""
+        if not m.guidance:
+            return
+        ev, g = self.ev, m.guidance
+        for w in g.ws:
+            feats, nfe, sec = ev.generate(
+                model,
+                _guided_fn(ev, model, g, w),
+                f"{m.name} w={w:g}",
+                inside(self.out, "grids", f"{m.name}-w{w:g}.png"),
+                vgg=True,
             )
-        if m.guidance:
-            for w in m.guidance.ws:
-                feats, nfe, sec = ev.generate(
-                    model,
-                    _guided_fn(ev, model, m.guidance, w),
-                    f"{m.name} w={w:g}",
-                    inside(out, "grids", f"{m.name}-w{w:g}.png"),
-                    vgg=True,
-                )
-                scores = ev.score(feats, vgg=True)
-                row = {
-                    **base,
-                    "w": float(w),
-                    "nfe": nfe,
-                    **scores,
-                    "samples": len(feats),
-                    "seeds": seeds,
-                    "seconds": round(sec, 2),
-                }
-                if m.guidance.edits:
-                    n_img = min(m.guidance.edits, len(x_all))
-                    # EDM: a Karras grid of as many points
-                    times = get_recipe(m.guidance.recipe).for_model(model).times
-                    steps = len(times) - (times[-1] == 0)
-                    row["edit_rate"], row["edit_lpips"], row["edit_nfe"] = edit_rate_sweep(
-                        ev, model, x_all[:n_img], y_all[:n_img], w, steps
-                    )
-                    row["lpips_net"] = _lpips_net(ev)
-                    row["edits"] = n_img * (num_classes(model) - 1)
-                rows["guidance"].append(row)
-                dist.print0(
-                    f"[eval] {m.name} w={w:g}: NFE {nfe} "
-                    + _score_text(scores)
-                    + (f" edit rate {row['edit_rate']:.3f}" if m.guidance.edits else "")
-                )
-        del model
-    if dist.is_main():
+            scores = ev.score(feats, vgg=True)
+            row = {
+                **base,
+                "w": float(w),
+                "nfe": nfe,
+                **scores,
+                "samples": len(feats),
+                "seeds": self.seeds,
+                "seconds": round(sec, 2),
+            }
+            if g.edits:
+                row.update(self._edit_columns(model, g, w))
+            self.rows["guidance"].append(row)
+            dist.print0(
+                f"[eval] {m.name} w={w:g}: NFE {nfe} "
+                + _score_text(scores)
+                + (f" edit rate {row['edit_rate']:.3f}" if g.edits else "")
+            )
+
+    def _edit_columns(self, model, g, w):
+        """The edit columns of a guidance row: `g.edits` split images, each into every other
+        class."""
+        x_all, y_all = self.split
+        n_img = min(g.edits, len(x_all))
+        # EDM: a Karras grid of as many points
+        times = get_recipe(g.recipe).for_model(model).times
+        steps = len(times) - (times[-1] == 0)
+        rate, lpips, nfe = edit_rate_sweep(self.ev, model, x_all[:n_img], y_all[:n_img], w, steps)
+        return {
+            "edit_rate": rate,
+            "edit_lpips": lpips,
+            "edit_nfe": nfe,
+            "lpips_net": _lpips_net(self.ev),
+            "edits": n_img * (num_classes(model) - 1),
+        }
+
+    def info(self):
+        """eval_info.json: the reference, the features, the sample count, the u-use probes."""
+        spec, ev = self.spec, self.ev
         info = {
             "dataset": spec.dataset,
             "ref_split": spec.ref_split,
@@ -511,12 +551,10 @@ def run(spec, out_dir, device=None, progress=True):
             "num_samples": spec.num_samples,
             "world_size": ev.world,
         }
-        if u_use:
-            info["u_use"] = u_use
+        if self.u_use:
+            info["u_use"] = self.u_use
         if ev.extractor is not None and spec.features.kind == "demo":
             from bcmcore.metrics.demo_classifier import load_demo_classifier
 
             info["demo_classifier_test_accuracy"] = load_demo_classifier(spec.dataset).test_accuracy
-        report.write_all(out, rows, info)
-    dist.barrier()
-    return rows
+        return info

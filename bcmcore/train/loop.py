@@ -18,7 +18,6 @@ from bcmcore import dist, runlock
 from bcmcore.config import ConfigError, UserError
 from bcmcore.train import checkpoint, interrupt, recipe
 from bcmcore.train.config import check_data_fits
-from bcmcore.train.device import configure_backends
 from bcmcore.train.monitor import Monitor
 from bcmcore.train.recipe import load_run_config
 from bcmcore.train.step import Stepper
@@ -106,7 +105,6 @@ def training_loop(run_dir, device=None):
     check_data_fits(cfg)
     cfg = recipe.with_data_identity(cfg, where=str(run_dir / "config.json"))
     rank, world, _, device = dist.init(device)
-    configure_backends(cfg.train, device)  # before any CUDA matmul (cuBLAS reads its workspace env)
     with runlock.hold(run_dir, dist.is_main(), dist.barrier), interrupt.on_signals() as stop:
         return _train(run_dir, cfg, rank, world, device, stop)
 
@@ -114,136 +112,137 @@ def training_loop(run_dir, device=None):
 def _train(run_dir, cfg, rank, world, device, stop):
     from bcmcore.data import make_loader
     from bcmcore.losses import build_loss
-    from bcmcore.nets import build_model, save_network
+    from bcmcore.nets import build_model
 
-    t = cfg.train
     if dist.is_main():
         remove_tmp(run_dir)  # partial files of a killed writer (we hold the run lock)
-    batch_gpu, rounds = t.split_batch(world)
+    batch_gpu, rounds = cfg.train.split_batch(world)  # a bad split fails before any work
     log = RunLog(run_dir, dist.is_main())
-    final_path = run_dir / "network-final.pt"
+    final_path = checkpoint.final_path(run_dir)
 
-    torch.manual_seed(t.seed)  # same initial weights on every rank (and broadcast below to be sure)
+    torch.manual_seed(cfg.train.seed)  # same initial weights on every rank (broadcast below too)
     model = build_model(cfg.model)
     loss_fn = build_loss(cfg.loss, cfg.model)
-    resume = checkpoint.latest_state(run_dir)
-    state = checkpoint.load_state(resume) if resume else None
     # recipe keys changed: a new run; runtime keys or a longer run: a resume (train/recipe.py)
-    decision = recipe.compare(state["config"], cfg, state["step"]) if state is not None else None
-    if decision is not None and decision.restart:
-        dist.barrier()  # every rank has read the old state before rank 0 moves it
-        if dist.is_main():
-            moved = checkpoint.supersede(run_dir)
-            log(
-                f"{resume.name} was written with a different recipe ({'; '.join(decision.changed)})"
-                f": moved the old run to {moved.name}/, starting over"
-            )
-        dist.barrier()
-        resume = state = None
-    cfg = decision.cfg if state is not None else recipe.start(cfg)
-    t, config = cfg.train, cfg.as_dict()
-    if state is None and t.init:
+    cfg, resume = checkpoint.resume_point(run_dir, cfg, log)
+    t = cfg.train
+    if resume is None and t.init:
         init_from_network(model, t.init)
     model.to(device).train()
     if world > 1:
         dist.broadcast_state_(model)
-    stepper = Stepper(model, loss_fn, t, device, conditional=cfg.model.net.num_classes > 0)
-    ema, optimizer = stepper.ema, stepper.optimizer
-    step = 0
-    if state is not None:
-        model.load_state_dict(state["net"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        if hasattr(loss_fn, "load_state_dict"):  # CD's target network theta-
-            loss_fn.load_state_dict(state.get("loss", {}))
-        step = state["step"]
-        del state
-        log(f"resumed from {resume.name} (step {step})")
-        if decision.changed:
-            log(f"changed since that state (no restart): {'; '.join(decision.changed)}")
-    elif dist.is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
+    # the Stepper sets the backend flags (train/device.py): nothing above runs a matmul
+    stepper = Stepper(model, loss_fn, t, device, cfg.model.net.num_classes > 0, rounds=rounds)
+    step = checkpoint.restore(resume, stepper, log) if resume is not None else 0
     log.truncate_stats(step)
     if step >= t.total_steps and final_path.is_file():
         log(f"{final_path} exists: nothing to do")
         return final_path
 
-    params = stepper.params
-    n_params = sum(p.numel() for p in params)
+    log(_describe(run_dir, cfg, stepper, world, device, batch_gpu, rounds, step))
+    monitor = Monitor(run_dir, cfg, dist.is_main(), step, device, log)
+    loader = make_loader(cfg.data, batch_gpu, rank, world, t.seed, step * t.batch, device=device)
+    _steps(run_dir, cfg, stepper, loader, step, monitor, log, stop)
+    monitor.close()
+    dist.barrier()
+    return final_path
+
+
+def _describe(run_dir, cfg, stepper, world, device, batch_gpu, rounds, step):
+    """The run's first log line: model size, loss, processes, batch split, steps."""
+    t = cfg.train
+    n_params = sum(p.numel() for p in stepper.params)
     threads = f" ({torch.get_num_threads()} threads each)" if device.type == "cpu" else ""
-    log(
+    return (
         f"run {run_dir}: {cfg.model.kind} model ({n_params / 1e6:.3f} M params), loss "
         f"{cfg.loss['kind']}, "
         f"{world} process(es) on {device.type}{threads}, "
         f"batch {t.batch} = {batch_gpu} x {rounds} rounds x {world}, "
         f"steps {step}->{t.total_steps}"
     )
-    monitor = Monitor(run_dir, cfg, dist.is_main(), step, device, log)
-    loader = make_loader(cfg.data, batch_gpu, rank, world, t.seed, step * t.batch, device=device)
+
+
+def _steps(run_dir, cfg, stepper, loader, step, monitor, log, stop):
+    """Train from `step` to train.total_steps, then write network-final.pt (the EMA): status rows,
+    training states and EMA snapshots at their cadences; a stop signal ends it with a state."""
+    from bcmcore.nets import save_network
+
+    t, config, world = cfg.train, cfg.as_dict(), dist.world_size()
 
     def save(step):
         if dist.is_main():
-            checkpoint.save_state(
-                run_dir,
-                step=step,
-                model=model,
-                ema=ema.model,
-                optimizer=optimizer,
-                start_sample=step * t.batch,
-                config=config,
-                keep_last=t.keep_last,
-                loss_state=loss_fn.state_dict() if hasattr(loss_fn, "state_dict") else None,
-            )
+            checkpoint.save_state(run_dir, step, stepper, config, t.keep_last)
         dist.barrier()
 
-    sums, n_sum, tick, t_start = {}, 0, time.time(), time.time()
+    window = StatusWindow(t.batch, stepper.device)
     while step < t.total_steps:
         values = stepper.backward(loader, step)
-        bad = [k for k, v in values.items() if not math.isfinite(v)]
-        if bad:
-            detail = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-            raise NonFiniteLoss(
-                f"step {step}: non-finite {'/'.join(bad)} ({detail}); stopped before the update; "
-                f"last good state: {checkpoint.latest_state(run_dir) or 'none'}. "
-                f"Lower train.lr or set train.grad_clip"
-            )
+        _check_finite(values, step, run_dir)
         stepper.update()
         step += 1
-        for k, v in values.items():
-            sums[k] = sums.get(k, 0.0) + v
-        n_sum += 1
-
+        window.add(values)
         if step % t.status_every == 0 or step == t.total_steps:
-            now = time.time()
-            row = {
-                "step": step,
-                "kimg": step * t.batch / 1e3,
-                "lr": t.lr_at(step - 1),
-                **{k: v / n_sum for k, v in sums.items()},
-                "sec_per_kimg": (now - tick) / (n_sum * t.batch / 1e3),
-                "mem_gb": _peak_mem_gb(device),
-                "time_s": now - t_start,
-            }
+            row = window.row(step, stepper.lr)
             log.stats(row)
             log(monitor.status(row))  # timestamp, elapsed, ETA; TensorBoard / W&B scalars
-            sums, n_sum, tick = {}, 0, time.time()
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
+            window.reset()
         if step % t.checkpoint_every == 0 or step == t.total_steps:
             save(step)
         if t.snapshot_every and step % t.snapshot_every == 0 and dist.is_main():
-            save_network(checkpoint.snapshot_path(run_dir, step), ema.model, step, config)
-            snap = monitor.snapshot(step, ema.model)  # EMA grid, optional quick FID
+            save_network(checkpoint.snapshot_path(run_dir, step), stepper.ema.model, step, config)
+            snap = monitor.snapshot(step, stepper.ema.model)  # EMA grid, optional quick FID
             if snap and len(snap) > 1:
                 log.stats(snap)
         if stop.signum is not None and step < t.total_steps:  # SIGINT/SIGTERM: a state, then exit
             if world == 1 and step % t.checkpoint_every:  # one process: no other rank to agree with
                 save(step)
             raise stop.interrupted(step, checkpoint.latest_state(run_dir))
-
     if dist.is_main():
-        save_network(final_path, ema.model, step, config)
+        final_path = checkpoint.final_path(run_dir)
+        save_network(final_path, stepper.ema.model, step, config)
         log(f"wrote {final_path}")
-    monitor.close()
-    dist.barrier()
-    return final_path
+
+
+def _check_finite(values, step, run_dir):
+    """Stop before the update of a step whose loss terms are NaN/Inf."""
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    if bad:
+        detail = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+        raise NonFiniteLoss(
+            f"step {step}: non-finite {'/'.join(bad)} ({detail}); stopped before the update; "
+            f"last good state: {checkpoint.latest_state(run_dir) or 'none'}. "
+            f"Lower train.lr or set train.grad_clip"
+        )
+
+
+class StatusWindow:
+    """The loss terms summed since the last status row, and the wall time they took."""
+
+    def __init__(self, batch, device):
+        self.batch, self.device = batch, device
+        self.sums, self.n, self.tick = {}, 0, time.time()
+        self.t_start = self.tick
+
+    def reset(self):
+        """After a row is written: the next window's time and peak memory start here."""
+        self.sums, self.n, self.tick = {}, 0, time.time()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def add(self, values):
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.n += 1
+
+    def row(self, step, lr):
+        """The stats.jsonl row after `step` steps; `lr`: the last step's."""
+        now = time.time()
+        return {
+            "step": step,
+            "kimg": step * self.batch / 1e3,
+            "lr": lr,
+            **{k: v / self.n for k, v in self.sums.items()},
+            "sec_per_kimg": (now - self.tick) / (self.n * self.batch / 1e3),
+            "mem_gb": _peak_mem_gb(self.device),
+            "time_s": now - self.t_start,
+        }

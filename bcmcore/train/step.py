@@ -53,7 +53,9 @@ class Stepper:
     """model + loss + RAdam + evaluation EMA; `backward(batches, step)` then `update()` make one
     step."""
 
-    def __init__(self, model, loss_fn, train_cfg, device, conditional=True):
+    def __init__(self, model, loss_fn, train_cfg, device, conditional=True, rounds=None):
+        """`rounds`: accumulation rounds per step, t.split_batch(world)[1] unless the caller has
+        them already (the loop splits the batch before it builds anything)."""
         t = self.t = train_cfg
         self.model, self.loss_fn, self.device, self.conditional = (
             model,
@@ -61,6 +63,10 @@ class Stepper:
             device,
             conditional,
         )
+        self.rounds = rounds or t.split_batch(dist.world_size())[1]
+        self.lr = None  # the lr of the last `backward` (a function of the step: TrainConfig.lr_at)
+        # the one call per process start: before the first CUDA matmul, as cuBLAS reads its
+        # workspace setting when it creates its handle (the loop moves weights, nothing more, first)
         device_keys.configure_backends(t, device)
         self.channels_last = device_keys.uses_channels_last(t, model)
         if self.channels_last:
@@ -86,10 +92,10 @@ class Stepper:
         """Gradients of the global-batch mean loss for `step`; returns the loss terms averaged over
         all rounds and processes. `batches`: an iterator yielding one per-round batch dict per
         call."""
-        t, rank, world = self.t, dist.rank(), dist.world_size()
-        rounds = t.split_batch(world)[1]
+        t, rank, world, rounds = self.t, dist.rank(), dist.world_size(), self.rounds
+        self.lr = t.lr_at(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = t.lr_at(step)
+            group["lr"] = self.lr
         self.optimizer.zero_grad(set_to_none=True)
         terms = {}
         for r in range(rounds):
