@@ -19,6 +19,28 @@ class GaussianMixture:
     stds: tuple  # K per-component isotropic stds
     weights: tuple  # K mixture weights, summing to 1
 
+    def __post_init__(self):
+        """A mixture that exists: K means of one dimension, stds >= 0 (0: a point mass), weights >= 0 summing to 1,
+        all finite (a negative std would sample a reflected mixture whose denoiser is wrong)."""
+        dims = sorted({len(m) for m in self.means})
+        if len(dims) > 1:
+            raise ValueError(f"means: expected K means of one dimension, got lengths {dims}")
+        mu, s, pi = (np.asarray(a, np.float64) for a in self.arrays())
+        k = len(pi)
+        if mu.ndim != 2 or len(mu) != k or s.shape != (k,) or pi.shape != (k,) or k == 0:
+            raise ValueError(
+                f"means, stds, weights: expected K means of one dimension, K stds and K weights, "
+                f"got {len(self.means)} means, {len(self.stds)} stds, {len(self.weights)} weights"
+            )
+        if not (np.isfinite(mu).all() and np.isfinite(s).all() and np.isfinite(pi).all()):
+            raise ValueError("means, stds, weights: expected finite numbers")
+        if (s < 0).any():
+            raise ValueError(f"stds: expected numbers >= 0, got {list(self.stds)}")
+        if (pi < 0).any() or abs(pi.sum() - 1) > 1e-6:
+            raise ValueError(
+                f"weights: expected numbers >= 0 summing to 1, got {list(self.weights)}"
+            )
+
     @property
     def dim(self):
         return len(self.means[0])

@@ -418,3 +418,43 @@ def test_probe(case, argv, env, code, message, probe_files, monkeypatch, capsys)
     assert len([ln for ln in lines if ln.startswith("bcm ") or ln.startswith("usage")]) >= 1
     assert set(Path(probe_files["dir"]).parent.iterdir()) == before
     dist.shutdown()
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (
+            {"means": [[0, 0], [1, 1]], "stds": [-0.1, 0.2], "weights": [0.5, 0.5]},
+            "stds: expected numbers >= 0",
+        ),
+        (
+            {"means": [[0, 0], [1]], "stds": [0.1, 0.2], "weights": [0.5, 0.5]},
+            "means: expected K means of one dimension",
+        ),
+        (
+            {"means": [[0, 0], [1, 1]], "stds": [0.1, 0.2], "weights": [0.5, 0.6]},
+            "weights: expected numbers >= 0 summing to 1",
+        ),
+        (
+            {"means": [[0, 0]], "stds": [0.1, 0.2], "weights": [1.0]},
+            "got 1 means, 2 stds, 1 weights",
+        ),
+        (
+            {"means": [[0, float("nan")]], "stds": [0.1], "weights": [1.0]},
+            "expected finite numbers",
+        ),
+    ],
+)
+def test_a_mixture_that_cannot_exist_is_refused_naming_the_file(tmp_path, params, message, capsys):
+    """A negative std used to be sampled as |std| while the exact denoiser used it squared."""
+    import json
+
+    from bcmcore import cli
+
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(params))
+    out = tmp_path / "s"
+    assert cli.main(["prep", "gmm2d", "--out", str(out), "--params", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and message in err and "Traceback" not in err
+    assert not out.exists()
