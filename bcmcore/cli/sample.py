@@ -515,7 +515,7 @@ EDIT_HANDLERS = {
 
 
 def edit(argv):
-    """Edit images: interpolate, inpaint, restore JPEG, super-resolve, colorize, change the class."""
+    """Edit images: interpolate, inpaint, restore JPEG, super-resolve, colorize, relabel."""
     args = edit_parser().parse_args(argv)
     model, meta, device = _setup(args)
     x_all, y_all, idx_all = load_inputs(args, model)
