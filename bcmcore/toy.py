@@ -20,8 +20,9 @@ class GaussianMixture:
     weights: tuple  # K mixture weights, summing to 1
 
     def __post_init__(self):
-        """A mixture that exists: K means of one dimension, stds >= 0 (0: a point mass), weights >= 0 summing to 1,
-        all finite (a negative std would sample a reflected mixture whose denoiser is wrong)."""
+        """A mixture that exists: K means of one dimension, stds >= 0 (0: a point mass), weights
+        >= 0 summing to 1, all finite (a negative std would sample a reflected mixture whose
+        denoiser is wrong)."""
         dims = sorted({len(m) for m in self.means})
         if len(dims) > 1:
             raise ValueError(f"means: expected K means of one dimension, got lengths {dims}")
