@@ -262,3 +262,27 @@ def test_bad_inputs_give_one_error_line_and_exit_2(digits8, tmp_path, capsys):
         assert len(lines) == 1 and lines[0].startswith("bcm eval: error:"), (case, err)
         assert text in lines[0], (case, lines[0])
         assert not (tmp_path / "o" / "fid_table.csv").exists(), case
+
+
+def test_inception_modes_take_any_size_and_colour_and_resize_themselves(tmp_path, monkeypatch):
+    """The Inception route on a staged TorchScript stand-in (test_metrics._FakeInception, the
+    clean-fid interface): grey PNGs of one size against RGB npz images of another, no dataset;
+    P/R and KID only (FID would need more than 2048 images)."""
+    import torch
+    from test_metrics import _FakeInception
+
+    from bcmcore.metrics import features
+    from bcmcore.util import sha256_file
+
+    staged = tmp_path / features.INCEPTION_FILE
+    torch.jit.script(_FakeInception()).save(str(staged))
+    monkeypatch.setattr(features, "INCEPTION_BYTES", staged.stat().st_size)
+    monkeypatch.setattr(features, "INCEPTION_SHA256", sha256_file(staged))
+    rng = np.random.default_rng(0)
+    grey = pngs_of(tmp_path / "grey", rng.integers(0, 256, (12, 1, 16, 16), dtype=np.uint8))
+    rgb = npz_of(tmp_path / "rgb.npz", rng.integers(0, 256, (15, 3, 12, 12), dtype=np.uint8))
+    argv = ["eval", "--images", grey, "--ref", rgb, "--features", "clean", "--inception-path"]
+    assert bcm([*argv, staged, "--metrics", "pr,kid", "--out", tmp_path / "o"])[0] == 0
+    row, csv_row = scored(tmp_path / "o")
+    assert row["features"] == "clean-inception" and row["samples"] == 12
+    assert 0 <= row["precision"] <= 1 and "fid" not in row and csv_row["fid"] == ""

@@ -38,7 +38,7 @@ def evaluate(argv):
     )
     g.add_argument("--images-split", default="test", help="the split of a shard dir --images")
     ref = g.add_mutually_exclusive_group()
-    ref.add_argument("--ref", help="reference images (PNG folder, npz or shard dir)")
+    ref.add_argument("--ref", help="reference images (PNG folder, npz, or a shard dir's --split)")
     ref.add_argument(
         "--ref-stats",
         help="reference statistics: an npz with mu / sigma (ADM's reference batch, or a "

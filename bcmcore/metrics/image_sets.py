@@ -119,8 +119,9 @@ def _pick_metrics(requested, stats_only, extractor):
             f"{','.join(requested)!r}"
         )
     need_feats = ("pr", "kid")
-    if requested is None:
+    if requested is None:  # all the reference (and the network's classifier layer) allows
         requested = [m for m in scoring.METRICS if not (stats_only and m in need_feats)]
+        requested = [m for m in requested if m != "is" or extractor.logits is not None]
     elif stats_only and set(requested) & set(need_feats):
         raise UserError(
             "--metrics pr / kid need reference features; --ref-stats gives only mu / sigma "
@@ -140,6 +141,8 @@ def evaluate_images(
     spec.ref_split. Rank 0 writes out/fid_table.csv (the sweep's columns), out/eval_info.json and
     out/stats.npz (mu / sigma of the images, usable as --ref-stats). -> the row."""
     t0 = time.time()
+    if spec.features.kind == "raw":
+        raise UserError("features.kind raw (vector data): `bcm eval --images` scores images")
     if spec.features.kind == "demo" and not spec.dataset:
         raise UserError(
             "--features demo: needs --dataset SHARD_DIR (the demo classifier is trained on it)"
@@ -164,9 +167,11 @@ def evaluate_images(
         reference = load_stats(ref_stats, extractor)
         ref_info = {"kind": "statistics (mu / sigma)", "path": str(ref_stats)}
     elif ref is not None:
-        xr, _ = load_set(ref, "--ref", split, shape)
+        xr, _ = load_set(ref, "--ref", spec.ref_split, shape)  # a shard dir: its --split
         fr = feats_of(xr, Path(ref).name)
-        mu, sigma = fidlib.feature_stats(fr, f"--ref {ref}")
+        mu = sigma = None  # the Gaussian fit only where FID is asked for (it needs n > dim)
+        if "fid" in chosen:
+            mu, sigma = fidlib.feature_stats(fr, f"--ref {ref}")
         pr = fr[fidlib.pr_subset(len(fr), spec.pr_real)].astype(np.float32)
         reference = {"mu": mu, "sigma": sigma, "pr_feats": pr, "meta": {"n": len(fr)}}
         ref_info = {"kind": "images", "path": str(ref), "count": len(fr)}
@@ -186,7 +191,7 @@ def evaluate_images(
     what = f"--images {images}"
     if "is" in chosen and len(f) < spec.is_splits:
         raise UserError(f"{what}: {len(f)} images; the Inception Score needs {spec.is_splits}")
-    if set(chosen) & {"fid", "pr", "kid"}:
+    if "fid" in chosen:  # precision/recall and KID check their own counts (prdc, kid)
         fidlib.check_count(len(f), extractor.dim, what)
     key = extractor.key
     scores = scoring.score(f, reference, spec, extractor, key, device or "cpu", chosen, what)
