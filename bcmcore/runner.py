@@ -81,7 +81,7 @@ def load_inputs(data=None, split="test", input=None, shape=None):
     data: a shard directory (its `split`), or input: an .npz (arr_0/images uint8 NHWC, optional
     labels/arr_1) or a folder of PNGs. shape: the network's (C, H, W): image files and npz images
     are converted to its C channels (bcmcore.images.convert_image) and their size checked."""
-    from bcmcore.images import array_to_channels, check_size
+    from bcmcore.images import check_size
 
     if bool(data) == bool(input):
         raise UserError("give exactly one of --data SHARD_DIR or --input FILE.npz|PNG_DIR")
@@ -93,41 +93,51 @@ def load_inputs(data=None, split="test", input=None, shape=None):
             x = check_size(x, shape, f"--data {data} ({split})")
         return x, y
     path = Path(input)
-    if path.is_dir():
-        from bcmcore.images import read_image
+    x, y = read_images(path, shape[0] if shape and len(shape) == 3 else None, "--input")
+    x = torch.as_tensor(x).permute(0, 3, 1, 2) if x.ndim == 4 else torch.as_tensor(x)
+    if shape and len(shape) == 3:
+        x = check_size(x, shape, f"--input {path}")
+    return x, (None if y is None else torch.as_tensor(y).long())
 
+
+def read_images(path, channels=None, flag="--input"):
+    """A folder of PNGs or an .npz (arr_0 / images uint8 NHWC, ADM's batch layout; optional labels
+    / arr_1) -> (uint8 NHWC numpy, labels or None). channels (1 or 3): PNGs of any PIL mode and npz
+    images are converted to it (bcmcore.images.convert_image); None: PNGs to RGB, npz as stored.
+    Every problem is one UserError naming the file (`flag`: the option that named it)."""
+    from bcmcore.images import array_to_channels, read_image, require_uint8_nhwc
+
+    path = Path(path)
+    if path.is_dir():
         files = sorted(path.glob("*.png"))
         if not files:
-            raise UserError(f"{path}: no .png files")
-        channels = shape[0] if shape and len(shape) == 3 else 3
+            raise UserError(f"{flag} {path}: no .png files in this folder")
         x = []
         for f in files:  # every PIL mode by its meaning (images.convert_image)
-            a = np.asarray(read_image(f, channels))
+            a = np.asarray(read_image(f, channels or 3))
             x.append(a[..., None] if a.ndim == 2 else a)
         for f, a in zip(files, x):
             if a.shape != x[0].shape:
                 raise UserError(
                     f"{f}: image is {a.shape[1]}x{a.shape[0]}, {files[0].name} is "
-                    f"{x[0].shape[1]}x{x[0].shape[0]} (one size per --input folder)"
+                    f"{x[0].shape[1]}x{x[0].shape[0]} (one size per {flag} folder)"
                 )
-        x, y = np.stack(x), None
-    elif path.suffix == ".npz" and path.is_file():
-        from bcmcore.images import require_uint8_nhwc
-
-        try:
-            d = np.load(path)
-        except (OSError, ValueError) as e:
-            raise UserError(f"{path}: not a readable .npz file ({e})") from None
-        key = "images" if "images" in d else "arr_0"
-        if key not in d:
-            raise UserError(f"{path}: expected an array 'images' or 'arr_0' (uint8 NHWC)")
-        x, y = d[key], (d["labels"] if "labels" in d else d["arr_1"] if "arr_1" in d else None)
-        require_uint8_nhwc(x, f"{path}: {key}")
-        if shape and len(shape) == 3:
-            x = array_to_channels(x, shape[0], f"{path} ({key})")
-    else:
-        raise UserError(f"--input {path}: expected an existing .npz file or a folder of PNGs")
-    x = torch.as_tensor(x).permute(0, 3, 1, 2) if x.ndim == 4 else torch.as_tensor(x)
-    if shape and len(shape) == 3:
-        x = check_size(x, shape, f"--input {path}")
-    return x, (None if y is None else torch.as_tensor(y).long())
+        return np.stack(x), None
+    if path.suffix != ".npz" or not path.is_file():
+        raise UserError(f"{flag} {path}: expected an existing .npz file or a folder of PNGs")
+    try:
+        d = np.load(path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable .npz file ({e})") from None
+    key = "images" if "images" in d else "arr_0"
+    if key not in d:
+        hint = " (it holds statistics mu / sigma, not images)" if "mu" in d else ""
+        raise UserError(
+            f"{path}: expected an array 'images' or 'arr_0' (uint8 NHWC){hint}; it has "
+            f"{', '.join(d.files) or 'no arrays'}"
+        )
+    x, y = d[key], (d["labels"] if "labels" in d else d["arr_1"] if "arr_1" in d else None)
+    require_uint8_nhwc(x, f"{path}: {key}")
+    if channels:
+        x = array_to_channels(x, channels, f"{path} ({key})")
+    return x, y

@@ -74,9 +74,14 @@ def demo_outputs(tmp_path_factory):
     }
     (root / "results/digits/eval/bcm_ft").mkdir(parents=True)
     (root / "results/digits/eval/bcm_ft/spec.json").write_text(json.dumps(spec))
-    # "any folder of PNGs": the demo's own test digits, grey 8x8
+    # the sweep's kept samples (spec save_samples), stood in for by the 300 test digits
     from bcmcore.data import load_split
 
+    samples = root / "results/digits/eval/bcm_ft/samples"
+    samples.mkdir()
+    x_test = load_split(shards, "test")[0].numpy().transpose(0, 2, 3, 1)
+    np.savez(samples / "bcm_ft-digits-bcm_ft-nfe2.npz", arr_0=x_test, seeds=np.arange(300))
+    # "any folder of PNGs": the demo's own test digits, grey 8x8
     x, _ = load_split(shards, "test")
     pngs = root / "my/invert/pngs"
     pngs.mkdir(parents=True)

@@ -64,6 +64,12 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
     return float(frechet_distance(mu1, sigma1, mu2, sigma2))
 
 
+def pr_subset(n, count, seed=0):
+    """Sorted indices of the seeded subset of `count` of n reference items that precision/recall
+    and KID compare against (the same draw for a dataset split and for a reference image set)."""
+    return np.sort(np.random.default_rng(seed).permutation(n)[:count])
+
+
 def fid_from_feats(feats1, feats2):
     return frechet_distance(*feature_stats(feats1, "set 1"), *feature_stats(feats2, "set 2"))
 
@@ -136,7 +142,7 @@ def reference_stats(
     if ref is not None:
         return ref
     n = len(ShardReader(shard_dir, split))
-    keep = np.sort(np.random.default_rng(seed).permutation(n)[:pr_count])
+    keep = pr_subset(n, pr_count, seed)
     moments_, pr, start = Moments(), [], 0
     for x, _ in iter_split(shard_dir, split, chunk):
         mine = keep[(keep >= start) & (keep < start + len(x))] - start

@@ -191,6 +191,14 @@ def plot_guidance(path, rows):
     _savefig(fig, path)
 
 
+def write_images(out, row, info):
+    """`bcm eval --images`: fid_table.csv with its one row (the sweep's columns: the workflow's
+    merge and the plots read it alike) and eval_info.json (the reference, features, notes)."""
+    out = Path(out)
+    atomic_write_text(out / "eval_info.json", json.dumps(info, indent=2) + "\n")
+    write_csv(out / "fid_table.csv", [row], COLUMNS["fid"])
+
+
 def write_all(out, rows, info):
     """fid_table.csv, mse_table.csv, guidance_table.csv, plots/*.png and eval_info.json under
     `out`."""

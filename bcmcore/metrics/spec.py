@@ -161,6 +161,9 @@ class EvalSpec:
     jpeg_quality: Annotated[int, Bound(ge=1, le=95)] = 20
     grid: Count = 64  # samples per PNG grid
     clamp: bool = True  # clip generated images to [-1, 1]
+    # keep each FID / guidance row's images as samples/<model>-<sampler or w>.npz (uint8 NHWC arr_0,
+    # ADM's batch layout; labels arr_1, seeds), to rescore with `bcm eval --images`
+    save_samples: bool = False
 
 
 def _check(spec, path):

@@ -16,21 +16,14 @@ from bcmcore.config import UserError
 from bcmcore.editing import mse_per_item
 from bcmcore.images import save_grid, to_float, to_uint8
 from bcmcore.metrics import fid as fidlib
-from bcmcore.metrics import image_quality, perceptual, prdc, report, vgg16
+from bcmcore.metrics import image_quality, perceptual, prdc, report, scoring, vgg16
 from bcmcore.metrics.edit_rate import edit_hits
 from bcmcore.metrics.features import build_extractor
-from bcmcore.metrics.inception_score import inception_score
-from bcmcore.metrics.kid import kid
 from bcmcore.metrics.probe import inversion_probe, u_use_summary
+from bcmcore.metrics.scoring import gather_rows
 from bcmcore.nets.facts import data_shape, num_classes
 from bcmcore.paths import inside
 from bcmcore.recipes import Recipe, get_recipe
-
-
-def gather_rows(local, local_idx, total):
-    """All-gather per-rank rows [n_r, D] with global indices -> [total, D] float32, in order."""
-    local = np.asarray(local, np.float32)  # the same rounding in one process and in many
-    return dist.gather_rows(local.reshape(len(local_idx), -1), local_idx, total).astype(np.float32)
 
 
 class Evaluator:
@@ -106,28 +99,14 @@ class Evaluator:
 
     def features_all(self, x, extractor=None):
         """Features of a whole array (e.g. the reference split), computed in shards across ranks."""
-        idx = np.arange(self.rank, len(x), self.world)
-        local = self.features_local(x[idx], extractor=extractor)
-        return gather_rows(local, idx, len(x)).astype(np.float64)
+        return scoring.sharded_features(x, lambda v: self.features_local(v, extractor=extractor))
 
     def score(self, feats, vgg=False):
         """FID against the reference statistics; precision/recall and KID against the reference
         feature subset; IS from the extractor's classifier layer; with `vgg`, precision/recall on
         VGG16 features (the FID features stand in, and say so, where no vgg16.pt is staged)."""
         f = feats[:, : self._dim()]
-        mu, sigma = fidlib.feature_stats(f, "generated samples")
-        s = {"fid": fidlib.frechet_distance(mu, sigma, self.ref["mu"], self.ref["sigma"])}
-        s["precision"], s["recall"] = prdc.precision_recall(
-            self.ref["pr_feats"], f, k=self.spec.pr_k, device=self.device
-        )
-        s["kid"], s["kid_std"] = kid(
-            self.ref["pr_feats"], f, self.spec.kid_subsets, self.spec.kid_subset_size
-        )
-        if self.extractor is not None and self.extractor.logits is not None:
-            s["is"], s["is_std"] = inception_score(
-                self.extractor.class_probs(f), self.spec.is_splits
-            )
-        s["features"] = self._key().key
+        s = scoring.score(f, self.ref, self.spec, self.extractor, self._key().key, self.device)
         if vgg and self.vgg is not None:
             s["vgg_precision"], s["vgg_recall"] = prdc.precision_recall(
                 self.vgg_ref, feats[:, self._dim() :], k=self.spec.pr_k, device=self.device
@@ -178,21 +157,27 @@ class Evaluator:
 
     # ---------------------------------------------------------------------------------- generation
     @torch.no_grad()
-    def generate(self, model, fn, desc="samples", grid_path=None, vgg=False):
+    def generate(self, model, fn, desc="samples", grid_path=None, vgg=False, samples_path=None):
         """Run fn(z_rng, y, idx) -> (x, nfe) over this rank's seeds; -> (features of all seeds, nfe,
-        seconds)."""
+        seconds). With a samples_path, every seed's image is kept there too (`_save_samples`)."""
         feats, nfe, first, t0 = [], None, None, time.time()
+        kept = []  # (images uint8, labels) per batch, for samples_path
         for idx in self.batches(desc):
             rng = sampling.SeededRNG(self.seeds[idx], self.device)
-            x, n = fn(rng, self.labels(model, idx), idx)
+            y = self.labels(model, idx)
+            x, n = fn(rng, y, idx)
             if nfe is not None and n != nfe:
                 raise RuntimeError(f"{desc}: NFE changed between batches ({nfe} -> {n})")
             nfe, out = n, self.to_output(x)
             first = out if first is None else first
             feats.append(self.features_local(out, vgg))
+            if samples_path is not None and not self.vector:
+                kept.append((out, np.full(len(idx), -1) if y is None else y.cpu().numpy()))
         width = self._dim() + (vgg16.DIM if vgg and self.vgg is not None else 0)
         local = np.concatenate(feats) if feats else np.zeros((0, width))
         all_feats = gather_rows(local, self.mine, len(self.seeds)).astype(np.float64)
+        if samples_path is not None and not self.vector:
+            self._save_samples(kept, samples_path)
         if grid_path is not None and dist.is_main() and first is not None and not self.vector:
             save_grid(grid_path, first[: self.spec.grid])
         nfe = _agree(nfe)
@@ -200,6 +185,28 @@ class Evaluator:
 
     def _dim(self):
         return self.shape[0] if self.vector else self.extractor.dim
+
+    def _save_samples(self, kept, path):
+        """Rank 0 writes every seed's image in seed order: arr_0 uint8 NHWC, arr_1 labels (-1:
+        unconditional), seeds; what `bcm eval --images` scores to this row's numbers."""
+        from bcmcore.runner import save_npz
+
+        c, h, w = self.shape
+        imgs = np.concatenate([k[0] for k in kept]) if kept else np.zeros((0, c, h, w), np.uint8)
+        labels = np.concatenate([k[1] for k in kept]) if kept else np.zeros(0)
+        rows = dist.gather_rows(
+            np.concatenate([imgs.reshape(len(imgs), -1), labels[:, None]], 1),
+            self.mine,
+            len(self.seeds),
+        )  # pixels and labels are small integers: exact in float64
+        if dist.is_main():
+            images = rows[:, :-1].astype(np.uint8).reshape(-1, c, h, w).transpose(0, 2, 3, 1)
+            arrays = {"arr_0": images, "arr_1": rows[:, -1].astype(np.int64), "seeds": self.seeds}
+            save_npz(path, arrays)
+
+
+def _samples_path(spec, out, name):
+    return inside(out, "samples", f"{name}.npz") if spec.save_samples else None
 
 
 def _agree(nfe):
@@ -420,7 +427,11 @@ class _Sweep:
             fn, steps = _sampler_fn(ev, model, s, f"models[{i}].samplers[{j}]")
             label = s.name or s.recipe or s.sampler
             feats, nfe, sec = ev.generate(
-                model, fn, f"{m.name} {label}", inside(self.out, "grids", f"{m.name}-{label}.png")
+                model,
+                fn,
+                f"{m.name} {label}",
+                inside(self.out, "grids", f"{m.name}-{label}.png"),
+                samples_path=_samples_path(self.spec, self.out, f"{m.name}-{label}"),
             )
             scores = ev.score(feats)
             self.rows["fid"].append(
@@ -503,6 +514,7 @@ class _Sweep:
                 f"{m.name} w={w:g}",
                 inside(self.out, "grids", f"{m.name}-w{w:g}.png"),
                 vgg=True,
+                samples_path=_samples_path(self.spec, self.out, f"{m.name}-w{w:g}"),
             )
             scores = ev.score(feats, vgg=True)
             row = {
