@@ -265,17 +265,17 @@ def test_bad_inputs_give_one_error_line_and_exit_2(digits8, tmp_path, capsys):
 
 
 def test_inception_modes_take_any_size_and_colour_and_resize_themselves(tmp_path, monkeypatch):
-    """The Inception route on a staged TorchScript stand-in (test_metrics._FakeInception, the
+    """The Inception route on a staged TorchScript stand-in (helpers.FakeInception, the
     clean-fid interface): grey PNGs of one size against RGB npz images of another, no dataset;
     P/R and KID only (FID would need more than 2048 images)."""
     import torch
-    from test_metrics import _FakeInception
+    from helpers import FakeInception
 
     from bcmcore.metrics import features
     from bcmcore.util import sha256_file
 
     staged = tmp_path / features.INCEPTION_FILE
-    torch.jit.script(_FakeInception()).save(str(staged))
+    torch.jit.script(FakeInception()).save(str(staged))
     monkeypatch.setattr(features, "INCEPTION_BYTES", staged.stat().st_size)
     monkeypatch.setattr(features, "INCEPTION_SHA256", sha256_file(staged))
     rng = np.random.default_rng(0)

@@ -4,6 +4,7 @@ checks, MSE."""
 import numpy as np
 import pytest
 import torch
+from helpers import FakeInception
 
 from bcmcore.config import UserError
 from bcmcore.metrics import features, fid, prdc
@@ -203,32 +204,12 @@ def test_image_mse_is_on_quantised_unit_range():
 # Inception plumbing
 
 
-class _FakeLayers(torch.nn.Module):
-    def forward(self, x):
-        return torch.cat([x.mean((2, 3)), x.std((2, 3))], 1).repeat(1, 342)[:, :2048, None, None]
-
-
-class _FakeInception(torch.nn.Module):
-    """A TorchScript file with the interface of NVIDIA's Inception (layers, return_features):
-    plumbing only."""
-
-    def __init__(self):
-        super().__init__()
-        self.layers = _FakeLayers()
-
-    def forward(self, x, return_features: bool = False):
-        x = torch.nn.functional.interpolate(
-            x, size=(299, 299), mode="bilinear", align_corners=False
-        )
-        return self.layers((x - 128) / 128).view(x.shape[0], 2048)
-
-
 @pytest.mark.parametrize("mode", ["clean", "legacy_tensorflow"])
 def test_inception_extractor_is_built_from_the_staged_file_without_downloading(
     tmp_path, monkeypatch, mode
 ):
     path = tmp_path / features.INCEPTION_FILE
-    torch.jit.script(_FakeInception()).save(str(path))
+    torch.jit.script(FakeInception()).save(str(path))
     monkeypatch.setattr(features, "INCEPTION_BYTES", path.stat().st_size)
     monkeypatch.setattr(features, "INCEPTION_SHA256", sha256_file(path))
     import urllib.request
