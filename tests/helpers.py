@@ -21,6 +21,7 @@ from bcmcore.nets.facts import data_shape
 from bcmcore.recipes import Recipe
 from bcmcore.toy import DEMO_GMM, GaussianMixture
 from bcmcore.train.checkpoint import find_states, load_state
+from bcmcore.train.monitor import status_step  # noqa: F401 (the tests watch status lines)
 
 
 def igct_generate(model, seeds, y, w=1.0, steps=1, clamp=None):
@@ -98,15 +99,6 @@ def run_to_end(run_dir, world=1):
         p.wait(timeout=60)
     assert all(p.returncode == 0 for p in procs), out
     return out
-
-
-STATUS = re.compile(r"^(?:\[[^\]]*\] )?step (\d+)/")  # "[2026-12-05 13:27:04] step 3/12 ..."
-
-
-def status_step(line):
-    """The step of a training status line (bcmcore/train/monitor.py; timestamped), else None."""
-    m = STATUS.match(line)
-    return int(m.group(1)) if m else None
 
 
 def run_and_kill(run_dir, kill_step, world=1):

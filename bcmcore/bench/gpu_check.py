@@ -111,6 +111,8 @@ def gpu_tests(device, cpu, timeout_s=150):
 
 def _train(run_dir, cpu, kill_at=None):
     """`bcm train` in a fresh process; with kill_at, SIGKILLed when it reports that step."""
+    from bcmcore.train.monitor import status_step
+
     env = _env(cpu)
     cmd = [sys.executable, "-m", "bcmcore", "train", "--run-dir", str(run_dir)]
     cmd += ["--device", "cpu"] if cpu else []
@@ -118,7 +120,7 @@ def _train(run_dir, cpu, kill_at=None):
     out = []
     for line in p.stdout:
         out.append(line)
-        if kill_at is not None and line.startswith(f"step {kill_at}/"):
+        if kill_at is not None and status_step(line) == kill_at:
             p.send_signal(signal.SIGKILL)
             break
     p.wait(timeout=120)

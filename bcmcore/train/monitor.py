@@ -9,6 +9,7 @@ runtime keys (train/recipe.py): changing them never starts a run over.
 """
 
 import datetime
+import re
 import time
 from pathlib import Path
 
@@ -28,6 +29,13 @@ SCALARS = {  # stats.jsonl column -> TensorBoard / W&B tag (losses go under loss
     "mem_gb": "perf/peak_mem_gb",
     "kimg": "progress/kimg",
 }
+
+
+def status_step(line):
+    """The step of a status line this module prints ("[<time>] step 3/12 ..."), else None: for
+    whatever watches a training process's output (the GPU check's SIGKILL item, the tests)."""
+    m = re.match(r"^\[[^\]]*\] step (\d+)/", line)
+    return int(m.group(1)) if m else None
 
 
 def hms(seconds):
