@@ -1,5 +1,5 @@
-"""Tables (CSV) and plots (matplotlib, Agg) of an evaluation sweep; every file written atomically
-(sample grids: bcmcore.images.save_grid).
+"""Tables (CSV) and plots (matplotlib, Agg) of an evaluation sweep, and a training run's loss /
+snapshot-FID curves; every file written atomically (sample grids: bcmcore.images.save_grid).
 
 Numbers come only from the rows the sweep measured.
 """
@@ -197,6 +197,45 @@ def write_images(out, row, info):
     out = Path(out)
     atomic_write_text(out / "eval_info.json", json.dumps(info, indent=2) + "\n")
     write_csv(out / "fid_table.csv", [row], COLUMNS["fid"])
+
+
+def plot_training(path, rows, title):
+    """A run's curves from its stats.jsonl rows: every loss term against the training step (each
+    point the mean over one status interval, train.status_every) and, when the run measured it
+    (train.snapshot_fid), the quick FID of the EMA snapshots against the step."""
+    from bcmcore.config import UserError
+    from bcmcore.train.monitor import loss_terms
+
+    status = [r for r in rows if "snapshot_fid" not in r]
+    snaps = sorted((r for r in rows if "snapshot_fid" in r), key=lambda r: r["step"])
+    terms = list(dict.fromkeys(k for r in status for k in loss_terms(r)))
+    if not terms:
+        raise UserError(f"{path}: no loss rows to plot (the run wrote no status row yet)")
+    plt = _plt()
+    # stacked, one step axis: a jump in the loss lines up with the FID it caused
+    n = 1 + bool(snaps)
+    fig, axes = plt.subplots(n, 1, figsize=(5.5, 3.2 * n), sharex=True, squeeze=False)
+    axes = list(axes[:, 0])
+    values = []
+    for term in terms:
+        pts = sorted((r["step"], r[term]) for r in status if term in r)
+        values += [v for _, v in pts]
+        axes[0].plot(*zip(*pts), "o-" if len(pts) <= 40 else "-", ms=3, label=term)
+    if min(values) > 0:
+        axes[0].set_yscale("log")  # losses fall by orders of magnitude; terms differ in scale
+    axes[0].set(ylabel="loss (mean per status interval)", title=f"{title}: training curves")
+    if snaps:
+        last = snaps[-1]
+        label = f"{last.get('fid_samples', '?')} EMA samples, {last.get('fid_features', '?')}"
+        steps = [r["step"] for r in snaps]
+        axes[1].plot(steps, [r["snapshot_fid"] for r in snaps], "o-", label=label)
+        axes[1].set(ylabel="snapshot FID")
+    axes[-1].set(xlabel="training step")
+    axes[-1].xaxis.get_major_locator().set_params(integer=True)
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    _savefig(fig, path)
 
 
 def write_all(out, rows, info):
