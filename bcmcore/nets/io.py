@@ -123,8 +123,9 @@ def _check_format(path, got, where):
 
 
 def _read_pt(path, device):
-    try:
-        d = torch.load(path, map_location=device, weights_only=True)
+    try:  # an open file: torch.load of a *.safetensors name would take it for safetensors
+        with open(path, "rb") as f:
+            d = torch.load(f, map_location=device, weights_only=True)
     except Exception as e:  # truncated zip, not a torch file, pickled classes, ...
         raise _unreadable(path, e) from None
     got = d.get("format") if isinstance(d, dict) else type(d).__name__
