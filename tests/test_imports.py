@@ -296,6 +296,17 @@ def test_bcm_import_cli(tmp_path):
     res = run("--format", "nope", str(PKL), "--out", str(tmp_path / "x.pt"))
     assert res.returncode == 2 and "unknown checkpoint format 'nope'" in res.stderr
     assert not (tmp_path / "x.pt").exists()
+    # --out *.safetensors: the same network in the safetensors container, tensors bit for bit
+    st = tmp_path / "net.safetensors"
+    res = run("--format", "igct-edm", str(PKL), "--out", str(st))
+    assert res.returncode == 0 and st.read_bytes()[8:9] == b"{", res.stderr
+    (a, meta_a), (b, meta_b) = load_network(out), load_network(st)
+    assert meta_a["config"] == meta_b["config"] and meta_b["config"]["import"]["sha256"]
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    res = run("--format", "igct-edm", str(PKL), "--out", str(tmp_path / "x.pth"))
+    assert res.returncode == 2 and "ending in .pt or .safetensors" in res.stderr, res.stderr
+    assert not (tmp_path / "x.pth").exists()
 
 
 @pytest.mark.parametrize(

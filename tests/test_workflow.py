@@ -47,6 +47,7 @@ def test_demo_dag_of_all(tmp_path):
         "sample_grid": n,
         "app_grid": 6,
         "tables": 1,
+        "training_curves": n,  # every demo experiment is trained (none imported)
         "all": 1,
     }
     trains = {
@@ -141,6 +142,7 @@ def test_changing_one_stage_reruns_it_and_its_dependants_only(tmp_path):
         f"{d}/eval/bcm_scratch/mse_table.csv",
         f"{d}/eval/bcm_scratch/guidance_table.csv",
         f"{d}/grids/bcm_scratch/samples.png",
+        f"{d}/curves/bcm_scratch.png",
         f"{d}/fid_table.csv",
         f"{d}/mse_table.csv",
         f"{d}/guidance_table.csv",

@@ -27,7 +27,11 @@ SHRUNK = {
                 "train": {"total_steps": 4, "batch": 16, "status_every": 2, "checkpoint_every": 2}
             },
             "experiments": {
-                "ict": {"grid": {"seeds": "0-3"}},
+                # a snapshot (and its quick FID) every 2 steps: the FID panel of the curves
+                "ict": {
+                    "grid": {"seeds": "0-3"},
+                    "train": {"snapshot_every": 2, "snapshot_fid": 100, "snapshot_grid": 4},
+                },
                 "bcm_ft": {
                     "train": {"total_steps": 4},
                     "grid": {"seeds": "0-3"},
@@ -144,6 +148,11 @@ def test_whole_dag_on_a_shrunk_demo(demo):
     }
 
     for exp in ("ict", "bcm_ft", "bcm_scratch", "igct", "edm"):
+        # training curves of every trained model; ict's with its 2 snapshot FIDs (steps 2 and 4)
+        log = (d / "logs" / f"curves-{exp}.log").read_text()
+        assert f"2 status rows, {2 if exp == 'ict' else 0} snapshot FIDs" in log, (exp, log)
+        with Image.open(d / "curves" / f"{exp}.png") as im:  # ict: the FID panel below the loss
+            assert (im.size[1] > 600) == (exp == "ict") and im.size[0] > 400, (exp, im.size)
         # 4 digits of 8x8, shown 4x (images.MIN_TILE), 1-pixel gaps
         with Image.open(d / "grids" / exp / "samples.png") as im:
             assert im.size == (2 * 33 + 1, 2 * 33 + 1)
@@ -178,7 +187,7 @@ def test_report_as_a_user_sees_it(demo, tmp_path):
 
     start = report.view(None, "start")  # the landing page: the workflow's description
     assert "bcm-pipeline" in start.text, start.text[:2000]
-    for category in ("Tables", "Plots", "Sample grids", "Applications"):
+    for category in ("Tables", "Plots", "Training curves", "Sample grids", "Applications"):
         assert category in start.text, start.text[:2000]  # the menu
     start.assert_drawn()
 
@@ -195,6 +204,14 @@ def test_report_as_a_user_sees_it(demo, tmp_path):
         assert name in plots.text, plots.text[:3000]
     plot = report.show("results/digits/plots/fid_vs_nfe.png", "plot")
     plot.assert_shows(cwd / "results/digits/plots/fid_vs_nfe.png")  # on screen, pixel for pixel
+
+    curves = report.view("Training curves", "curves")  # a row per trained model, by its label
+    for model in ("ict", "bcm_ft", "bcm_scratch", "igct", "edm"):
+        assert model in curves.text.splitlines(), curves.text[:3000]
+    curves.assert_drawn()
+    for model in ("ict", "bcm_ft"):
+        curve = report.show(f"results/digits/curves/{model}.png", f"curve-{model}")
+        curve.assert_shows(cwd / f"results/digits/curves/{model}.png")  # pixel for pixel
 
     grids = report.view("Sample grids", "grids")
     for model in ("ict", "bcm_ft", "bcm_scratch", "igct", "edm"):

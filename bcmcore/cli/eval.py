@@ -134,7 +134,9 @@ def edit_rate(argv):
     """Class-editing success rate per guidance weight w (demo digits), outside a sweep."""
     p = parser("bcm edit-rate", edit_rate.__doc__)
     p.add_argument(
-        "--network", required=True, help="network-final.pt of an iGCT or EDM (CFG) model"
+        "--network",
+        required=True,
+        help="network-final.pt (or .safetensors) of an iGCT or EDM (CFG) model",
     )
     p.add_argument(
         "--shards", required=True, help="shard dir of the demo digits (its test split is edited)"

@@ -1,6 +1,8 @@
-"""`bcm import --format FMT SRC --out NET.pt`: an authors' checkpoint -> a project network file."""
+"""`bcm import --format FMT SRC --out NET.pt|NET.safetensors`: an authors' checkpoint -> a project
+network file."""
 
 from bcmcore.cli._args import parser, positive_int
+from bcmcore.cli.convert import add_out_argument, check_out_suffix
 
 
 def import_parser():
@@ -9,7 +11,8 @@ def import_parser():
 
     p = parser(
         "bcm import",
-        "Write a bcm-network/1 file from an authors' released checkpoint (docs/imports.md). "
+        "Write a bcm-network/1 file (.pt or .safetensors, by the suffix of --out) from an authors' "
+        "released checkpoint (docs/imports.md). "
         "EDM .pkl files are read without executing the code they embed.",
     )
     p.add_argument(
@@ -18,11 +21,7 @@ def import_parser():
         "network-snapshot-*.pkl (igct-edm)",
     )
     p.add_argument("--format", required=True, help=f"checkpoint format: {' | '.join(FORMATS)}")
-    p.add_argument(
-        "--out",
-        required=True,
-        help="network file to write, e.g. results/<ds>/runs/<exp>/network-final.pt",
-    )
+    add_out_argument(p, "results/<ds>/runs/<exp>/network-final.pt")
     p.add_argument(
         "--kind",
         default=None,
@@ -57,6 +56,7 @@ def import_parser():
 def import_(argv):
     """Convert an authors' released checkpoint into a project network file."""
     a = import_parser().parse_args(argv)
+    check_out_suffix(a.out, a.src)
     from bcmcore.imports import import_checkpoint
 
     model = import_checkpoint(

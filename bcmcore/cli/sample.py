@@ -40,7 +40,11 @@ SECOND_IMAGE_SEED = 1_000_000_007
 
 def _common(prog, handler):
     p = parser(prog, handler.__doc__)
-    p.add_argument("--network", required=True, help="network-*.pt written by `bcm train`")
+    p.add_argument(
+        "--network",
+        required=True,
+        help="network file: network-*.pt written by `bcm train`, or a .safetensors (bcm convert)",
+    )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--batch", type=positive_int, default=64, help="batch per rank")
     p.add_argument("--device", default=None, help="cpu to force CPU; default: CUDA if available")

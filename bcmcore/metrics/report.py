@@ -1,5 +1,5 @@
-"""Tables (CSV) and plots (matplotlib, Agg) of an evaluation sweep; every file written atomically
-(sample grids: bcmcore.images.save_grid).
+"""Tables (CSV) and plots (matplotlib, Agg) of an evaluation sweep, and a training run's loss /
+snapshot-FID curves; every file written atomically (sample grids: bcmcore.images.save_grid).
 
 Numbers come only from the rows the sweep measured.
 """
@@ -197,6 +197,64 @@ def write_images(out, row, info):
     out = Path(out)
     atomic_write_text(out / "eval_info.json", json.dumps(info, indent=2) + "\n")
     write_csv(out / "fid_table.csv", [row], COLUMNS["fid"])
+
+
+# logged by the objectives beside their loss terms, but schedules, not losses: the iCT / BCT
+# discretisation curriculum N(k) (iCT Eq. 7), iGCT's training stage and share of guided pairs
+SCHEDULE_TERMS = ("num_points", "stage", "guided_frac")
+
+
+def plot_training(path, rows, title):
+    """A run's curves from its stats.jsonl rows: every loss term against the training step (each
+    point the mean over one status interval, train.status_every), the schedule terms the objective
+    logs (SCHEDULE_TERMS) on a right-hand axis, so a loss jump lines up with the curriculum step
+    that caused it, and, when the run measured it (train.snapshot_fid), the quick FID of the EMA
+    snapshots below, on the same step axis."""
+    from bcmcore.config import UserError
+    from bcmcore.train.monitor import loss_terms
+
+    status = [r for r in rows if "snapshot_fid" not in r]
+    snaps = sorted((r for r in rows if "snapshot_fid" in r), key=lambda r: r["step"])
+    terms = list(dict.fromkeys(k for r in status for k in loss_terms(r)))
+    losses = [k for k in terms if k not in SCHEDULE_TERMS]
+    if not losses:
+        raise UserError(f"{path}: no loss rows to plot (the run wrote no status row yet)")
+
+    def series(term):
+        return list(zip(*sorted((r["step"], r[term]) for r in status if term in r)))
+
+    plt = _plt()
+    n = 1 + bool(snaps)
+    fig, axes = plt.subplots(n, 1, figsize=(5.5, 3.2 * n), sharex=True, squeeze=False)
+    axes = list(axes[:, 0])
+    ax = axes[0]
+    for term in losses:
+        steps, values = series(term)
+        ax.plot(steps, values, "o-" if len(steps) <= 40 else "-", ms=3, label=term)
+    if min(v for term in losses for v in series(term)[1]) > 0:
+        ax.set_yscale("log")  # losses fall by orders of magnitude; terms differ in scale
+    ax.set(ylabel="loss (mean per status interval)", title=f"{title}: training curves")
+    handles = ax.get_legend_handles_labels()
+    schedule = [k for k in terms if k in SCHEDULE_TERMS]
+    if schedule:
+        right = ax.twinx()
+        for term, style in zip(schedule, (":", "--", "-.")):
+            right.step(*series(term), style, where="post", color="0.4", label=term)
+        right.set_ylabel("schedule: " + ", ".join(schedule))
+        handles = [a + b for a, b in zip(handles, right.get_legend_handles_labels())]
+    ax.legend(*handles, fontsize=8)
+    if snaps:
+        last = snaps[-1]
+        label = f"{last.get('fid_samples', '?')} EMA samples, {last.get('fid_features', '?')}"
+        steps = [r["step"] for r in snaps]
+        axes[1].plot(steps, [r["snapshot_fid"] for r in snaps], "o-", label=label)
+        axes[1].set(ylabel="snapshot FID")
+        axes[1].legend(fontsize=8)
+    axes[-1].set(xlabel="training step")
+    axes[-1].xaxis.get_major_locator().set_params(integer=True)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    _savefig(fig, path)
 
 
 def write_all(out, rows, info):

@@ -188,7 +188,7 @@ class Monitor:
         """Log one stats row to TensorBoard / W&B; -> the status line (timestamp, elapsed, ETA)."""
         step = row["step"]
         row = {**row, "kimg_per_s": 1.0 / row["sec_per_kimg"] if row["sec_per_kimg"] else 0.0}
-        losses = {k: v for k, v in row.items() if k not in SCALARS and _is_loss(k)}
+        losses = loss_terms(row)
         self._scalars(step, {**{f"loss/{k}": v for k, v in losses.items()}, **self._tags(row)})
         elapsed = time.time() - self.t0
         done = step - self.step0
@@ -264,5 +264,35 @@ class Monitor:
             self.wandb.finish()
 
 
+def read_stats(path):
+    """The rows of a run's stats.jsonl: status rows (step, loss terms, lr, speed) and snapshot
+    rows (step, snapshot_fid, fid_features, fid_samples)."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            f"{path}: not found (the stats.jsonl `bcm train` writes in its run directory)"
+        )
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{i}: not a JSON stats row ({e})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            raise UserError(f"{path}:{i}: a stats row needs an integer 'step', got {line[:80]!r}")
+        rows.append(row)
+    return rows
+
+
+def loss_terms(row):
+    """The loss columns of a stats.jsonl status row: `loss` and the logged terms of the objective
+    (everything but the SCALARS, step, time and FID columns)."""
+    return {k: v for k, v in row.items() if k not in SCALARS and _is_loss(k)}
+
+
 def _is_loss(key):
-    return key not in ("step", "time_s") and not key.startswith("fid")
+    return key not in ("step", "time_s") and not key.startswith(("fid", "snapshot_fid"))

@@ -332,7 +332,8 @@ def evaluated(ds):
 
 
 def dataset_outputs(ds):
-    """What `all` asks for: tables and plots, one sample grid per model, the application grids."""
+    """What `all` asks for: tables and plots, one sample grid per model, the application grids, the
+    training curves of every trained (not imported) model."""
     outs = [f"results/{ds}/{t}_table.csv" for t in ("fid", "mse", "guidance")] + [
         f"results/{ds}/plots"
     ]
@@ -340,6 +341,8 @@ def dataset_outputs(ds):
         e = config["datasets"][ds]["experiments"][exp]
         outs.append(f"results/{ds}/grids/{exp}/samples.png")
         outs += [f"results/{ds}/grids/{exp}/edit-{task}.png" for task in e.get("apps", {})]
+        if not e.get("import"):
+            outs.append(f"results/{ds}/curves/{exp}.png")
     return outs
 
 

@@ -33,3 +33,29 @@ rule tables:
         "../../environment.yml"
     script:
         "../scripts/tables.py"
+
+
+# A trained experiment's loss (and snapshot-FID) curves from its run's stats.jsonl. stats.jsonl is not an
+# output of rule train (a failed job's outputs are deleted, and a resumed run needs its rows), so the rule
+# depends on network-final.pt, written after the last row, and reads the stats file beside it.
+rule training_curves:
+    input:
+        network="results/{ds}/runs/{exp}/network-final.pt",
+    output:
+        report(
+            "results/{ds}/curves/{exp}.png",
+            caption="../report/curves.rst",
+            category="Training curves",
+            labels={"dataset": "{ds}", "model": "{exp}"},
+        ),
+    log:
+        "results/{ds}/logs/curves-{exp}.log",
+    wildcard_constraints:
+        exp=trained_regex(),  # imported networks have no training statistics
+    localrule: True
+    conda:
+        "../../environment.yml"
+    params:
+        stats=lambda w: f"results/{w.ds}/runs/{w.exp}/stats.jsonl",
+    script:
+        "../scripts/curves.py"
