@@ -4,11 +4,8 @@
 
 rule tables:
     input:
-        fid=lambda w: expand("results/{ds}/eval/{exp}/fid_table.csv", ds=w.ds, exp=evaluated(w.ds)),
-        mse=lambda w: expand("results/{ds}/eval/{exp}/mse_table.csv", ds=w.ds, exp=evaluated(w.ds)),
-        guidance=lambda w: expand(
-            "results/{ds}/eval/{exp}/guidance_table.csv", ds=w.ds, exp=evaluated(w.ds)
-        ),
+        # every evaluated model's sweep table of each kind: {fid, mse, guidance}
+        unpack(get_sweep_tables),
     output:
         fid=report(
             "results/{ds}/fid_table.csv", caption="../report/fid_table.rst", category="Tables"
