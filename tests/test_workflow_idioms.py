@@ -203,9 +203,9 @@ def test_killed_training_resumes_and_its_benchmark_comes_with_the_finished_job(t
         str(ROOT / "workflow/Snakefile"),
         "--profile",
         str(ROOT / "cluster/local"),
-        "--configfile",
-        tiny_ict(tmp_path / "tiny.yaml", 400),
         str(run.relative_to(tmp_path) / "network-final.pt"),
+        "--configfile",  # last: it takes every argument after it
+        tiny_ict(tmp_path / "tiny.yaml", 400),
     ]
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     first = subprocess.Popen(
