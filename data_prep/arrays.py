@@ -190,9 +190,9 @@ def imagenet_npz_splits(src, resolution, shard_size):
     return splits, meta, totals
 
 
-def digits_upscaled(resolution=16):
+def digits_upscaled(resolution=8):
     """sklearn's 8x8 digits (0..16) as uint8 [N, R, R, 1]: scaled by 255/16, then bilinear
-    upscaling.
+    upscaling (R = 8, the default and the demo's: the images as they are).
 
     Bilinear (not nearest): smooth strokes like a real downsampled image, no 2x2 block edges for a
     small model to spend capacity on; every 8x8 value is still recoverable from the 16x16 image.
@@ -211,7 +211,7 @@ def digits_upscaled(resolution=16):
     return x[..., None], d.target.astype(np.int64)
 
 
-def digits_splits(shard_size, resolution=16, test_count=300, seed=0):
+def digits_splits(shard_size, resolution=8, test_count=300, seed=0):
     x, y = digits_upscaled(resolution)
     if not 0 <= test_count < len(x):
         raise UserError(f"--test-count: expected 0..{len(x) - 1}, got {test_count}")

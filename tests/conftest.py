@@ -79,6 +79,6 @@ def digits(tmp_path_factory):
     from bcmcore.metrics import demo_classifier
 
     out = tmp_path_factory.mktemp("digits") / "shards"
-    assert bcm(["prep", "digits", "--out", str(out), "--workers", "1"]) == 0
+    assert bcm(["prep", "digits", "--out", str(out), "--resolution", "16", "--workers", "1"]) == 0
     demo_classifier.load_demo_classifier(out)
     return out

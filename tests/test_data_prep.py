@@ -6,6 +6,7 @@ import pickle
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -276,7 +277,7 @@ def test_flat_folder_split_rule_and_adm_crop(tmp_path):
 def test_digits_roundtrip(tmp_path):
     from sklearn.datasets import load_digits
 
-    man = prep1("digits", "--out", str(tmp_path / "s"))
+    man = prep1("digits", "--out", str(tmp_path / "s"), "--resolution", "16")
     assert (man["splits"]["train"]["count"], man["splits"]["test"]["count"]) == (1497, 300)
     assert (man["resolution"], man["channels"], man["num_classes"]) == (16, 1, 10)
     d = load_digits()
@@ -295,6 +296,28 @@ def test_digits_roundtrip(tmp_path):
     )  # every digit exactly once over the two splits
     assert (x.float() - ref[match]).abs().max() <= 1  # pixels (up to rounding)
     assert torch.equal(y, torch.from_numpy(d.target)[match])  # labels
+
+
+def test_digits_default_is_the_demos_8x8(tmp_path):
+    """`bcm prep digits` with no --resolution writes what the demo trains on: the 8x8 digits as they
+    are (scaled to 0..255), the resolution workflow/config/config.yaml sets."""
+    import yaml
+    from sklearn.datasets import load_digits
+
+    demo = yaml.safe_load((Path(__file__).parents[1] / "workflow/config/config.yaml").read_text())
+    man = prep1("digits", "--out", str(tmp_path / "s"))
+    assert man["resolution"] == demo["datasets"]["digits"]["prep"]["args"]["resolution"] == 8
+    x, y = (
+        torch.cat(t)
+        for t in zip(
+            *(stream_all(tmp_path / "s", s, n) for s, n in (("train", 1497), ("test", 300)))
+        )
+    )
+    d = load_digits()
+    ref = torch.from_numpy(np.rint(d.images * 255 / 16)).to(torch.uint8)[:, None]
+    match = torch.cdist(x.float().flatten(1), ref.float().flatten(1)).argmin(1)
+    assert sorted(match.tolist()) == list(range(1797))  # every digit exactly once
+    assert torch.equal(x, ref[match]) and torch.equal(y, torch.from_numpy(d.target)[match])
 
 
 def test_gmm2d_roundtrip(tmp_path):

@@ -102,7 +102,7 @@ def test_model_that_does_not_fit_the_data_stops_before_step_0(tmp_path, shards):
     from bcmcore.cli.prep import prep
 
     digits = tmp_path / "digits"
-    assert prep(["digits", "--out", str(digits), "--workers", "1"]) == 0
+    assert prep(["digits", "--out", str(digits), "--resolution", "16", "--workers", "1"]) == 0
     run = make_run(tmp_path / "mlp-on-images", digits, model=TINY_CM, loss={"kind": "ict"})
     with pytest.raises(ConfigError, match=r"arch mlp .* expects vectors of dim 2, but .*manifest"):
         training_loop(run)

@@ -168,6 +168,8 @@ def test_injection_through_every_config_path_creates_no_file(tmp_path):
     for i, (path, digits, target) in enumerate(_hostile_configs(marker)):
         cwd = tmp_path / f"case{i}"
         cwd.mkdir()
+        if path == "prep.args value":  # a staged source must exist (rule prep's input) to reach it
+            (cwd / RUNS.format(m=marker)).mkdir(parents=True)
         res = snakemake(cwd, target, "--configfile", over(cwd, digits))
         assert not marker.exists(), (path, res.stdout[-3000:])
         if path == "prep.args value":  # the converter ran and got the string as one argument

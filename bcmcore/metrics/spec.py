@@ -9,13 +9,13 @@ inception_path: ...}):
     features: {kind: demo}
     num_samples: 1000                    # seeds seed .. seed+num_samples-1
     models:
-      - name: bcm
-        network: results/digits/runs/bcm/network-final.pt
+      - name: bcm_ft
+        network: results/digits/runs/bcm_ft/network-final.pt
         kind: bcm
         samplers: [{recipe: demo-nfe1}, {recipe: demo-nfe2}, {recipe: demo-nfe4}]
         inversions: [{times: [0.07, 80]}, {times: [0.07, 2.0, 80]}]
       - {name: igct, network: ..., kind: igct, guidance: {ws: [1, 3, 5], edits: 100}}
-      - {name: cfg-edm, network: ..., kind: edm, guidance: {ws: [1, 3, 5], recipe: edm-18}}
+      - {name: edm, network: ..., kind: edm, guidance: {ws: [1, 3, 5], recipe: edm-18}}
 """
 
 import json

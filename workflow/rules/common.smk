@@ -1,8 +1,10 @@
-"""Helpers only: config validation at start-up, run-config resolution (job sizes: launch.smk; imported
-weights: imports.smk).
+"""Helpers only: the config's datasets and experiments, their paths and resolved settings, and the rules'
+input and params functions (named functions of the wildcards, as in the snakemake-workflows examples).
+Start-up checks: checks.smk; job sizes: launch.smk; imported weights: imports.smk.
 
 Paths: results/<ds>/shards (data), results/<ds>/runs/<exp> (training), results/<ds>/eval/<exp> (sweeps),
-results/<ds>/grids/<exp> (PNG grids), results/<ds>/*_table.csv + plots/ (the dataset's tables).
+results/<ds>/grids/<exp> (PNG grids), results/<ds>/*_table.csv + plots/ (the dataset's tables),
+results/<ds>/logs/ and results/<ds>/benchmarks/ (one log and one benchmark table per job).
 """
 
 import json
@@ -11,7 +13,6 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
 from bcmcore.presets import merged  # the deep merge of the one run-config resolution
 
@@ -35,43 +36,17 @@ def checked_yaml(path):
         stop(str(e))
 
 
-def check_config():
-    """Schema (unknown keys stop the workflow), then the site's launcher, then each enabled dataset."""
-    # Snakemake's own reader keeps a duplicate key's last value: our loader refuses it first
-    for path in dict.fromkeys(workflow.configfiles):
-        checked_yaml(path)
-    try:
-        validate(config, str(Path(workflow.basedir) / "schemas/config.schema.yaml"))
-    except WorkflowError as e:
-        # the jsonschema ValidationError: its path and message are what users need
-        cause = e.__context__
-        if cause is None or not hasattr(cause, "absolute_path"):
-            raise
-        where = ".".join(str(p) for p in cause.absolute_path) or "(top level)"
-        stop(f"config error at '{where}': {cause.message}")
-    if "site" not in config:
-        stop(
-            "no launcher site set: run with --profile cluster/local (this machine) or --profile cluster/slurm "
-            "(a Slurm login node), or pass --config site=DIR (a directory with launcher.yaml)"
-        )
-    in_use = datasets_in_use()
-    if not in_use:
-        stop("no dataset is enabled under 'datasets' (set datasets.<name>.enabled: true)")
-    for ds in in_use:
-        check_raw_files(ds)
-        check_prep(ds)
-        for stage in STAGES:
-            launcher_settings(ds, stage)
-        unstaged_notice(ds)
-        for exp, e in config["datasets"][ds]["experiments"].items():
-            if e.get("import") and e.get("enabled", True):  # staged or not: its flags now
-                check_import(ds, exp)
-        for exp in experiments(ds):
-            if not import_spec(ds, exp):
-                check_run_config(ds, exp)
-            check_eval_spec(ds, exp)
-            check_flags(ds, exp)  # before check_recipes, which parses the grid's flags
-            check_recipes(ds, exp)
+# ---------------------------------------------------------------------------------------------- the config
+
+
+def dataset_config(ds):
+    """datasets.<ds> of the config (the presets' known datasets merged in: add_known_datasets)."""
+    return config["datasets"][ds]
+
+
+def experiment_config(ds, exp):
+    """datasets.<ds>.experiments.<exp> as written, before the run-config resolution (run_config)."""
+    return config["datasets"][ds]["experiments"][exp]
 
 
 def enabled_datasets():
@@ -145,16 +120,49 @@ def datasets_in_use():
 def experiments(ds):
     return [
         e
-        for e, d in config["datasets"][ds]["experiments"].items()
-        if d.get("enabled", True) and staged(ds, e)  # imported: only once staged (below)
+        for e, d in dataset_config(ds)["experiments"].items()
+        if d.get("enabled", True) and staged(ds, e)  # imported: only once staged (imports.smk)
     ]
 
 
-def check_raw_files(ds):
-    missing = [r for r in config["datasets"][ds].get("raw", []) if not Path(r["path"]).exists()]
-    if missing:
-        lines = "\n".join(f"  {r['path']}  <- {r['how']}" for r in missing)
-        stop(f"dataset '{ds}': raw files missing (nothing was run). Put them here:\n{lines}")
+# ---------------------------------------------------------------------------------------------- staged files
+# Files the user stages (the workflow never builds them) are written once in the config, where they are
+# used; `raw` says where to get them (a preset writes each path once, as a YAML anchor in `raw` that its
+# users alias). Each is an input of the rule that reads it, so Snakemake reruns that job when the file
+# changes. Imported checkpoints (import.path): imports.smk.
+
+FEATURE_FILES = (
+    "inception_path",
+    "vgg16_path",
+    "lpips_path",
+)  # eval.features (bcmcore/metrics/spec.py)
+
+
+def prep_files(ds):
+    """prep.args.src: what the converter reads (formats without --src read nothing staged)."""
+    src = (dataset_config(ds)["prep"].get("args") or {}).get("src")
+    return [src] if src else []
+
+
+def feature_files(ds):
+    """The feature networks an evaluation sweep loads (Inception, VGG16, LPIPS)."""
+    features = dataset_config(ds).get("eval", {}).get("features", {})
+    return [features[key] for key in FEATURE_FILES if features.get(key)]
+
+
+def loss_files(ds, exp):
+    """The LPIPS network a distillation loss loads (loss.lpips_path: CM's CD-LPIPS)."""
+    path = experiment_config(ds, exp).get("loss", {}).get("lpips_path")
+    return [path] if path else []
+
+
+def staged_files(ds):
+    """{path: the config key that uses it}: every staged file of the dataset's enabled experiments."""
+    used = {path: f"datasets.{ds}.prep.args.src" for path in prep_files(ds)}
+    used.update({path: f"datasets.{ds}.eval.features" for path in feature_files(ds)})
+    for exp in experiments(ds):
+        used.update({p: f"datasets.{ds}.experiments.{exp}.loss" for p in loss_files(ds, exp)})
+    return used
 
 
 # ---------------------------------------------------------------------------------------------- run configs
@@ -178,7 +186,7 @@ def run_config(ds, exp):
     """
     from bcmcore.presets import resolve
 
-    return resolve(ds, config["datasets"][ds], exp)
+    return resolve(ds, dataset_config(ds), exp)
 
 
 def recipe(ds, exp):
@@ -195,50 +203,13 @@ def runtime_keys(ds, exp):
     return runtime_part(run_config(ds, exp))
 
 
-def check_run_config(ds, exp):
-    """Unknown or ill-typed keys in model / loss / data / train stop the workflow, with bcmcore's message."""
-    from bcmcore.config import UserError
-    from bcmcore.losses import build_loss
-    from bcmcore.train.config import parse_run_config
-
-    e = config["datasets"][ds]["experiments"][exp]
-    if e.get("init_from") and e["init_from"] not in experiments(ds):
-        stop(
-            f"datasets.{ds}.experiments.{exp}.init_from: '{e['init_from']}' is not an enabled experiment "
-            f"(enabled: {', '.join(experiments(ds))})"
-        )
-    if e.get("teacher_from") and e["teacher_from"] not in experiments(ds):
-        stop(
-            f"datasets.{ds}.experiments.{exp}.teacher_from: '{e['teacher_from']}' is not an enabled "
-            f"experiment (enabled: {', '.join(experiments(ds))})"
-        )
-    where = f"datasets.{ds}.experiments.{exp}"
-    try:
-        cfg = parse_run_config(run_config(ds, exp), where=where)
-        build_loss(cfg.loss, cfg.model)
-    except UserError as e:
-        stop(f"{where}: {e}")
-
-
-def init_network(wildcards):
-    """The network a fine-tuning run starts from (an input, so it is trained first)."""
-    src = config["datasets"][wildcards.ds]["experiments"][wildcards.exp].get("init_from")
-    return [network(wildcards.ds, src)] if src else []
-
-
-def teacher_network(wildcards):
-    """The EDM a distillation run learns from (an input, so it is trained or imported first)."""
-    src = config["datasets"][wildcards.ds]["experiments"][wildcards.exp].get("teacher_from")
-    return [network(wildcards.ds, src)] if src else []
-
-
 # ---------------------------------------------------------------------------------------------- evaluation
 
 
 def eval_spec(ds, exp):
     """The `bcm eval` spec of one experiment: the dataset's sweep settings + this model's samplers / inversions
     / guidance (bcmcore/metrics/spec.py)."""
-    d = config["datasets"][ds]
+    d = dataset_config(ds)
     e = d["experiments"][exp]
     model = {"name": exp, "network": network(ds, exp), "kind": model_kind(ds, exp)}
     return merged(
@@ -246,89 +217,9 @@ def eval_spec(ds, exp):
     )
 
 
-def check_eval_spec(ds, exp):
-    import tempfile
-
-    from bcmcore.config import UserError
-    from bcmcore.metrics.spec import load_spec
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "spec.json"
-        path.write_text(json.dumps(eval_spec(ds, exp)))
-        try:
-            load_spec(path)
-        except UserError as e:
-            stop(
-                f"datasets.{ds} eval / experiments.{exp}.eval: {str(e).replace(str(path) + ': ', '')}"
-            )
-
-
-def check_recipes(ds, exp):
-    """The sample grid's recipe is built as `bcm sample` builds it (recipes.build: a named recipe, or
-    sampler + steps on this model kind) and the application grids' schedules exist (bcm sample /
-    edit would fail later)."""
-    import shlex
-
-    from bcmcore.config import UserError
-    from bcmcore.cli.flags import parser, render
-    from bcmcore.cli.sample import sample_recipe
-    from bcmcore.recipes import get_schedule
-
-    e = config["datasets"][ds]["experiments"][exp]
-    where = f"datasets.{ds}.experiments.{exp}"
-    try:
-        argv = ["--network", "-", "--out", "-"] + shlex.split(render(e.get("grid", {})))
-        sample_recipe(parser("sample").parse_args(argv), model_kind(ds, exp))
-    except UserError as err:
-        stop(f"{where}.grid: {err}")
-    for task, options in e.get("apps", {}).items():
-        if options.get("recipe"):
-            try:
-                get_schedule(options["recipe"])
-            except UserError as err:
-                stop(f"{where}.apps.{task}: {err}")
-
-
-def check_prep(ds):
-    """prep.format is a data_prep converter and prep.args are its flags (from its own parser)."""
-    from bcmcore.config import UserError
-    from bcmcore.cli.flags import check, parser
-
-    prep, where = config["datasets"][ds]["prep"], f"datasets.{ds}.prep"
-    try:
-        converter = parser("prep", prep["format"])
-    except UserError as e:
-        stop(f"{where}.format: {e}")
-    try:
-        check(converter, prep.get("args"), f"{where}.args", reserved=("out",))
-    except UserError as e:
-        stop(str(e))
-
-
-def check_flags(ds, exp):
-    """grid and apps.<task> are flags of `bcm sample` / `bcm edit` (from their own parsers)."""
-    from bcmcore.config import UserError
-    from bcmcore.cli.flags import EDIT_TASKS, check, parser
-
-    e, where = config["datasets"][ds]["experiments"][exp], f"datasets.{ds}.experiments.{exp}"
-    fixed = ("out", "network", "data")  # set by the rules themselves
-    try:
-        check(parser("sample"), e.get("grid"), f"{where}.grid", reserved=fixed)
-        for task, options in e.get("apps", {}).items():
-            if task not in EDIT_TASKS:
-                stop(
-                    f"{where}.apps.{task}: unknown edit task (expected one of {', '.join(EDIT_TASKS)})"
-                )
-            check(parser("edit"), options, f"{where}.apps.{task}", reserved=fixed)
-    except UserError as err:
-        stop(str(err))
-
-
 def evaluated(ds):
     """Experiments with an evaluation sweep."""
-    return [
-        exp for exp in experiments(ds) if config["datasets"][ds]["experiments"][exp].get("eval")
-    ]
+    return [exp for exp in experiments(ds) if experiment_config(ds, exp).get("eval")]
 
 
 def dataset_outputs(ds):
@@ -338,7 +229,7 @@ def dataset_outputs(ds):
         f"results/{ds}/plots"
     ]
     for exp in experiments(ds):
-        e = config["datasets"][ds]["experiments"][exp]
+        e = experiment_config(ds, exp)
         outs.append(f"results/{ds}/grids/{exp}/samples.png")
         outs += [f"results/{ds}/grids/{exp}/edit-{task}.png" for task in e.get("apps", {})]
         if not e.get("import"):
@@ -346,10 +237,83 @@ def dataset_outputs(ds):
     return outs
 
 
-def all_outputs(wildcards):
-    return [out for ds in enabled_datasets() for out in dataset_outputs(ds)]
-
-
 def json_text(obj, indent=2):
     """A config as shell-quoted, readable JSON (rules write it with printf: no Python process per file)."""
     return shlex.quote(json.dumps(obj, indent=indent, sort_keys=True))
+
+
+# ---------------------------------------------------------------------------------------------- rule inputs
+# Named functions of a job's wildcards (Snakemake calls them with the job's): each rule says in one word
+# what it reads.
+# Params that are rendered command-line text are the rules' rerun triggers too (Snakemake records params and
+# reruns a job whose params changed): the command line is what the output depends on.
+
+
+def get_prep_input(wildcards):
+    return prep_files(wildcards.ds)
+
+
+def get_prep_flags(wildcards):
+    """The converter's flags, prep.args (--src included: the same path as the rule's input)."""
+    return flags(dataset_config(wildcards.ds)["prep"].get("args"))
+
+
+def get_recipe_json(wildcards):
+    """config.json: the recipe and its length, exactly what the trained network depends on."""
+    return json_text(recipe(wildcards.ds, wildcards.exp))
+
+
+def get_runtime_json(wildcards):
+    """runtime.json: the runtime keys (a resource, never a trigger: they do not change the network)."""
+    return json_text(runtime_keys(wildcards.ds, wildcards.exp), indent=None)
+
+
+def get_init_network(wildcards):
+    """The network a fine-tuning run starts from (an input, so it is trained first)."""
+    src = experiment_config(wildcards.ds, wildcards.exp).get("init_from")
+    return [network(wildcards.ds, src)] if src else []
+
+
+def get_teacher_network(wildcards):
+    """The EDM a distillation run learns from (an input, so it is trained or imported first)."""
+    src = experiment_config(wildcards.ds, wildcards.exp).get("teacher_from")
+    return [network(wildcards.ds, src)] if src else []
+
+
+def get_loss_files(wildcards):
+    return loss_files(wildcards.ds, wildcards.exp)
+
+
+def get_eval_spec_json(wildcards):
+    """spec.json: the dataset's sweep settings and this model's samplers / inversions / guidance."""
+    return json_text(eval_spec(wildcards.ds, wildcards.exp))
+
+
+def get_feature_files(wildcards):
+    return feature_files(wildcards.ds)
+
+
+def get_grid_flags(wildcards):
+    """`bcm sample` flags of the model's sample grid (experiments.<exp>.grid)."""
+    return flags(experiment_config(wildcards.ds, wildcards.exp).get("grid"))
+
+
+def get_app_flags(wildcards):
+    """`bcm edit <task>` flags of one application grid (experiments.<exp>.apps.<task>)."""
+    return flags(experiment_config(wildcards.ds, wildcards.exp)["apps"][wildcards.task])
+
+
+def get_sweep_tables(wildcards):
+    """{fid, mse, guidance}: every evaluated model's sweep table of each kind (rule tables; unpack)."""
+    return {
+        table: expand(
+            f"results/{{ds}}/eval/{{exp}}/{table}_table.csv",
+            ds=wildcards.ds,
+            exp=evaluated(wildcards.ds),
+        )
+        for table in ("fid", "mse", "guidance")
+    }
+
+
+def get_all_outputs(wildcards):
+    return [out for ds in enabled_datasets() for out in dataset_outputs(ds)]

@@ -2,21 +2,25 @@
 
 
 rule prep:
+    input:
+        # the staged raw dataset the converter reads (prep.args.src; none for the digits)
+        get_prep_input,
     output:
         "results/{ds}/shards/manifest.json",
     log:
         "results/{ds}/logs/prep.log",
+    benchmark:
+        "results/{ds}/benchmarks/prep.tsv"
     localrule: True
     conda:
         "../../environment.yml"
-    threads: lambda w: stage_threads(w.ds, "prep")
+    threads: get_threads("prep")
     resources:
-        launches=lambda w: launch_slots(w.ds, "prep"),
-        launch=lambda w: launch(w.ds, "prep", f"results/{w.ds}/jobs/prep"),
+        **get_launch_resources("prep"),
     params:
-        prep=lambda w: config["datasets"][w.ds]["prep"],  # rerun trigger: the converter and its flags
-        format=lambda w: shlex.quote(config["datasets"][w.ds]["prep"]["format"]),
-        args=lambda w: flags(config["datasets"][w.ds]["prep"].get("args")),
+        # the converter and its flags are the command line: a change reruns prep (and what uses the shards)
+        format=lookup(dpath="datasets/{ds}/prep/format", within=config),
+        args=get_prep_flags,
     shell:
-        "{resources.launch} prep {params.format} --out results/{wildcards.ds}/shards{params.args}"
+        "{resources.launch} prep {params.format:q} --out results/{wildcards.ds}/shards{params.args}"
         " 2>&1 | tee {log}"

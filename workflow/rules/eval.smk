@@ -13,8 +13,8 @@ rule eval_spec:
     conda:
         "../../environment.yml"
     params:
-        spec=lambda w: eval_spec(w.ds, w.exp),  # rerun trigger: this model's sweep settings
-        text=lambda w: json_text(eval_spec(w.ds, w.exp)),
+        # the spec itself (printed into spec.json): a change rewrites the file, which reruns the sweep
+        text=get_eval_spec_json,
     shell:
         "printf '%s\\n' {params.text} > {output} 2> {log}"
 
@@ -24,17 +24,20 @@ rule evaluate:
         spec="results/{ds}/eval/{exp}/spec.json",
         network="results/{ds}/runs/{exp}/network-final.pt",
         shards="results/{ds}/shards/manifest.json",
+        # the staged feature networks the spec names (Inception, VGG16, LPIPS; none for the demo's)
+        features=get_feature_files,
     output:
         **{t: f"results/{{ds}}/eval/{{exp}}/{t}_table.csv" for t in ("fid", "mse", "guidance")},
     log:
         "results/{ds}/logs/eval-{exp}.log",
+    benchmark:
+        "results/{ds}/benchmarks/eval-{exp}.tsv"
     localrule: True
     conda:
         "../../environment.yml"
-    threads: lambda w: stage_threads(w.ds, "eval")
+    threads: get_threads("eval")
     resources:
-        launches=lambda w: launch_slots(w.ds, "eval"),
-        launch=lambda w: launch(w.ds, "eval", f"results/{w.ds}/eval/{w.exp}/jobs", w.exp),
+        **get_launch_resources("eval"),
     shell:
         "{resources.launch} eval --spec {input.spec} --out results/{wildcards.ds}/eval/{wildcards.exp}"
         " 2>&1 | tee {log}"
@@ -52,16 +55,17 @@ rule sample_grid:
         ),
     log:
         "results/{ds}/logs/grid-{exp}.log",
+    benchmark:
+        "results/{ds}/benchmarks/grid-{exp}.tsv"
     localrule: True
     conda:
         "../../environment.yml"
-    threads: lambda w: stage_threads(w.ds, "sample")
+    threads: get_threads("sample")
     resources:
-        launches=lambda w: launch_slots(w.ds, "sample"),
-        launch=lambda w: launch(w.ds, "sample", f"results/{w.ds}/grids/{w.exp}/jobs", w.exp),
+        **get_launch_resources("sample"),
     params:
-        options=lambda w: config["datasets"][w.ds]["experiments"][w.exp].get("grid", {}),
-        flags=lambda w: flags(config["datasets"][w.ds]["experiments"][w.exp].get("grid")),
+        # the grid's flags are the command line: a change redraws the grid
+        flags=get_grid_flags,
     shell:
         "{resources.launch} sample --network {input.network} --out results/{wildcards.ds}/grids/{wildcards.exp}"
         "{params.flags} 2>&1 | tee {log}"
@@ -80,18 +84,19 @@ rule app_grid:
         ),
     log:
         "results/{ds}/logs/edit-{exp}-{task}.log",
+    benchmark:
+        "results/{ds}/benchmarks/edit-{exp}-{task}.tsv"
     wildcard_constraints:
         task="|".join(EDIT_TASKS),
     localrule: True
     conda:
         "../../environment.yml"
-    threads: lambda w: stage_threads(w.ds, "sample")
+    threads: get_threads("sample")
     resources:
-        launches=lambda w: launch_slots(w.ds, "sample"),
-        launch=lambda w: launch(w.ds, "sample", f"results/{w.ds}/grids/{w.exp}/jobs", w.exp),
+        **get_launch_resources("sample"),
     params:
-        options=lambda w: config["datasets"][w.ds]["experiments"][w.exp]["apps"][w.task],
-        flags=lambda w: flags(config["datasets"][w.ds]["experiments"][w.exp]["apps"][w.task]),
+        # the application's flags are the command line: a change redraws its grid
+        flags=get_app_flags,
     shell:
         "{resources.launch} edit {wildcards.task} --network {input.network} --data results/{wildcards.ds}/shards"
         " --out results/{wildcards.ds}/grids/{wildcards.exp}{params.flags} 2>&1 | tee {log}"

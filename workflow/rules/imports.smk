@@ -13,7 +13,7 @@ NOT_FLAGS = ("path", "how")  # of an `import` section: the workflow's own keys; 
 
 def import_spec(ds, exp):
     """The experiment's `import` section, or None for a trained experiment."""
-    return config["datasets"][ds]["experiments"][exp].get("import")
+    return experiment_config(ds, exp).get("import")
 
 
 def imported_names():
@@ -50,7 +50,7 @@ def staged(ds, exp):
 def unstaged_notice(ds):
     """One line per imported experiment whose checkpoint is not staged yet (it is left out of `all`)."""
     lines = []
-    for exp, e in config["datasets"][ds]["experiments"].items():
+    for exp, e in dataset_config(ds)["experiments"].items():
         spec = e.get("import")
         if spec and e.get("enabled", True) and not Path(spec["path"]).exists():
             lines.append(f"  {spec['path']}  <- {spec['how']}  (experiment {exp})")
@@ -73,7 +73,7 @@ def model_kind(ds, exp):
 
 def check_import(ds, exp):
     where = f"datasets.{ds}.experiments.{exp}"
-    e = config["datasets"][ds]["experiments"][exp]
+    e = experiment_config(ds, exp)
     for key in ("model", "loss", "train", "data", "init_from", "teacher_from"):
         if key in e:
             stop(f"{where}.{key}: an imported experiment does not train (remove '{key}')")
@@ -104,5 +104,6 @@ def import_options(ds, exp):
     return {"format": spec["format"], **{k: v for k, v in spec.items() if k not in NOT_FLAGS}}
 
 
-def import_flags(ds, exp):
-    return flags(import_options(ds, exp))
+def get_import_flags(wildcards):
+    """`bcm import` flags of an imported experiment (rule import_network)."""
+    return flags(import_options(wildcards.ds, wildcards.exp))

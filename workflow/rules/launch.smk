@@ -41,9 +41,7 @@ def stage_launcher(ds, stage):
             stop(
                 f"{site_file('stages.yaml')}: unknown stage '{unknown[0]}' (known: {', '.join(STAGES)})"
             )
-    settings = merged(
-        stages.get(stage) or {}, config["datasets"][ds].get("launch", {}).get(stage, {})
-    )
+    settings = merged(stages.get(stage) or {}, dataset_config(ds).get("launch", {}).get(stage, {}))
     unknown = sorted(set(settings) - set(LAUNCH_KEYS))
     if unknown:
         stop(
@@ -81,14 +79,47 @@ def flags(options):
     return render(options)
 
 
-def launch(ds, stage, job_dir, exp=None):
+# Where a stage's `bcm launch` keeps its job files (submitit's logs, the Slurm scripts): beside its outputs.
+JOB_DIRS = {
+    "prep": "results/{ds}/jobs/prep",
+    "train": "results/{ds}/runs/{exp}/jobs",
+    "eval": "results/{ds}/eval/{exp}/jobs",
+    "sample": "results/{ds}/grids/{exp}/jobs",
+}
+
+
+def launch(ds, stage, exp=None):
     """The `bcm launch ... --` prefix running one stage as one job. Rules pass it as a resource: the job's
     size never triggers a rerun (the global batch, and so the result, does not depend on it). The job is
     named <dataset>-<experiment>-<stage> (<dataset>-<stage> for the dataset's own stages): what squeue
     shows."""
     site = shlex.quote(str(site_file("launcher.yaml")))
     name = shlex.quote("-".join(p for p in (ds, exp, stage) if p))
+    job_dir = JOB_DIRS[stage].format(ds=ds, exp=exp)
     return (
         f"bcm launch --launcher {site} --job-dir {job_dir} --name {name}"
         f"{flags(launcher_settings(ds, stage))} --"
     )
+
+
+def get_threads(stage):
+    """The `threads` of the stage's rule, as a function of the job's wildcards (stage_threads)."""
+
+    def threads(wildcards):
+        return stage_threads(wildcards.ds, stage)
+
+    return threads
+
+
+def get_launch_resources(stage):
+    """The `resources` of the stage's rule, functions of the job's wildcards: `launches` (the local
+    slot, launch_slots) and `launch` (the `bcm launch` prefix). Resources, not params: a job's size and site
+    never trigger a rerun."""
+
+    def launches(wildcards):
+        return launch_slots(wildcards.ds, stage)
+
+    def launch_prefix(wildcards):
+        return launch(wildcards.ds, stage, wildcards.get("exp"))
+
+    return {"launches": launches, "launch": launch_prefix}

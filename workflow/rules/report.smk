@@ -4,11 +4,8 @@
 
 rule tables:
     input:
-        fid=lambda w: expand("results/{ds}/eval/{exp}/fid_table.csv", ds=w.ds, exp=evaluated(w.ds)),
-        mse=lambda w: expand("results/{ds}/eval/{exp}/mse_table.csv", ds=w.ds, exp=evaluated(w.ds)),
-        guidance=lambda w: expand(
-            "results/{ds}/eval/{exp}/guidance_table.csv", ds=w.ds, exp=evaluated(w.ds)
-        ),
+        # every evaluated model's sweep table of each kind: {fid, mse, guidance}
+        unpack(get_sweep_tables),
     output:
         fid=report(
             "results/{ds}/fid_table.csv", caption="../report/fid_table.rst", category="Tables"
@@ -56,6 +53,6 @@ rule training_curves:
     conda:
         "../../environment.yml"
     params:
-        stats=lambda w: f"results/{w.ds}/runs/{w.exp}/stats.jsonl",
+        stats="results/{ds}/runs/{exp}/stats.jsonl",
     script:
         "../scripts/curves.py"

@@ -6,6 +6,11 @@
 # over, more steps continue). The runtime keys (bcmcore/train/recipe.py: batch_gpu, loader workers,
 # cadences, device options, ...) go to runtime.json when a training job starts: changing them reruns
 # nothing, and the next job that runs uses them.
+#
+# Benchmarks (results/<ds>/benchmarks/train-<exp>.tsv): Snakemake writes one when a job succeeds and keeps
+# no incomplete marker for it, so a killed or failed training leaves none behind and resumes as before. On
+# this machine it measures the training processes (children of `bcm launch`); with a cluster site it
+# measures `bcm launch` waiting for the job: the wall time only.
 
 
 rule run_config:
@@ -17,8 +22,8 @@ rule run_config:
     conda:
         "../../environment.yml"
     params:
-        run=lambda w: recipe(w.ds, w.exp),  # rerun trigger: exactly what the trained network depends on
-        text=lambda w: json_text(recipe(w.ds, w.exp)),
+        # the recipe itself (printed into config.json): a change rewrites the file, which reruns training
+        text=get_recipe_json,
     shell:
         "printf '%s\\n' {params.text} > {output} 2> {log}"
 
@@ -27,22 +32,24 @@ rule train:
     input:
         config="results/{ds}/runs/{exp}/config.json",
         shards="results/{ds}/shards/manifest.json",
-        init=init_network,
-        teacher=teacher_network,
+        init=get_init_network,
+        teacher=get_teacher_network,
+        staged=get_loss_files,
     output:
         "results/{ds}/runs/{exp}/network-final.pt",
     log:
         "results/{ds}/logs/train-{exp}.log",
+    benchmark:
+        "results/{ds}/benchmarks/train-{exp}.tsv"
     wildcard_constraints:
         exp=trained_regex(),  # imported experiments: rule import_network below
     localrule: True
     conda:
         "../../environment.yml"
-    threads: lambda w: stage_threads(w.ds, "train")
+    threads: get_threads("train")
     resources:
-        launches=lambda w: launch_slots(w.ds, "train"),
-        launch=lambda w: launch(w.ds, "train", f"results/{w.ds}/runs/{w.exp}/jobs", w.exp),
-        runtime_keys=lambda w: json_text(runtime_keys(w.ds, w.exp), indent=None),  # never a trigger
+        **get_launch_resources("train"),
+        runtime_keys=get_runtime_json,
     shell:
         "printf '%s\\n' {resources.runtime_keys} > results/{wildcards.ds}/runs/{wildcards.exp}/runtime.json"
         " && {resources.launch} train --run-dir results/{wildcards.ds}/runs/{wildcards.exp} 2>&1 | tee {log}"
@@ -51,18 +58,20 @@ rule train:
 # An imported experiment's network: the authors' checkpoint through `bcm import` (no training).
 rule import_network:
     input:
-        checkpoint=lambda w: import_spec(w.ds, w.exp)["path"],
+        checkpoint=lookup(dpath="datasets/{ds}/experiments/{exp}/import/path", within=config),
     output:
         "results/{ds}/runs/{exp}/network-final.pt",
     log:
         "results/{ds}/logs/import-{exp}.log",
+    benchmark:
+        "results/{ds}/benchmarks/import-{exp}.tsv"
     wildcard_constraints:
         exp=imported_regex(),
     localrule: True
     conda:
         "../../environment.yml"
     params:
-        spec=lambda w: import_spec(w.ds, w.exp),  # rerun trigger: format, path and flags
-        flags=lambda w: import_flags(w.ds, w.exp),
+        # format and flags are the command line (the checkpoint is the input): a change reimports
+        flags=get_import_flags,
     shell:
         "bcm import{params.flags} {input.checkpoint:q} --out {output} 2>&1 | tee {log}"
