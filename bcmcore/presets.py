@@ -89,12 +89,12 @@ def resolve(ds, d, exp):
     }
     if e.get("init_from"):
         out["train"]["init"] = f"results/{ds}/runs/{e['init_from']}/network-final.pt"
-    if e.get("teacher_from"):  # consistency distillation: the teacher's file and recipe digest
+    if e.get("teacher_from"):  # consistency distillation: the teacher's file and identity digest
         from bcmcore.losses.cd import teacher_digest
-        from bcmcore.train.recipe import recipe_part
+        from bcmcore.train.identity import identity_part
 
         src = e["teacher_from"]
         out["loss"]["teacher"] = f"results/{ds}/runs/{src}/network-final.pt"
-        spec = d["experiments"][src].get("import") or recipe_part(resolve(ds, d, src))
+        spec = d["experiments"][src].get("import") or identity_part(resolve(ds, d, src))
         out["loss"]["teacher_id"] = teacher_digest(spec)
     return out

@@ -22,10 +22,11 @@ T, EPS = "T", "eps"  # placeholders: the model's sigma_max and sigma_min
 
 @dataclass(frozen=True)
 class Recipe:
-    """A schedule. sampler: a SAMPLERS name (generation), or invert | inpaint | cm_inpaint |
-    cm_edit."""
+    """Times and the method that walks them. method: a `sampling.SAMPLERS` name (generation,
+    RECIPES), or an inversion / editing method: invert | inpaint | cm_inpaint | cm_edit
+    (SCHEDULES)."""
 
-    sampler: str
+    method: str
     times: tuple = ()  # ancestral / multistep / heun / inversion times (both ends included)
     pairs: tuple = ()  # zigzag rounds (eps_i, t_i)
     gen_times: tuple = ()  # inpainting: generation times after the inversion
@@ -50,8 +51,8 @@ class Recipe:
         return replace(self, times=times, gen_times=ends(self.gen_times), karras=())
 
 
-def _karras(n, idx=(), zero=False, sampler="multistep"):
-    return Recipe(sampler, karras=(n, tuple(idx), zero))
+def _karras(n, idx=(), zero=False, method="multistep"):
+    return Recipe(method, karras=(n, tuple(idx), zero))
 
 
 RECIPES = {
@@ -70,8 +71,8 @@ RECIPES = {
     "cd-lsun256-l2-nfe2": _karras(40, (0, 18)),  # openai's LSUN Bedroom-256 CD 2-step scripts
     "cd-lsun256-lpips-nfe2": _karras(40, (0, 17)),
     # EDM deterministic Heun: 18 steps = NFE 35 (CIFAR-10), 40 steps = NFE 79 (ImageNet-64)
-    "edm-18": _karras(18, zero=True, sampler="heun"),
-    "edm-40": _karras(40, zero=True, sampler="heun"),
+    "edm-18": _karras(18, zero=True, method="heun"),
+    "edm-40": _karras(40, zero=True, method="heun"),
     # iGCT guided generation: 1 step, or 2 with ECT's intermediate level (docs/methods.md §9)
     "igct-1": Recipe("igct", steps=1),
     "igct-2": Recipe("igct", steps=2),
@@ -99,12 +100,12 @@ SCHEDULES = {
     "imagenet64-invert-nfe2": Recipe("invert", (0.07, 15.0, T)),
     # CM zero-shot inpainting baselines: every point of an n-point Karras grid (CIFAR 18, FFHQ 24,
     # LSUN 40)
-    "cm-inpaint-18": _karras(18, sampler="cm_inpaint"),
-    "cm-inpaint-24": _karras(24, sampler="cm_inpaint"),
-    "cm-inpaint-40": _karras(40, sampler="cm_inpaint"),
+    "cm-inpaint-18": _karras(18, method="cm_inpaint"),
+    "cm-inpaint-24": _karras(24, method="cm_inpaint"),
+    "cm-inpaint-40": _karras(40, method="cm_inpaint"),
     # CM Alg. 4 with a linear operator (super-resolution, colorization): the Karras grid of the CM
     # code's LSUN editing runs, and an untuned 3-level demo schedule
-    "cm-edit-40": _karras(40, sampler="cm_edit"),
+    "cm-edit-40": _karras(40, method="cm_edit"),
     "demo-cm-edit": Recipe("cm_edit", (T, 1.0, 0.3), note="untuned"),
     "demo-invert-nfe2": Recipe("invert", (0.07, 2.0, T), note="untuned"),
     "demo-inpaint": Recipe("inpaint", (0.05, 0.5, 2.0), gen_times=(2.0, EPS), note="untuned"),
@@ -124,15 +125,15 @@ def describe(table):
             n, idx, zero = r.karras
             what = f"{n}-point Karras grid" + (f" at {list(idx)}" if idx else "")
             what += ", then 0" if zero else ""
-        elif r.sampler == "igct":
+        elif r.method == "igct":
             what = f"{r.steps} guided denoiser call" + ("s" if r.steps > 1 else "")
-        elif r.sampler == "multistep":
+        elif r.method == "multistep":
             what = "levels " + ", ".join(num(t) for t in r.times) + ", each denoised to eps"
         else:
             what = " -> ".join(num(t) for t in r.times)
         what += "".join(f", zigzag {num(e)}:{num(t)}" for e, t in r.pairs)
         what += f"; generate {' -> '.join(num(t) for t in r.gen_times)}" if r.gen_times else ""
-        lines.append(f"  {name:26s}{r.sampler:11s}{what}" + (f"  ({r.note})" if r.note else ""))
+        lines.append(f"  {name:26s}{r.method:11s}{what}" + (f"  ({r.note})" if r.note else ""))
     return "\n".join(lines)
 
 

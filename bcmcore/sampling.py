@@ -288,7 +288,7 @@ def generate(model, recipe, z, rng, y=None, w=1.0, clamp=None):
     """Sample from unit noise z [B, ...] with a recipe (bcmcore.recipes) resolved on the model's
     sigmas; x_T = times[0] z (T for all but custom starts). clamp: clip to [-1, 1] (None: each
     sampler's own rule: multistep no, as in the CM paper; igct yes for images)."""
-    s = get_sampler(recipe.sampler)
+    s = get_sampler(recipe.method)
     if w != 1.0 and not s.guided:
         guided = ", ".join(n for n, v in SAMPLERS.items() if v.guided)
         raise UserError(f"guidance w={w:g} needs a guided sampler ({guided}), not {s.name!r}")

@@ -35,9 +35,9 @@ def free_times(recipe):
     """The times a search may move: interior ancestral times (the ends T and eps stay), the
     multistep re-noising levels, and every zigzag eps_i, t_i."""
     times = list(recipe.times)
-    if recipe.sampler in ("ancestral", "combined"):
+    if recipe.method in ("ancestral", "combined"):
         inner = times[1:-1]
-    elif recipe.sampler == "multistep":
+    elif recipe.method == "multistep":
         inner = times[1:]
     else:
         inner = []
@@ -48,10 +48,10 @@ def with_times(recipe, params):
     """The recipe with its free times replaced by `params` (the inverse of `free_times`)."""
     params = [float(v) for v in params]
     times, k = list(recipe.times), 0
-    if recipe.sampler in ("ancestral", "combined"):
+    if recipe.method in ("ancestral", "combined"):
         k = len(times) - 2
         times = [times[0], *params[:k], times[-1]]
-    elif recipe.sampler == "multistep":
+    elif recipe.method == "multistep":
         k = len(times) - 1
         times = [times[0], *params[:k]]
     rest = params[k:]
@@ -102,7 +102,7 @@ def pattern_search(
                 {
                     "eval": len(rows),
                     "move": move,
-                    "sampler": recipe.sampler,
+                    "sampler": recipe.method,
                     "nfe": nfe,
                     "times": ",".join(f"{t:g}" for t in recipe.times),
                     "pairs": ",".join(f"{e:g}:{t:g}" for e, t in recipe.pairs),
@@ -154,9 +154,9 @@ def pattern_search(
 
 
 def check_tunable(recipe):
-    if recipe.sampler not in TUNABLE or not free_times(recipe):
+    if recipe.method not in TUNABLE or not free_times(recipe):
         raise UserError(
-            f"tune: {recipe.sampler} {sampling_text(recipe)} has no free times to tune (tunable: "
+            f"tune: {recipe.method} {sampling_text(recipe)} has no free times to tune (tunable: "
             f"{', '.join(TUNABLE)} with interior times or zigzag rounds)"
         )
 
@@ -196,7 +196,7 @@ class Scorer:
         def fn(rng, y, idx):
             return sampling.generate(self.model, recipe, rng.randn(self.ev.shape), rng, y)
 
-        feats, nfe, _ = self.ev.generate(self.model, fn, f"tune {recipe.sampler}")
+        feats, nfe, _ = self.ev.generate(self.model, fn, f"tune {recipe.method}")
         if self.ev.vector:
             return energy_distance(feats, self.ref), nfe
         mu, sigma = fidlib.feature_stats(feats, "tuning samples")
@@ -241,7 +241,7 @@ def tune_spec(
         samplers, tuned = [], {}
         for j, s in enumerate(m.samplers):
             r = s.resolve(f"models[{i}].samplers[{j}]", m.kind).for_model(model)
-            sampler, times, pairs = r.sampler, r.times, r.pairs
+            sampler, times, pairs = r.method, r.times, r.pairs
             label = s.name or s.recipe or sampler
             if sampler not in TUNABLE or (sampler == "multistep" and len(times) < 2):
                 samplers.append(s)
@@ -304,7 +304,7 @@ def _warm_starts(start, tuned):
     """A combined schedule from this model's tuned ancestral times and zigzag rounds (BCM Alg. 4
     is Alg. 2 followed by Alg. 3), when both were tuned before it and have its shape."""
     anc, zz = tuned.get("ancestral"), tuned.get("zigzag")
-    if start.sampler != "combined" or anc is None or zz is None:
+    if start.method != "combined" or anc is None or zz is None:
         return ()
     if len(anc.times) != len(start.times) or len(zz.pairs) != len(start.pairs):
         return ()

@@ -233,13 +233,13 @@ def test_schedules(key):
 
 @pytest.mark.parametrize("preset", (*presets.PRESETS, presets.DEMO))
 def test_presets_module_resolves_what_the_workflow_writes(tmp_path, preset):
-    """bcmcore.presets.run_config is what the workflow resolves: its recipe part equals the
+    """bcmcore.presets.run_config is what the workflow resolves: its identity part equals the
     config.json the run_config rule writes, for every experiment (the disabled ones enabled by an
     override file) of every preset and of the demo, so bench and these tests build exactly what
     the workflow trains. Also the schema and start-up checks with everything on."""
     from helpers import snakemake, stage_raw_files, write_yaml
 
-    from bcmcore.train.recipe import recipe_part
+    from bcmcore.train.identity import identity_part
 
     ds, _ = presets.load(preset)
     exps = presets.experiments(preset)
@@ -257,9 +257,9 @@ def test_presets_module_resolves_what_the_workflow_writes(tmp_path, preset):
         on,
     )
     assert res.returncode == 0, res.stdout[-3000:]
-    for exp in exps:  # config.json holds the recipe keys (runtime keys go to runtime.json)
+    for exp in exps:  # config.json holds the identity keys (runtime keys go to runtime.json)
         written = json.loads((tmp_path / f"results/{ds}/runs/{exp}/config.json").read_text())
-        assert written == recipe_part(presets.run_config(preset, exp)), f"{preset}/{exp}"
+        assert written == identity_part(presets.run_config(preset, exp)), f"{preset}/{exp}"
     # and the whole DAG of the dataset's tables, deep experiments included, dry-runs
     res = snakemake(tmp_path, "-n", "all", "--configfile", str(presets.preset_path(preset)), on)
     assert res.returncode == 0, res.stdout[-3000:]

@@ -203,7 +203,7 @@ def test_imagenet_recipes_have_the_spec_nfe_and_times():
     taus = R.get_recipe("cd-imagenet64-nfe2").for_model(GaussFlow()).times  # index 39 ends the loop
     assert len(taus) == 2 and taus[0] == T and T > taus[1] > EPS
     for name, r in {**R.RECIPES, **R.SCHEDULES}.items():  # every recipe passes its own check
-        direction = "increasing" if r.sampler in ("invert", "inpaint") else "decreasing"
+        direction = "increasing" if r.method in ("invert", "inpaint") else "decreasing"
         times = r.for_model(GaussFlow()).times
         S.check_times(GaussFlow(), times, name, direction, min_len=0, allow_final_zero=True)
     with pytest.raises(UserError, match="unknown generation recipe"):

@@ -56,5 +56,5 @@ def test_a_new_teacher_starts_the_run_over(tmp_path, shards):
     (run / "config.json").write_text(json.dumps(cfg))
     training_loop(run, device="cpu")
     log = (run / "log.txt").read_text()
-    assert "different recipe" in log and "loss.teacher_id 'a' -> 'b'" in log
+    assert "other identity keys" in log and "loss.teacher_id 'a' -> 'b'" in log
     assert (run / "superseded-1").is_dir()

@@ -13,7 +13,7 @@ from PIL import Image
 
 from bcmcore import presets
 from bcmcore.config import UserError
-from bcmcore.train import recipe
+from bcmcore.train import identity
 from bcmcore.train.loop import training_loop
 from bcmcore.train.monitor import hms
 
@@ -128,7 +128,7 @@ def test_hms():
 
 def test_watching_keys_are_runtime_keys():
     for key in ("tensorboard", "wandb", "snapshot_grid", "snapshot_fid", "snapshot_fid_features"):
-        assert recipe.is_runtime("train", key)
+        assert identity.is_runtime("train", key)
 
 
 def test_wandb_without_the_package_is_one_clear_error(tmp_path, monkeypatch):

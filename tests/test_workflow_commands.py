@@ -167,7 +167,7 @@ def test_local_stages_take_their_cores_or_the_gpu_slot(clone, tmp_path):
     assert "launches=1" in evaluate and "threads:" not in evaluate, evaluate
 
 
-def test_runtime_keys_rerun_nothing_recipe_keys_rerun_training(clone, tmp_path):
+def test_runtime_keys_rerun_nothing_identity_keys_rerun_training(clone, tmp_path):
     """Write the run config for real (Snakemake records its params), mark the training done, then
     change one key at a time and read Snakemake's plan."""
     import yaml
@@ -201,7 +201,7 @@ def test_runtime_keys_rerun_nothing_recipe_keys_rerun_training(clone, tmp_path):
     device = {"tf32": False, "compile": True, "channels_last": True, "deterministic": True}
     data = {"num_workers": 4, "prefetch": 2, "verify_sha256": True, "in_memory": False}
     assert plan(train={**cadences, **device}, data=data) == {}
-    # the recipe and the length rerun the training stage (the loop then restarts or continues)
+    # identity keys and the length rerun the training stage (the loop then restarts or continues)
     assert plan(train={"lr": 2.0e-3}) == {"run_config": 1, "train": 1}
     assert plan(train={"total_steps": 320}) == {"run_config": 1, "train": 1}
     # the next training job that runs gets the runtime keys in use then, in runtime.json

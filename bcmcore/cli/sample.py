@@ -166,7 +166,7 @@ def sample(argv):
             "step": meta.get("step"),
             "kind": model.kind,
             "nfe": int(res["nfe"][0]),
-            "sampler": recipe.sampler,
+            "sampler": recipe.method,
             "times": list(recipe.times),
             "pairs": [list(q) for q in recipe.pairs],
             "w": args.w,

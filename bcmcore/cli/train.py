@@ -19,7 +19,7 @@ def train(argv):
     if args.dry_run:
         import json
 
-        from bcmcore.train.recipe import load_run_config
+        from bcmcore.train.identity import load_run_config
 
         print(json.dumps(load_run_config(args.run_dir).as_dict(), indent=2))
         return 0

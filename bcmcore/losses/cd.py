@@ -65,9 +65,9 @@ def load_teacher(path, model_cfg):
 
 
 def teacher_digest(spec):
-    """`loss.teacher_id`: digest of what the teacher network depends on (its recipe, or its
+    """`loss.teacher_id`: digest of what the teacher network depends on (its identity keys, or its
     import spec), written by the workflow, so a retrained or re-imported teacher starts the
-    student over (bcmcore/train/recipe.py)."""
+    student over (bcmcore/train/identity.py)."""
     text = json.dumps(spec, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -99,7 +99,7 @@ class CDLoss:
     @dataclass(frozen=True)
     class Config:
         teacher: str | None = None  # EDM network file (the workflow's `teacher_from`)
-        teacher_id: str | None = None  # the teacher's recipe digest (workflow): a change restarts
+        teacher_id: str | None = None  # the teacher's identity digest (workflow): a change restarts
         num_points: int = 18  # N (CM Table 3: 18 CIFAR-10, 40 ImageNet-64 / LSUN)
         rho: float = 7.0  # Karras grid exponent (CM Eq. 8 / EDM)
         target_ema: float = 0.0  # target mu (CM Table 3: 0 CIFAR-10, 0.95 ImageNet-64)

@@ -95,10 +95,10 @@ class SamplerSpec:
                 )
             except UserError as e:
                 raise ConfigError(f"{where}: {e}") from None
-        kinds = sampling.SAMPLERS[r.sampler].kinds
+        kinds = sampling.SAMPLERS[r.method].kinds
         if kind is not None and kind not in kinds:
             raise ConfigError(
-                f"{where}: sampler {r.sampler!r} runs on kind {' or '.join(kinds)}, "
+                f"{where}: sampler {r.method!r} runs on kind {' or '.join(kinds)}, "
                 f"not on this {kind!r} model"
             )
         return r

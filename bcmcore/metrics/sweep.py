@@ -271,7 +271,7 @@ def _sampler_fn(ev, model, s, where):
 
 
 def _recipe_text(r):
-    return _steps_text(r.sampler, r.times, r.pairs, r.steps if r.sampler == "igct" else None)
+    return _steps_text(r.method, r.times, r.pairs, r.steps if r.method == "igct" else None)
 
 
 def _guided_fn(ev, model, g, w):

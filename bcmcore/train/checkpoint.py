@@ -18,7 +18,7 @@ import torch
 
 from bcmcore import dist
 from bcmcore.config import UserError
-from bcmcore.train import recipe
+from bcmcore.train import identity
 from bcmcore.util import atomic_torch_save
 
 FORMAT = "bcm-train-state/1"
@@ -120,18 +120,19 @@ class Resume:
 
     path: Path
     state: dict
-    changed: tuple  # runtime keys / length changed since the state (train/recipe.py)
+    changed: tuple  # runtime keys / length changed since the state (train/identity.py)
 
 
 def resume_point(run_dir, cfg, log):
     """(the config to run, a Resume or None) for RunConfig `cfg` and RUN_DIR's newest state.
 
-    train/recipe.py decides: a state of another recipe moves the old run to superseded-<k>/ and
-    the run starts over; a fresh run fixes its schedule length. Every rank calls this.
+    train/identity.py decides: a state with other identity keys moves the old run to
+    superseded-<k>/ and the run starts over; a fresh run fixes its schedule length. Every rank
+    calls this.
     """
     path = latest_state(run_dir)
     state = load_state(path) if path else None
-    decision = recipe.compare(state["config"], cfg, state["step"]) if state is not None else None
+    decision = identity.compare(state["config"], cfg, state["step"]) if state is not None else None
     if decision is not None and not decision.restart:
         return decision.cfg, Resume(path, state, decision.changed)
     if decision is not None:
@@ -139,11 +140,11 @@ def resume_point(run_dir, cfg, log):
         if dist.is_main():
             moved = supersede(run_dir)
             log(
-                f"{path.name} was written with a different recipe ({'; '.join(decision.changed)})"
+                f"{path.name} was written with other identity keys ({'; '.join(decision.changed)})"
                 f": moved the old run to {moved.name}/, starting over"
             )
         dist.barrier()
-    return recipe.start(cfg), None
+    return identity.start(cfg), None
 
 
 def restore(resume, stepper, log):

@@ -29,7 +29,7 @@ class TrainConfig:
 
     total_steps: Pos = 1000  # optimizer steps of the whole stage; raising it continues the run
     # length of the step schedules (iCT/BCT curriculum, iGCT stages); None: total_steps at the start
-    # of the run, kept when the run is continued with more steps (bcmcore/train/recipe.py)
+    # of the run, kept when the run is continued with more steps (bcmcore/train/identity.py)
     schedule_steps: Pos | None = None
     batch: Pos = 128  # global batch per step (all processes, all accumulation rounds)
     batch_gpu: Pos | None = None  # per-process batch per accumulation round; None = batch / world

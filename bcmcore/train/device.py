@@ -1,5 +1,6 @@
 """How a training run uses its device: the `train.*` runtime keys tf32, cudnn_benchmark,
-deterministic, channels_last and compile. They change speed (and rounding), never the recipe.
+deterministic, channels_last and compile. They change speed (and rounding), never what a run
+trains (its identity keys).
 
 TF32 and the cuDNN autotuner are on by default, as in both reference repositories. Deterministic
 kernels are what bitwise resume needs on a GPU (README, "What is bitwise where"): cuDNN's

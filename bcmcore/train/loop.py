@@ -16,10 +16,10 @@ import torch
 
 from bcmcore import dist, runlock
 from bcmcore.config import ConfigError, UserError
-from bcmcore.train import checkpoint, interrupt, recipe
+from bcmcore.train import checkpoint, identity, interrupt
 from bcmcore.train.config import check_data_fits
+from bcmcore.train.identity import load_run_config
 from bcmcore.train.monitor import Monitor
-from bcmcore.train.recipe import load_run_config
 from bcmcore.train.step import Stepper
 from bcmcore.util import atomic_write_text, remove_tmp
 
@@ -103,7 +103,7 @@ def training_loop(run_dir, device=None):
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     check_data_fits(cfg)
-    cfg = recipe.with_data_identity(cfg, where=str(run_dir / "config.json"))
+    cfg = identity.with_data_identity(cfg, where=str(run_dir / "config.json"))
     rank, world, _, device = dist.init(device)
     with runlock.hold(run_dir, dist.is_main(), dist.barrier), interrupt.on_signals() as stop:
         return _train(run_dir, cfg, rank, world, device, stop)
@@ -123,7 +123,7 @@ def _train(run_dir, cfg, rank, world, device, stop):
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank (broadcast below too)
     model = build_model(cfg.model)
     loss_fn = build_loss(cfg.loss, cfg.model)
-    # recipe keys changed: a new run; runtime keys or a longer run: a resume (train/recipe.py)
+    # identity keys changed: a new run; runtime keys or a longer run: a resume (train/identity.py)
     cfg, resume = checkpoint.resume_point(run_dir, cfg, log)
     t = cfg.train
     if resume is None and t.init:

@@ -5,7 +5,7 @@ and an optional quick FID at every `snapshot_every` (README "Follow a running jo
 Everything here observes the run and never changes it: the grid and the FID draw their noise from
 their own per-seed generators (sampling.SeededRNG), so the training RNG stream, and with it bitwise
 resume, is untouched. The keys (train.tensorboard, wandb, snapshot_grid, snapshot_fid, ...) are
-runtime keys (train/recipe.py): changing them never starts a run over.
+runtime keys (train/identity.py): changing them never starts a run over.
 """
 
 import datetime

@@ -189,16 +189,16 @@ def run_config(ds, exp):
     return resolve(ds, dataset_config(ds), exp)
 
 
-def recipe(ds, exp):
+def identity_config(ds, exp):
     """The run config without its runtime keys: config.json, and the training stage's rerun trigger."""
-    from bcmcore.train.recipe import recipe_part
+    from bcmcore.train.identity import identity_part
 
-    return recipe_part(run_config(ds, exp))
+    return identity_part(run_config(ds, exp))
 
 
 def runtime_keys(ds, exp):
     """The runtime keys of the run config (batch_gpu, workers, cadences, ...): runtime.json."""
-    from bcmcore.train.recipe import runtime_part
+    from bcmcore.train.identity import runtime_part
 
     return runtime_part(run_config(ds, exp))
 
@@ -258,9 +258,9 @@ def get_prep_flags(wildcards):
     return flags(dataset_config(wildcards.ds)["prep"].get("args"))
 
 
-def get_recipe_json(wildcards):
-    """config.json: the recipe and its length, exactly what the trained network depends on."""
-    return json_text(recipe(wildcards.ds, wildcards.exp))
+def get_identity_json(wildcards):
+    """config.json: the identity keys and the length, exactly what the trained network depends on."""
+    return json_text(identity_config(wildcards.ds, wildcards.exp))
 
 
 def get_runtime_json(wildcards):

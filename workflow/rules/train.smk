@@ -2,8 +2,8 @@
 # the run directory's checkpoints when rerun). Only network-final.pt is an output: Snakemake deletes the
 # outputs of a failed job, and must never take the checkpoints with them.
 #
-# config.json holds the recipe and the length (total_steps): a change reruns the stage (a new recipe starts
-# over, more steps continue). The runtime keys (bcmcore/train/recipe.py: batch_gpu, loader workers,
+# config.json holds the identity keys and the length (total_steps): a change reruns the stage (new identity keys start
+# over, more steps continue). The runtime keys (bcmcore/train/identity.py: batch_gpu, loader workers,
 # cadences, device options, ...) go to runtime.json when a training job starts: changing them reruns
 # nothing, and the next job that runs uses them.
 #
@@ -22,8 +22,8 @@ rule run_config:
     conda:
         "../../environment.yml"
     params:
-        # the recipe itself (printed into config.json): a change rewrites the file, which reruns training
-        text=get_recipe_json,
+        # the identity keys and the length (printed into config.json): a change rewrites the file, which reruns training
+        text=get_identity_json,
     shell:
         "printf '%s\\n' {params.text} > {output} 2> {log}"
 

@@ -1,4 +1,4 @@
-"""Recipe keys and runtime keys of a run config: which changes start a training run over.
+"""Identity keys and runtime keys of a run config: which changes start a training run over.
 
 - Runtime keys (RUNTIME below) say how a run executes, not what it trains: per-process batch,
   loader processes, cadences, kept states, verification, precision and device options. Changing
@@ -7,10 +7,11 @@
   `load_run_config` lays over config.json.
 - `train.total_steps` is the run's length: raising it continues from the newest state; lowering it
   below the state's step is an error (a shorter run is a new run: move the run directory away).
-- Every other key is the recipe (model, loss, data content, seed, global batch, lr schedule, EMA,
-  init): a change starts over, the old files kept in superseded-<k>/. The data content is
-  `data.digest`, the shards' content digest, which `with_data_identity` fills in at start: a
-  re-prepared dataset (another seed, other files) starts over like a changed lr.
+- Every other key is an identity key, what the run trains (model, loss, data content, seed,
+  global batch, lr schedule, EMA, init): a change starts over, the old files kept in
+  superseded-<k>/. The data content is `data.digest`, the shards' content digest, which
+  `with_data_identity` fills in at start: a re-prepared dataset (another seed, other files)
+  starts over like a changed lr.
 
 Configs are compared normalised, every default filled in by the code that reads the state, so a
 key added later with a default equal to the old behaviour does not start old runs over.
@@ -72,7 +73,7 @@ def runtime_part(d):
     return out
 
 
-def recipe_part(d):
+def identity_part(d):
     """A (partial) run-config dict without its runtime keys (config.json, as the workflow writes
     it)."""
     return {
@@ -132,8 +133,8 @@ def _flat(d, prefix=""):
 class Decision:
     """What a training state means for the config in use."""
 
-    restart: bool  # the recipe changed: start over
-    changed: tuple  # "key old -> new" (the recipe keys when restarting, else runtime keys / length)
+    restart: bool  # an identity key changed: start over
+    changed: tuple  # "key old -> new": identity keys when restarting, else runtime keys / length
     cfg: object = None  # when resuming: the config to run, schedule length pinned to the state's
 
 

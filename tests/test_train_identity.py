@@ -1,4 +1,4 @@
-"""Recipe keys vs runtime keys (bcmcore/train/recipe.py): which config changes start a run over.
+"""Identity keys vs runtime keys (bcmcore/train/identity.py): which config changes start a run over.
 
 A tiny run is trained to its end; the reruns below go back to its state at step 4 (later states
 and the final network removed, as if the job had been cut off there), change one key, train on.
@@ -12,7 +12,7 @@ from helpers import TINY_CM, assert_same_state, final_state, make_run
 from bcmcore.config import ConfigError
 from bcmcore.train import training_loop
 from bcmcore.train.checkpoint import find_states, load_state
-from bcmcore.train.recipe import RUNTIME, compare, recipe_part, runtime_part, with_runtime
+from bcmcore.train.identity import RUNTIME, compare, identity_part, runtime_part, with_runtime
 from bcmcore.util import atomic_torch_save
 
 STEPS, CUT = 8, 4
@@ -91,7 +91,7 @@ def test_runtime_key_resumes_bitwise(tmp_path, shards, reference, section, chang
 def test_batch_gpu_resumes_but_is_not_bitwise(tmp_path, shards, reference):  # noqa: F811
     """batch_gpu keeps the global batch and the data of every step, but each accumulation chunk
     draws its own noise (seeded per step and chunk), so 2 chunks of 8 see other noise than 1 chunk
-    of 16: the run resumes, the numbers differ from an unchanged run (the same recipe)."""
+    of 16: the run resumes, the numbers differ from an unchanged run (the same identity keys)."""
     run = tiny(tmp_path / "run", shards)
     training_loop(run, device="cpu")
     cut_back(run)
@@ -145,11 +145,11 @@ def test_changing_lr_still_starts_over(tmp_path, shards):  # noqa: F811
     run = tiny(tmp_path / "run", shards)
     training_loop(run, device="cpu")
     cut_back(run)
-    edit(run, "train", lr=3e-3, batch_gpu=8)  # a recipe key (with a runtime key alongside)
+    edit(run, "train", lr=3e-3, batch_gpu=8)  # an identity key (with a runtime key alongside)
     training_loop(run, device="cpu")
     log = (run / "log.txt").read_text()
     assert "train.lr 0.001 -> 0.003" in log and "starting over" in log, log
-    assert "batch_gpu" not in log.split("different recipe")[1].split("\n")[0]
+    assert "batch_gpu" not in log.split("other identity keys")[1].split("\n")[0]
     assert (run / "superseded-1" / "training-state-0000004.pt").is_file()
     assert final_state(run)["step"] == STEPS
 
@@ -220,16 +220,16 @@ def test_split_of_a_run_config():
         "data": {"num_workers": 8},
         "train": {"batch_gpu": 64, "compile": True},
     }
-    assert recipe_part(cfg) == {
+    assert identity_part(cfg) == {
         "model": {"kind": "cm"},
         "loss": {"kind": "ict"},
         "data": {"split": "train"},
         "train": {"lr": 1e-4, "total_steps": 10},
     }
-    assert with_runtime(recipe_part(cfg), runtime_part(cfg)) == cfg
+    assert with_runtime(identity_part(cfg), runtime_part(cfg)) == cfg
     with pytest.raises(ConfigError, match=r"runtime.json: 'train.lr' is not a runtime key"):
         with_runtime(cfg, {"train": {"lr": 1.0}})
-    # every runtime key is a real config key (a rename must not silently make it a recipe key)
+    # every runtime key is a real config key (a rename must not silently make it an identity key)
     from bcmcore.data import DataConfig
     from bcmcore.train import TrainConfig
 
@@ -239,7 +239,7 @@ def test_split_of_a_run_config():
 
 
 def test_runtime_json_is_laid_over_config_json(tmp_path, shards):  # noqa: F811
-    """The workflow writes the recipe to config.json and the runtime keys to runtime.json."""
+    """The workflow writes the identity keys to config.json and the runtime keys to runtime.json."""
     run = tiny(tmp_path / "run", shards, total_steps=2)
     (run / "runtime.json").write_text(json.dumps({"train": {"batch_gpu": 4}}))
     training_loop(run, device="cpu")
