@@ -217,7 +217,7 @@ def tune_spec(
     (tune_table.csv), the chosen recipes (tuned.json) and the spec with them (tuned_spec.json).
     """
     from bcmcore.data import load_split
-    from bcmcore.metrics.sweep import Evaluator, load_model
+    from bcmcore.metrics.evaluator import Evaluator, load_model
 
     tune_spec_ = dataclasses.replace(
         spec,
@@ -343,8 +343,8 @@ def probe_spec(spec, out_dir, models=None, device=None):
     """probe-<model>.csv for every bcm model: the per-(t, u) inversion probe on the inversion
     split, with the exact columns where the reference split spans a subspace."""
     from bcmcore.data import load_split
+    from bcmcore.metrics.evaluator import load_model
     from bcmcore.metrics.probe import COLUMNS, data_subspace, inversion_probe, u_use_summary
-    from bcmcore.metrics.sweep import load_model
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

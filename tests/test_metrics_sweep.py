@@ -111,7 +111,7 @@ def test_exact_flow_map_samples_score_like_the_data(gmm):
     """Ground truth for the sampling -> features -> FID path: exact PF-ODE samples have FID ~
     sampling noise."""
     from bcmcore import sampling
-    from bcmcore.metrics.sweep import Evaluator
+    from bcmcore.metrics.evaluator import Evaluator
 
     ev = Evaluator(
         EvalSpec(

@@ -102,8 +102,8 @@ def test_sweep_scores_guidance_rows_with_the_staged_vgg16(tmp_path, digits):  # 
     """With features.vgg16_path, the reference VGG16 features are those of the seeded P/R subset
     only (no moments), and guidance rows get P/R on the VGG16 columns, the rest on demo features."""
     from bcmcore.data import load_split
+    from bcmcore.metrics.evaluator import Evaluator
     from bcmcore.metrics.spec import EvalSpec, FeaturesConfig, GuidanceSpec, ModelSpec
-    from bcmcore.metrics.sweep import Evaluator
 
     torch.manual_seed(0)
     net = _ProjectedVGG()

@@ -20,7 +20,7 @@ KEY_RE = re.compile(
 )  # also the schema's propertyNames pattern for these mappings
 
 # The tasks of `bcm edit <task>`, in one place: the command's choices and handlers
-# (cli/sample.py), the workflow's app_grid wildcard (eval.smk) and its check of apps.<task> keys.
+# (cli/edit.py), the workflow's app_grid wildcard (eval.smk) and its check of apps.<task> keys.
 EDIT_TASKS = (
     "interpolate",
     "inpaint",
@@ -37,7 +37,7 @@ EDIT_TASKS = (
 PARSERS = {
     "prep": "bcmcore.cli.prep:_parser",
     "sample": "bcmcore.cli.sample:sample_parser",
-    "edit": "bcmcore.cli.sample:edit_parser",
+    "edit": "bcmcore.cli.edit:edit_parser",
     "import": "bcmcore.cli.imports:import_parser",
 }
 
