@@ -13,6 +13,7 @@ import numpy as np
 
 from bcmcore.config import UserError
 from bcmcore.shards import chunks
+from data_prep import Format
 
 
 def require_file(path, what):
@@ -265,3 +266,38 @@ def gmm2d_splits(shard_size, n_train, n_test, seed=0, params=None):
         "toy": gmm.to_dict(),
     }
     return splits, meta, totals
+
+
+FORMATS = {
+    "cifar10": Format(
+        "CIFAR-10 python tarball",
+        lambda a, n: cifar10_splits(a.src, n),
+        src="path of cifar-10-python.tar.gz (read in place)",
+    ),
+    "imagenet-npz": Format(
+        "downsampled ImageNet npz files",
+        lambda a, n: imagenet_npz_splits(a.src, a.resolution, n),
+        src="directory with Imagenet64_train_part*.npz and Imagenet64_val_data.npz",
+        resolution=64,
+    ),
+    # 8: the digits' own pixels, as the demo uses them (16 upscales them bilinearly)
+    "digits": Format(
+        "scikit-learn's handwritten digits, the offline demo set",
+        lambda a, n: digits_splits(n, a.resolution, a.test_count, a.seed),
+        resolution=8,
+        options=(
+            ("--test-count", "count", 300, "seeded test split size (default 300)"),
+            ("--seed", "count", 0, "split seed"),
+        ),
+    ),
+    "gmm2d": Format(
+        "2-D Gaussian-mixture toy data (bcmcore.toy.DEMO_GMM unless --params)",
+        lambda a, n: gmm2d_splits(n, a.n_train, a.n_test, a.seed, a.params),
+        options=(
+            ("--n-train", "positive", 65536, "training points"),
+            ("--n-test", "count", 8192, "test points"),
+            ("--seed", "count", 0, "sampling seed"),
+            ("--params", "text", None, "JSON file {means, stds, weights} (default DEMO_GMM)"),
+        ),
+    ),
+}

@@ -13,6 +13,7 @@ from PIL import Image
 
 from bcmcore.config import UserError
 from bcmcore.images import read_image
+from data_prep import Format
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
@@ -142,3 +143,37 @@ def folder_splits(src, resolution, shard_size, test_count=0, dataset="folder"):
         "split_rule": f"sorted files; last {test_count} -> test",
     }
     return splits, meta, totals
+
+
+def _flat(name, resolution, test_count, what):
+    """A flat folder of images; the last `test_count` sorted files form the test split."""
+    dataset = {"ffhq": "ffhq{}", "lsun-bedroom": "lsun_bedroom{}"}.get(name, "folder")
+    return Format(
+        what,
+        lambda a, n: folder_splits(
+            a.src, a.resolution, n, a.test_count, dataset.format(a.resolution)
+        ),
+        src="image folder (searched recursively, files sorted by path)",
+        resolution=resolution,
+        options=(
+            (
+                "--test-count",
+                "count",
+                test_count,
+                f"last N sorted files form the test split (default {test_count})",
+            ),
+        ),
+    )
+
+
+FORMATS = {
+    "imagenet-folder": Format(
+        "ILSVRC-style JPEG folders, ADM centre crop",
+        lambda a, n: imagenet_folder_splits(a.src, a.resolution, n),
+        src="directory with train/<wnid>/*.JPEG (and optionally val/<wnid>/*)",
+        resolution=64,
+    ),
+    "ffhq": _flat("ffhq", 64, 1000, "FFHQ images (BCM: first 69,000 train, last 1,000 test)"),
+    "lsun-bedroom": _flat("lsun-bedroom", 256, 0, "LSUN Bedroom exported to a folder of images"),
+    "folder": _flat("folder", 64, 0, "any flat folder of images (unlabelled)"),
+}
