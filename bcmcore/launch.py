@@ -367,8 +367,9 @@ def run(command, entry, launcher=None, job_dir=None, deadline_min=None, name=Non
             file=sys.stderr,
             flush=True,
         )
-    # Snakemake stops a rule with SIGTERM: take the job down with us.
-    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Snakemake stops a rule with SIGTERM: take the job down with us (the old handler is put back:
+    # a caller's process, a test's say, must not keep one that raises in its later work).
+    old_term = signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         return wait(job, None if deadline_min is None else deadline_min * 60)
     except KeyboardInterrupt:
@@ -376,4 +377,5 @@ def run(command, entry, launcher=None, job_dir=None, deadline_min=None, name=Non
         print(f"bcm launch: interrupted; job {job.job_id} cancelled", file=sys.stderr, flush=True)
         return 130
     finally:  # the job has ended or is cancelled (a SIGKILL never gets here: the record stays)
+        signal.signal(signal.SIGTERM, old_term)
         _forget(folder, job)

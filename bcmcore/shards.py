@@ -29,6 +29,7 @@ import io
 import json
 import multiprocessing
 import os
+import signal
 import tarfile
 import zlib
 from pathlib import Path
@@ -142,7 +143,8 @@ def _bounded_map(fn, tasks, workers, depth):
     ctx = multiprocessing.get_context(
         "fork" if "fork" in multiprocessing.get_all_start_methods() else None
     )
-    with ctx.Pool(workers) as pool:
+    pool, done = ctx.Pool(workers, initializer=_worker_signals), False
+    try:
         pending = collections.deque()
         for t in tasks:
             pending.append(pool.apply_async(fn, (t,)))
@@ -150,6 +152,20 @@ def _bounded_map(fn, tasks, workers, depth):
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
+        done = True
+    finally:
+        # done: the workers take their sentinels and exit. An error or an abandoned map: SIGTERM,
+        # which _worker_signals makes fatal whatever handler the parent had.
+        pool.close() if done else pool.terminate()
+        pool.join()
+
+
+def _worker_signals():
+    """Pool workers: SIGTERM kills (a forked worker inherits the parent's Python handlers; one that
+    only records the signal, as a training run's or submitit's do, made Pool.terminate wait
+    forever), SIGINT is the parent's to handle (Ctrl-C reaches the whole process group)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def write_dataset(out, splits, meta, workers=None, totals=None):

@@ -2,7 +2,9 @@
 is one error."""
 
 import io
+import os
 import pickle
+import signal
 import subprocess
 import sys
 import tarfile
@@ -503,3 +505,45 @@ def test_bad_counts_are_one_error_and_write_nothing(tmp_path, flag, value, expec
     assert res.returncode == 2, res.stderr
     assert f"argument {flag}: expected {expected}, got '{value}'" in res.stderr, res.stderr
     assert "Traceback" not in res.stderr and not (out / "manifest.json").exists()
+
+
+POOL_UNDER_A_RECORDING_HANDLER = """
+import signal, time
+from bcmcore import shards
+
+signal.signal(signal.SIGTERM, lambda signum, frame: None)  # records only, as a training run's does
+
+def fail_on_3(t):
+    if t == 3:
+        raise ValueError("chunk 3 is corrupt")
+    time.sleep(0.05)
+    return t
+
+assert list(shards._bounded_map(abs, range(8), workers=2, depth=4)) == list(range(8))
+for _ in range(5):  # six workers, most waiting on the task queue's lock when the error comes
+    try:
+        list(shards._bounded_map(fail_on_3, range(40), workers=6, depth=12))
+    except ValueError as e:
+        print("raised:", e)
+"""
+
+
+def test_prep_pool_ends_under_a_parent_sigterm_handler_that_only_records():
+    """A forked prep worker inherits the parent's Python signal handlers. Under one that only
+    records SIGTERM (a training run's, submitit's), Pool.terminate waited forever for the workers
+    blocked on the task queue's lock: `bcm prep` in such a process hung after an error."""
+    p = subprocess.Popen(
+        [sys.executable, "-c", POOL_UNDER_A_RECORDING_HANDLER],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # so that a hang's workers can be killed with it
+    )
+    try:
+        out, err = p.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        raise AssertionError("the pool hung under a parent's recording SIGTERM handler") from None
+    assert p.returncode == 0, err
+    assert out.count("raised: chunk 3 is corrupt") == 5, out
