@@ -148,7 +148,7 @@ def test_a_registered_sampler_reaches_bcm_sample_the_spec_and_the_sweep(tmp_path
     assert info["sampler"] == toy_sampler and info["nfe"] == 3
     np.testing.assert_array_equal(np.load(out / "samples.npz")["arr_0"], np.full((4, 2), 0.25))
     # the spec: a valid sampler name, with the kinds it declared
-    assert SamplerSpec(sampler=toy_sampler).resolve("s", "cm").sampler == toy_sampler
+    assert SamplerSpec(sampler=toy_sampler).resolve("s", "cm").method == toy_sampler
     with pytest.raises(ConfigError, match="runs on kind cm or bcm"):
         SamplerSpec(sampler=toy_sampler).resolve("s", "edm")
     # the sweep: its row in fid_table.csv

@@ -51,6 +51,44 @@ def demo_run(digits8, tmp_path_factory, one_thread):
     return run, started, datetime.datetime.now().astimezone()
 
 
+@pytest.mark.timeout(240)
+def test_quick_fid_on_two_ranks_trains_the_demo_classifier_without_waiting_for_the_others(
+    digits8, tmp_path
+):
+    """Rank 0 takes the snapshot (grid, quick FID) while rank 1 is already in the next step's
+    gradient all-reduce. On 649de91 the demo classifier, trained on first use, ended with a barrier:
+    rank 0 waited there and rank 1 in the all-reduce, both until the 30-minute collective timeout
+    (the Slurm workflow test hung at the first snapshot)."""
+    import shutil
+    import subprocess
+
+    from helpers import train_procs
+
+    shards = tmp_path / "shards"  # no demo-classifier.pt: the snapshot trains it
+    shutil.copytree(digits8, shards, ignore=shutil.ignore_patterns("demo-classifier*", "fid-*"))
+    cfg = presets.run_config("digits", "ict")
+    cfg["data"]["shards"] = str(shards)
+    cfg["train"].update(total_steps=4, batch=16, status_every=2, checkpoint_every=2,
+                        snapshot_every=2, snapshot_grid=4, snapshot_fid=128)  # fmt: skip
+    run = tmp_path / "ict"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(cfg))
+    procs = train_procs(run, world=2)
+    try:
+        out = procs[0].communicate(timeout=120)[0]
+        procs[1].wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail(f"2-rank training with a quick FID still running after 120 s:\n"
+                    f"{(run / 'log.txt').read_text()[-2000:]}")  # fmt: skip
+    assert [p.returncode for p in procs] == [0, 0], out
+    fid_rows = [r for r in map(json.loads, (run / "stats.jsonl").read_text().splitlines())
+                if "snapshot_fid" in r]  # fmt: skip
+    assert [r["step"] for r in fid_rows] == [2, 4], out
+    assert (shards / "demo-classifier.pt").is_file() and (run / "network-final.pt").is_file()
+
+
 def test_tensorboard_events_read_back_by_tensorboard(demo_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -152,27 +152,32 @@ def _data_of(path):
         return None
 
 
-def load_demo_classifier(shard_dir, device="cpu", path=None, train_if_missing=True):
+def load_demo_classifier(shard_dir, device="cpu", path=None, train_if_missing=True,
+                         collective=True):  # fmt: skip
     """The demo classifier for a shard dir; trained (rank 0, deterministic) and cached on first use.
 
     `path` defaults to `<shard_dir>/demo-classifier.pt`. Attributes: `test_accuracy`, `digest`
-    (cache key).
+    (cache key). `collective=False`: this process alone checks and trains, with no barrier (the
+    training monitor calls it on rank 0 while the other ranks are inside a training step; a
+    barrier there waits for them forever).
     """
     from bcmcore import dist
     from bcmcore.data import load_split
     from bcmcore.shards import data_digest, read_manifest
 
+    main = dist.is_main() or not collective
+    barrier = dist.barrier if collective else lambda: None
     path = Path(path) if path is not None else Path(shard_dir) / FILE
     data = data_digest(shard_dir)
     if path.is_file() and train_if_missing and _data_of(path) != data:
-        if dist.is_main():
+        if main:
             print(f"{path}: trained on other data than {shard_dir} holds now: retraining")
-            path.unlink()  # our own cache file, of a dataset that no longer exists
-        dist.barrier()
+            path.unlink(missing_ok=True)  # our own cache file, of a dataset that no longer exists
+        barrier()
     if not path.is_file():
         if not train_if_missing:
             raise UserError(f"{path}: demo classifier not found")
-        if dist.is_main():
+        if main:
             splits = read_manifest(shard_dir).get("splits", {})
             x, y = load_split(shard_dir, "train")
             net = train_demo_classifier(x, y)
@@ -188,5 +193,5 @@ def load_demo_classifier(shard_dir, device="cpu", path=None, train_if_missing=Tr
                     "data_digest": data,  # the shards it was trained on (shards.data_digest)
                 },
             )
-        dist.barrier()
+        barrier()
     return _load(path, device)

@@ -130,12 +130,12 @@ def _inception_logits(base):
     return lambda f: f @ weight.T.to(f)
 
 
-def demo_extractor(shard_dir, device="cpu"):
+def demo_extractor(shard_dir, device="cpu", collective=True):
     """Penultimate-layer features of the demo digits classifier (trained and cached on first
-    use)."""
+    use; `collective=False` from one rank alone: demo_classifier.load_demo_classifier)."""
     from bcmcore.metrics.demo_classifier import load_demo_classifier
 
-    clf = load_demo_classifier(shard_dir, device=device)
+    clf = load_demo_classifier(shard_dir, device=device, collective=collective)
     return FeatureExtractor(
         clf.features,
         f"demo-{clf.digest}",

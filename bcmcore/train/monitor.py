@@ -94,7 +94,8 @@ class QuickFID:
         from bcmcore.metrics.features import demo_extractor, inception_extractor
 
         if self.features == "demo":
-            self.extractor = demo_extractor(self.shard_dir, self.device)
+            # rank 0 alone, mid-training: no barrier (the other ranks are in a step's all-reduce)
+            self.extractor = demo_extractor(self.shard_dir, self.device, collective=False)
         else:
             if not self.inception_path:
                 raise ConfigError(
