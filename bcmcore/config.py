@@ -57,6 +57,11 @@ class Bound:
 Positive = Bound(gt=0)
 NonNegative = Bound(ge=0)
 Probability = Bound(ge=0, lt=1)  # dropout rates, EMA decays, Adam betas
+# the field types the config dataclasses share
+Pos = typing.Annotated[int, Positive]
+Count = typing.Annotated[int, NonNegative]
+PosFloat = typing.Annotated[float, Positive]
+Prob = typing.Annotated[float, Probability]
 
 
 def _bound_errors(value, tp, key):

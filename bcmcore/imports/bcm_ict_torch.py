@@ -35,28 +35,20 @@ def infer_model_config(sd, src, kind=None, resolution=64, head_channels=64):
         raise UserError(f"{src}: --kind {kind} given, but the file holds {found}")
     return {
         "kind": kind,
-        "net": {
-            "arch": "adm",
-            "data_channels": lay["data_channels"],
-            "resolution": resolution,
-            "channels": lay["channels"],
-            "ch_mult": lay["ch_mult"],
-            "num_blocks": lay["num_blocks"],
-            "attn_res": [resolution // 2**lv for lv in lay["attn_levels"]],
-            "head_channels": head_channels,
+        "net": gd.adm_net(
+            lay,
+            resolution,
+            head_channels,
             # training-only: the authors' hard-coded 0.2 at the lower levels (16 and 8 at 64 px)
             # and the middle
-            "dropout": 0.2,
-            "dropout_max_res": max(resolution // 4, 1),
-            "embedding": "positional",
-            "emb_mult": lay["emb_mult"],
-            "num_classes": lay["num_classes"],
-            "two_time": kind == "bcm",
-            "two_time_embed": "project",
-            "adagn": False,  # the iCT / BCM ADM: embedding added, RMS-normalised q/k/v, 250 ln t
-            "cosine_attention": True,
-            "positional_scale": 1000.0,  # the authors' time_embed_end + bias-free time_embed_align
-        },
+            dropout=0.2,
+            dropout_max_res=max(resolution // 4, 1),
+            two_time=kind == "bcm",
+            two_time_embed="project",
+            adagn=False,  # the iCT / BCM ADM: embedding added, RMS-normalised q/k/v, 250 ln t
+            cosine_attention=True,
+            positional_scale=1000.0,  # the authors' time_embed_end + bias-free time_embed_align
+        ),
     }
 
 

@@ -118,6 +118,26 @@ def layout(sd, src, what):
     }
 
 
+def adm_net(lay, resolution, head_channels, **rest):
+    """The project ADM's `net` dict for `layout(...)` at `resolution`: what the file determines,
+    with `rest` (dropout, time embedding, attention form) from the importer that knows the code."""
+    return {
+        "arch": "adm",
+        "data_channels": lay["data_channels"],
+        "resolution": resolution,
+        "channels": lay["channels"],
+        "ch_mult": lay["ch_mult"],
+        "num_blocks": lay["num_blocks"],
+        "attn_res": [resolution // 2**lv for lv in lay["attn_levels"]],
+        "head_channels": head_channels,
+        "embedding": "positional",
+        "emb_mult": lay["emb_mult"],
+        "num_classes": lay["num_classes"],
+        "positional_scale": 1000.0,
+        **rest,
+    }
+
+
 def convert(sd, src, model):
     """Guided-diffusion state dict -> the project model's state dict (prefix `net.`), checking
     names, shapes and dtype (the released EMA files hold fp32 master weights)."""

@@ -62,25 +62,17 @@ def infer_model_config(sd, src, kind=None, resolution=None, head_channels=64):
             )
     return {
         "kind": kind,
-        "net": {
-            "arch": "adm",
-            "data_channels": lay["data_channels"],
-            "resolution": resolution,
-            "channels": lay["channels"],
-            "ch_mult": lay["ch_mult"],
-            "num_blocks": lay["num_blocks"],
-            "attn_res": [resolution // 2**lv for lv in lay["attn_levels"]],
-            "head_channels": head_channels,
-            "dropout": _DROPOUT[kind],  # training-only
-            "dropout_max_res": 0,  # everywhere
-            "embedding": "positional",
-            "emb_mult": lay["emb_mult"],
-            "num_classes": lay["num_classes"],
-            "two_time": False,
-            "adagn": lay["adagn"],
-            "cosine_attention": False,  # softmax(q k^T / sqrt(d)) v, as their flash / QKV paths
-            "positional_scale": 1000.0,  # features of 1000 * 0.25 ln(sigma)
-        },
+        "net": gd.adm_net(
+            lay,
+            resolution,
+            head_channels,
+            dropout=_DROPOUT[kind],  # training-only
+            dropout_max_res=0,  # everywhere
+            two_time=False,
+            adagn=lay["adagn"],
+            cosine_attention=False,  # softmax(q k^T / sqrt(d)) v, as their flash / QKV paths
+            positional_scale=1000.0,  # features of 1000 * 0.25 ln(sigma)
+        ),
     }
 
 

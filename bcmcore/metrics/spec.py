@@ -27,8 +27,9 @@ from bcmcore import recipes, sampling
 from bcmcore.config import (
     Bound,
     ConfigError,
+    Count,
     NonNegative,
-    Positive,
+    Pos,
     UserError,
     checked,
     from_dict,
@@ -36,8 +37,6 @@ from bcmcore.config import (
 )
 from bcmcore.paths import check_name
 
-Pos = Annotated[int, Positive]
-Count = Annotated[int, NonNegative]
 Time = Annotated[float, NonNegative]  # noise levels t (EDM sigma): >= 0 (a last step may reach 0)
 
 

@@ -5,10 +5,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from bcmcore import param
-from bcmcore.config import NonNegative, Positive, Probability, checked, fail
-
-Pos = Annotated[int, Positive]
-Count = Annotated[int, NonNegative]
+from bcmcore.config import Count, Pos, Positive, Probability, checked, fail
 
 
 @dataclass(frozen=True)

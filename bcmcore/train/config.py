@@ -7,18 +7,15 @@ from typing import Annotated
 
 from bcmcore.config import (
     ConfigError,
+    Count,
     NonNegative,
-    Positive,
-    Probability,
+    Pos,
+    PosFloat,
+    Prob,
     checked,
     from_dict,
     to_dict,
 )
-
-Pos = Annotated[int, Positive]
-Count = Annotated[int, NonNegative]
-PosFloat = Annotated[float, Positive]
-Prob = Annotated[float, Probability]
 
 
 @dataclass(frozen=True)
