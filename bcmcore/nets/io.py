@@ -95,8 +95,13 @@ def read_record(path, device="cpu"):
     # torch.save writes a zip ("PK"); safetensors an 8-byte header length, then the JSON header
     if head[:4] != b"PK\x03\x04" and (head[8:9] == b"{" or path.suffix == SAFETENSORS):
         record = _read_safetensors(path, device)
-    else:
+    elif head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save's zip, or its legacy pickle
         record = _read_pt(path, device)
+    else:
+        raise UserError(
+            f"{path}: not a network file: neither a torch.save file nor {SAFETENSORS} "
+            f"(it starts with {head[:8]!r})"
+        )
     check_network_dict(path, record)
     return record
 
