@@ -120,7 +120,8 @@ def layout(sd, src, what):
 
 def adm_net(lay, resolution, head_channels, **rest):
     """The project ADM's `net` dict for `layout(...)` at `resolution`: what the file determines,
-    with `rest` (dropout, time embedding, attention form) from the importer that knows the code."""
+    with `rest` (dropout, time embedding and its scale, attention form) from the importer that
+    knows the code."""
     return {
         "arch": "adm",
         "data_channels": lay["data_channels"],
@@ -133,7 +134,6 @@ def adm_net(lay, resolution, head_channels, **rest):
         "embedding": "positional",
         "emb_mult": lay["emb_mult"],
         "num_classes": lay["num_classes"],
-        "positional_scale": 1000.0,
         **rest,
     }
 

@@ -92,10 +92,12 @@ def read_record(path, device="cpu"):
         )
     with open(path, "rb") as f:
         head = f.read(9)
-    # torch.save writes a zip ("PK"); safetensors an 8-byte header length, then the JSON header
-    if head[:4] != b"PK\x03\x04" and (head[8:9] == b"{" or path.suffix == SAFETENSORS):
+    # torch.save writes a zip ("PK") or, legacy, a pickle (protocol byte 0x80); safetensors an
+    # 8-byte header length, then the JSON header
+    is_zip = head[:4] == b"PK\x03\x04"
+    if not is_zip and (head[8:9] == b"{" or path.suffix == SAFETENSORS):
         record = _read_safetensors(path, device)
-    elif head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save's zip, or its legacy pickle
+    elif is_zip or head[:1] == b"\x80":
         record = _read_pt(path, device)
     else:
         raise UserError(
